@@ -1,0 +1,78 @@
+//! The API of envd, the daemon inside every guest (TCP port [`ENVD_PORT`]).
+//!
+//! Routes (all JSON unless said otherwise):
+//! - `GET  /health`                       → [`Health`]
+//! - `POST /exec`        [`ExecRequest`]  → [`ExecResponse`]
+//! - `GET  /exec/stream`  WebSocket, messages of [`crate::stream`]
+//! - `PUT  /files?path=/abs/path`  raw body streamed to disk → 204
+//! - `GET  /files?path=/abs/path`  → raw bytes (`application/octet-stream`), 404 if missing
+//! - `POST /clock`       [`SetClock`]     → 204
+//!
+//! Errors use [`crate::ErrorBody`].
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The TCP port envd listens on inside the guest.
+pub const ENVD_PORT: u16 = 49983;
+
+/// Default cap on captured stdout and stderr (each) of a buffered exec.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+/// Run one command to completion and return its output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub cmd: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// User to run as (a name from the guest's /etc/passwd); the daemon's user if absent.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Kill the whole process group after this many seconds. `None` or 0: no limit.
+    #[serde(default)]
+    pub timeout_sec: Option<u64>,
+    /// Cap on captured stdout and stderr, each; the rest is discarded and `truncated` set.
+    #[serde(default)]
+    pub max_output_bytes: Option<usize>,
+}
+
+/// Output encoding of [`ExecResponse`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    #[serde(rename = "utf-8")]
+    Utf8,
+    #[serde(rename = "base64")]
+    Base64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResponse {
+    pub stdout: String,
+    pub stderr: String,
+    /// Exit code; `-1` when killed by a signal or the timeout.
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    /// `base64` when stdout or stderr was not valid UTF-8 (then both are base64).
+    pub encoding: Encoding,
+    #[serde(default)]
+    pub timed_out: bool,
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// Set the guest's wall clock (after a restore, the guest's clock is stale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetClock {
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+}
