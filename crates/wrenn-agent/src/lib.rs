@@ -1,0 +1,9 @@
+//! The Wrenn host agent: one per host, owner of every microVM on it.
+//!
+//! - [`images`]: builds the guest kernel, initramfs and base templates from Debian packages.
+//! - [`guest`]: facts about the guest every other module agrees on (addresses, paths, port).
+//! - [`cmd`]: the one place external commands are run, with their stderr kept on failure.
+
+pub mod cmd;
+pub mod guest;
+pub mod images;

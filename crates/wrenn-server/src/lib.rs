@@ -1,0 +1,1 @@
+//! The Wrenn control plane (being written).
