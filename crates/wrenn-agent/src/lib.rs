@@ -7,3 +7,4 @@
 pub mod cmd;
 pub mod guest;
 pub mod images;
+pub mod vmm;
