@@ -1,0 +1,269 @@
+//! The HTTP surface of envd: routes, request parsing and the one mapping from domain errors to
+//! status codes and the stable error codes of [`ErrorBody`].
+//!
+//! Handlers only parse and validate, call one function of [`crate::exec`], [`crate::stream`],
+//! [`crate::files`] or [`crate::clock`], and translate its result. No process or file logic
+//! lives here.
+
+use crate::clock::{self, ClockError};
+use crate::exec::{self, ExecError};
+use crate::files::{self, FileError};
+use crate::process::SpawnError;
+use crate::stream;
+use crate::users::{UserDb, UserError};
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio_util::io::ReaderStream;
+use wrenn_types::envd::{ExecRequest, ExecResponse, Health, SetClock};
+use wrenn_types::ErrorBody;
+
+/// Largest WebSocket message a client may send (a `start` with its arguments).
+const MAX_WS_MESSAGE: usize = 1024 * 1024;
+/// Read size when streaming a file out.
+const FILE_CHUNK: usize = 64 * 1024;
+
+/// Settings shared by every request.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub users: UserDb,
+    /// Upper bound on captured output per stream of a buffered exec.
+    pub max_output_bytes: usize,
+    /// Upper bound on one upload; `None`: only the disk limits it.
+    pub max_upload_bytes: Option<u64>,
+}
+
+/// An error answer: HTTP status plus the body `{"error":{"code","message"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(code = self.code, message = %self.message, "request failed");
+        }
+        (self.status, Json(ErrorBody::new(self.code, self.message))).into_response()
+    }
+}
+
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> Self {
+        match e {
+            UserError::Unknown(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "unknown_user", e.to_string())
+            }
+            UserError::Read { .. } => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<SpawnError> for ApiError {
+    fn from(e: SpawnError) -> Self {
+        match e {
+            SpawnError::Invalid(_) | SpawnError::Cwd { .. } => Self::bad_request(e.to_string()),
+            SpawnError::User(u) => u.into(),
+            SpawnError::Exec { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "exec_failed", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<ExecError> for ApiError {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::Spawn(s) => s.into(),
+            ExecError::Wait(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<FileError> for ApiError {
+    fn from(e: FileError) -> Self {
+        let (status, code) = match &e {
+            FileError::InvalidPath(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            FileError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            FileError::IsADirectory(_) => (StatusCode::BAD_REQUEST, "is_a_directory"),
+            FileError::NotADirectory(_) => (StatusCode::BAD_REQUEST, "not_a_directory"),
+            FileError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            FileError::User(u) => match u {
+                UserError::Unknown(_) => (StatusCode::BAD_REQUEST, "unknown_user"),
+                UserError::Read { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+            FileError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            FileError::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+            FileError::Upload(_) => (StatusCode::BAD_REQUEST, "upload_incomplete"),
+            FileError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<ClockError> for ApiError {
+    fn from(e: ClockError) -> Self {
+        match e {
+            ClockError::OutOfRange(_) => Self::bad_request(e.to_string()),
+            ClockError::Set(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            r.body_text(),
+        )
+    } else {
+        ApiError::bad_request(r.body_text())
+    }
+}
+
+/// Builds the router with every envd route.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/exec", post(exec_buffered))
+        .route("/exec/stream", get(exec_stream))
+        .route("/files", get(read_file).put(write_file))
+        .route("/clock", post(set_clock))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .with_state(Arc::new(state))
+}
+
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+async fn exec_buffered(
+    State(st): State<Arc<AppState>>,
+    req: Result<Json<ExecRequest>, JsonRejection>,
+) -> Result<Json<ExecResponse>, ApiError> {
+    let Json(req) = req.map_err(json_rejection)?;
+    Ok(Json(exec::run(&st.users, &req, st.max_output_bytes).await?))
+}
+
+async fn exec_stream(
+    State(st): State<Arc<AppState>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let ws = ws.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    let users = st.users.clone();
+    Ok(ws
+        .max_message_size(MAX_WS_MESSAGE)
+        .on_upgrade(move |socket| stream::session(socket, users)))
+}
+
+#[derive(Debug, Deserialize)]
+struct FileQuery {
+    path: String,
+    /// Owner of a written file (and of directories created for it); root if absent.
+    #[serde(default)]
+    user: Option<String>,
+}
+
+fn file_query(q: Result<Query<FileQuery>, QueryRejection>) -> Result<FileQuery, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|r| ApiError::bad_request(r.body_text()))
+}
+
+async fn read_file(q: Result<Query<FileQuery>, QueryRejection>) -> Result<Response, ApiError> {
+    let q = file_query(q)?;
+    let path = files::parse_path(&q.path)?;
+    let (file, len) = files::open_read(&path).await?;
+    let body = Body::from_stream(ReaderStream::with_capacity(file, FILE_CHUNK));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn write_file(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<FileQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let q = file_query(q)?;
+    let path = files::parse_path(&q.path)?;
+    if let (Some(limit), Some(len)) = (st.max_upload_bytes, content_length(&headers)) {
+        if len > limit {
+            return Err(FileError::TooLarge { limit }.into());
+        }
+    }
+    let owner = match &q.user {
+        Some(name) => Some(st.users.by_name(name)?),
+        None => None,
+    };
+    let written = files::write(
+        &path,
+        body.into_data_stream(),
+        owner.as_ref(),
+        st.max_upload_bytes,
+    )
+    .await?;
+    tracing::info!(path = %path.display(), bytes = written, "file written");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+async fn set_clock(req: Result<Json<SetClock>, JsonRejection>) -> Result<StatusCode, ApiError> {
+    let Json(req) = req.map_err(json_rejection)?;
+    clock::set_realtime(req.unix_ms)?;
+    Ok(StatusCode::NO_CONTENT)
+}
