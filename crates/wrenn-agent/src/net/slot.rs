@@ -1,0 +1,335 @@
+//! One network slot: its names and addresses (derived from the prefix and index alone), and the
+//! commands that create, reset and tear it down. Knows nothing of pools or of host-wide rules
+//! (see [`super::host`]); never touches another index's resources.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cmd::{self, CmdError};
+use crate::guest;
+
+use super::{netns, NetError};
+
+/// Where `ip netns` keeps its named namespaces.
+pub(crate) const NETNS_DIR: &str = "/run/netns";
+/// The TAP device inside every slot's namespace that the VMM attaches the guest NIC to.
+pub const TAP_NAME: &str = "tap0";
+/// Highest slot index + 1 the address plan allows (the /30s of 10.12.0.0/16).
+pub const MAX_INDEX: u32 = 16384;
+
+/// A ready network namespace for one sandbox. Whoever holds it owns it and hands it back with
+/// [`super::SlotPool::release`]; it is deliberately not `Clone`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// Index of the slot; all names and addresses derive from it and the pool's prefix.
+    pub index: u32,
+    /// Name of the network namespace (`<prefix>-ns<index>`).
+    pub netns: String,
+    /// Path of the namespace file (`/run/netns/<netns>`), for `setns`.
+    pub netns_path: PathBuf,
+    /// The address at which the host reaches this sandbox (DNAT to the guest).
+    pub host_ip: Ipv4Addr,
+    /// The guest's own address inside the namespace (the same in every slot).
+    pub guest_ip: Ipv4Addr,
+    /// The TAP device inside the namespace for the guest NIC.
+    pub tap: String,
+    /// Host side of the veth pair (in the host's namespace).
+    pub host_veth: String,
+    /// Address of the host side of the veth pair.
+    pub host_veth_ip: Ipv4Addr,
+    /// Address of the namespace side of the veth pair.
+    pub ns_veth_ip: Ipv4Addr,
+}
+
+impl Slot {
+    /// Makes `command` start inside this slot's network namespace (QEMU, for instance), without
+    /// `ip netns exec`. Fails if the namespace file cannot be opened.
+    pub fn enter_netns_pre_exec(&self, command: &mut Command) -> std::io::Result<()> {
+        netns::pre_exec_setns(command, &self.netns_path)
+    }
+}
+
+/// Names and addresses of slot `index` of `prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Names {
+    pub index: u32,
+    pub netns: String,
+    pub host_veth: String,
+    pub peer_veth: String,
+    pub host_veth_ip: Ipv4Addr,
+    pub ns_veth_ip: Ipv4Addr,
+    pub host_ip: Ipv4Addr,
+}
+
+impl Names {
+    pub(crate) fn new(prefix: &str, index: u32) -> Names {
+        let veth = |n: u32| {
+            let v = index * 4 + n;
+            Ipv4Addr::new(10, 12, (v >> 8) as u8, (v & 0xff) as u8)
+        };
+        Names {
+            index,
+            netns: format!("{prefix}-ns{index}"),
+            host_veth: format!("{prefix}v{index}"),
+            peer_veth: format!("{prefix}p{index}"),
+            host_veth_ip: veth(1),
+            ns_veth_ip: veth(2),
+            host_ip: Ipv4Addr::new(10, 11, (index >> 8) as u8, (index & 0xff) as u8),
+        }
+    }
+
+    pub(crate) fn netns_path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.netns)
+    }
+
+    pub(crate) fn slot(&self) -> Slot {
+        Slot {
+            index: self.index,
+            netns: self.netns.clone(),
+            netns_path: self.netns_path(),
+            host_ip: self.host_ip,
+            guest_ip: guest_ip(),
+            tap: TAP_NAME.to_string(),
+            host_veth: self.host_veth.clone(),
+            host_veth_ip: self.host_veth_ip,
+            ns_veth_ip: self.ns_veth_ip,
+        }
+    }
+}
+
+/// The guest address as a typed value.
+pub(crate) fn guest_ip() -> Ipv4Addr {
+    guest::GUEST_IP
+        .parse()
+        .expect("guest::GUEST_IP is a valid IPv4 address")
+}
+
+/// A script file for `ip -batch` or `iptables-restore`, removed when dropped.
+pub(crate) fn script(contents: &str) -> Result<tempfile::NamedTempFile, std::io::Error> {
+    let mut file = tempfile::Builder::new().prefix("wrenn-net-").tempfile()?;
+    file.write_all(contents.as_bytes())?;
+    file.flush()?;
+    Ok(file)
+}
+
+/// Runs `program args… <script file>`; an I/O error writing the script becomes a spawn error.
+pub(crate) fn run_script(
+    program: &str,
+    args: &[&str],
+    contents: &str,
+    netns: Option<&Path>,
+) -> Result<Vec<u8>, CmdError> {
+    let label = cmd::describe(program, args.iter().chain(&["<script>"]));
+    let spawn_err = |source| CmdError::Spawn {
+        command: label.clone(),
+        source,
+    };
+    let file = script(contents).map_err(spawn_err)?;
+    let mut command = Command::new(program);
+    command.args(args).arg(file.path());
+    if let Some(ns) = netns {
+        netns::pre_exec_setns(&mut command, ns).map_err(spawn_err)?;
+    }
+    let label = format!("{label}\n{}", contents.trim_end());
+    cmd::output(command, label).map(|o| o.stdout)
+}
+
+/// Creates slot `index` of `prefix`: namespace, veth pair, TAP, addresses, routes, forwarding
+/// and the namespace's NAT rules. On failure everything already created is removed again.
+pub(crate) fn create(prefix: &str, index: u32) -> Result<Slot, NetError> {
+    let n = Names::new(prefix, index);
+    match build(prefix, &n) {
+        Ok(()) => Ok(n.slot()),
+        Err(err) => {
+            if let Err(cleanup) = destroy(prefix, index, false) {
+                tracing::warn!(%cleanup, "removing a half-built network slot failed");
+            }
+            Err(err)
+        }
+    }
+}
+
+fn build(prefix: &str, n: &Names) -> Result<(), NetError> {
+    let step_err = |step: &'static str| {
+        move |source| NetError::Slot {
+            prefix: prefix.to_string(),
+            index: n.index,
+            step,
+            source,
+        }
+    };
+    let host = format!(
+        "netns add {ns}\n\
+         link add {hv} type veth peer name {pv} netns {ns}\n\
+         addr add {hip}/30 dev {hv}\n\
+         link set {hv} up\n\
+         route add {host_ip}/32 via {nip} dev {hv}\n",
+        ns = n.netns,
+        hv = n.host_veth,
+        pv = n.peer_veth,
+        hip = n.host_veth_ip,
+        nip = n.ns_veth_ip,
+        host_ip = n.host_ip,
+    );
+    run_script("ip", &["-batch"], &host, None)
+        .map_err(step_err("host side (namespace, veth, route)"))?;
+
+    let inside = format!(
+        "link set lo up\n\
+         tuntap add {tap} mode tap\n\
+         addr add {gw}/{plen} dev {tap}\n\
+         link set {tap} up\n\
+         addr add {nip}/30 dev {pv}\n\
+         link set {pv} up\n\
+         route add default via {hip} dev {pv}\n",
+        tap = TAP_NAME,
+        gw = guest::GUEST_GATEWAY,
+        plen = guest::GUEST_PREFIX,
+        nip = n.ns_veth_ip,
+        pv = n.peer_veth,
+        hip = n.host_veth_ip,
+    );
+    run_script("ip", &["-n", &n.netns, "-batch"], &inside, None)
+        .map_err(step_err("namespace devices (tap, veth, default route)"))?;
+
+    let path = n.netns_path();
+    netns::write_sysctl(&path, "net/ipv4/ip_forward", "1").map_err(|source| NetError::Io {
+        what: format!("enabling forwarding in namespace {}", n.netns),
+        source,
+    })?;
+
+    let nat = format!(
+        "*nat\n\
+         -A PREROUTING -i {pv} -d {host_ip}/32 -j DNAT --to-destination {guest}\n\
+         -A POSTROUTING -o {pv} -s {guest}/32 -j SNAT --to-source {host_ip}\n\
+         COMMIT\n",
+        pv = n.peer_veth,
+        host_ip = n.host_ip,
+        guest = guest::GUEST_IP,
+    );
+    run_script("iptables-restore", &["--noflush"], &nat, Some(&path))
+        .map_err(step_err("namespace NAT rules"))?;
+    Ok(())
+}
+
+/// Removes slot `index` of `prefix`, whatever state it is in (also half-built or half-removed):
+/// deleting the host veth deletes its peer and the route through it. Fails only if the
+/// namespace or a veth end is still present afterwards.
+pub(crate) fn destroy(prefix: &str, index: u32, conntrack: bool) -> Result<(), NetError> {
+    let n = Names::new(prefix, index);
+    let script = format!(
+        "link del {hv}\nlink del {pv}\nnetns del {ns}\n",
+        hv = n.host_veth,
+        pv = n.peer_veth,
+        ns = n.netns
+    );
+    // With -force ip keeps going past the parts that are already gone; what counts is what is
+    // left afterwards.
+    let result = run_script("ip", &["-force", "-batch"], &script, None);
+    let remaining = [
+        Path::new("/sys/class/net").join(&n.host_veth),
+        Path::new("/sys/class/net").join(&n.peer_veth),
+        n.netns_path(),
+    ]
+    .into_iter()
+    .any(|p| p.exists());
+    if remaining {
+        let source = result.err().unwrap_or_else(|| CmdError::Failed {
+            command: format!("ip -force -batch (removing slot {index})"),
+            status: "exit status: 0".into(),
+            stderr: "namespace or veth still present after removal".into(),
+        });
+        return Err(NetError::Slot {
+            prefix: prefix.to_string(),
+            index,
+            step: "teardown",
+            source,
+        });
+    }
+    if conntrack {
+        forget_host_connections(prefix, &n)?;
+    }
+    Ok(())
+}
+
+/// Clears what a previous sandbox left in slot `slot`: the namespace's connection tracking
+/// table, its neighbour entries on the TAP, and the host's tracked connections to and from the
+/// slot's `host_ip`. Needs the `conntrack` tool.
+pub(crate) fn reset(prefix: &str, slot: &Slot) -> Result<(), NetError> {
+    let n = Names::new(prefix, slot.index);
+    let step_err = |step: &'static str| {
+        move |source| NetError::Slot {
+            prefix: prefix.to_string(),
+            index: slot.index,
+            step,
+            source,
+        }
+    };
+    if !slot.netns_path.exists() {
+        return Err(NetError::Slot {
+            prefix: prefix.to_string(),
+            index: slot.index,
+            step: "reset",
+            source: CmdError::Failed {
+                command: format!("test -e {}", slot.netns_path.display()),
+                status: "missing".into(),
+                stderr: "the slot's namespace no longer exists".into(),
+            },
+        });
+    }
+    let mut flush = Command::new("conntrack");
+    flush.arg("-F");
+    netns::pre_exec_setns(&mut flush, &slot.netns_path).map_err(|source| NetError::Io {
+        what: format!("opening namespace {}", slot.netns),
+        source,
+    })?;
+    cmd::output(flush, format!("conntrack -F (in {})", slot.netns))
+        .map_err(step_err("flushing the namespace's connection tracking"))?;
+    cmd::run("ip", ["-n", &slot.netns, "neigh", "flush", "dev", TAP_NAME])
+        .map_err(step_err("flushing the namespace's neighbour table"))?;
+    forget_host_connections(prefix, &n)
+}
+
+/// Deletes the host's tracked connections from and to the slot's `host_ip`.
+fn forget_host_connections(prefix: &str, n: &Names) -> Result<(), NetError> {
+    let ip = n.host_ip.to_string();
+    for dir in ["-s", "-d"] {
+        match cmd::run("conntrack", ["-D", dir, &ip]) {
+            Ok(_) => {}
+            // conntrack exits 1 when nothing matched.
+            Err(CmdError::Failed { stderr, .. }) if stderr.contains(" 0 flow entries") => {}
+            Err(source) => {
+                return Err(NetError::Slot {
+                    prefix: prefix.to_string(),
+                    index: n.index,
+                    step: "forgetting the host's tracked connections",
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn addresses_follow_the_plan() {
+        let n = Names::new("wr", 0);
+        assert_eq!(n.host_veth_ip, Ipv4Addr::new(10, 12, 0, 1));
+        assert_eq!(n.ns_veth_ip, Ipv4Addr::new(10, 12, 0, 2));
+        assert_eq!(n.host_ip, Ipv4Addr::new(10, 11, 0, 0));
+        let n = Names::new("wr", 300);
+        assert_eq!(n.host_veth_ip, Ipv4Addr::new(10, 12, 4, 177));
+        assert_eq!(n.ns_veth_ip, Ipv4Addr::new(10, 12, 4, 178));
+        assert_eq!(n.host_ip, Ipv4Addr::new(10, 11, 1, 44));
+        let last = Names::new("abcdef", MAX_INDEX - 1);
+        assert_eq!(last.ns_veth_ip, Ipv4Addr::new(10, 12, 255, 254));
+        assert!(last.host_veth.len() <= 15 && last.peer_veth.len() <= 15);
+        assert_eq!(last.netns_path(), Path::new("/run/netns/abcdef-ns16383"));
+    }
+}

@@ -1,0 +1,1 @@
+//! Tests of network slots against real namespaces (run as root).
