@@ -2,9 +2,11 @@
 //!
 //! - [`images`]: builds the guest kernel, initramfs and base templates from Debian packages.
 //! - [`guest`]: facts about the guest every other module agrees on (addresses, paths, port).
+//! - [`envd_client`]: the typed client of envd, the daemon inside every guest.
 //! - [`cmd`]: the one place external commands are run, with their stderr kept on failure.
 
 pub mod cmd;
+pub mod envd_client;
 pub mod guest;
 pub mod images;
 pub mod net;

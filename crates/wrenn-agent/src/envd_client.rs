@@ -1,0 +1,374 @@
+//! The host side of envd's API: a typed HTTP and WebSocket client for the daemon inside a
+//! guest (routes in [`wrenn_types::envd`]).
+//!
+//! It owns the wire details only (URLs, status checks, error bodies, timeouts). Which guest to
+//! talk to, and when, belongs to the sandbox manager; this module never starts or stops VMs.
+
+use bytes::Bytes;
+use futures_util::{SinkExt, Stream, StreamExt, TryStreamExt};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wrenn_types::envd::{ExecRequest, ExecResponse, Health, SetClock};
+use wrenn_types::stream::{ClientMessage, ServerMessage};
+use wrenn_types::ErrorBody;
+
+/// Connect timeout of ordinary requests.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connect timeout of one readiness probe: short, so a probe sent before the guest's network
+/// is up does not delay the next one.
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(50);
+/// Whole-request timeout of one readiness probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause between readiness probes.
+const PROBE_INTERVAL: Duration = Duration::from_millis(5);
+/// Extra time a buffered exec gets on top of its own timeout before the client gives up.
+const EXEC_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
+/// How much of a non-JSON error answer is kept for the error message.
+const MAX_ERROR_TEXT: usize = 4096;
+
+/// A WebSocket connected to envd's `/exec/stream`.
+pub type ExecStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What went wrong talking to envd.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvdError {
+    /// envd could not be reached, or the connection broke or timed out mid-request.
+    #[error("envd at {url} unreachable: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// envd answered with its error body; `code` is its stable error code (`not_found`, …).
+    #[error("envd answered {status} {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// envd answered something that does not follow its API.
+    #[error("unexpected answer from envd: {0}")]
+    Protocol(String),
+    /// The WebSocket to `/exec/stream` could not be opened or broke.
+    #[error("envd exec stream: {0}")]
+    WebSocket(#[source] Box<tokio_tungstenite::tungstenite::Error>),
+    /// envd did not answer `/health` within the time allowed.
+    #[error("envd not ready after {waited:?}: {last_error}")]
+    NotReady {
+        waited: Duration,
+        last_error: String,
+    },
+    /// The base URL given to [`EnvdClient::from_base_url`] is not an `http://` URL, or the
+    /// HTTP client could not be built.
+    #[error("invalid envd client setup: {0}")]
+    Setup(String),
+}
+
+impl EnvdError {
+    /// envd's error code, when envd itself reported the error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            EnvdError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// HTTP status of an error envd reported.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            EnvdError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one envd instance. Cheap to clone (connections are pooled and shared).
+#[derive(Debug, Clone)]
+pub struct EnvdClient {
+    http: reqwest::Client,
+    probe: reqwest::Client,
+    /// `http://host:port`, no trailing slash.
+    base: String,
+}
+
+impl EnvdClient {
+    /// A client of the envd listening at `addr` (the guest's address as the host reaches it).
+    pub fn new(addr: SocketAddr) -> Result<Self, EnvdError> {
+        Self::from_base_url(&format!("http://{addr}"))
+    }
+
+    /// A client of the envd at `base` (`http://host:port`).
+    pub fn from_base_url(base: &str) -> Result<Self, EnvdError> {
+        let base = base.trim_end_matches('/');
+        if !base.starts_with("http://") || base.len() <= "http://".len() {
+            return Err(EnvdError::Setup(format!("{base} is not an http:// URL")));
+        }
+        let build = |connect: Duration| {
+            reqwest::Client::builder()
+                .connect_timeout(connect)
+                .no_proxy()
+                .tcp_nodelay(true)
+                .build()
+                .map_err(|e| EnvdError::Setup(e.to_string()))
+        };
+        Ok(Self {
+            http: build(CONNECT_TIMEOUT)?,
+            probe: build(PROBE_CONNECT_TIMEOUT)?,
+            base: base.to_string(),
+        })
+    }
+
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn connect_err(&self, source: reqwest::Error) -> EnvdError {
+        if source.is_decode() {
+            EnvdError::Protocol(source.to_string())
+        } else {
+            EnvdError::Connect {
+                url: self.base.clone(),
+                source,
+            }
+        }
+    }
+
+    /// Sends a request and returns the response if its status is a success; an error body
+    /// becomes [`EnvdError::Api`].
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, EnvdError> {
+        let resp = req.send().await.map_err(|e| self.connect_err(e))?;
+        check(resp).await
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<Health, EnvdError> {
+        let resp = self.send(self.http.get(self.url("/health"))).await?;
+        resp.json().await.map_err(|e| self.connect_err(e))
+    }
+
+    /// Polls `/health` every few milliseconds until envd answers or `timeout` passes. Meant
+    /// for right after a guest starts or resumes.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<Health, EnvdError> {
+        let began = Instant::now();
+        let deadline = began + timeout;
+        let url = self.url("/health");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = self
+                .probe
+                .get(&url)
+                .timeout(left.min(PROBE_TIMEOUT).max(Duration::from_millis(1)))
+                .send()
+                .await;
+            let last_error = match attempt {
+                Ok(resp) => match check(resp).await {
+                    Ok(resp) => match resp.json::<Health>().await {
+                        Ok(h) => return Ok(h),
+                        Err(e) => e.to_string(),
+                    },
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() + PROBE_INTERVAL >= deadline {
+                return Err(EnvdError::NotReady {
+                    waited: began.elapsed(),
+                    last_error,
+                });
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    /// `POST /exec`: runs a command to completion. Waits as long as the request's own
+    /// timeout allows (plus a margin), or without limit if it has none.
+    pub async fn exec(&self, req: &ExecRequest) -> Result<ExecResponse, EnvdError> {
+        let mut builder = self.http.post(self.url("/exec")).json(req);
+        if let Some(secs) = req.timeout_sec.filter(|s| *s > 0) {
+            builder =
+                builder.timeout(Duration::from_secs(secs).saturating_add(EXEC_TIMEOUT_MARGIN));
+        }
+        let resp = self.send(builder).await?;
+        resp.json().await.map_err(|e| self.connect_err(e))
+    }
+
+    /// `POST /clock`: sets the guest's wall clock to `now`.
+    pub async fn set_clock(&self, now: SystemTime) -> Result<(), EnvdError> {
+        let unix_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| EnvdError::Protocol("time before the Unix epoch".into()))?
+            .as_millis();
+        let unix_ms =
+            u64::try_from(unix_ms).map_err(|_| EnvdError::Protocol("time out of range".into()))?;
+        self.send(
+            self.http
+                .post(self.url("/clock"))
+                .json(&SetClock { unix_ms }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `PUT /files`: streams `body` into the guest file `path` (absolute), owned by root.
+    /// The file is replaced atomically; a failed upload leaves any old file as it was.
+    pub async fn write_file(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<(), EnvdError> {
+        self.put_file(&[("path", path)], body.into()).await
+    }
+
+    /// Like [`Self::write_file`], but the file (and directories created for it) belong to
+    /// the guest user `user`.
+    pub async fn write_file_as(
+        &self,
+        path: &str,
+        user: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<(), EnvdError> {
+        self.put_file(&[("path", path), ("user", user)], body.into())
+            .await
+    }
+
+    async fn put_file(&self, query: &[(&str, &str)], body: reqwest::Body) -> Result<(), EnvdError> {
+        self.send(self.http.put(self.url("/files")).query(query).body(body))
+            .await?;
+        Ok(())
+    }
+
+    /// `GET /files`: the response for the guest file `path`, after its status was checked.
+    /// Its body is the file's bytes (`Content-Length` is set); read it with
+    /// [`reqwest::Response::bytes_stream`] to forward it without buffering.
+    pub async fn read_file(&self, path: &str) -> Result<reqwest::Response, EnvdError> {
+        self.send(self.http.get(self.url("/files")).query(&[("path", path)]))
+            .await
+    }
+
+    /// [`Self::read_file`] as a stream of chunks.
+    pub async fn read_file_stream(
+        &self,
+        path: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes, EnvdError>> + Send + 'static, EnvdError> {
+        let resp = self.read_file(path).await?;
+        let url = self.base.clone();
+        Ok(resp
+            .bytes_stream()
+            .map_err(move |source| EnvdError::Connect {
+                url: url.clone(),
+                source,
+            }))
+    }
+
+    /// Opens a WebSocket to `/exec/stream`. The caller sends the `start` message (see
+    /// [`send_message`]) and reads [`ServerMessage`]s (see [`next_message`]); the same
+    /// messages can be forwarded unchanged to and from the public API.
+    pub async fn exec_stream(&self) -> Result<ExecStream, EnvdError> {
+        let ws_url = format!("ws{}/exec/stream", &self.base["http".len()..]);
+        let connect = tokio_tungstenite::connect_async(ws_url.as_str());
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Err(_) => Err(EnvdError::WebSocket(Box::new(
+                tokio_tungstenite::tungstenite::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting to {ws_url} timed out"),
+                )),
+            ))),
+            Ok(Err(e)) => Err(EnvdError::WebSocket(Box::new(e))),
+            Ok(Ok((ws, _response))) => Ok(ws),
+        }
+    }
+}
+
+/// Turns a non-success response into [`EnvdError::Api`] (or `Protocol` if the body is not
+/// envd's error body).
+async fn check(resp: reqwest::Response) -> Result<reqwest::Response, EnvdError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let mut body = Vec::new();
+    let mut chunks = resp.bytes_stream();
+    while let Some(Ok(chunk)) = chunks.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_ERROR_TEXT {
+            body.truncate(MAX_ERROR_TEXT);
+            break;
+        }
+    }
+    match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(e) => Err(EnvdError::Api {
+            status: status.as_u16(),
+            code: e.error.code,
+            message: e.error.message,
+        }),
+        Err(_) => Err(EnvdError::Protocol(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(&body)
+        ))),
+    }
+}
+
+/// Sends one client message (`start` or `stop`) on an exec stream.
+pub async fn send_message(ws: &mut ExecStream, msg: &ClientMessage) -> Result<(), EnvdError> {
+    let text = serde_json::to_string(msg).map_err(|e| EnvdError::Protocol(e.to_string()))?;
+    ws.send(Message::Text(text.into()))
+        .await
+        .map_err(|e| EnvdError::WebSocket(Box::new(e)))
+}
+
+/// The next server message of an exec stream; `None` once envd has closed the stream.
+pub async fn next_message(ws: &mut ExecStream) -> Result<Option<ServerMessage>, EnvdError> {
+    loop {
+        match ws.next().await {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(EnvdError::WebSocket(Box::new(e))),
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str(t.as_str())
+                    .map(Some)
+                    .map_err(|e| EnvdError::Protocol(format!("bad exec stream message: {e}")))
+            }
+            Some(Ok(Message::Close(_))) => return Ok(None),
+            Some(Ok(Message::Binary(_))) => {
+                return Err(EnvdError::Protocol(
+                    "binary message on the exec stream".into(),
+                ))
+            }
+            Some(Ok(_)) => {} // ping, pong, raw frames
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_must_be_http() {
+        assert!(EnvdClient::from_base_url("ftp://x").is_err());
+        assert!(EnvdClient::from_base_url("http://").is_err());
+        let c = EnvdClient::from_base_url("http://10.0.0.2:49983/").expect("client");
+        assert_eq!(c.base_url(), "http://10.0.0.2:49983");
+        let c = EnvdClient::new(SocketAddr::from(([172, 16, 0, 2], 49983))).expect("client");
+        assert_eq!(c.url("/health"), "http://172.16.0.2:49983/health");
+    }
+
+    #[test]
+    fn api_errors_keep_code_and_status() {
+        let e = EnvdError::Api {
+            status: 404,
+            code: "not_found".into(),
+            message: "no such file: /x".into(),
+        };
+        assert_eq!(e.code(), Some("not_found"));
+        assert_eq!(e.status(), Some(404));
+        assert_eq!(EnvdError::Protocol("x".into()).code(), None);
+    }
+}
