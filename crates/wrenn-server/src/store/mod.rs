@@ -1,0 +1,297 @@
+//! Persistent state of the control plane: teams, users, OAuth identities, API keys, hosts,
+//! sandbox records and snapshot templates, behind one async [`Store`] trait.
+//!
+//! Two implementations share the same SQL text (written in the common subset of SQLite and
+//! PostgreSQL, `$N` placeholders, runtime-bound queries only): [`sqlite::SqliteStore`] (the
+//! default, one file in the data directory) and [`postgres::PgStore`]. Each backend has its own
+//! migrations folder (`migrations/sqlite`, `migrations/postgres`). This module knows nothing of
+//! HTTP, hosts or agents; every user-visible query is scoped by team.
+
+pub mod postgres;
+mod sql;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use std::sync::Arc;
+use wrenn_types::agent::SandboxStatus;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint was violated (e.g. an email or a template name already taken).
+    #[error("a record with the same unique key already exists")]
+    Duplicate,
+    /// The database URL is neither a SQLite path/URL nor `postgres://`.
+    #[error("unsupported database URL (expected sqlite: or postgres://)")]
+    UnsupportedUrl,
+    /// A value read from the database does not have the expected shape.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// Applying the migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Any other database error (connection, I/O, syntax).
+    #[error("database error: {0}")]
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(d) = &e {
+            if d.is_unique_violation() {
+                return StoreError::Duplicate;
+            }
+        }
+        StoreError::Db(e)
+    }
+}
+
+/// The current time at the precision both backends keep (microseconds).
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// A team; every user-visible row belongs to one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamRecord {
+    pub id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user account. `password_hash` is `None` for accounts created through OAuth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: String,
+    /// Always lowercase.
+    pub email: String,
+    pub password_hash: Option<String>,
+    pub team_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Everything needed to create a user together with their own team.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub user_id: String,
+    pub team_id: String,
+    pub team_name: String,
+    /// Must already be lowercase.
+    pub email: String,
+    pub password_hash: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An API key; only the SHA-256 of the key is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub team_id: String,
+    pub name: String,
+    /// Lowercase hex SHA-256 of the full key.
+    pub key_hash: String,
+    pub key_prefix: String,
+    pub created_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_used: Option<DateTime<Utc>>,
+}
+
+/// A host agent the control plane can place sandboxes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRecord {
+    pub id: String,
+    pub url: String,
+    /// Bearer token the control plane presents to the agent.
+    pub token: String,
+    /// `healthy` or `unreachable`.
+    pub status: String,
+    pub cpus: i64,
+    pub total_memory_mb: i64,
+    pub free_memory_mb: i64,
+    pub running: i64,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Capacity numbers last reported by a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostCapacity {
+    pub cpus: i64,
+    pub total_memory_mb: i64,
+    pub free_memory_mb: i64,
+    pub running: i64,
+}
+
+/// The control plane's record of one sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub team_id: String,
+    pub host_id: String,
+    pub status: SandboxStatus,
+    /// The template name as the team knows it (base name or snapshot name).
+    pub template: String,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    pub timeout_sec: i64,
+    pub guest_ip: String,
+    pub host_ip: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub last_active_at: Option<DateTime<Utc>>,
+    pub last_updated: DateTime<Utc>,
+}
+
+/// A team's snapshot template. `agent_name` is the opaque, globally unique name the host
+/// agent knows it by; `name` is unique per team only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRecord {
+    pub id: String,
+    pub team_id: String,
+    pub name: String,
+    pub agent_name: String,
+    /// The host that holds the template's files.
+    pub host_id: String,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    pub size_bytes: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Parses a stored sandbox status.
+pub(crate) fn parse_status(s: &str) -> Result<SandboxStatus, StoreError> {
+    Ok(match s {
+        "pending" => SandboxStatus::Pending,
+        "running" => SandboxStatus::Running,
+        "paused" => SandboxStatus::Paused,
+        "stopped" => SandboxStatus::Stopped,
+        "error" => SandboxStatus::Error,
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "unknown sandbox status {other:?}"
+            )))
+        }
+    })
+}
+
+/// The storage interface of the control plane.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- accounts ---
+
+    /// Creates a team and its first user in one transaction. `Duplicate` if the email is taken.
+    async fn create_account(&self, account: &NewAccount) -> Result<(), StoreError>;
+    /// Creates a team, a user without password and an OAuth identity in one transaction.
+    /// `Duplicate` if the email or the (provider, provider_user_id) pair is already taken.
+    async fn create_oauth_account(
+        &self,
+        account: &NewAccount,
+        provider: &str,
+        provider_user_id: &str,
+    ) -> Result<(), StoreError>;
+    /// The user with this (lowercase) email.
+    async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// The user with this id.
+    async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// The user linked to an OAuth identity.
+    async fn user_by_oauth(
+        &self,
+        provider: &str,
+        provider_user_id: &str,
+    ) -> Result<Option<UserRecord>, StoreError>;
+    /// The team with this id.
+    async fn team(&self, id: &str) -> Result<Option<TeamRecord>, StoreError>;
+
+    // --- API keys ---
+
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// The team's keys, oldest first.
+    async fn list_api_keys(&self, team_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Deletes one of the team's keys; false if the team has no key with that id.
+    async fn delete_api_key(&self, team_id: &str, id: &str) -> Result<bool, StoreError>;
+    async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    // --- hosts ---
+
+    /// Inserts a host, or updates url/token/status of the host with the same url.
+    /// Returns the stored record (its id is the existing one when the url was known).
+    async fn upsert_host(&self, host: &HostRecord) -> Result<HostRecord, StoreError>;
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+    /// Records a health check: status, capacity (when healthy) and last_seen.
+    async fn update_host_health(
+        &self,
+        id: &str,
+        status: &str,
+        capacity: Option<HostCapacity>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    // --- sandboxes ---
+
+    async fn insert_sandbox(&self, sb: &SandboxRecord) -> Result<(), StoreError>;
+    async fn get_sandbox(
+        &self,
+        team_id: &str,
+        id: &str,
+    ) -> Result<Option<SandboxRecord>, StoreError>;
+    /// The team's sandboxes, oldest first.
+    async fn list_sandboxes(&self, team_id: &str) -> Result<Vec<SandboxRecord>, StoreError>;
+    /// Writes status, addresses and timestamps of an existing sandbox.
+    async fn update_sandbox(&self, sb: &SandboxRecord) -> Result<(), StoreError>;
+    /// Sets last_active_at (and last_updated) of a running sandbox; false if not running
+    /// or unknown to the team.
+    async fn touch_sandbox(
+        &self,
+        team_id: &str,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    async fn delete_sandbox(&self, team_id: &str, id: &str) -> Result<bool, StoreError>;
+    /// Running sandboxes with an idle timeout, across all teams (for the reaper).
+    async fn list_running_with_timeout(&self) -> Result<Vec<SandboxRecord>, StoreError>;
+
+    // --- templates ---
+
+    async fn get_template(
+        &self,
+        team_id: &str,
+        name: &str,
+    ) -> Result<Option<TemplateRecord>, StoreError>;
+    /// The team's snapshot templates, by name.
+    async fn list_templates(&self, team_id: &str) -> Result<Vec<TemplateRecord>, StoreError>;
+    /// Records a new snapshot template and removes the sandbox it was taken from, in one
+    /// transaction. With `overwrite`, an existing template of the same team and name is
+    /// replaced and returned (so its agent template can be deleted); without it, an existing
+    /// one is `Duplicate`.
+    async fn commit_snapshot(
+        &self,
+        template: &TemplateRecord,
+        sandbox_id: &str,
+        overwrite: bool,
+    ) -> Result<Option<TemplateRecord>, StoreError>;
+    /// Deletes one of the team's templates and returns it.
+    async fn delete_template(
+        &self,
+        team_id: &str,
+        name: &str,
+    ) -> Result<Option<TemplateRecord>, StoreError>;
+}
+
+/// Opens the store for a database URL: `postgres://` / `postgresql://` → PostgreSQL,
+/// `sqlite:` or a plain path → SQLite. Runs the migrations.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url).await?))
+    } else if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or(url.strip_prefix("sqlite:"))
+    {
+        Ok(Arc::new(sqlite::SqliteStore::open(path.as_ref()).await?))
+    } else if url.contains("://") {
+        Err(StoreError::UnsupportedUrl)
+    } else {
+        Ok(Arc::new(sqlite::SqliteStore::open(url.as_ref()).await?))
+    }
+}

@@ -1,0 +1,381 @@
+//! The shared storage suite: the same checks run against the SQLite store and against a
+//! PostgreSQL store on a private server (see `support/pg.rs`).
+
+mod support;
+
+use chrono::Duration;
+use std::sync::Arc;
+use wrenn_server::store::{
+    self, now, ApiKeyRecord, HostCapacity, HostRecord, NewAccount, SandboxRecord, Store,
+    StoreError, TemplateRecord,
+};
+use wrenn_types::agent::SandboxStatus;
+
+fn account(n: &str) -> NewAccount {
+    NewAccount {
+        user_id: format!("user-{n}"),
+        team_id: format!("team-{n}"),
+        team_name: format!("{n}'s team"),
+        email: format!("{n}@example.com"),
+        password_hash: Some(format!("hash-{n}")),
+        created_at: now(),
+    }
+}
+
+fn sandbox(id: &str, team: &str, host: &str, timeout: i64) -> SandboxRecord {
+    let t = now();
+    SandboxRecord {
+        id: id.into(),
+        team_id: team.into(),
+        host_id: host.into(),
+        status: SandboxStatus::Running,
+        template: "minimal".into(),
+        vcpus: 1,
+        memory_mb: 512,
+        timeout_sec: timeout,
+        guest_ip: "172.16.0.2".into(),
+        host_ip: "10.11.0.1".into(),
+        created_at: t,
+        started_at: Some(t),
+        last_active_at: Some(t),
+        last_updated: t,
+    }
+}
+
+async fn accounts(s: &dyn Store) {
+    let a = account("alice");
+    s.create_account(&a).await.unwrap();
+    let u = s.user_by_email("alice@example.com").await.unwrap().unwrap();
+    assert_eq!(u.id, a.user_id);
+    assert_eq!(u.team_id, a.team_id);
+    assert_eq!(u.password_hash.as_deref(), Some("hash-alice"));
+    assert_eq!(u.created_at, a.created_at);
+    assert_eq!(s.user_by_id(&a.user_id).await.unwrap().unwrap(), u);
+    assert_eq!(
+        s.team(&a.team_id).await.unwrap().unwrap().name,
+        "alice's team"
+    );
+
+    // Same email again: duplicate, and nothing of the second attempt is left behind.
+    let mut again = account("alice2");
+    again.email = a.email.clone();
+    assert!(matches!(
+        s.create_account(&again).await,
+        Err(StoreError::Duplicate)
+    ));
+    assert!(s.team(&again.team_id).await.unwrap().is_none());
+    assert!(s
+        .user_by_email("nobody@example.com")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn oauth(s: &dyn Store) {
+    let mut a = account("octo");
+    a.password_hash = None;
+    s.create_oauth_account(&a, "github", "4242").await.unwrap();
+    let u = s.user_by_oauth("github", "4242").await.unwrap().unwrap();
+    assert_eq!(u.id, a.user_id);
+    assert_eq!(u.password_hash, None);
+    assert!(s.user_by_oauth("github", "1").await.unwrap().is_none());
+
+    // The same identity for another email: duplicate, rolled back entirely.
+    let b = account("octo2");
+    assert!(matches!(
+        s.create_oauth_account(&b, "github", "4242").await,
+        Err(StoreError::Duplicate)
+    ));
+    assert!(s.user_by_id(&b.user_id).await.unwrap().is_none());
+    assert!(s.team(&b.team_id).await.unwrap().is_none());
+
+    // A new identity whose email is taken: duplicate too.
+    let mut c = account("octo3");
+    c.email = a.email.clone();
+    assert!(matches!(
+        s.create_oauth_account(&c, "github", "777").await,
+        Err(StoreError::Duplicate)
+    ));
+    assert!(s.user_by_oauth("github", "777").await.unwrap().is_none());
+}
+
+async fn api_keys(s: &dyn Store) {
+    s.create_account(&account("k1")).await.unwrap();
+    s.create_account(&account("k2")).await.unwrap();
+    let mk = |id: &str, team: &str| ApiKeyRecord {
+        id: id.into(),
+        team_id: team.into(),
+        name: format!("key {id}"),
+        key_hash: format!("hash-of-{id}"),
+        key_prefix: "wrn_abcdef12...".into(),
+        created_by: Some("user-k1".into()),
+        created_at: now(),
+        last_used: None,
+    };
+    s.insert_api_key(&mk("a", "team-k1")).await.unwrap();
+    s.insert_api_key(&mk("b", "team-k1")).await.unwrap();
+    s.insert_api_key(&mk("c", "team-k2")).await.unwrap();
+    let ids: Vec<String> = s
+        .list_api_keys("team-k1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+
+    let found = s.api_key_by_hash("hash-of-c").await.unwrap().unwrap();
+    assert_eq!(found.team_id, "team-k2");
+    assert_eq!(found.last_used, None);
+    let at = now();
+    s.touch_api_key("c", at).await.unwrap();
+    assert_eq!(
+        s.api_key_by_hash("hash-of-c")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used,
+        Some(at)
+    );
+
+    // Another team's key cannot be deleted.
+    assert!(!s.delete_api_key("team-k1", "c").await.unwrap());
+    assert!(s.delete_api_key("team-k2", "c").await.unwrap());
+    assert!(s.api_key_by_hash("hash-of-c").await.unwrap().is_none());
+}
+
+async fn hosts(s: &dyn Store) -> String {
+    let h = HostRecord {
+        id: "host-1".into(),
+        url: "http://127.0.0.1:9".into(),
+        token: "t1".into(),
+        status: "healthy".into(),
+        cpus: 0,
+        total_memory_mb: 0,
+        free_memory_mb: 0,
+        running: 0,
+        last_seen: None,
+        created_at: now(),
+    };
+    let stored = s.upsert_host(&h).await.unwrap();
+    assert_eq!(stored, h);
+    // Registering the same url again keeps the id and takes the new token.
+    let again = s
+        .upsert_host(&HostRecord {
+            id: "host-other".into(),
+            token: "t2".into(),
+            ..h.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.id, "host-1");
+    assert_eq!(again.token, "t2");
+    let cap = HostCapacity {
+        cpus: 4,
+        total_memory_mb: 8192,
+        free_memory_mb: 4096,
+        running: 3,
+    };
+    let at = now();
+    s.update_host_health("host-1", "healthy", Some(cap), at)
+        .await
+        .unwrap();
+    s.update_host_health("host-1", "unreachable", None, at)
+        .await
+        .unwrap();
+    let all = s.list_hosts().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].status, "unreachable");
+    assert_eq!(all[0].free_memory_mb, 4096);
+    assert_eq!(all[0].running, 3);
+    assert_eq!(all[0].last_seen, Some(at));
+    "host-1".into()
+}
+
+async fn sandboxes(s: &dyn Store, host: &str) {
+    s.create_account(&account("s1")).await.unwrap();
+    s.create_account(&account("s2")).await.unwrap();
+    let mut a = sandbox("sb-a", "team-s1", host, 0);
+    s.insert_sandbox(&a).await.unwrap();
+    let mut b = sandbox("sb-b", "team-s1", host, 5);
+    b.created_at += Duration::milliseconds(1);
+    s.insert_sandbox(&b).await.unwrap();
+    s.insert_sandbox(&sandbox("sb-c", "team-s2", host, 7))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.insert_sandbox(&a).await,
+        Err(StoreError::Duplicate)
+    ));
+
+    assert_eq!(s.get_sandbox("team-s1", "sb-a").await.unwrap().unwrap(), a);
+    assert!(s.get_sandbox("team-s2", "sb-a").await.unwrap().is_none());
+    let ids: Vec<String> = s
+        .list_sandboxes("team-s1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(ids, ["sb-a", "sb-b"]);
+
+    let mut timed: Vec<String> = s
+        .list_running_with_timeout()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    timed.sort();
+    assert_eq!(timed, ["sb-b", "sb-c"]);
+
+    let later = now() + Duration::seconds(3);
+    assert!(s.touch_sandbox("team-s1", "sb-a", later).await.unwrap());
+    assert!(!s.touch_sandbox("team-s2", "sb-a", later).await.unwrap());
+    a = s.get_sandbox("team-s1", "sb-a").await.unwrap().unwrap();
+    assert_eq!(a.last_active_at, Some(later));
+
+    a.status = SandboxStatus::Paused;
+    a.host_ip = String::new();
+    a.last_updated = later;
+    s.update_sandbox(&a).await.unwrap();
+    assert_eq!(s.get_sandbox("team-s1", "sb-a").await.unwrap().unwrap(), a);
+    // A paused sandbox is not touched.
+    assert!(!s.touch_sandbox("team-s1", "sb-a", now()).await.unwrap());
+
+    assert!(!s.delete_sandbox("team-s2", "sb-a").await.unwrap());
+    assert!(s.delete_sandbox("team-s1", "sb-a").await.unwrap());
+    assert!(s.get_sandbox("team-s1", "sb-a").await.unwrap().is_none());
+    b.status = SandboxStatus::Paused;
+    s.update_sandbox(&b).await.unwrap();
+    let timed: Vec<String> = s
+        .list_running_with_timeout()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(timed, ["sb-c"]);
+}
+
+async fn templates(s: &dyn Store, host: &str) {
+    s.create_account(&account("t1")).await.unwrap();
+    s.create_account(&account("t2")).await.unwrap();
+    let tpl = |id: &str, team: &str, name: &str, agent: &str| TemplateRecord {
+        id: id.into(),
+        team_id: team.into(),
+        name: name.into(),
+        agent_name: agent.into(),
+        host_id: host.into(),
+        vcpus: 2,
+        memory_mb: 1024,
+        size_bytes: 12345,
+        created_at: now(),
+    };
+    s.insert_sandbox(&sandbox("sb-t1", "team-t1", host, 0))
+        .await
+        .unwrap();
+    let first = tpl("tp-1", "team-t1", "py", "t-agent-1");
+    assert_eq!(
+        s.commit_snapshot(&first, "sb-t1", false).await.unwrap(),
+        None
+    );
+    assert!(s.get_sandbox("team-t1", "sb-t1").await.unwrap().is_none());
+    assert_eq!(
+        s.get_template("team-t1", "py").await.unwrap().unwrap(),
+        first
+    );
+    assert!(s.get_template("team-t2", "py").await.unwrap().is_none());
+
+    // Same name without overwrite: duplicate, and the sandbox survives.
+    s.insert_sandbox(&sandbox("sb-t2", "team-t1", host, 0))
+        .await
+        .unwrap();
+    let second = tpl("tp-2", "team-t1", "py", "t-agent-2");
+    assert!(matches!(
+        s.commit_snapshot(&second, "sb-t2", false).await,
+        Err(StoreError::Duplicate)
+    ));
+    assert!(s.get_sandbox("team-t1", "sb-t2").await.unwrap().is_some());
+
+    // With overwrite: the old record comes back, the row now points at the new agent name.
+    let old = s.commit_snapshot(&second, "sb-t2", true).await.unwrap();
+    assert_eq!(old.unwrap().agent_name, "t-agent-1");
+    let now_row = s.get_template("team-t1", "py").await.unwrap().unwrap();
+    assert_eq!(now_row.agent_name, "t-agent-2");
+    assert!(s.get_sandbox("team-t1", "sb-t2").await.unwrap().is_none());
+
+    // Another team may use the same name.
+    s.insert_sandbox(&sandbox("sb-t3", "team-t2", host, 0))
+        .await
+        .unwrap();
+    s.commit_snapshot(&tpl("tp-3", "team-t2", "py", "t-agent-3"), "sb-t3", false)
+        .await
+        .unwrap();
+    s.insert_sandbox(&sandbox("sb-t4", "team-t2", host, 0))
+        .await
+        .unwrap();
+    s.commit_snapshot(&tpl("tp-4", "team-t2", "node", "t-agent-4"), "sb-t4", false)
+        .await
+        .unwrap();
+    let names: Vec<String> = s
+        .list_templates("team-t2")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["node", "py"]);
+    assert_eq!(s.list_templates("team-t1").await.unwrap().len(), 1);
+
+    assert!(s
+        .delete_template("team-t1", "node")
+        .await
+        .unwrap()
+        .is_none());
+    let gone = s.delete_template("team-t2", "py").await.unwrap().unwrap();
+    assert_eq!(gone.agent_name, "t-agent-3");
+    assert!(s.get_template("team-t2", "py").await.unwrap().is_none());
+    assert!(s.get_template("team-t1", "py").await.unwrap().is_some());
+}
+
+/// Every check, in order, against one store.
+async fn suite(s: Arc<dyn Store>) {
+    accounts(&*s).await;
+    oauth(&*s).await;
+    api_keys(&*s).await;
+    let host = hosts(&*s).await;
+    sandboxes(&*s, &host).await;
+    templates(&*s, &host).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wrenn.db");
+    let s = store::open(path.to_str().unwrap()).await.unwrap();
+    suite(s).await;
+    // Reopening runs the migrations again without harm and keeps the data.
+    let s = store::open(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    assert!(s
+        .user_by_email("alice@example.com")
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test]
+async fn postgres_store_suite() {
+    let pg = support::pg::PgServer::start();
+    let url = pg.create_database("wrenn_suite").await;
+    let s = store::open(&url).await.unwrap();
+    suite(s.clone()).await;
+    let s = store::open(&url).await.unwrap();
+    assert!(s
+        .user_by_email("alice@example.com")
+        .await
+        .unwrap()
+        .is_some());
+}
