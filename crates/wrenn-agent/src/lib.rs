@@ -5,9 +5,11 @@
 //! - [`envd_client`]: the typed client of envd, the daemon inside every guest.
 //! - [`cmd`]: the one place external commands are run, with their stderr kept on failure.
 
+pub mod api;
 pub mod cmd;
 pub mod envd_client;
 pub mod guest;
 pub mod images;
 pub mod net;
+pub mod sandbox;
 pub mod vmm;

@@ -234,12 +234,13 @@ pub struct Vm {
     pub spec: VmSpec,
 }
 
-/// Called in the forked child before QEMU is executed (e.g. to enter a network namespace).
-pub type PreExec = Box<dyn FnMut() -> std::io::Result<()> + Send + Sync + 'static>;
+/// Prepares QEMU's command before it is started (e.g. to run it inside a network namespace).
+pub type PreExec<'a> =
+    Box<dyn FnOnce(&mut std::process::Command) -> std::io::Result<()> + Send + 'a>;
 
 impl Vm {
     /// Boots a fresh VM from its kernel.
-    pub async fn boot(spec: VmSpec, pre_exec: Option<PreExec>) -> Result<Vm, VmError> {
+    pub async fn boot(spec: VmSpec, pre_exec: Option<PreExec<'_>>) -> Result<Vm, VmError> {
         let vm = Self::spawn(spec, false, pre_exec).await?;
         Ok(vm)
     }
@@ -248,7 +249,21 @@ impl Vm {
     pub async fn restore(
         spec: VmSpec,
         state: &Path,
-        pre_exec: Option<PreExec>,
+        pre_exec: Option<PreExec<'_>>,
+    ) -> Result<Vm, VmError> {
+        let vm = Self::load(spec, state, pre_exec).await?;
+        if let Err(e) = vm.cont().await {
+            vm.kill().await;
+            return Err(e);
+        }
+        Ok(vm)
+    }
+
+    /// Starts a QEMU and loads a saved device state into it, leaving the guest stopped.
+    pub async fn load(
+        spec: VmSpec,
+        state: &Path,
+        pre_exec: Option<PreExec<'_>>,
     ) -> Result<Vm, VmError> {
         let vm = Self::spawn(spec, true, pre_exec).await?;
         let r = async {
@@ -259,9 +274,7 @@ impl Vm {
                     json!({ "uri": format!("exec:cat {}", shell_path(state)?) }),
                 )
                 .await?;
-            vm.wait_migration("restore").await?;
-            vm.qmp.execute("cont", serde_json::Value::Null).await?;
-            Ok::<(), VmError>(())
+            vm.wait_migration("restore").await
         }
         .await;
         match r {
@@ -286,26 +299,22 @@ impl Vm {
     async fn spawn(
         spec: VmSpec,
         incoming: bool,
-        pre_exec: Option<PreExec>,
+        pre_exec: Option<PreExec<'_>>,
     ) -> Result<Vm, VmError> {
         std::fs::create_dir_all(&spec.run_dir).map_err(io_err("create run dir"))?;
         for p in [spec.qmp_path(), spec.pid_path()] {
             let _ = std::fs::remove_file(p);
         }
-        let mut cmd = tokio::process::Command::new(&spec.qemu_bin);
-        cmd.args(qemu_args(&spec, incoming))
+        let mut std_cmd = std::process::Command::new(&spec.qemu_bin);
+        std_cmd
+            .args(qemu_args(&spec, incoming))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(false);
-        if let Some(mut hook) = pre_exec {
-            // SAFETY: the hook runs in the forked child before exec; the callers' hooks only
-            // make async-signal-safe system calls (setns) on file descriptors opened before fork.
-            unsafe {
-                cmd.pre_exec(move || hook());
-            }
+            .stderr(std::process::Stdio::piped());
+        if let Some(hook) = pre_exec {
+            hook(&mut std_cmd).map_err(|e| VmError::Start(format!("prepare QEMU: {e}")))?;
         }
-        let out = cmd
+        let out = tokio::process::Command::from(std_cmd)
             .output()
             .await
             .map_err(|e| VmError::Start(format!("{}: {e}", spec.qemu_bin.display())))?;
@@ -448,7 +457,10 @@ pub fn pid_alive(pid: u32) -> bool {
         Ok(stat) => {
             // The state follows the parenthesised command name.
             let state = stat.rsplit_once(')').map(|(_, r)| r.trim_start());
-            !matches!(state.and_then(|s| s.chars().next()), Some('Z') | Some('X') | None)
+            !matches!(
+                state.and_then(|s| s.chars().next()),
+                Some('Z') | Some('X') | None
+            )
         }
         Err(_) => false,
     }
@@ -531,7 +543,9 @@ mod tests {
         let diff: Vec<_> = tcg.iter().zip(&kvm).filter(|(a, b)| a != b).collect();
         assert_eq!(diff.len(), 2, "{diff:?}");
         assert!(tcg.windows(2).any(|w| w[0] == "-accel" && w[1] == "tcg"));
-        assert!(kvm.windows(2).any(|w| w[0] == "-cpu" && w[1] == "host,-arch-capabilities"));
+        assert!(kvm
+            .windows(2)
+            .any(|w| w[0] == "-cpu" && w[1] == "host,-arch-capabilities"));
     }
 
     #[test]
@@ -555,7 +569,9 @@ mod tests {
     fn hw_virt_detection_reads_flags() {
         assert!(cpu_has_hw_virt("flags\t: fpu vme vmx sse\n"));
         assert!(cpu_has_hw_virt("flags\t: fpu svm\n"));
-        assert!(!cpu_has_hw_virt("flags\t: fpu vme sse hypervisor\nmodel name: vmx-like\n"));
+        assert!(!cpu_has_hw_virt(
+            "flags\t: fpu vme sse hypervisor\nmodel name: vmx-like\n"
+        ));
     }
 
     #[test]
@@ -579,6 +595,9 @@ mod tests {
     fn pid_checks() {
         assert!(pid_alive(std::process::id()));
         assert!(!pid_alive(u32::MAX - 1));
-        assert!(!is_our_qemu(std::process::id(), Path::new("/nonexistent/qmp.sock")));
+        assert!(!is_our_qemu(
+            std::process::id(),
+            Path::new("/nonexistent/qmp.sock")
+        ));
     }
 }

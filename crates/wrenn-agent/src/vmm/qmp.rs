@@ -69,7 +69,9 @@ impl Qmp {
             .map_err(io)?
             .ok_or_else(|| QmpError::Protocol("socket closed before greeting".into()))?;
         if !greeting.contains("\"QMP\"") {
-            return Err(QmpError::Protocol(format!("unexpected greeting: {greeting}")));
+            return Err(QmpError::Protocol(format!(
+                "unexpected greeting: {greeting}"
+            )));
         }
         let pending: Pending = Arc::default();
         let (closed_tx, closed_rx) = watch::channel(false);
@@ -146,7 +148,10 @@ impl Qmp {
             msg["arguments"] = arguments;
         }
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("qmp pending lock").insert(id, tx);
+        self.pending
+            .lock()
+            .expect("qmp pending lock")
+            .insert(id, tx);
         let mut line = msg.to_string();
         line.push('\n');
         {

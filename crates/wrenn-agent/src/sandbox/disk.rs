@@ -1,0 +1,115 @@
+//! Disk layers: qcow2 overlays chained by relative backing names, shared between snapshot
+//! images and sandboxes by hard links. A layer is never written once something is layered on
+//! it, so a link is as good as a copy, costs nothing, and keeps the file alive when the
+//! template that named it is deleted or overwritten.
+
+use crate::cmd::{self, CmdError};
+use std::path::Path;
+
+/// Longest chain kept; a snapshot deeper than this is flattened into one layer.
+pub const MAX_CHAIN: usize = 6;
+
+/// Hard-links each of `layers` from `from` into `to`.
+pub fn link_layers(from: &Path, to: &Path, layers: &[String]) -> std::io::Result<()> {
+    for l in layers {
+        link(&from.join(l), &to.join(l))?;
+    }
+    Ok(())
+}
+
+/// Hard-links one file, replacing nothing: an existing target is an error.
+pub fn link(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::hard_link(from, to).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("link {} -> {}: {e}", from.display(), to.display()),
+        )
+    })
+}
+
+/// Creates `dir/name` as a qcow2 overlay on `dir/backing` (named relatively).
+pub fn create_overlay(dir: &Path, backing: &str, name: &str) -> Result<(), CmdError> {
+    let fmt = if backing.ends_with(".qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
+    let out = dir.join(name);
+    let mut c = std::process::Command::new("qemu-img");
+    c.current_dir(dir)
+        .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b", backing])
+        .arg(&out);
+    cmd::output(c, format!("qemu-img create -b {backing} {}", out.display()))?;
+    Ok(())
+}
+
+/// Writes the whole chain ending in `top` into one standalone qcow2 `out`.
+pub fn flatten(top: &Path, out: &Path) -> Result<(), CmdError> {
+    cmd::run(
+        "qemu-img",
+        [
+            "convert".as_ref(),
+            "-O".as_ref(),
+            "qcow2".as_ref(),
+            top.as_os_str(),
+            out.as_os_str(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Creates a sparse file of `mb` MiB for guest RAM.
+pub fn create_mem_file(path: &Path, mb: u32) -> std::io::Result<()> {
+    let f = std::fs::File::create(path)?;
+    f.set_len(u64::from(mb) << 20)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_chain_links_and_flattens() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let base = a.path().join("base.ext4");
+        std::fs::write(&base, vec![7u8; 1 << 20]).unwrap();
+        create_overlay(a.path(), "base.ext4", "l1.qcow2").unwrap();
+        // Linked into another directory, the chain still resolves (relative backing names).
+        link_layers(a.path(), b.path(), &["base.ext4".into(), "l1.qcow2".into()]).unwrap();
+        create_overlay(b.path(), "l1.qcow2", "l2.qcow2").unwrap();
+        std::fs::remove_dir_all(a.path()).unwrap();
+        let info = cmd::run(
+            "qemu-img",
+            [
+                "info",
+                "--backing-chain",
+                b.path().join("l2.qcow2").to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+        let info = String::from_utf8_lossy(&info);
+        assert!(info.contains("base.ext4"), "{info}");
+        let flat = b.path().join("flat.qcow2");
+        flatten(&b.path().join("l2.qcow2"), &flat).unwrap();
+        let info = String::from_utf8_lossy(
+            &cmd::run("qemu-img", ["info", flat.to_str().unwrap()]).unwrap(),
+        )
+        .to_string();
+        assert!(!info.contains("backing file"), "{info}");
+        // An existing link target is refused, never overwritten.
+        assert!(link(&b.path().join("l1.qcow2"), &b.path().join("l2.qcow2")).is_err());
+    }
+
+    #[test]
+    fn mem_file_is_sparse_and_sized() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("mem");
+        create_mem_file(&p, 64).unwrap();
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(m.len(), 64 << 20);
+        assert!(m.blocks() * 512 < 1 << 20);
+    }
+}

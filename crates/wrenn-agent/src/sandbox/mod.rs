@@ -1,0 +1,1160 @@
+//! The sandbox manager: owns every sandbox of this host through its whole life — create (a
+//! copy-on-write clone of a warm snapshot), pause to files, resume, snapshot into a template,
+//! destroy — and finds them again after the agent restarts.
+//!
+//! It combines the VM layer ([`crate::vmm`]), network slots ([`crate::net`]), disk layers
+//! ([`disk`]) and envd ([`crate::envd_client`]); it holds no HTTP code (see [`crate::api`]).
+//! Each sandbox's operations are serialised by its own lock; every acquired resource (slot,
+//! QEMU, files) is released by the operation that acquired it when that operation fails.
+//!
+//! Data directory layout:
+//! - `sandboxes/<id>/`: `sandbox.json`, RAM file, `state`, disk layers, QMP socket, console log
+//! - `templates/<name>/`: user snapshot templates (a snapshot image, see [`store`])
+//! - `warm/<template>-<vcpus>x<mem>-<key>/`: warm snapshots of base templates
+
+pub mod disk;
+pub mod store;
+
+use crate::envd_client::EnvdClient;
+use crate::images::Images;
+use crate::net::{Slot, SlotPool};
+use crate::vmm::{self, Accel, Vm, VmSpec};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+use store::{ImageMeta, SandboxRecord};
+use wrenn_types::agent::{HostInfo, SandboxInfo, SandboxStatus, TemplateInfo};
+use wrenn_types::envd::ENVD_PORT;
+
+/// Version of the warm snapshot recipe; bump to invalidate existing warm snapshots.
+const WARM_VERSION: &str = "1";
+/// How long a cold boot may take to bring envd up (TCG is slow).
+const COLD_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long envd may take to answer after a restore.
+const RESTORE_READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Limits on what a caller may ask for.
+pub const MAX_VCPUS: u32 = 16;
+pub const MIN_MEMORY_MB: u32 = 128;
+pub const MAX_MEMORY_MB: u32 = 16384;
+
+/// What the manager needs to run.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub data_dir: PathBuf,
+    pub qemu_bin: PathBuf,
+    pub accel: Accel,
+    pub images: Images,
+}
+
+/// A sandbox operation's failure; [`crate::api`] maps each to a status and error code.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The request is malformed or out of limits.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No sandbox with that id on this host.
+    #[error("sandbox {0} not found")]
+    NotFound(String),
+    /// No template with that name on this host.
+    #[error("template {0} not found")]
+    TemplateNotFound(String),
+    /// The sandbox is in the wrong state for the operation.
+    #[error("{0}")]
+    Conflict(String),
+    /// A template or sandbox with that name already exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Not enough memory on this host.
+    #[error("{0}")]
+    Capacity(String),
+    /// The VM could not be started, saved or restored.
+    #[error("VM: {0}")]
+    Vm(#[from] vmm::VmError),
+    /// A network slot could not be made or released.
+    #[error("network: {0}")]
+    Net(#[from] crate::net::NetError),
+    /// envd inside the guest failed or did not answer.
+    #[error("envd: {0}")]
+    Envd(#[from] crate::envd_client::EnvdError),
+    /// A disk layer could not be made.
+    #[error("disk: {0}")]
+    Disk(#[from] crate::cmd::CmdError),
+    /// A file of the sandbox could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let context = context.into();
+    move |source| SandboxError::Io { context, source }
+}
+
+/// The live part of a sandbox, behind its lock.
+struct Inner {
+    rec: SandboxRecord,
+    vm: Option<Vm>,
+    slot: Option<Slot>,
+    envd: Option<EnvdClient>,
+}
+
+struct Entry {
+    inner: tokio::sync::Mutex<Inner>,
+}
+
+/// Owner of every sandbox and template on this host.
+pub struct Manager {
+    cfg: ManagerConfig,
+    pool: Arc<SlotPool>,
+    sandboxes: Mutex<HashMap<String, Arc<Entry>>>,
+    /// One lock per warm snapshot, so concurrent first creates boot it once.
+    warm_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serialises template publication and deletion.
+    template_lock: tokio::sync::Mutex<()>,
+    me: Weak<Manager>,
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Ids and template names: short, lowercase, safe in paths and in QEMU's `exec:` URIs.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+}
+
+impl Manager {
+    /// Starts the manager: finds sandboxes left by a previous run (re-attaching to their
+    /// running QEMUs, keeping paused ones, cleaning half-made ones) and sets up the slot pool.
+    pub async fn start(
+        cfg: ManagerConfig,
+        net: crate::net::NetConfig,
+    ) -> Result<Arc<Manager>, SandboxError> {
+        for d in ["sandboxes", "templates", "warm"] {
+            std::fs::create_dir_all(cfg.data_dir.join(d)).map_err(io("create data dirs"))?;
+        }
+        remove_temp_dirs(&cfg.data_dir.join("templates"));
+        remove_temp_dirs(&cfg.data_dir.join("warm"));
+
+        // Re-attach first: the slots of live VMs must survive the pool's clean-up.
+        let mut found: Vec<(SandboxRecord, Option<Vm>)> = Vec::new();
+        let sb_root = cfg.data_dir.join("sandboxes");
+        for e in std::fs::read_dir(&sb_root)
+            .map_err(io("read sandboxes"))?
+            .flatten()
+        {
+            let dir = e.path();
+            let rec: SandboxRecord = match store::read_json(&dir.join("sandbox.json")) {
+                Ok(r) => r,
+                Err(_) => {
+                    // Never got as far as a record: half-made.
+                    let _ = std::fs::remove_dir_all(&dir);
+                    continue;
+                }
+            };
+            match rec.status {
+                SandboxStatus::Running => {
+                    let spec = spec_for(&cfg, &dir, &rec, "tap0");
+                    match Vm::attach(spec).await {
+                        Ok(vm) => found.push((rec, Some(vm))),
+                        Err(e) => {
+                            if let Ok(pid) = std::fs::read_to_string(dir.join("qemu.pid")) {
+                                if let Ok(pid) = pid.trim().parse() {
+                                    vmm::kill_stale(pid, &dir.join("qmp.sock")).await;
+                                }
+                            }
+                            let mut rec = rec;
+                            mark_error(
+                                &dir,
+                                &mut rec,
+                                format!("lost while the agent was down: {e}"),
+                            );
+                            found.push((rec, None));
+                        }
+                    }
+                }
+                SandboxStatus::Paused | SandboxStatus::Error | SandboxStatus::Stopped => {
+                    found.push((rec, None))
+                }
+                SandboxStatus::Pending => {
+                    if let Ok(pid) = std::fs::read_to_string(dir.join("qemu.pid")) {
+                        if let Ok(pid) = pid.trim().parse() {
+                            vmm::kill_stale(pid, &dir.join("qmp.sock")).await;
+                        }
+                    }
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+        let in_use: Vec<u32> = found
+            .iter()
+            .filter(|(_, vm)| vm.is_some())
+            .filter_map(|(r, _)| r.slot)
+            .collect();
+        let pool = {
+            let net = net.clone();
+            tokio::task::spawn_blocking(move || SlotPool::start(net, &in_use))
+                .await
+                .map_err(|e| SandboxError::Io {
+                    context: "start slot pool".into(),
+                    source: std::io::Error::other(e),
+                })??
+        };
+        let mgr = Arc::new_cyclic(|me| Manager {
+            cfg,
+            pool,
+            sandboxes: Mutex::default(),
+            warm_locks: Mutex::default(),
+            template_lock: tokio::sync::Mutex::new(()),
+            me: me.clone(),
+        });
+        for (rec, vm) in found {
+            let id = rec.id.clone();
+            let mut inner = Inner {
+                rec,
+                vm: None,
+                slot: None,
+                envd: None,
+            };
+            if let Some(vm) = vm {
+                let idx = inner.rec.slot.unwrap_or_default();
+                match mgr.pool.adopt(idx) {
+                    Ok(slot) => {
+                        inner.envd = envd_for(&slot).ok();
+                        mgr.watch(&id, &vm);
+                        inner.vm = Some(vm);
+                        inner.slot = Some(slot);
+                    }
+                    Err(e) => {
+                        vm.kill().await;
+                        let dir = mgr.sandbox_dir(&id);
+                        mark_error(&dir, &mut inner.rec, format!("network slot lost: {e}"));
+                    }
+                }
+            }
+            mgr.sandboxes.lock().expect("sandboxes lock").insert(
+                id,
+                Arc::new(Entry {
+                    inner: tokio::sync::Mutex::new(inner),
+                }),
+            );
+        }
+        Ok(mgr)
+    }
+
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.cfg.data_dir.join("sandboxes").join(id)
+    }
+
+    fn template_dir(&self, name: &str) -> PathBuf {
+        self.cfg.data_dir.join("templates").join(name)
+    }
+
+    fn entry(&self, id: &str) -> Result<Arc<Entry>, SandboxError> {
+        self.sandboxes
+            .lock()
+            .expect("sandboxes lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SandboxError::NotFound(id.to_string()))
+    }
+
+    /// The accelerator guests run with.
+    pub fn accel(&self) -> Accel {
+        self.cfg.accel
+    }
+
+    /// The slot pool (for tests that check nothing leaked).
+    pub fn slot_pool(&self) -> &Arc<SlotPool> {
+        &self.pool
+    }
+
+    /// Creates a sandbox from a template: a copy-on-write clone of the template's snapshot
+    /// (booting a base template once first if it has no warm snapshot yet).
+    pub async fn create(
+        &self,
+        id: &str,
+        template: &str,
+        vcpus: u32,
+        memory_mb: u32,
+    ) -> Result<SandboxInfo, SandboxError> {
+        if !valid_name(id) {
+            return Err(SandboxError::BadRequest(format!(
+                "invalid sandbox id {id:?}"
+            )));
+        }
+        if !valid_name(template) {
+            return Err(SandboxError::TemplateNotFound(template.to_string()));
+        }
+        if vcpus == 0 || vcpus > MAX_VCPUS {
+            return Err(SandboxError::BadRequest(format!(
+                "vcpus must be between 1 and {MAX_VCPUS}"
+            )));
+        }
+        if !(MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&memory_mb) {
+            return Err(SandboxError::BadRequest(format!(
+                "memory_mb must be between {MIN_MEMORY_MB} and {MAX_MEMORY_MB}"
+            )));
+        }
+        let (image_dir, meta) = self.snapshot_image(template, vcpus, memory_mb).await?;
+        check_capacity(meta.memory_mb)?;
+
+        let dir = self.sandbox_dir(id);
+        let rec = SandboxRecord {
+            id: id.to_string(),
+            template: template.to_string(),
+            vcpus: meta.vcpus,
+            memory_mb: meta.memory_mb,
+            status: SandboxStatus::Pending,
+            slot: None,
+            host_ip: String::new(),
+            mem_file: "tmem".into(),
+            mem_share: false,
+            ram_in_state: false,
+            layers: Vec::new(),
+            created_at: now_rfc3339(),
+            started_at: None,
+            error: None,
+        };
+        let entry = Arc::new(Entry {
+            inner: tokio::sync::Mutex::new(Inner {
+                rec,
+                vm: None,
+                slot: None,
+                envd: None,
+            }),
+        });
+        {
+            let mut map = self.sandboxes.lock().expect("sandboxes lock");
+            if map.contains_key(id) || dir.exists() {
+                return Err(SandboxError::AlreadyExists(format!(
+                    "sandbox {id} already exists"
+                )));
+            }
+            map.insert(id.to_string(), entry.clone());
+        }
+        let mut inner = entry.inner.lock().await;
+        match self.clone_into(&mut inner, &dir, &image_dir, &meta).await {
+            Ok(()) => Ok(info(&inner.rec)),
+            Err(e) => {
+                self.teardown(&mut inner).await;
+                let _ = std::fs::remove_dir_all(&dir);
+                self.sandboxes.lock().expect("sandboxes lock").remove(id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn clone_into(
+        &self,
+        inner: &mut Inner,
+        dir: &Path,
+        image_dir: &Path,
+        meta: &ImageMeta,
+    ) -> Result<(), SandboxError> {
+        std::fs::create_dir_all(dir).map_err(io("create sandbox dir"))?;
+        store::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
+        disk::link_layers(image_dir, dir, &meta.layers).map_err(io("link template disk"))?;
+        disk::link(&image_dir.join("mem"), &dir.join("tmem")).map_err(io("link template RAM"))?;
+        disk::link(&image_dir.join("state"), &dir.join("state"))
+            .map_err(io("link template state"))?;
+        let top = format!(
+            "disk-{}.qcow2",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let backing = meta.layers.last().cloned().unwrap_or_default();
+        {
+            let dir = dir.to_path_buf();
+            let top = top.clone();
+            tokio::task::spawn_blocking(move || disk::create_overlay(&dir, &backing, &top))
+                .await
+                .map_err(|e| SandboxError::Io {
+                    context: "create overlay".into(),
+                    source: std::io::Error::other(e),
+                })??;
+        }
+        inner.rec.layers = meta.layers.clone();
+        inner.rec.layers.push(top);
+        self.start_vm(inner, dir).await
+    }
+
+    /// Restores the sandbox's VM from `dir/state` into a fresh slot and waits for envd.
+    async fn start_vm(&self, inner: &mut Inner, dir: &Path) -> Result<(), SandboxError> {
+        let slot = self.pool.acquire().await?;
+        inner.rec.slot = Some(slot.index);
+        inner.rec.host_ip = slot.host_ip.to_string();
+        let spec = spec_for(&self.cfg, dir, &inner.rec, &slot.tap);
+        inner.slot = Some(slot);
+        let slot = inner.slot.as_ref().expect("slot just set");
+        let vm = Vm::restore(spec, &dir.join("state"), Some(pre_exec_in(slot))).await?;
+        let envd = envd_for(inner.slot.as_ref().expect("slot just set"))?;
+        inner.vm = Some(vm);
+        envd.wait_ready(RESTORE_READY_TIMEOUT).await?;
+        envd.set_clock(SystemTime::now()).await?;
+        inner.envd = Some(envd);
+        inner.rec.status = SandboxStatus::Running;
+        inner.rec.started_at = Some(now_rfc3339());
+        inner.rec.error = None;
+        store::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
+        if let Some(vm) = &inner.vm {
+            self.watch(&inner.rec.id, vm);
+        }
+        Ok(())
+    }
+
+    /// Kills the VM and releases the slot of a sandbox, whatever state it is in.
+    async fn teardown(&self, inner: &mut Inner) {
+        inner.envd = None;
+        if let Some(vm) = inner.vm.take() {
+            vm.kill().await;
+        }
+        if let Some(slot) = inner.slot.take() {
+            if let Err(e) = self.pool.release(slot).await {
+                tracing::warn!(sandbox = %inner.rec.id, "releasing network slot: {e}");
+            }
+        }
+        inner.rec.slot = None;
+        inner.rec.host_ip.clear();
+    }
+
+    /// Notices when a sandbox's QEMU goes away without being asked to.
+    fn watch(&self, id: &str, vm: &Vm) {
+        let qmp = vm.qmp.clone();
+        let pid = vm.pid;
+        let id = id.to_string();
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            qmp.closed().await;
+            if let Some(mgr) = me.upgrade() {
+                mgr.on_vm_exit(&id, pid).await;
+            }
+        });
+    }
+
+    async fn on_vm_exit(&self, id: &str, pid: u32) {
+        let Ok(entry) = self.entry(id) else { return };
+        let mut inner = entry.inner.lock().await;
+        if inner.vm.as_ref().map(|v| v.pid) != Some(pid) {
+            return; // an exit we asked for (pause, destroy) or an older VM
+        }
+        let dir = self.sandbox_dir(id);
+        let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+        let tail: String = console
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join(" | ");
+        tracing::warn!(
+            sandbox = id,
+            pid,
+            "QEMU exited unexpectedly; console: {tail}"
+        );
+        self.teardown(&mut inner).await;
+        mark_error(&dir, &mut inner.rec, "the VM stopped unexpectedly".into());
+    }
+
+    /// Lists every sandbox on this host.
+    pub async fn list(&self) -> Vec<SandboxInfo> {
+        let entries: Vec<_> = self
+            .sandboxes
+            .lock()
+            .expect("sandboxes lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            out.push(info(&e.inner.lock().await.rec));
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// One sandbox.
+    pub async fn get(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        let e = self.entry(id)?;
+        let info = info(&e.inner.lock().await.rec);
+        Ok(info)
+    }
+
+    /// Destroys a sandbox in any state and removes its files.
+    pub async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
+        let e = self.entry(id)?;
+        let mut inner = e.inner.lock().await;
+        self.teardown(&mut inner).await;
+        inner.rec.status = SandboxStatus::Stopped;
+        let _ = std::fs::remove_dir_all(self.sandbox_dir(id));
+        self.sandboxes.lock().expect("sandboxes lock").remove(id);
+        Ok(())
+    }
+
+    /// Pauses a running sandbox to files: device state (and RAM, for a clone that has never
+    /// been paused) saved, QEMU ended, slot released.
+    pub async fn pause(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        let e = self.entry(id)?;
+        let mut inner = e.inner.lock().await;
+        if inner.rec.status != SandboxStatus::Running {
+            return Err(SandboxError::Conflict(format!(
+                "sandbox {id} is {}, not running",
+                inner.rec.status.as_str()
+            )));
+        }
+        self.save_and_stop(&mut inner).await?;
+        Ok(info(&inner.rec))
+    }
+
+    async fn save_and_stop(&self, inner: &mut Inner) -> Result<(), SandboxError> {
+        let dir = self.sandbox_dir(&inner.rec.id);
+        let vm = inner.vm.take().expect("running sandbox has a VM");
+        inner.envd = None;
+        if let Err(e) = vm.save(&dir.join("state")).await {
+            // The guest is stopped but intact: let it run on.
+            let _ = vm.cont().await;
+            inner.vm = Some(vm);
+            inner.envd = inner.slot.as_ref().and_then(|s| envd_for(s).ok());
+            return Err(e.into());
+        }
+        vm.quit().await?;
+        if let Some(slot) = inner.slot.take() {
+            if let Err(e) = self.pool.release(slot).await {
+                tracing::warn!(sandbox = %inner.rec.id, "releasing network slot: {e}");
+            }
+        }
+        inner.rec.slot = None;
+        inner.rec.host_ip.clear();
+        inner.rec.ram_in_state = !inner.rec.mem_share;
+        inner.rec.status = SandboxStatus::Paused;
+        store::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
+        // Make the RAM and state durable without holding up the caller.
+        let files = [dir.join(&inner.rec.mem_file), dir.join("state")];
+        tokio::task::spawn_blocking(move || {
+            for f in files {
+                if let Ok(f) = std::fs::File::open(f) {
+                    let _ = f.sync_all();
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Resumes a paused sandbox in any free slot; its processes continue where they stopped.
+    pub async fn resume(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        let e = self.entry(id)?;
+        let mut inner = e.inner.lock().await;
+        if inner.rec.status != SandboxStatus::Paused {
+            return Err(SandboxError::Conflict(format!(
+                "sandbox {id} is {}, not paused",
+                inner.rec.status.as_str()
+            )));
+        }
+        check_capacity(inner.rec.memory_mb)?;
+        let dir = self.sandbox_dir(id);
+        let before = inner.rec.clone();
+        if inner.rec.ram_in_state {
+            // The saved state carries the RAM: load it into a RAM file of the sandbox's own,
+            // so later pauses only save device state.
+            disk::create_mem_file(&dir.join("mem"), inner.rec.memory_mb)
+                .map_err(io("create RAM file"))?;
+            inner.rec.mem_file = "mem".into();
+            inner.rec.mem_share = true;
+        }
+        match self.start_vm(&mut inner, &dir).await {
+            Ok(()) => {
+                if before.ram_in_state {
+                    let _ = std::fs::remove_file(dir.join(&before.mem_file));
+                }
+                inner.rec.ram_in_state = false;
+                store::write_json(&dir.join("sandbox.json"), &inner.rec)
+                    .map_err(io("write record"))?;
+                Ok(info(&inner.rec))
+            }
+            Err(e) => {
+                self.teardown(&mut inner).await;
+                inner.rec = before;
+                Err(e)
+            }
+        }
+    }
+
+    /// The envd client of a running sandbox.
+    pub async fn envd(&self, id: &str) -> Result<EnvdClient, SandboxError> {
+        let e = self.entry(id)?;
+        let inner = e.inner.lock().await;
+        match (&inner.rec.status, &inner.envd) {
+            (SandboxStatus::Running, Some(c)) => Ok(c.clone()),
+            (s, _) => Err(SandboxError::Conflict(format!(
+                "sandbox {id} is {}, not running",
+                s.as_str()
+            ))),
+        }
+    }
+
+    /// Turns a sandbox into a template named `name` (its RAM, device state and disk) and
+    /// removes the sandbox. Sandboxes already made from an overwritten template keep working.
+    pub async fn snapshot(
+        &self,
+        id: &str,
+        name: &str,
+        overwrite: bool,
+    ) -> Result<TemplateInfo, SandboxError> {
+        if !valid_name(name) {
+            return Err(SandboxError::BadRequest(format!(
+                "invalid template name {name:?}: use lowercase letters, digits, '-', '_' or '.'"
+            )));
+        }
+        if self.base_template(name).is_some() {
+            return Err(SandboxError::AlreadyExists(format!(
+                "{name} is a base template and cannot be replaced"
+            )));
+        }
+        if !overwrite && self.template_dir(name).exists() {
+            return Err(SandboxError::AlreadyExists(format!(
+                "template {name} already exists"
+            )));
+        }
+        let e = self.entry(id)?;
+        let mut inner = e.inner.lock().await;
+        match inner.rec.status {
+            SandboxStatus::Running => self.save_and_stop(&mut inner).await?,
+            SandboxStatus::Paused => {}
+            s => {
+                return Err(SandboxError::Conflict(format!(
+                    "sandbox {id} is {}, not running",
+                    s.as_str()
+                )))
+            }
+        }
+        let dir = self.sandbox_dir(id);
+        let tmp = self
+            .cfg
+            .data_dir
+            .join("templates")
+            .join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&tmp).map_err(io("create template dir"))?;
+        let built = self.build_template(&inner.rec, &dir, &tmp, name).await;
+        let meta = match built {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        {
+            let _g = self.template_lock.lock().await;
+            let target = self.template_dir(name);
+            if target.exists() {
+                if !overwrite {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    return Err(SandboxError::AlreadyExists(format!(
+                        "template {name} already exists"
+                    )));
+                }
+                let trash = self
+                    .cfg
+                    .data_dir
+                    .join("templates")
+                    .join(format!(".tmp-old-{}", uuid::Uuid::new_v4().simple()));
+                std::fs::rename(&target, &trash).map_err(io("move old template"))?;
+                std::fs::rename(&tmp, &target).map_err(io("publish template"))?;
+                let _ = std::fs::remove_dir_all(&trash);
+            } else {
+                std::fs::rename(&tmp, &target).map_err(io("publish template"))?;
+            }
+        }
+        // The sandbox has become the template.
+        self.teardown(&mut inner).await;
+        inner.rec.status = SandboxStatus::Stopped;
+        let _ = std::fs::remove_dir_all(&dir);
+        self.sandboxes.lock().expect("sandboxes lock").remove(id);
+        Ok(template_info(&meta, &self.template_dir(name)))
+    }
+
+    /// Fills `tmp` with a snapshot image of the paused sandbox in `dir`.
+    async fn build_template(
+        &self,
+        rec: &SandboxRecord,
+        dir: &Path,
+        tmp: &Path,
+        name: &str,
+    ) -> Result<ImageMeta, SandboxError> {
+        let mut layers = rec.layers.clone();
+        if layers.len() > disk::MAX_CHAIN {
+            let flat = format!(
+                "flat-{}.qcow2",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            );
+            let top = dir.join(layers.last().expect("layers"));
+            let out = tmp.join(&flat);
+            tokio::task::spawn_blocking(move || disk::flatten(&top, &out))
+                .await
+                .map_err(|e| SandboxError::Io {
+                    context: "flatten disk".into(),
+                    source: std::io::Error::other(e),
+                })??;
+            layers = vec![flat];
+        } else {
+            disk::link_layers(dir, tmp, &layers).map_err(io("link disk layers"))?;
+        }
+        if rec.ram_in_state {
+            // A clone's RAM is in its state file: load it once into a RAM file of the
+            // template's own and save the device state alone.
+            disk::create_mem_file(&tmp.join("mem"), rec.memory_mb).map_err(io("RAM file"))?;
+            let slot = self.pool.acquire().await?;
+            let mut r = rec.clone();
+            r.mem_file = "mem".into();
+            r.mem_share = true;
+            let mut spec = spec_for(&self.cfg, dir, &r, &slot.tap);
+            spec.mem_path = tmp.join("mem");
+            spec.run_dir = tmp.join("run");
+            let res = async {
+                let vm = Vm::load(spec, &dir.join("state"), Some(pre_exec_in(&slot))).await?;
+                let saved = vm.save(&tmp.join("state")).await;
+                vm.quit().await?;
+                saved
+            }
+            .await;
+            let _ = self.pool.release(slot).await;
+            let _ = std::fs::remove_dir_all(tmp.join("run"));
+            res?;
+        } else {
+            disk::link(&dir.join(&rec.mem_file), &tmp.join("mem")).map_err(io("link RAM"))?;
+            disk::link(&dir.join("state"), &tmp.join("state")).map_err(io("link state"))?;
+        }
+        let meta = ImageMeta {
+            name: name.to_string(),
+            kind: "snapshot".into(),
+            vcpus: rec.vcpus,
+            memory_mb: rec.memory_mb,
+            layers,
+            created_at: now_rfc3339(),
+            source_key: String::new(),
+        };
+        store::write_json(&tmp.join("meta.json"), &meta).map_err(io("write template meta"))?;
+        Ok(meta)
+    }
+
+    fn base_template(&self, name: &str) -> Option<&crate::images::BaseTemplate> {
+        self.cfg.images.templates.iter().find(|t| t.name == name)
+    }
+
+    /// Templates on this host: base templates and snapshot templates.
+    pub fn templates(&self) -> Vec<TemplateInfo> {
+        let mut out: Vec<TemplateInfo> = self
+            .cfg
+            .images
+            .templates
+            .iter()
+            .map(|t| TemplateInfo {
+                name: t.name.clone(),
+                kind: "base".into(),
+                vcpus: None,
+                memory_mb: None,
+                size_bytes: std::fs::metadata(&t.rootfs)
+                    .map(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        m.blocks() * 512
+                    })
+                    .unwrap_or(t.size_bytes),
+                created_at: std::fs::metadata(&t.rootfs)
+                    .and_then(|m| m.modified())
+                    .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        if let Ok(rd) = std::fs::read_dir(self.cfg.data_dir.join("templates")) {
+            for e in rd.flatten() {
+                let dir = e.path();
+                if let Ok(meta) = store::read_json::<ImageMeta>(&dir.join("meta.json")) {
+                    out.push(template_info(&meta, &dir));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Deletes a snapshot template. Sandboxes made from it keep their own links to its files.
+    pub async fn delete_template(&self, name: &str) -> Result<(), SandboxError> {
+        if self.base_template(name).is_some() {
+            return Err(SandboxError::Conflict(format!(
+                "{name} is a base template and cannot be deleted"
+            )));
+        }
+        let dir = self.template_dir(name);
+        if !valid_name(name) || !dir.join("meta.json").exists() {
+            return Err(SandboxError::TemplateNotFound(name.to_string()));
+        }
+        let _g = self.template_lock.lock().await;
+        let trash = self
+            .cfg
+            .data_dir
+            .join("templates")
+            .join(format!(".tmp-del-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::rename(&dir, &trash).map_err(io("delete template"))?;
+        let _ = std::fs::remove_dir_all(&trash);
+        Ok(())
+    }
+
+    /// Host capacity and counts.
+    pub async fn host_info(&self) -> HostInfo {
+        let list = self.list().await;
+        let (total, avail) = meminfo();
+        HostInfo {
+            accel: self.cfg.accel,
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            total_memory_mb: total,
+            free_memory_mb: avail,
+            running: list
+                .iter()
+                .filter(|s| s.status == SandboxStatus::Running)
+                .count() as u32,
+            paused: list
+                .iter()
+                .filter(|s| s.status == SandboxStatus::Paused)
+                .count() as u32,
+            templates: self.templates().into_iter().map(|t| t.name).collect(),
+        }
+    }
+
+    /// The snapshot image a sandbox of `template` is cloned from: a user template as it is, or
+    /// the warm snapshot of a base template for (vcpus, memory), made on first use.
+    async fn snapshot_image(
+        &self,
+        template: &str,
+        vcpus: u32,
+        memory_mb: u32,
+    ) -> Result<(PathBuf, ImageMeta), SandboxError> {
+        let tdir = self.template_dir(template);
+        if let Ok(meta) = store::read_json::<ImageMeta>(&tdir.join("meta.json")) {
+            return Ok((tdir, meta));
+        }
+        let base = self
+            .base_template(template)
+            .ok_or_else(|| SandboxError::TemplateNotFound(template.to_string()))?
+            .clone();
+        let key = self.warm_key(&base);
+        let dir = self
+            .cfg
+            .data_dir
+            .join("warm")
+            .join(format!("{template}-{vcpus}x{memory_mb}-{}", &key[..12]));
+        let lock = self
+            .warm_locks
+            .lock()
+            .expect("warm locks")
+            .entry(dir.display().to_string())
+            .or_default()
+            .clone();
+        let _g = lock.lock().await;
+        if let Ok(meta) = store::read_json::<ImageMeta>(&dir.join("meta.json")) {
+            return Ok((dir, meta));
+        }
+        let tmp = self
+            .cfg
+            .data_dir
+            .join("warm")
+            .join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        match self
+            .make_warm(&base, template, vcpus, memory_mb, &key, &tmp)
+            .await
+        {
+            Ok(meta) => {
+                std::fs::rename(&tmp, &dir).map_err(io("publish warm snapshot"))?;
+                Ok((dir, meta))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Identity of everything a warm snapshot depends on.
+    fn warm_key(&self, base: &crate::images::BaseTemplate) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(WARM_VERSION);
+        h.update(format!("{:?}", self.cfg.accel));
+        for p in [
+            &base.rootfs,
+            &self.cfg.images.kernel,
+            &self.cfg.images.initrd,
+        ] {
+            h.update(p.display().to_string());
+            if let Ok(m) = std::fs::metadata(p) {
+                use std::os::unix::fs::MetadataExt;
+                h.update(format!("{}:{}:{}", m.len(), m.mtime(), m.mtime_nsec()));
+            }
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// Cold-boots a base template once, waits for envd, warms it up and saves it.
+    async fn make_warm(
+        &self,
+        base: &crate::images::BaseTemplate,
+        template: &str,
+        vcpus: u32,
+        memory_mb: u32,
+        key: &str,
+        tmp: &Path,
+    ) -> Result<ImageMeta, SandboxError> {
+        let started = std::time::Instant::now();
+        std::fs::create_dir_all(tmp).map_err(io("create warm dir"))?;
+        let base_name = format!("base-{}.ext4", &key[..12]);
+        disk::link(&base.rootfs, &tmp.join(&base_name)).map_err(io("link base image"))?;
+        let layer = format!(
+            "warm-{}.qcow2",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        {
+            let (d, b, l) = (tmp.to_path_buf(), base_name.clone(), layer.clone());
+            tokio::task::spawn_blocking(move || disk::create_overlay(&d, &b, &l))
+                .await
+                .map_err(|e| SandboxError::Io {
+                    context: "create overlay".into(),
+                    source: std::io::Error::other(e),
+                })??;
+        }
+        disk::create_mem_file(&tmp.join("mem"), memory_mb).map_err(io("RAM file"))?;
+        let slot = self.pool.acquire().await?;
+        let spec = VmSpec {
+            qemu_bin: self.cfg.qemu_bin.clone(),
+            accel: self.cfg.accel,
+            vcpus,
+            memory_mb,
+            kernel: self.cfg.images.kernel.clone(),
+            initrd: self.cfg.images.initrd.clone(),
+            cmdline: vmm::kernel_cmdline(self.cfg.accel),
+            mem_path: tmp.join("mem"),
+            mem_share: true,
+            disk: tmp.join(&layer),
+            tap: slot.tap.clone(),
+            mac: crate::guest::GUEST_MAC.into(),
+            run_dir: tmp.join("run"),
+        };
+        let res = async {
+            let envd = envd_for(&slot)?;
+            let vm = Vm::boot(spec, Some(pre_exec_in(&slot))).await?;
+            let ready = async {
+                envd.wait_ready(COLD_BOOT_TIMEOUT).await?;
+                // Serve a few requests before saving, so the code paths a sandbox uses first
+                // are already translated (under TCG) and paged in when a clone starts.
+                for _ in 0..3 {
+                    envd.exec(&warmup_exec()).await?;
+                }
+                Ok::<(), SandboxError>(())
+            }
+            .await;
+            if let Err(e) = ready {
+                let console = std::fs::read_to_string(vm.spec.console_path()).unwrap_or_default();
+                vm.kill().await;
+                let tail: Vec<&str> = console.lines().rev().take(10).collect();
+                tracing::warn!(
+                    "cold boot of {template} failed; console (last lines, newest first): {tail:?}"
+                );
+                return Err(e);
+            }
+            vm.save(&tmp.join("state")).await?;
+            vm.quit().await?;
+            Ok::<(), SandboxError>(())
+        }
+        .await;
+        let _ = self.pool.release(slot).await;
+        res?;
+        let _ = std::fs::remove_dir_all(tmp.join("run"));
+        let meta = ImageMeta {
+            name: template.to_string(),
+            kind: "warm".into(),
+            vcpus,
+            memory_mb,
+            layers: vec![base_name, layer],
+            created_at: now_rfc3339(),
+            source_key: key.to_string(),
+        };
+        store::write_json(&tmp.join("meta.json"), &meta).map_err(io("write warm meta"))?;
+        tracing::info!(
+            template,
+            vcpus,
+            memory_mb,
+            "warm snapshot made in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(meta)
+    }
+
+    /// Stops every VM's supervision without stopping the VMs (they keep running for the next
+    /// agent). Used on a clean agent shutdown.
+    pub async fn detach_all(&self) {
+        let entries: Vec<_> = self
+            .sandboxes
+            .lock()
+            .expect("sandboxes lock")
+            .drain()
+            .map(|(_, e)| e)
+            .collect();
+        for e in entries {
+            let mut inner = e.inner.lock().await;
+            // Forget the VM handle so its exit watcher finds nothing to do.
+            inner.vm = None;
+        }
+    }
+}
+
+fn warmup_exec() -> wrenn_types::envd::ExecRequest {
+    wrenn_types::envd::ExecRequest {
+        cmd: "true".into(),
+        args: vec![],
+        env: Default::default(),
+        cwd: None,
+        user: None,
+        timeout_sec: Some(30),
+        max_output_bytes: None,
+    }
+}
+
+fn envd_for(slot: &Slot) -> Result<EnvdClient, SandboxError> {
+    Ok(EnvdClient::new(SocketAddr::new(
+        slot.host_ip.into(),
+        ENVD_PORT,
+    ))?)
+}
+
+fn pre_exec_in(slot: &Slot) -> vmm::PreExec<'_> {
+    Box::new(move |cmd| slot.enter_netns_pre_exec(cmd))
+}
+
+/// The VM spec of a sandbox from its record.
+fn spec_for(cfg: &ManagerConfig, dir: &Path, rec: &SandboxRecord, tap: &str) -> VmSpec {
+    VmSpec {
+        qemu_bin: cfg.qemu_bin.clone(),
+        accel: cfg.accel,
+        vcpus: rec.vcpus,
+        memory_mb: rec.memory_mb,
+        kernel: cfg.images.kernel.clone(),
+        initrd: cfg.images.initrd.clone(),
+        cmdline: vmm::kernel_cmdline(cfg.accel),
+        mem_path: dir.join(&rec.mem_file),
+        mem_share: rec.mem_share,
+        disk: dir.join(
+            rec.layers
+                .last()
+                .map(String::as_str)
+                .unwrap_or("disk.qcow2"),
+        ),
+        tap: tap.to_string(),
+        mac: crate::guest::GUEST_MAC.into(),
+        run_dir: dir.to_path_buf(),
+    }
+}
+
+/// Puts a sandbox in `error`, keeping only its record.
+fn mark_error(dir: &Path, rec: &mut SandboxRecord, why: String) {
+    rec.status = SandboxStatus::Error;
+    rec.error = Some(why);
+    rec.slot = None;
+    rec.host_ip.clear();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_name() != "sandbox.json" {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let _ = store::write_json(&dir.join("sandbox.json"), rec);
+}
+
+fn info(rec: &SandboxRecord) -> SandboxInfo {
+    SandboxInfo {
+        id: rec.id.clone(),
+        status: rec.status,
+        template: rec.template.clone(),
+        vcpus: rec.vcpus,
+        memory_mb: rec.memory_mb,
+        guest_ip: crate::guest::GUEST_IP.into(),
+        host_ip: rec.host_ip.clone(),
+        started_at: rec.started_at.clone(),
+        error: rec.error.clone(),
+    }
+}
+
+fn template_info(meta: &ImageMeta, dir: &Path) -> TemplateInfo {
+    TemplateInfo {
+        name: meta.name.clone(),
+        kind: "snapshot".into(),
+        vcpus: Some(meta.vcpus),
+        memory_mb: Some(meta.memory_mb),
+        size_bytes: store::dir_allocated_bytes(dir),
+        created_at: meta.created_at.clone(),
+    }
+}
+
+fn remove_temp_dirs(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// (total, available) memory of the host in MiB.
+fn meminfo() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    (field("MemTotal:"), field("MemAvailable:"))
+}
+
+/// Refuses a VM when the host could not give it a reasonable share of its RAM.
+fn check_capacity(memory_mb: u32) -> Result<(), SandboxError> {
+    let (_, avail) = meminfo();
+    // Guests touch a fraction of their RAM; keep a floor so the host itself stays healthy.
+    let need = 256 + u64::from(memory_mb) / 4;
+    if avail < need {
+        return Err(SandboxError::Capacity(format!(
+            "not enough free memory on this host ({avail} MiB available, {need} MiB needed)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_path_and_shell_safe() {
+        assert!(valid_name("sb-abc123"));
+        assert!(valid_name("my.snap_1"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("../x"));
+        assert!(!valid_name(".hidden"));
+        assert!(!valid_name("Upper"));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name(&"a".repeat(65)));
+    }
+}
