@@ -67,6 +67,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
             tracing::warn!(code = self.code, message = %self.message, "request failed");
+        } else {
+            tracing::debug!(code = self.code, message = %self.message, "request refused");
         }
         (self.status, Json(ErrorBody::new(self.code, self.message))).into_response()
     }

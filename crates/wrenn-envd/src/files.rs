@@ -119,6 +119,7 @@ struct TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         if self.armed {
+            tracing::debug!(path = %self.path.display(), "removing unfinished upload");
             let _ = std::fs::remove_file(&self.path);
         }
     }
