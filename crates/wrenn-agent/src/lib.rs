@@ -9,6 +9,7 @@ pub mod api;
 pub mod cmd;
 pub mod envd_client;
 pub mod guest;
+pub mod host;
 pub mod images;
 pub mod net;
 pub mod sandbox;
