@@ -11,6 +11,9 @@ pub const GUEST_PREFIX: u8 = 24;
 pub const GUEST_GATEWAY: &str = "172.16.0.1";
 /// Fixed MAC of the guest NIC, so a restored guest's ARP cache stays valid.
 pub const GUEST_MAC: &str = "02:fc:00:00:00:02";
+/// Fixed MAC of the TAP device (the guest's gateway) in every slot, so the ARP entry a
+/// snapshot carries stays right in whichever slot it is restored.
+pub const GATEWAY_MAC: &str = "02:fc:00:00:00:01";
 /// Where the image builder installs envd inside the guest.
 pub const GUEST_ENVD_PATH: &str = "/usr/local/bin/wrenn-envd";
 /// The init the initramfs switches to: mounts, network, then envd (restarted if it dies).

@@ -179,6 +179,7 @@ fn build(prefix: &str, n: &Names) -> Result<(), NetError> {
     let inside = format!(
         "link set lo up\n\
          tuntap add {tap} mode tap\n\
+         link set {tap} address {gwmac}\n\
          addr add {gw}/{plen} dev {tap}\n\
          link set {tap} up\n\
          addr add {nip}/30 dev {pv}\n\
@@ -186,6 +187,7 @@ fn build(prefix: &str, n: &Names) -> Result<(), NetError> {
          route add default via {hip} dev {pv}\n",
         tap = TAP_NAME,
         gw = guest::GUEST_GATEWAY,
+        gwmac = guest::GATEWAY_MAC,
         plen = guest::GUEST_PREFIX,
         nip = n.ns_veth_ip,
         pv = n.peer_veth,
