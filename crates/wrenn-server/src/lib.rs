@@ -2,5 +2,22 @@
 //! keys, sandboxes, snapshots), host placement and the idle auto-pause reaper. It keeps its
 //! state in a [`store::Store`] and drives VMs only through host agents ([`agent::HostAgent`]);
 //! it never touches a VM itself and never links the agent's code.
+//!
+//! Code map: `config` (settings and limits) → `server` (entry points) → `api` (HTTP) →
+//! `app` (domain operations) → `store` (SQL) and `hosts` (placement) → `agent` (agent
+//! clients). `auth` holds the credential primitives, `error` the one error→HTTP mapping.
 
+pub mod agent;
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod hosts;
+pub mod reaper;
+pub mod server;
 pub mod store;
+
+pub use config::{limits, ConfigError, ServerConfig};
+pub use error::ApiError;
+pub use server::{build, serve, BuildError, Server};

@@ -1,0 +1,514 @@
+//! [`SimAgent`]: a simulated host agent for control-plane tests, in the spirit of a
+//! simulated sled agent. Sandboxes are records in memory with the same state machine as the
+//! real agent (running ⇄ paused, snapshot removes the sandbox); files are real files in a
+//! scratch directory (so large uploads are streamed to disk, not held in memory); exec
+//! understands a handful of commands: `echo`, `true`, `false`, `pwd`, `env`, `cat FILE`,
+//! `seq N`, `sleep SECS` and `sh -c 'exit N'`. Anything else exits 127. It runs no VM.
+
+use super::{AgentError, ByteStream, ExecSession, HostAgent};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use wrenn_types::agent::{
+    codes, Accel, CreateSandbox, HostInfo, SandboxInfo, SandboxStatus, SnapshotRequest,
+    TemplateInfo,
+};
+use wrenn_types::envd::{Encoding, ExecRequest, ExecResponse};
+use wrenn_types::stream::{ClientMessage, ServerMessage};
+
+/// Memory the simulated host pretends to have.
+const SIM_TOTAL_MEMORY_MB: u64 = 16 * 1024;
+
+struct SimSandbox {
+    info: SandboxInfo,
+    /// Guest path → file in the scratch directory.
+    files: HashMap<String, PathBuf>,
+}
+
+struct SimTemplate {
+    info: TemplateInfo,
+    files: HashMap<String, PathBuf>,
+}
+
+#[derive(Default)]
+struct SimState {
+    sandboxes: HashMap<String, SimSandbox>,
+    templates: HashMap<String, SimTemplate>,
+}
+
+/// The simulated agent.
+pub struct SimAgent {
+    state: Mutex<SimState>,
+    scratch: tempfile::TempDir,
+    next_file: AtomicU64,
+    host_index: u8,
+    fail_creates: AtomicBool,
+}
+
+impl SimAgent {
+    /// A simulated host with the given base templates. `host_index` makes its `host_ip`s
+    /// differ from other simulated hosts'.
+    pub fn new(base_templates: &[&str], host_index: u8) -> std::io::Result<Self> {
+        let mut state = SimState::default();
+        for name in base_templates {
+            state.templates.insert(
+                name.to_string(),
+                SimTemplate {
+                    info: TemplateInfo {
+                        name: name.to_string(),
+                        kind: "base".into(),
+                        vcpus: None,
+                        memory_mb: None,
+                        size_bytes: 512 * 1024 * 1024,
+                        created_at: now(),
+                    },
+                    files: HashMap::new(),
+                },
+            );
+        }
+        Ok(Self {
+            state: Mutex::new(state),
+            scratch: tempfile::Builder::new().prefix("wrenn-sim-").tempdir()?,
+            next_file: AtomicU64::new(0),
+            host_index,
+            fail_creates: AtomicBool::new(false),
+        })
+    }
+
+    /// Makes every following create fail with an internal error (to test error paths).
+    pub fn set_fail_creates(&self, fail: bool) {
+        self.fail_creates.store(fail, Ordering::SeqCst);
+    }
+
+    /// Status of a sandbox as the simulated host sees it.
+    pub fn sandbox_status(&self, id: &str) -> Option<SandboxStatus> {
+        self.lock().sandboxes.get(id).map(|s| s.info.status)
+    }
+
+    /// Names of all templates (base and snapshot) on the simulated host.
+    pub fn template_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().templates.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn new_file(&self) -> PathBuf {
+        let n = self.next_file.fetch_add(1, Ordering::SeqCst);
+        self.scratch.path().join(format!("f{n}"))
+    }
+
+    /// Copies files to fresh scratch files (snapshot and create-from-snapshot).
+    fn copy_files(
+        &self,
+        files: &HashMap<String, PathBuf>,
+    ) -> Result<HashMap<String, PathBuf>, AgentError> {
+        let mut out = HashMap::new();
+        for (guest, real) in files {
+            let dst = self.new_file();
+            std::fs::copy(real, &dst).map_err(internal)?;
+            out.insert(guest.clone(), dst);
+        }
+        Ok(out)
+    }
+
+    /// Checks the sandbox exists and is running; returns a copy of its file map.
+    fn running_files(&self, id: &str) -> Result<HashMap<String, PathBuf>, AgentError> {
+        let st = self.lock();
+        let sb = st.sandboxes.get(id).ok_or_else(|| not_found(id))?;
+        if sb.info.status != SandboxStatus::Running {
+            return Err(conflict(id, sb.info.status));
+        }
+        Ok(sb.files.clone())
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn internal(e: impl std::fmt::Display) -> AgentError {
+    AgentError::api(500, codes::INTERNAL, e.to_string())
+}
+
+fn not_found(id: &str) -> AgentError {
+    AgentError::api(404, codes::NOT_FOUND, format!("sandbox {id} not found"))
+}
+
+fn conflict(id: &str, status: SandboxStatus) -> AgentError {
+    AgentError::api(
+        409,
+        codes::CONFLICT,
+        format!("sandbox {id} is {}", status.as_str()),
+    )
+}
+
+/// The simulated command interpreter: `(stdout, stderr, exit_code)`.
+fn run_command(
+    cmd: &str,
+    args: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+    cwd: Option<&str>,
+    files: &HashMap<String, PathBuf>,
+) -> (String, String, i32) {
+    match cmd {
+        "echo" => (format!("{}\n", args.join(" ")), String::new(), 0),
+        "true" => (String::new(), String::new(), 0),
+        "false" => (String::new(), String::new(), 1),
+        "pwd" => (
+            format!("{}\n", cwd.unwrap_or("/home/user")),
+            String::new(),
+            0,
+        ),
+        "env" => {
+            let out: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+            (out, String::new(), 0)
+        }
+        "cat" => {
+            let mut out = String::new();
+            for a in args {
+                match files.get(a).map(std::fs::read) {
+                    Some(Ok(bytes)) => out.push_str(&String::from_utf8_lossy(&bytes)),
+                    _ => return (out, format!("cat: {a}: No such file or directory\n"), 1),
+                }
+            }
+            (out, String::new(), 0)
+        }
+        "seq" => match args.first().and_then(|n| n.parse::<u32>().ok()) {
+            Some(n) => (
+                (1..=n).map(|i| format!("{i}\n")).collect(),
+                String::new(),
+                0,
+            ),
+            None => (String::new(), "seq: missing operand\n".into(), 1),
+        },
+        "sh" if args.len() == 2 && args[0] == "-c" => {
+            let script = args[1].trim();
+            match script
+                .strip_prefix("exit ")
+                .map(|n| n.trim().parse::<i32>())
+            {
+                Some(Ok(code)) => (String::new(), String::new(), code),
+                _ => (
+                    String::new(),
+                    format!("sim: unsupported script {script:?}\n"),
+                    2,
+                ),
+            }
+        }
+        other => (
+            String::new(),
+            format!("sim: {other}: command not found\n"),
+            127,
+        ),
+    }
+}
+
+#[async_trait]
+impl HostAgent for SimAgent {
+    async fn host_info(&self) -> Result<HostInfo, AgentError> {
+        let st = self.lock();
+        let running: Vec<&SimSandbox> = st
+            .sandboxes
+            .values()
+            .filter(|s| s.info.status == SandboxStatus::Running)
+            .collect();
+        let used: u64 = running.iter().map(|s| u64::from(s.info.memory_mb)).sum();
+        let mut templates: Vec<String> = st.templates.keys().cloned().collect();
+        templates.sort();
+        Ok(HostInfo {
+            accel: Accel::Tcg,
+            cpus: 2,
+            total_memory_mb: SIM_TOTAL_MEMORY_MB,
+            free_memory_mb: SIM_TOTAL_MEMORY_MB.saturating_sub(used),
+            running: running.len() as u32,
+            paused: st
+                .sandboxes
+                .values()
+                .filter(|s| s.info.status == SandboxStatus::Paused)
+                .count() as u32,
+            templates,
+        })
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, AgentError> {
+        Ok(self
+            .lock()
+            .sandboxes
+            .values()
+            .map(|s| s.info.clone())
+            .collect())
+    }
+
+    async fn create(&self, req: &CreateSandbox) -> Result<SandboxInfo, AgentError> {
+        if self.fail_creates.load(Ordering::SeqCst) {
+            return Err(internal("simulated VM boot failure"));
+        }
+        let template_files = {
+            let st = self.lock();
+            if st.sandboxes.contains_key(&req.id) {
+                return Err(AgentError::api(
+                    409,
+                    codes::CONFLICT,
+                    format!("sandbox {} exists", req.id),
+                ));
+            }
+            let t = st.templates.get(&req.template).ok_or_else(|| {
+                AgentError::api(
+                    404,
+                    codes::TEMPLATE_NOT_FOUND,
+                    format!("template {} not found", req.template),
+                )
+            })?;
+            t.files.clone()
+        };
+        let files = self.copy_files(&template_files)?;
+        let n = self.lock().sandboxes.len() as u32;
+        let info = SandboxInfo {
+            id: req.id.clone(),
+            status: SandboxStatus::Running,
+            template: req.template.clone(),
+            vcpus: req.vcpus,
+            memory_mb: req.memory_mb,
+            guest_ip: "172.16.0.2".into(),
+            host_ip: format!("10.{}.{}.{}", 200 + self.host_index, n / 250, n % 250 + 1),
+            started_at: Some(now()),
+            error: None,
+        };
+        self.lock().sandboxes.insert(
+            req.id.clone(),
+            SimSandbox {
+                info: info.clone(),
+                files,
+            },
+        );
+        Ok(info)
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), AgentError> {
+        let sb = self
+            .lock()
+            .sandboxes
+            .remove(id)
+            .ok_or_else(|| not_found(id))?;
+        for f in sb.files.values() {
+            let _ = std::fs::remove_file(f);
+        }
+        Ok(())
+    }
+
+    async fn pause(&self, id: &str) -> Result<SandboxInfo, AgentError> {
+        let mut st = self.lock();
+        let sb = st.sandboxes.get_mut(id).ok_or_else(|| not_found(id))?;
+        if sb.info.status != SandboxStatus::Running {
+            return Err(conflict(id, sb.info.status));
+        }
+        sb.info.status = SandboxStatus::Paused;
+        sb.info.host_ip = String::new();
+        Ok(sb.info.clone())
+    }
+
+    async fn resume(&self, id: &str) -> Result<SandboxInfo, AgentError> {
+        let mut st = self.lock();
+        let sb = st.sandboxes.get_mut(id).ok_or_else(|| not_found(id))?;
+        if sb.info.status != SandboxStatus::Paused {
+            return Err(conflict(id, sb.info.status));
+        }
+        sb.info.status = SandboxStatus::Running;
+        sb.info.host_ip = format!("10.{}.9.{}", 200 + self.host_index, id.len());
+        sb.info.started_at = Some(now());
+        Ok(sb.info.clone())
+    }
+
+    async fn snapshot(&self, id: &str, req: &SnapshotRequest) -> Result<TemplateInfo, AgentError> {
+        let files = self.running_files(id)?;
+        if !req.overwrite && self.lock().templates.contains_key(&req.name) {
+            return Err(AgentError::api(
+                409,
+                codes::ALREADY_EXISTS,
+                format!("template {} exists", req.name),
+            ));
+        }
+        let copied = self.copy_files(&files)?;
+        let mut st = self.lock();
+        let sb = st.sandboxes.remove(id).ok_or_else(|| not_found(id))?;
+        for f in sb.files.values() {
+            let _ = std::fs::remove_file(f);
+        }
+        let size: u64 = copied
+            .values()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        let info = TemplateInfo {
+            name: req.name.clone(),
+            kind: "snapshot".into(),
+            vcpus: Some(sb.info.vcpus),
+            memory_mb: Some(sb.info.memory_mb),
+            size_bytes: u64::from(sb.info.memory_mb) * 1024 * 1024 + size,
+            created_at: now(),
+        };
+        st.templates.insert(
+            req.name.clone(),
+            SimTemplate {
+                info: info.clone(),
+                files: copied,
+            },
+        );
+        Ok(info)
+    }
+
+    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentError> {
+        let files = self.running_files(id)?;
+        let started = Instant::now();
+        if req.cmd == "sleep" {
+            let secs: f64 = req.args.first().and_then(|a| a.parse().ok()).unwrap_or(0.0);
+            let limit = req.timeout_sec.filter(|t| *t > 0).map(|t| t as f64);
+            let wait = limit.map_or(secs, |l| secs.min(l));
+            tokio::time::sleep(Duration::from_secs_f64(wait.clamp(0.0, 3600.0))).await;
+            let timed_out = limit.is_some_and(|l| secs > l);
+            return Ok(ExecResponse {
+                stdout: String::new(),
+                stderr: String::new(),
+                exit_code: if timed_out { -1 } else { 0 },
+                duration_ms: started.elapsed().as_millis() as u64,
+                encoding: Encoding::Utf8,
+                timed_out,
+                truncated: false,
+            });
+        }
+        let (stdout, stderr, exit_code) =
+            run_command(&req.cmd, &req.args, &req.env, req.cwd.as_deref(), &files);
+        Ok(ExecResponse {
+            stdout,
+            stderr,
+            exit_code,
+            duration_ms: started.elapsed().as_millis() as u64,
+            encoding: Encoding::Utf8,
+            timed_out: false,
+            truncated: false,
+        })
+    }
+
+    async fn exec_stream(&self, id: &str) -> Result<ExecSession, AgentError> {
+        let files = self.running_files(id)?;
+        let (to_agent, mut rx) = mpsc::channel::<ClientMessage>(16);
+        let (tx, from_agent) = mpsc::channel::<ServerMessage>(16);
+        tokio::spawn(async move {
+            let Some(ClientMessage::Start {
+                cmd,
+                args,
+                env,
+                cwd,
+                ..
+            }) = rx.recv().await
+            else {
+                let _ = tx
+                    .send(ServerMessage::Error {
+                        data: "first message must be start".into(),
+                    })
+                    .await;
+                return;
+            };
+            let _ = tx.send(ServerMessage::Start { pid: 4242 }).await;
+            if cmd == "sleep" {
+                let secs: f64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(0.0);
+                let sleep = tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.0, 3600.0)));
+                let code = tokio::select! {
+                    _ = sleep => 0,
+                    m = rx.recv() => match m {
+                        Some(ClientMessage::Stop) => -1,
+                        _ => return,
+                    },
+                };
+                let _ = tx.send(ServerMessage::Exit { exit_code: code }).await;
+                return;
+            }
+            let (stdout, stderr, code) = run_command(&cmd, &args, &env, cwd.as_deref(), &files);
+            // One event per line, as a real process's output would arrive.
+            for line in stdout.split_inclusive('\n') {
+                let _ = tx.send(ServerMessage::Stdout { data: line.into() }).await;
+            }
+            if !stderr.is_empty() {
+                let _ = tx.send(ServerMessage::Stderr { data: stderr }).await;
+            }
+            let _ = tx.send(ServerMessage::Exit { exit_code: code }).await;
+        });
+        Ok(ExecSession {
+            to_agent,
+            from_agent,
+        })
+    }
+
+    async fn write_file(
+        &self,
+        id: &str,
+        path: &str,
+        mut body: ByteStream,
+    ) -> Result<(), AgentError> {
+        if !path.starts_with('/') {
+            return Err(AgentError::api(
+                400,
+                codes::BAD_REQUEST,
+                "path must be absolute",
+            ));
+        }
+        self.running_files(id)?;
+        let dst = self.new_file();
+        let mut f = tokio::fs::File::create(&dst).await.map_err(internal)?;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| AgentError::Transport(e.to_string()))?;
+            f.write_all(&chunk).await.map_err(internal)?;
+        }
+        f.flush().await.map_err(internal)?;
+        let mut st = self.lock();
+        let sb = st.sandboxes.get_mut(id).ok_or_else(|| not_found(id))?;
+        if let Some(old) = sb.files.insert(path.to_string(), dst) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(())
+    }
+
+    async fn read_file(&self, id: &str, path: &str) -> Result<ByteStream, AgentError> {
+        let files = self.running_files(id)?;
+        let real = files.get(path).ok_or_else(|| {
+            AgentError::api(404, codes::FILE_NOT_FOUND, format!("{path} not found"))
+        })?;
+        let f = tokio::fs::File::open(real).await.map_err(internal)?;
+        Ok(Box::pin(tokio_util::io::ReaderStream::new(f)))
+    }
+
+    async fn list_templates(&self) -> Result<Vec<TemplateInfo>, AgentError> {
+        let mut v: Vec<TemplateInfo> = self
+            .lock()
+            .templates
+            .values()
+            .map(|t| t.info.clone())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    async fn delete_template(&self, name: &str) -> Result<(), AgentError> {
+        let t = self.lock().templates.remove(name).ok_or_else(|| {
+            AgentError::api(
+                404,
+                codes::TEMPLATE_NOT_FOUND,
+                format!("template {name} not found"),
+            )
+        })?;
+        for f in t.files.values() {
+            let _ = std::fs::remove_file(f);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,503 @@
+//! The public HTTP API (`openapi.yaml`): the axum router, one thin handler per operation,
+//! the WebSocket exec proxy and the streaming file transfers. Handlers parse and validate
+//! the request, call one [`App`] method and shape the answer; errors go through
+//! [`ApiError`]. Unknown routes, wrong methods and panics answer with the error body too.
+
+mod extract;
+
+use crate::agent::{ByteStream, ExecSession};
+use crate::app::App;
+use crate::config::limits;
+use crate::error::ApiError;
+use crate::store::SandboxRecord;
+use axum::body::{Body, Bytes};
+use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
+use axum::extract::rejection::PathRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Multipart, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use extract::{JsonBody, OptionalJson, QueryArgs, Team, User};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tower_http::catch_panic::CatchPanicLayer;
+use wrenn_types::api;
+use wrenn_types::stream::{ClientMessage, ServerMessage};
+
+/// The spec this router implements, served at `GET /openapi.yaml`.
+pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
+
+/// Room for multipart headers and boundaries on top of the file size limit.
+const MULTIPART_SLACK: u64 = 64 * 1024;
+/// Chunks in flight between an upload and the agent request.
+const UPLOAD_CHANNEL: usize = 8;
+
+/// A path segment; rejections are API errors.
+struct PathArg(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathArg {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathArg(p.0))
+            .map_err(|e: PathRejection| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// Builds the public API router over an [`App`].
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/openapi.yaml", get(openapi))
+        .route("/v1/auth/signup", post(signup))
+        .route("/v1/auth/login", post(login))
+        .route("/v1/auth/oauth/{provider}", get(oauth_start))
+        .route("/v1/auth/oauth/{provider}/callback", get(oauth_callback))
+        .route("/v1/api-keys", post(create_key).get(list_keys))
+        .route("/v1/api-keys/{id}", delete(delete_key))
+        .route("/v1/sandboxes", post(create_sandbox).get(list_sandboxes))
+        .route(
+            "/v1/sandboxes/{id}",
+            get(get_sandbox).delete(destroy_sandbox),
+        )
+        .route("/v1/sandboxes/{id}/exec", post(exec))
+        .route("/v1/sandboxes/{id}/exec/stream", get(exec_stream))
+        .route("/v1/sandboxes/{id}/ping", post(ping))
+        .route("/v1/sandboxes/{id}/pause", post(pause))
+        .route("/v1/sandboxes/{id}/resume", post(resume))
+        .route(
+            "/v1/sandboxes/{id}/files/write",
+            post(files_write).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/sandboxes/{id}/files/read", post(files_read))
+        .route(
+            "/v1/sandboxes/{id}/files/stream/write",
+            post(files_stream_write).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/sandboxes/{id}/files/stream/read", post(files_read))
+        .route("/v1/snapshots", post(create_snapshot).get(list_snapshots))
+        .route("/v1/snapshots/{name}", delete(delete_snapshot))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits::MAX_JSON_BODY))
+        .layer(CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                ApiError::Internal("request handler panicked".into()).into_response()
+            },
+        ))
+        .with_state(app)
+}
+
+type Res<T> = Result<T, ApiError>;
+
+async fn route_not_found(uri: Uri) -> ApiError {
+    ApiError::RouteNotFound(uri.path().chars().take(200).collect())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([("content-type", "application/yaml")], OPENAPI_YAML)
+}
+
+// ----- auth -----
+
+async fn signup(
+    State(app): State<Arc<App>>,
+    JsonBody(req): JsonBody<api::SignupRequest>,
+) -> Res<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(app.signup(req).await?)))
+}
+
+async fn login(
+    State(app): State<Arc<App>>,
+    JsonBody(req): JsonBody<api::LoginRequest>,
+) -> Res<impl IntoResponse> {
+    Ok(Json(app.login(req).await?))
+}
+
+async fn oauth_start(PathArg(provider): PathArg) -> ApiError {
+    ApiError::OAuthNotConfigured(provider)
+}
+
+async fn oauth_callback(PathArg(provider): PathArg) -> ApiError {
+    ApiError::OAuthNotConfigured(provider)
+}
+
+// ----- API keys -----
+
+async fn create_key(
+    State(app): State<Arc<App>>,
+    User(claims): User,
+    OptionalJson(req): OptionalJson<api::CreateApiKeyRequest>,
+) -> Res<impl IntoResponse> {
+    Ok((
+        StatusCode::CREATED,
+        Json(app.create_api_key(&claims, req).await?),
+    ))
+}
+
+async fn list_keys(State(app): State<Arc<App>>, User(claims): User) -> Res<impl IntoResponse> {
+    Ok(Json(app.list_api_keys(&claims.team_id).await?))
+}
+
+async fn delete_key(
+    State(app): State<Arc<App>>,
+    User(claims): User,
+    PathArg(id): PathArg,
+) -> Res<StatusCode> {
+    app.delete_api_key(&claims.team_id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ----- sandboxes -----
+
+async fn create_sandbox(
+    State(app): State<Arc<App>>,
+    Team(team): Team,
+    OptionalJson(req): OptionalJson<api::CreateSandboxRequest>,
+) -> Res<impl IntoResponse> {
+    Ok((
+        StatusCode::CREATED,
+        Json(app.create_sandbox(&team, req).await?),
+    ))
+}
+
+async fn list_sandboxes(State(app): State<Arc<App>>, Team(team): Team) -> Res<impl IntoResponse> {
+    Ok(Json(app.list_sandboxes(&team).await?))
+}
+
+async fn get_sandbox(
+    State(app): State<Arc<App>>,
+    Team(team): Team,
+    PathArg(id): PathArg,
+) -> Res<impl IntoResponse> {
+    Ok(Json(app.get_sandbox(&team, &id).await?))
+}
+
+async fn destroy_sandbox(
+    State(app): State<Arc<App>>,
+    Team(team): Team,
+    PathArg(id): PathArg,
+) -> Res<StatusCode> {
+    app.destroy_sandbox(&team, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn exec(
+    State(app): State<Arc<App>>,
+    Team(team): Team,
+    PathArg(id): PathArg,
+    JsonBody(req): JsonBody<api::ExecRequest>,
+) -> Res<impl IntoResponse> {
+    Ok(Json(app.exec(&team, &id, req).await?))
+}
+
+async fn ping(
+    State(app): State<Arc<App>>,
+    Team(team): Team,
+    PathArg(id): PathArg,
+) -> Res<StatusCode> {
+    app.ping(&team, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn pause(
+    State(app): State<Arc<App>>,
+    Team(team): Team,
+    PathArg(id): PathArg,
+) -> Res<impl IntoResponse> {
+    Ok(Json(app.pause(&team, &id).await?))
+}
+
+async fn resume(
+    State(app): State<Arc<App>>,
+    Team(team): Team,
+    PathArg(id): PathArg,
+) -> Res<impl IntoResponse> {
+    Ok(Json(app.resume(&team, &id).await?))
+}
+
+// ----- exec stream -----
+
+async fn exec_stream(
+    State(app): State<Arc<App>>,
+    Team(team): Team,
+    PathArg(id): PathArg,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Res<Response> {
+    // 404 and 409 come before the upgrade, as plain HTTP answers.
+    app.require_running(&team, &id).await?;
+    let ws = ws.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let (session, sb) = app.open_exec_stream(&team, &id).await?;
+    Ok(ws
+        .max_message_size(limits::MAX_JSON_BODY)
+        .on_upgrade(move |socket| proxy_exec(socket, session, app, sb)))
+}
+
+/// Forwards client messages to the agent and events back until the process exits or
+/// either side goes away; keeps the sandbox marked active meanwhile.
+async fn proxy_exec(socket: WebSocket, mut session: ExecSession, app: Arc<App>, sb: SandboxRecord) {
+    let (mut sink, mut stream) = socket.split();
+    let every = Duration::from_millis((sb.timeout_sec.max(1) as u64 * 1000 / 2).clamp(500, 5000));
+    let mut keepalive = tokio::time::interval(every);
+    keepalive.tick().await;
+    loop {
+        tokio::select! {
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<ClientMessage>(t.as_str()) {
+                    Ok(m) => {
+                        if session.to_agent.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let m = ServerMessage::Error { data: format!("invalid message: {e}") };
+                        if sink.send(event_frame(&m)).await.is_err() {
+                            break;
+                        }
+                    }
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+            event = session.from_agent.recv() => match event {
+                Some(m) => {
+                    let exited = matches!(m, ServerMessage::Exit { .. });
+                    if sink.send(event_frame(&m)).await.is_err() {
+                        break;
+                    }
+                    if exited {
+                        let _ = sink.send(Message::Close(None)).await;
+                        break;
+                    }
+                }
+                None => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
+            },
+            _ = keepalive.tick() => app.stream_activity(&sb).await,
+        }
+    }
+    app.stream_activity(&sb).await;
+}
+
+fn event_frame(m: &ServerMessage) -> Message {
+    let text = serde_json::to_string(m)
+        .unwrap_or_else(|_| r#"{"type":"error","data":"unencodable event"}"#.into());
+    Message::Text(text.into())
+}
+
+// ----- files -----
+
+fn multipart_rejection(r: MultipartRejection) -> ApiError {
+    ApiError::UnsupportedMediaType(format!("expected multipart/form-data: {}", r.body_text()))
+}
+
+fn multipart_error(e: MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge(e.body_text())
+    } else {
+        ApiError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Reads a small text field (the destination path).
+async fn small_text(field: &mut Field<'_>) -> Res<String> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        buf.extend_from_slice(&chunk);
+        if buf.len() > limits::MAX_PATH_BYTES {
+            return Err(ApiError::BadRequest("path too long".into()));
+        }
+    }
+    String::from_utf8(buf).map_err(|_| ApiError::BadRequest("path is not UTF-8".into()))
+}
+
+/// `files/write`: the file is collected (up to the configured limit) and then sent.
+async fn files_write(
+    State(app): State<Arc<App>>,
+    Team(team): Team,
+    PathArg(id): PathArg,
+    headers: HeaderMap,
+    mp: Result<Multipart, MultipartRejection>,
+) -> Res<StatusCode> {
+    let limit = app.cfg.max_upload_bytes;
+    app.require_running(&team, &id).await?;
+    if content_length(&headers).is_some_and(|n| n > limit + MULTIPART_SLACK) {
+        return Err(ApiError::too_large(limit));
+    }
+    let mut mp = mp.map_err(multipart_rejection)?;
+    let mut path = None;
+    let mut data: Option<Vec<u8>> = None;
+    while let Some(mut field) = mp.next_field().await.map_err(multipart_error)? {
+        match field.name() {
+            Some("path") => path = Some(small_text(&mut field).await?),
+            Some("file") => {
+                let mut buf = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                    if buf.len() as u64 + chunk.len() as u64 > limit {
+                        return Err(ApiError::too_large(limit));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                data = Some(buf);
+            }
+            _ => {}
+        }
+    }
+    let path = path.ok_or_else(|| ApiError::BadRequest("missing form field `path`".into()))?;
+    let data = data.ok_or_else(|| ApiError::BadRequest("missing form field `file`".into()))?;
+    let agent = app.file_target(&team, &id, &path).await?;
+    let body: ByteStream = Box::pin(futures_util::stream::once(async move {
+        Ok::<_, std::io::Error>(Bytes::from(data))
+    }));
+    agent.write_file(&id, &path, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `files/stream/write`: the `file` field's chunks go straight into the agent request as
+/// they arrive; at most [`UPLOAD_CHANNEL`] chunks are held at once. The `path` field must
+/// come first.
+async fn files_stream_write(
+    State(app): State<Arc<App>>,
+    Team(team): Team,
+    PathArg(id): PathArg,
+    mp: Result<Multipart, MultipartRejection>,
+) -> Res<StatusCode> {
+    let limit = app.cfg.max_stream_upload_bytes;
+    app.require_running(&team, &id).await?;
+    let mut mp = mp.map_err(multipart_rejection)?;
+    let mut path = None;
+    let mut written = false;
+    while let Some(mut field) = mp.next_field().await.map_err(multipart_error)? {
+        match field.name() {
+            Some("path") => path = Some(small_text(&mut field).await?),
+            Some("file") if !written => {
+                let path = path.clone().ok_or_else(|| {
+                    ApiError::BadRequest("form field `path` must come before `file`".into())
+                })?;
+                let agent = app.file_target(&team, &id, &path).await?;
+                let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(UPLOAD_CHANNEL);
+                let body: ByteStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async {
+                    rx.recv().await.map(|item| (item, rx))
+                }));
+                let pump = async move {
+                    let mut total = 0u64;
+                    loop {
+                        match field.chunk().await {
+                            Ok(Some(chunk)) => {
+                                total += chunk.len() as u64;
+                                if total > limit {
+                                    let _ = tx.send(Err(std::io::Error::other("too large"))).await;
+                                    return Err(ApiError::too_large(limit));
+                                }
+                                if tx.send(Ok(chunk)).await.is_err() {
+                                    // The agent request ended early; its error says why.
+                                    return Ok(());
+                                }
+                            }
+                            Ok(None) => return Ok(()),
+                            Err(e) => {
+                                let _ = tx.send(Err(std::io::Error::other("upload broken"))).await;
+                                return Err(multipart_error(e));
+                            }
+                        }
+                    }
+                };
+                let (sent, pumped) = tokio::join!(agent.write_file(&id, &path, body), pump);
+                pumped?;
+                sent?;
+                written = true;
+            }
+            _ => {}
+        }
+    }
+    if !written {
+        return Err(ApiError::BadRequest(
+            "missing form fields `path` and `file`".into(),
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `files/read` and `files/stream/read`: the agent's bytes are streamed through.
+async fn files_read(
+    State(app): State<Arc<App>>,
+    Team(team): Team,
+    PathArg(id): PathArg,
+    JsonBody(req): JsonBody<api::ReadFileRequest>,
+) -> Res<Response> {
+    let stream = app.read_file(&team, &id, &req.path).await?;
+    Ok((
+        [("content-type", "application/octet-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+// ----- snapshots -----
+
+#[derive(Deserialize)]
+struct SnapshotQuery {
+    overwrite: Option<String>,
+}
+
+async fn create_snapshot(
+    State(app): State<Arc<App>>,
+    Team(team): Team,
+    QueryArgs(q): QueryArgs<SnapshotQuery>,
+    JsonBody(req): JsonBody<api::CreateSnapshotRequest>,
+) -> Res<impl IntoResponse> {
+    let overwrite = match q.overwrite.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::BadRequest("overwrite must be true".into())),
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(app.create_snapshot(&team, req, overwrite).await?),
+    ))
+}
+
+#[derive(Deserialize)]
+struct TypeQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+async fn list_snapshots(
+    State(app): State<Arc<App>>,
+    Team(team): Team,
+    QueryArgs(q): QueryArgs<TypeQuery>,
+) -> Res<impl IntoResponse> {
+    Ok(Json(app.list_templates(&team, q.kind.as_deref()).await?))
+}
+
+async fn delete_snapshot(
+    State(app): State<Arc<App>>,
+    Team(team): Team,
+    PathArg(name): PathArg,
+) -> Res<StatusCode> {
+    app.delete_template(&team, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,135 @@
+//! Configuration of the control plane ([`ServerConfig`]), its validation ([`ConfigError`]),
+//! and the fixed limits on every input of the public API. Reading flags or environment
+//! variables is the binary's job, not this module's.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Limits on sandbox creation and exec requests.
+pub mod limits {
+    pub const MIN_VCPUS: i64 = 1;
+    pub const MAX_VCPUS: i64 = 8;
+    pub const DEFAULT_VCPUS: i64 = 1;
+    pub const MIN_MEMORY_MB: i64 = 128;
+    pub const MAX_MEMORY_MB: i64 = 8192;
+    pub const DEFAULT_MEMORY_MB: i64 = 512;
+    /// Longest idle auto-pause timeout (one day); 0 disables auto-pause.
+    pub const MAX_TIMEOUT_SEC: i64 = 86_400;
+    pub const DEFAULT_TEMPLATE: &str = "minimal";
+    /// Exec timeout when the request gives none.
+    pub const DEFAULT_EXEC_TIMEOUT_SEC: i64 = 30;
+    pub const MAX_EXEC_TIMEOUT_SEC: i64 = 3_600;
+    /// Longest command name, argument, env value or path accepted.
+    pub const MAX_ARG_BYTES: usize = 64 * 1024;
+    pub const MAX_ARGS: usize = 1_024;
+    pub const MAX_ENV_VARS: usize = 256;
+    pub const MAX_PATH_BYTES: usize = 4_096;
+    /// Longest API key name.
+    pub const MAX_KEY_NAME: usize = 100;
+    pub const MAX_EMAIL: usize = 254;
+    pub const MIN_PASSWORD: usize = 8;
+    /// Argon2 hashing of very long passwords is wasted work: cap it.
+    pub const MAX_PASSWORD: usize = 1_024;
+    /// Largest JSON request body.
+    pub const MAX_JSON_BODY: usize = 1024 * 1024;
+    /// Default limit of the buffered `files/write` upload.
+    pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 100 * 1024 * 1024;
+    /// Default limit of the streamed `files/stream/write` upload.
+    pub const DEFAULT_MAX_STREAM_UPLOAD_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+    /// Shortest accepted JWT secret.
+    pub const MIN_JWT_SECRET: usize = 32;
+}
+
+/// Everything the control plane needs to start.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Address the binary should listen on (informational for [`crate::serve`] callers).
+    pub listen: SocketAddr,
+    /// `postgres://…` for PostgreSQL; `None` (or a SQLite URL/path) for SQLite.
+    pub database_url: Option<String>,
+    /// Directory for the SQLite file (`wrenn.db`) when no database URL is given.
+    pub data_dir: PathBuf,
+    /// HS256 secret for the session JWTs; at least [`limits::MIN_JWT_SECRET`] bytes.
+    pub jwt_secret: Vec<u8>,
+    /// Limit of `POST /v1/sandboxes/{id}/files/write`.
+    pub max_upload_bytes: u64,
+    /// Limit of `POST /v1/sandboxes/{id}/files/stream/write`.
+    pub max_stream_upload_bytes: u64,
+    /// The externally visible base URL (needed later for OAuth redirects).
+    pub public_url: Option<String>,
+    /// How often the auto-pause reaper looks for idle sandboxes.
+    pub reaper_interval: Duration,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The JWT secret and database credentials are never printed.
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("database", &self.database_url.as_ref().map(|_| "<set>"))
+            .field("data_dir", &self.data_dir)
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("max_stream_upload_bytes", &self.max_stream_upload_bytes)
+            .field("public_url", &self.public_url)
+            .field("reaper_interval", &self.reaper_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerConfig {
+    /// A configuration with the defaults, for the given data dir and JWT secret.
+    pub fn new(data_dir: impl Into<PathBuf>, jwt_secret: impl Into<Vec<u8>>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+            data_dir: data_dir.into(),
+            jwt_secret: jwt_secret.into(),
+            max_upload_bytes: limits::DEFAULT_MAX_UPLOAD_BYTES,
+            max_stream_upload_bytes: limits::DEFAULT_MAX_STREAM_UPLOAD_BYTES,
+            public_url: None,
+            reaper_interval: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks the configuration before anything starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.jwt_secret.len() < limits::MIN_JWT_SECRET {
+            return Err(ConfigError::WeakJwtSecret {
+                len: self.jwt_secret.len(),
+            });
+        }
+        if self.max_upload_bytes == 0 || self.max_stream_upload_bytes == 0 {
+            return Err(ConfigError::ZeroUploadLimit);
+        }
+        if self.reaper_interval.is_zero() {
+            return Err(ConfigError::ZeroReaperInterval);
+        }
+        Ok(())
+    }
+
+    /// The database URL to open: the configured one, or the SQLite file in the data dir.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(u) if !u.is_empty() => u.clone(),
+            _ => self.data_dir.join("wrenn.db").display().to_string(),
+        }
+    }
+}
+
+/// A configuration the control plane refuses to start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The JWT secret is shorter than [`limits::MIN_JWT_SECRET`] bytes.
+    #[error(
+        "JWT secret is {len} bytes; at least {} are required",
+        limits::MIN_JWT_SECRET
+    )]
+    WeakJwtSecret { len: usize },
+    /// An upload limit of zero would refuse every upload.
+    #[error("upload limits must be greater than zero")]
+    ZeroUploadLimit,
+    /// The reaper cannot run every zero seconds.
+    #[error("reaper interval must be greater than zero")]
+    ZeroReaperInterval,
+}

@@ -1,0 +1,101 @@
+//! The entry points for the `wrenn` binary: [`build`] a [`Server`] from a [`ServerConfig`]
+//! (opens the store, loads known hosts, starts the auto-pause reaper), register host
+//! agents, get the [`axum::Router`], and [`serve`] it on a listener.
+
+use crate::agent::HostAgent;
+use crate::app::App;
+use crate::config::{ConfigError, ServerConfig};
+use crate::error::ApiError;
+use crate::store::{self, HostRecord, Store, StoreError};
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration is invalid (e.g. a weak JWT secret).
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The database could not be opened or migrated.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// Known hosts could not be loaded.
+    #[error("loading hosts: {0}")]
+    Hosts(ApiError),
+}
+
+/// A running control plane (without its listener).
+pub struct Server {
+    app: Arc<App>,
+    reaper: JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.reaper.abort();
+    }
+}
+
+/// Validates the config, opens the store (SQLite in `data_dir` unless `database_url` says
+/// PostgreSQL), loads registered hosts and starts the reaper.
+pub async fn build(cfg: ServerConfig) -> Result<Server, BuildError> {
+    cfg.validate()?;
+    if cfg
+        .database_url
+        .as_deref()
+        .is_none_or(|u| !u.contains("://"))
+    {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| BuildError::DataDir {
+            path: cfg.data_dir.display().to_string(),
+            source,
+        })?;
+    }
+    let store = store::open(&cfg.effective_database_url()).await?;
+    let app = Arc::new(App::new(store, cfg));
+    app.hosts.load().await.map_err(BuildError::Hosts)?;
+    let reaper = tokio::spawn(crate::reaper::run(Arc::downgrade(&app)));
+    Ok(Server { app, reaper })
+}
+
+impl Server {
+    /// Registers (or updates, by URL) a host agent at `url` that accepts `token`.
+    pub async fn register_host(&self, url: &str, token: &str) -> Result<HostRecord, ApiError> {
+        self.app.hosts.register(url, token).await
+    }
+
+    /// Registers a host with a given client, e.g. a simulated agent; `label` is stored as
+    /// the host's URL.
+    pub async fn register_agent(
+        &self,
+        label: &str,
+        agent: Arc<dyn HostAgent>,
+    ) -> Result<HostRecord, ApiError> {
+        self.app.hosts.register_agent(label, "", agent).await
+    }
+
+    /// The public API router.
+    pub fn router(&self) -> axum::Router {
+        crate::api::router(self.app.clone())
+    }
+
+    /// The store (for tools and tests).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.app.store.clone()
+    }
+
+    /// Runs one reaper pass now; returns the ids of the sandboxes it paused.
+    pub async fn reap_idle_now(&self) -> Result<Vec<String>, ApiError> {
+        self.app.reap_idle().await
+    }
+}
+
+/// Serves `router` on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, router: axum::Router) -> std::io::Result<()> {
+    axum::serve(listener, router).await
+}
