@@ -184,7 +184,6 @@ pub fn module_order(modules_dep: &str, wanted: &[&str]) -> Result<Vec<String>, S
 pub fn init_script(modules: &[String]) -> String {
     let list = modules.join(" ");
     let init = guest::GUEST_INIT_PATH;
-    let wait_loops = ROOT_WAIT_SECS * 100;
     format!(
         r#"#!/bin/sh
 # Wrenn initramfs: load the virtio drivers, mount the root disk, hand over to its init.
@@ -209,12 +208,13 @@ fail() {{
   poweroff -f
   sleep 1000000
 }}
-n=0
+read -r up _ < /proc/uptime
+deadline=$((${{up%.*}} + {ROOT_WAIT_SECS}))
 while [ ! -b "$root" ]; do
-  if [ $n -ge {wait_loops} ]; then
+  read -r up _ < /proc/uptime
+  if [ "${{up%.*}}" -ge $deadline ]; then
     fail "root disk $root did not appear within {ROOT_WAIT_SECS} s"
   fi
-  n=$((n + 1))
   usleep 10000
 done
 mount -t ext4 -o rw "$root" /newroot || fail "could not mount $root as ext4"
