@@ -221,6 +221,18 @@ fn build(prefix: &str, n: &Names) -> Result<(), NetError> {
 /// namespace or a veth end is still present afterwards.
 pub(crate) fn destroy(prefix: &str, index: u32, conntrack: bool) -> Result<(), NetError> {
     let n = Names::new(prefix, index);
+    // Deleting a veth waits for the kernel (tens of ms); forgetting the host's tracked
+    // connections runs alongside it.
+    let (removed, forgotten) = std::thread::scope(|scope| {
+        let forget = conntrack.then(|| scope.spawn(|| forget_host_connections(prefix, &n)));
+        let removed = remove_devices(prefix, &n);
+        let forgotten = forget.map_or(Ok(()), joined);
+        (removed, forgotten)
+    });
+    removed.and(forgotten)
+}
+
+fn remove_devices(prefix: &str, n: &Names) -> Result<(), NetError> {
     let script = format!(
         "link del {hv}\nlink del {pv}\nnetns del {ns}\n",
         hv = n.host_veth,
@@ -239,19 +251,16 @@ pub(crate) fn destroy(prefix: &str, index: u32, conntrack: bool) -> Result<(), N
     .any(|p| p.exists());
     if remaining {
         let source = result.err().unwrap_or_else(|| CmdError::Failed {
-            command: format!("ip -force -batch (removing slot {index})"),
+            command: format!("ip -force -batch (removing slot {})", n.index),
             status: "exit status: 0".into(),
             stderr: "namespace or veth still present after removal".into(),
         });
         return Err(NetError::Slot {
             prefix: prefix.to_string(),
-            index,
+            index: n.index,
             step: "teardown",
             source,
         });
-    }
-    if conntrack {
-        forget_host_connections(prefix, &n)?;
     }
     Ok(())
 }
@@ -287,32 +296,49 @@ pub(crate) fn reset(prefix: &str, slot: &Slot) -> Result<(), NetError> {
         what: format!("opening namespace {}", slot.netns),
         source,
     })?;
-    cmd::output(flush, format!("conntrack -F (in {})", slot.netns))
-        .map_err(step_err("flushing the namespace's connection tracking"))?;
-    cmd::run("ip", ["-n", &slot.netns, "neigh", "flush", "dev", TAP_NAME])
-        .map_err(step_err("flushing the namespace's neighbour table"))?;
-    forget_host_connections(prefix, &n)
+    // The three clean-ups are independent; each costs a process start, so run them together.
+    std::thread::scope(|scope| {
+        let host = scope.spawn(|| forget_host_connections(prefix, &n));
+        let neigh = scope.spawn(|| {
+            cmd::run("ip", ["-n", &slot.netns, "neigh", "flush", "dev", TAP_NAME])
+                .map(drop)
+                .map_err(step_err("flushing the namespace's neighbour table"))
+        });
+        let inside = cmd::output(flush, format!("conntrack -F (in {})", slot.netns))
+            .map(drop)
+            .map_err(step_err("flushing the namespace's connection tracking"));
+        let neigh = joined(neigh);
+        let host = joined(host);
+        inside.and(neigh).and(host)
+    })
 }
 
 /// Deletes the host's tracked connections from and to the slot's `host_ip`.
 fn forget_host_connections(prefix: &str, n: &Names) -> Result<(), NetError> {
     let ip = n.host_ip.to_string();
-    for dir in ["-s", "-d"] {
-        match cmd::run("conntrack", ["-D", dir, &ip]) {
-            Ok(_) => {}
-            // conntrack exits 1 when nothing matched.
-            Err(CmdError::Failed { stderr, .. }) if stderr.contains(" 0 flow entries") => {}
-            Err(source) => {
-                return Err(NetError::Slot {
-                    prefix: prefix.to_string(),
-                    index: n.index,
-                    step: "forgetting the host's tracked connections",
-                    source,
-                })
-            }
-        }
-    }
-    Ok(())
+    let delete = |dir: &str| match cmd::run("conntrack", ["-D", dir, &ip]) {
+        Ok(_) => Ok(()),
+        // conntrack exits 1 when nothing matched.
+        Err(CmdError::Failed { stderr, .. }) if stderr.contains(" 0 flow entries") => Ok(()),
+        Err(source) => Err(NetError::Slot {
+            prefix: prefix.to_string(),
+            index: n.index,
+            step: "forgetting the host's tracked connections",
+            source,
+        }),
+    };
+    std::thread::scope(|scope| {
+        let replies = scope.spawn(|| delete("-d"));
+        let outgoing = delete("-s");
+        outgoing.and(joined(replies))
+    })
+}
+
+/// The result of a scoped thread, passing on its panic.
+fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 #[cfg(test)]
