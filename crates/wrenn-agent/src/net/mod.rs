@@ -124,7 +124,8 @@ impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
             prefix: "wr".into(),
-            first_slot: 0,
+            // Index 0 would give the sandbox the host_ip 10.11.0.0.
+            first_slot: 1,
             max_slots: 1024,
             pool_size: 4,
         }
@@ -336,7 +337,8 @@ impl Inner {
 /// A pool of network slots of one prefix. Create it with [`SlotPool::new`] or
 /// [`SlotPool::start`]; end it with [`SlotPool::shutdown`]. Dropping it without shutdown only
 /// stops the background thread and leaves every slot in place (as a crash would); the next
-/// [`SlotPool::start`] with the same prefix cleans them up.
+/// [`SlotPool::start`] with the same prefix cleans them up. Dropping waits for a slot the
+/// background thread may be creating (about 10 ms).
 pub struct SlotPool {
     inner: Arc<Inner>,
     worker: Mutex<Option<JoinHandle<()>>>,
@@ -380,11 +382,11 @@ impl SlotPool {
                 }
             }
         }
+        let conntrack = program_exists("conntrack");
         for index in stale {
-            slot::destroy(&cfg.prefix, index, false)?;
+            slot::destroy(&cfg.prefix, index, conntrack)?;
         }
         host::install(&cfg.prefix)?;
-        let conntrack = program_exists("conntrack");
         let state = State {
             reserved: kept.clone(),
             kept,
