@@ -158,9 +158,71 @@ pub fn lock(layout: &Layout) -> Result<BuildLock, ImageError> {
     Ok(BuildLock { _lock: lock })
 }
 
-/// Removes whatever an interrupted build left in the tmp dir. Call with the lock held.
+/// Mount points at or below `dir` in a `/proc/self/mounts` text, deepest first.
+pub fn mounts_under(mounts: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|mp| PathBuf::from(unescape_mount_path(mp)))
+        .filter(|mp| mp.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+/// Undoes the octal escapes (`\040` for a space) of paths in `/proc/self/mounts`.
+fn unescape_mount_path(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Detaches every mount below `dir` (debootstrap mounts /proc, /sys and maybe /dev in its
+/// target; a build killed mid-way leaves them). Removing a tree with a host mount inside it
+/// would delete through the mount, so this runs before any removal of build directories.
+pub fn unmount_under(dir: &Path) -> Result<(), ImageError> {
+    let read = || {
+        fs::read_to_string("/proc/self/mounts")
+            .map_err(|e| ImageError::io("read", Path::new("/proc/self/mounts"), e))
+    };
+    for mp in mounts_under(&read()?, dir) {
+        crate::cmd::run("umount", [std::ffi::OsStr::new("-l"), mp.as_os_str()])
+            .map_err(ImageError::command)?;
+    }
+    let left = mounts_under(&read()?, dir);
+    if let Some(mp) = left.first() {
+        return Err(ImageError::io(
+            "unmount",
+            mp,
+            io::Error::other("still mounted; refusing to delete below it"),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes whatever an interrupted build left in the tmp dir (unmounting anything mounted
+/// inside it first). Call with the lock held.
 pub fn clean_stale(layout: &Layout) -> Result<(), ImageError> {
     let tmp = layout.tmp_dir();
+    if !tmp.exists() {
+        return Ok(());
+    }
+    unmount_under(&tmp)?;
     match fs::remove_dir_all(&tmp) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -271,6 +333,24 @@ mod tests {
         assert!(!dir.path().join("base-old").exists());
         assert!(dir.path().join("base-new").exists());
         assert!(dir.path().join("other").exists());
+    }
+
+    #[test]
+    fn mounts_below_a_dir_are_found_deepest_first() {
+        let mounts = "proc /proc proc rw 0 0\n\
+proc /data/images/tmp/base/root/proc proc rw 0 0\n\
+sysfs /data/images/tmp/base/root/sys sysfs rw 0 0\n\
+devpts /data/images/tmp/base/root/dev/pts devpts rw 0 0\n\
+tmpfs /data/images/tmp/base/root/dev tmpfs rw 0 0\n\
+tmpfs /data/images/tmpfoo tmpfs rw 0 0\n\
+tmpfs /data/images/tmp/with\\040space tmpfs rw 0 0\n";
+        let found = mounts_under(mounts, Path::new("/data/images/tmp"));
+        assert_eq!(found.len(), 5, "{found:?}");
+        assert_eq!(found[0], Path::new("/data/images/tmp/base/root/dev/pts"));
+        assert!(found.contains(&PathBuf::from("/data/images/tmp/with space")));
+        assert!(!found.contains(&PathBuf::from("/data/images/tmpfoo")));
+        let dev = found.iter().position(|p| p.ends_with("root/dev")).unwrap();
+        assert!(dev > 0, "/dev/pts must be unmounted before /dev");
     }
 
     #[test]
