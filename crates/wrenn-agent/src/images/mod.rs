@@ -33,7 +33,10 @@ pub use progress::{NoProgress, Progress, StderrProgress, Step, StepOutcome};
 use crate::cmd::CmdError;
 use cache::{KeyBuilder, Layout};
 
-/// Debian packages the builder runs on the host (besides `apt` and `dpkg`, always present).
+/// Debian packages whose programs the builder runs on the host: `debootstrap`, `mkfs.ext4`
+/// (e2fsprogs), `lz4`, `depmod` (kmod), `gzip`, `cp`/`du`/`chroot` (coreutils), `umount`
+/// (mount). `apt-get`, `apt-cache` and `dpkg-deb` come with every Debian system. The builder
+/// itself must run as root (debootstrap and `chroot`).
 pub const REQUIRED_PACKAGES: &[&str] = &[
     "debootstrap",
     "e2fsprogs",
@@ -41,6 +44,7 @@ pub const REQUIRED_PACKAGES: &[&str] = &[
     "kmod",
     "gzip",
     "coreutils",
+    "mount",
 ];
 
 /// Name of the default template.
