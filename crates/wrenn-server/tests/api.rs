@@ -1069,3 +1069,67 @@ async fn idle_sandboxes_are_auto_paused_and_can_resume() {
     }
     assert_eq!(status_of(&t, k, &forever_id).await, "running");
 }
+
+#[tokio::test]
+async fn placement_spreads_load_and_keeps_snapshots_on_their_host() {
+    use std::sync::Arc;
+    use wrenn_server::agent::sim::SimAgent;
+    let t = TestServer::start().await;
+    let second = Arc::new(SimAgent::new(&["minimal"], 1).unwrap());
+    t.server
+        .register_agent("sim://second", second.clone())
+        .await
+        .unwrap();
+    // A registered host that does not answer is skipped.
+    t.server
+        .register_host("http://127.0.0.1:1", "x")
+        .await
+        .unwrap();
+    let acc = t.account("place@example.com").await;
+    let k = acc.key.as_str();
+
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(
+            t.sandbox(k, json!({})).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let first_count = ids
+        .iter()
+        .filter(|i| t.sim.sandbox_status(i).is_some())
+        .count();
+    let second_count = ids
+        .iter()
+        .filter(|i| second.sandbox_status(i).is_some())
+        .count();
+    assert_eq!((first_count, second_count), (2, 2));
+
+    // Only the first host has `python`.
+    let py = t.sandbox(k, json!({"template": "python"})).await;
+    assert!(t.sim.sandbox_status(py["id"].as_str().unwrap()).is_some());
+
+    // A snapshot taken on the second host serves sandboxes from the second host only.
+    let on_second = ids
+        .iter()
+        .find(|i| second.sandbox_status(i).is_some())
+        .unwrap();
+    let r = t
+        .keyed(Method::POST, "/v1/snapshots", k)
+        .json(&json!({"sandbox_id": on_second, "name": "home"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    for _ in 0..3 {
+        let sb = t.sandbox(k, json!({"template": "home"})).await;
+        assert!(second.sandbox_status(sb["id"].as_str().unwrap()).is_some());
+    }
+    let hosts = t.server.store().list_hosts().await.unwrap();
+    assert_eq!(hosts.len(), 3);
+    assert!(hosts
+        .iter()
+        .any(|h| h.url == "http://127.0.0.1:1" && h.status == "unreachable"));
+}
