@@ -51,6 +51,7 @@ pub enum SpawnError {
 
 /// A started command. Owns the child until it is reaped; while it is unreaped its pid is also
 /// the id of its process group, so signalling the group cannot hit an unrelated process.
+/// Dropped while the command still runs (its caller went away), it kills the group.
 pub struct Started {
     pub child: Child,
     pub pid: u32,
@@ -67,6 +68,17 @@ impl Started {
         let rc = unsafe { libc::kill(-pgid, libc::SIGKILL) };
         if rc != 0 {
             tracing::debug!(pgid, err = %std::io::Error::last_os_error(), "kill process group");
+        }
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        // `try_wait` reaps an exited leader (then the group is left alone: background
+        // processes of a finished command may keep running) and reports a running one.
+        if let Ok(None) = self.child.try_wait() {
+            tracing::info!(pid = self.pid, "caller gone; killing the process group");
+            self.kill_group();
         }
     }
 }

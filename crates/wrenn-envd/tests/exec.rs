@@ -6,6 +6,7 @@ use base64::Engine as _;
 use common::{assert_error, exec, wait_gone, Envd};
 use serde_json::json;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn health_reports_ok_and_version() {
@@ -253,4 +254,40 @@ async fn clock_accepts_now_and_rejects_nonsense() {
     let status = resp.status().as_u16();
     let body: serde_json::Value = resp.json().await.expect("json");
     assert_error(status, &body, 400, "bad_request");
+}
+
+#[tokio::test]
+async fn a_caller_that_gives_up_takes_the_command_with_it() {
+    let envd = Envd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pids = dir.path().join("pids");
+    let script = format!(
+        "echo $$ > {p}.tmp; sleep 100 & echo $! >> {p}.tmp; mv {p}.tmp {p}; wait",
+        p = pids.display()
+    );
+    // A client that sends its request and then disconnects before the answer.
+    let body = json!({"cmd": "sh", "args": ["-c", script]}).to_string();
+    let mut conn = tokio::net::TcpStream::connect(envd.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /exec HTTP/1.1\r\nHost: envd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.expect("write");
+    conn.write_all(body.as_bytes()).await.expect("write");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pids.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(conn);
+    let text = std::fs::read_to_string(&pids).expect("pid file written by the command");
+    let pids: Vec<u32> = text
+        .lines()
+        .map(|l| l.trim().parse().expect("pid"))
+        .collect();
+    assert_eq!(pids.len(), 2, "{text}");
+    for pid in pids {
+        assert!(wait_gone(pid), "process {pid} outlived its caller");
+    }
 }
