@@ -291,3 +291,34 @@ async fn a_caller_that_gives_up_takes_the_command_with_it() {
         assert!(wait_gone(pid), "process {pid} outlived its caller");
     }
 }
+
+#[tokio::test]
+async fn a_background_process_does_not_hold_the_answer() {
+    let envd = Envd::start();
+    let began = Instant::now();
+    // The background sleep inherits stdout and keeps the pipe open after the shell exits.
+    let (s, r) = exec(
+        &envd,
+        json!({"cmd": "sh", "args": ["-c", "sleep 100 & echo $!"]}),
+    )
+    .await;
+    let took = began.elapsed();
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["exit_code"], 0);
+    assert_eq!(r["timed_out"], false);
+    assert!(
+        took < Duration::from_secs(30),
+        "answer waited for the background process: {took:?}"
+    );
+    let bg: i32 = r["stdout"]
+        .as_str()
+        .and_then(|s| s.trim().parse().ok())
+        .expect("background pid");
+    // The command finished normally, so its background process was left running.
+    assert!(
+        !common::process_gone(bg as u32),
+        "background process was killed"
+    );
+    // SAFETY: kill(2) on a pid this test's command just started; no memory involved.
+    unsafe { libc::kill(bg, libc::SIGKILL) };
+}

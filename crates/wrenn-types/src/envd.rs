@@ -4,11 +4,18 @@
 //! - `GET  /health`                       → [`Health`]
 //! - `POST /exec`        [`ExecRequest`]  → [`ExecResponse`]
 //! - `GET  /exec/stream`  WebSocket, messages of [`crate::stream`]
-//! - `PUT  /files?path=/abs/path`  raw body streamed to disk → 204
-//! - `GET  /files?path=/abs/path`  → raw bytes (`application/octet-stream`), 404 if missing
+//! - `PUT  /files?path=/abs/path[&user=name]`  raw body streamed to disk → 204. The file is
+//!   replaced atomically (temp file, fsync, rename); missing parent directories are created.
+//!   Owned by root, or by `user` (also the directories created for it) when given.
+//! - `GET  /files?path=/abs/path`  → raw bytes (`application/octet-stream`, `Content-Length`)
 //! - `POST /clock`       [`SetClock`]     → 204
 //!
-//! Errors use [`crate::ErrorBody`].
+//! Errors use [`crate::ErrorBody`] with these codes: `bad_request` (malformed body or query,
+//! relative path, bad cwd; 400), `exec_failed` (the command could not be started, e.g. it does
+//! not exist; 400), `unknown_user` (400), `not_found` (404), `is_a_directory` (400),
+//! `not_a_directory` (a parent of the path is a file; 400), `forbidden` (403),
+//! `payload_too_large` (413), `upload_incomplete` (the body broke off; 400), `no_space` (507),
+//! `method_not_allowed` (405), `internal` (500).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -35,7 +42,8 @@ pub struct ExecRequest {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub cwd: Option<String>,
-    /// User to run as (a name from the guest's /etc/passwd); the daemon's user if absent.
+    /// User to run as (a name from the guest's /etc/passwd); the daemon's user (root) if
+    /// absent. The command starts in that user's home unless `cwd` is given.
     #[serde(default)]
     pub user: Option<String>,
     /// Kill the whole process group after this many seconds. `None` or 0: no limit.
