@@ -1,1 +1,73 @@
-fn main() {}
+//! `wrenn`: one binary for every role — `up` (control plane and agent in one process),
+//! `server`, `agent`, `images build` — and the client of the public API.
+
+mod daemon;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "wrenn",
+    version,
+    about = "Wrenn: microVM sandboxes for untrusted code"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the guest kernel, initramfs and base templates (cached; a no-op when up to date).
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+    /// Run the whole system in one process: control plane, host agent, SQLite.
+    Up(daemon::UpArgs),
+    /// Run the control plane alone.
+    Server(daemon::ServerArgs),
+    /// Run a host agent: owns the microVMs of this host and serves the internal API.
+    Agent(daemon::AgentArgs),
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Build missing or outdated images.
+    Build {
+        /// Data directory.
+        #[arg(long, env = "WRENN_DATA_DIR", default_value = "/var/lib/wrenn")]
+        data_dir: PathBuf,
+        /// Static wrenn-envd to install in templates (default: found next to this binary).
+        #[arg(long, env = "WRENN_ENVD_BIN")]
+        envd_bin: Option<PathBuf>,
+        /// Rebuild everything, cached or not.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    daemon::init_logging();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Images {
+                command:
+                    ImagesCommand::Build {
+                        data_dir,
+                        envd_bin,
+                        force,
+                    },
+            } => daemon::build_images(data_dir, envd_bin, force).await,
+            Command::Up(args) => daemon::run_up(args).await,
+            Command::Server(args) => daemon::run_server(args).await,
+            Command::Agent(args) => daemon::run_agent(args).await,
+        }
+    })
+}

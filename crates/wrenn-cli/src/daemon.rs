@@ -1,0 +1,282 @@
+//! The long-running roles of the binary: image building, the agent (and, with the control
+//! plane, `up`). Errors end here as one clear line.
+
+use anyhow::{anyhow, Context, Result};
+use std::path::PathBuf;
+use wrenn_agent::host::{self, AgentConfig};
+use wrenn_agent::images::{self, ImageConfig, StderrProgress};
+use wrenn_agent::net::NetConfig;
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub async fn build_images(data_dir: PathBuf, envd_bin: Option<PathBuf>, force: bool) -> Result<()> {
+    let envd_bin = envd_bin.or_else(images::locate_envd).ok_or_else(|| {
+        anyhow!("no static wrenn-envd found; pass --envd-bin or set WRENN_ENVD_BIN")
+    })?;
+    let cfg = ImageConfig {
+        data_dir,
+        envd_bin,
+        force,
+    };
+    let built = tokio::task::spawn_blocking(move || {
+        let mut progress = StderrProgress::new();
+        images::build_all(&cfg, &mut progress)
+    })
+    .await??;
+    println!("kernel:   {}", built.kernel.display());
+    println!("initrd:   {}", built.initrd.display());
+    for t in &built.templates {
+        println!("template: {} ({})", t.name, t.rootfs.display());
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// Data directory (images, sandboxes, templates).
+    #[arg(long, env = "WRENN_DATA_DIR", default_value = "/var/lib/wrenn")]
+    pub data_dir: PathBuf,
+    /// Address of the internal API.
+    #[arg(long, env = "WRENN_AGENT_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: String,
+    /// Bearer token the control plane uses (at least 16 characters).
+    #[arg(long, env = "WRENN_AGENT_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Accelerator: auto, kvm or tcg.
+    #[arg(long, env = "WRENN_ACCEL", default_value = "auto")]
+    pub accel: String,
+    /// QEMU binary.
+    #[arg(long, env = "WRENN_QEMU", default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// Prefix of network namespaces and devices (distinct per agent on one host).
+    #[arg(long, env = "WRENN_NET_PREFIX", default_value = "wr")]
+    pub net_prefix: String,
+    /// First network slot index of this agent.
+    #[arg(long, default_value_t = 0)]
+    pub first_slot: u32,
+    /// Number of network slots (the most sandboxes running at once).
+    #[arg(long, default_value_t = 1024)]
+    pub max_slots: u32,
+    /// Static wrenn-envd for building missing images.
+    #[arg(long, env = "WRENN_ENVD_BIN")]
+    pub envd_bin: Option<PathBuf>,
+}
+
+impl AgentArgs {
+    pub fn config(&self) -> Result<AgentConfig> {
+        let mut cfg = AgentConfig::new(self.data_dir.clone(), self.token.clone());
+        cfg.accel = self.accel.parse().map_err(|e: String| anyhow!(e))?;
+        cfg.qemu_bin = self.qemu.clone();
+        cfg.net = NetConfig {
+            prefix: self.net_prefix.clone(),
+            first_slot: self.first_slot,
+            max_slots: self.max_slots,
+            ..NetConfig::default()
+        };
+        cfg.envd_bin = self.envd_bin.clone();
+        Ok(cfg)
+    }
+}
+
+pub async fn run_agent(args: AgentArgs) -> Result<()> {
+    let cfg = args.config()?;
+    let agent = host::start(cfg, Box::new(StderrProgress::new())).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    tracing::info!(
+        "agent listening on http://{} ({:?})",
+        listener.local_addr()?,
+        agent.manager.accel()
+    );
+    axum::serve(listener, agent.router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    // Running VMs stay up: the next agent finds them again.
+    agent.manager.detach_all().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// Reads a secret kept in the data directory, creating it (random, mode 0600) on first use.
+pub fn persistent_secret(path: &std::path::Path, bytes: usize) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(s) = std::fs::read_to_string(path) {
+        let s = s.trim().to_string();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    let secret = random_hex(bytes);
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("create {}", tmp.display()))?;
+        f.write_all(secret.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
+    Ok(secret)
+}
+
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("read /dev/urandom");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Data directory: database, secrets, images, sandboxes, templates.
+    #[arg(long, env = "WRENN_DATA_DIR", default_value = "/var/lib/wrenn")]
+    pub data_dir: PathBuf,
+    /// Address of the public API.
+    #[arg(long, env = "WRENN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Address of the embedded agent's internal API (loopback; keep it stable across restarts).
+    #[arg(long, env = "WRENN_AGENT_LISTEN", default_value = "127.0.0.1:8081")]
+    pub agent_listen: String,
+    /// Accelerator: auto, kvm or tcg.
+    #[arg(long, env = "WRENN_ACCEL", default_value = "auto")]
+    pub accel: String,
+    /// Prefix of network namespaces and devices.
+    #[arg(long, env = "WRENN_NET_PREFIX", default_value = "wr")]
+    pub net_prefix: String,
+    /// First network slot index.
+    #[arg(long, default_value_t = 0)]
+    pub first_slot: u32,
+    /// Static wrenn-envd for building missing images.
+    #[arg(long, env = "WRENN_ENVD_BIN")]
+    pub envd_bin: Option<PathBuf>,
+}
+
+/// `wrenn up`: the control plane and one agent in this process, SQLite in the data directory.
+pub async fn run_up(args: UpArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create {}", args.data_dir.display()))?;
+    let agent_token = persistent_secret(&args.data_dir.join("agent_token"), 24)?;
+    let jwt_secret = match std::env::var("WRENN_JWT_SECRET") {
+        Ok(s) => s,
+        Err(_) => persistent_secret(&args.data_dir.join("jwt_secret"), 32)?,
+    };
+
+    let agent_args = AgentArgs {
+        data_dir: args.data_dir.clone(),
+        listen: args.agent_listen.clone(),
+        token: agent_token.clone(),
+        accel: args.accel.clone(),
+        qemu: "qemu-system-x86_64".into(),
+        net_prefix: args.net_prefix.clone(),
+        first_slot: args.first_slot,
+        max_slots: 1024,
+        envd_bin: args.envd_bin.clone(),
+    };
+    eprintln!("==> preparing the host agent (guest images are built on first start)");
+    let agent = host::start(agent_args.config()?, Box::new(StderrProgress::new())).await?;
+    let agent_listener = tokio::net::TcpListener::bind(&args.agent_listen)
+        .await
+        .with_context(|| format!("listen on {} (agent)", args.agent_listen))?;
+    let agent_url = format!("http://{}", agent_listener.local_addr()?);
+    let agent_router = agent.router.clone();
+    let agent_task = tokio::spawn(async move { axum::serve(agent_listener, agent_router).await });
+
+    let mut cfg = wrenn_server::ServerConfig::new(args.data_dir.clone(), jwt_secret.into_bytes());
+    cfg.listen = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {}", args.listen))?;
+    cfg.database_url = std::env::var("DATABASE_URL").ok();
+    let server = wrenn_server::build(cfg).await?;
+    server.register_host(&agent_url, &agent_token).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    println!(
+        "Wrenn is running at {url} ({:?} guests)",
+        agent.manager.accel()
+    );
+    println!("Create an account and a first API key:");
+    println!(
+        "  wrenn signup --email you@example.com      (or: curl -X POST {url}/v1/auth/signup ...)"
+    );
+    println!("  wrenn keys create --name first");
+    let serve = wrenn_server::serve(listener, server.router());
+    tokio::select! {
+        r = serve => r.context("public API")?,
+        r = agent_task => r.context("agent task")?.context("agent API")?,
+        _ = shutdown_signal() => eprintln!("shutting down; running sandboxes keep running"),
+    }
+    agent.manager.detach_all().await;
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Data directory (the SQLite file when DATABASE_URL is not set).
+    #[arg(long, env = "WRENN_DATA_DIR", default_value = "/var/lib/wrenn")]
+    pub data_dir: PathBuf,
+    /// Address of the public API.
+    #[arg(long, env = "WRENN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Host agents to register, as URL=TOKEN (repeatable).
+    #[arg(long = "agent", value_name = "URL=TOKEN")]
+    pub agents: Vec<String>,
+}
+
+/// `wrenn server`: the control plane alone (several may share one PostgreSQL).
+pub async fn run_server(args: ServerArgs) -> Result<()> {
+    let jwt_secret = std::env::var("WRENN_JWT_SECRET")
+        .map_err(|_| anyhow!("WRENN_JWT_SECRET must be set (at least 32 bytes)"))?;
+    let mut cfg = wrenn_server::ServerConfig::new(args.data_dir.clone(), jwt_secret.into_bytes());
+    cfg.listen = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {}", args.listen))?;
+    cfg.database_url = std::env::var("DATABASE_URL").ok();
+    let server = wrenn_server::build(cfg).await?;
+    for a in &args.agents {
+        let (url, token) = a
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--agent takes URL=TOKEN, got {a:?}"))?;
+        server.register_host(url, token).await?;
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    tracing::info!(
+        "control plane listening on http://{}",
+        listener.local_addr()?
+    );
+    tokio::select! {
+        r = wrenn_server::serve(listener, server.router()) => r?,
+        _ = shutdown_signal() => {}
+    }
+    Ok(())
+}
