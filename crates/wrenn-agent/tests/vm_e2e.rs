@@ -80,24 +80,28 @@ async fn start_agent(data_dir: PathBuf, prefix: &str, first_slot: u32) -> TestAg
     tokio::spawn(async move { axum::serve(listener, router).await });
     TestAgent {
         base,
-        http: reqwest::Client::new(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap(),
         agent,
         data_dir,
         prefix: prefix.into(),
     }
 }
 
-/// Slot ranges per test process, so parallel test binaries never share addresses.
-fn slot_base(offset: u32) -> u32 {
-    9000 + (std::process::id() % 60) * 100 + offset
-}
+/// Fixed prefixes and slot ranges: a run cleans up whatever a killed earlier run left behind
+/// (the pool removes its prefix's stale slots when it starts).
+const SHARED_PREFIX: &str = "ea";
+const SHARED_SLOTS: u32 = 9000;
+const RESTART_PREFIX: &str = "eb";
+const RESTART_SLOTS: u32 = 9050;
 
 async fn shared() -> &'static TestAgent {
     static AGENT: OnceCell<TestAgent> = OnceCell::const_new();
     AGENT
         .get_or_init(|| async {
-            let prefix = format!("e{}", std::process::id() % 10000);
-            start_agent(scratch_dir("shared"), &prefix, slot_base(0)).await
+            start_agent(scratch_dir("shared"), SHARED_PREFIX, SHARED_SLOTS).await
         })
         .await
 }
@@ -449,7 +453,12 @@ fn guest_cannot_reach_host_services_or_other_sandboxes() {
             "setsid python3 -m http.server 8000 --bind 0.0.0.0 >/dev/null 2>&1 < /dev/null & sleep 1",
         )
         .await;
-        let ok = reqwest::get(format!("http://{other_ip}:8000/")).await.unwrap();
+        let ok = a
+            .http
+            .get(format!("http://{other_ip}:8000/"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(ok.status(), 200, "host reaches a service in a sandbox");
 
         let slot_of_s1 = a.agent.manager.get(&s1).await.unwrap().host_ip;
@@ -501,8 +510,7 @@ fn host_addresses() -> Vec<String> {
 fn restart_keeps_running_and_paused_sandboxes_and_dead_qemu_is_reported() {
     rt().block_on(async {
         let dir = scratch_dir("restart");
-        let prefix = format!("r{}", std::process::id() % 10000);
-        let a = start_agent(dir.clone(), &prefix, slot_base(50)).await;
+        let a = start_agent(dir.clone(), RESTART_PREFIX, RESTART_SLOTS).await;
         let running = a.create("minimal", 256).await;
         let paused = a.create("minimal", 256).await;
         a.sh(&running, "echo r > /root/r").await;
@@ -512,7 +520,7 @@ fn restart_keeps_running_and_paused_sandboxes_and_dead_qemu_is_reported() {
         // The agent goes away (its VMs stay), a new one starts on the same data dir.
         a.agent.manager.detach_all().await;
         drop(a);
-        let b = start_agent(dir.clone(), &prefix, slot_base(50)).await;
+        let b = start_agent(dir.clone(), RESTART_PREFIX, RESTART_SLOTS).await;
         let (_, v) = b
             .call(
                 reqwest::Method::GET,

@@ -396,7 +396,13 @@ impl Manager {
         let spec = spec_for(&self.cfg, dir, &inner.rec, &slot.tap);
         inner.slot = Some(slot);
         let slot = inner.slot.as_ref().expect("slot just set");
-        let vm = Vm::restore(spec, &dir.join("state"), Some(pre_exec_in(slot))).await?;
+        let vm = Vm::restore(
+            spec,
+            &dir.join("state"),
+            inner.rec.ram_in_state,
+            Some(pre_exec_in(slot)),
+        )
+        .await?;
         let envd = envd_for(inner.slot.as_ref().expect("slot just set"))?;
         inner.vm = Some(vm);
         envd.wait_ready(RESTORE_READY_TIMEOUT).await?;
@@ -721,7 +727,7 @@ impl Manager {
             spec.mem_path = tmp.join("mem");
             spec.run_dir = tmp.join("run");
             let res = async {
-                let vm = Vm::load(spec, &dir.join("state"), Some(pre_exec_in(&slot))).await?;
+                let vm = Vm::load(spec, &dir.join("state"), true, Some(pre_exec_in(&slot))).await?;
                 let saved = vm.save(&tmp.join("state")).await;
                 vm.quit().await?;
                 saved

@@ -245,13 +245,16 @@ impl Vm {
         Ok(vm)
     }
 
-    /// Starts a VM from a saved device state (and the RAM file of the spec), running again.
+    /// Starts a VM from a saved device state, running again. `state_has_ram`: the state was
+    /// saved from a VM whose RAM was not a shared file, so it carries the RAM itself (which is
+    /// loaded into the spec's RAM file); otherwise the RAM is the spec's file as it is.
     pub async fn restore(
         spec: VmSpec,
         state: &Path,
+        state_has_ram: bool,
         pre_exec: Option<PreExec<'_>>,
     ) -> Result<Vm, VmError> {
-        let vm = Self::load(spec, state, pre_exec).await?;
+        let vm = Self::load(spec, state, state_has_ram, pre_exec).await?;
         if let Err(e) = vm.cont().await {
             vm.kill().await;
             return Err(e);
@@ -263,11 +266,13 @@ impl Vm {
     pub async fn load(
         spec: VmSpec,
         state: &Path,
+        state_has_ram: bool,
         pre_exec: Option<PreExec<'_>>,
     ) -> Result<Vm, VmError> {
         let vm = Self::spawn(spec, true, pre_exec).await?;
         let r = async {
-            vm.set_migration_caps().await?;
+            // The capability changes the stream's format: it must be what the saver used.
+            vm.set_migration_caps(!state_has_ram).await?;
             vm.qmp
                 .execute(
                     "migrate-incoming",
@@ -337,11 +342,13 @@ impl Vm {
         Ok(Vm { pid, qmp, spec })
     }
 
-    async fn set_migration_caps(&self) -> Result<(), VmError> {
+    /// `ignore_shared`: leave RAM that is a shared file out of the stream (and expect it left
+    /// out when loading).
+    async fn set_migration_caps(&self, ignore_shared: bool) -> Result<(), VmError> {
         self.qmp
             .execute(
                 "migrate-set-capabilities",
-                json!({ "capabilities": [ { "capability": "x-ignore-shared", "state": true } ] }),
+                json!({ "capabilities": [ { "capability": "x-ignore-shared", "state": ignore_shared } ] }),
             )
             .await?;
         // The default bandwidth cap (32 MiB/s) would make saving RAM into a state file slow.
@@ -383,7 +390,7 @@ impl Vm {
     /// Stops the guest and writes its device state (and its RAM when the RAM is not the shared
     /// file) to `state`. The VM stays stopped; end it with [`Vm::quit`].
     pub async fn save(&self, state: &Path) -> Result<(), VmError> {
-        self.set_migration_caps().await?;
+        self.set_migration_caps(self.spec.mem_share).await?;
         self.qmp.execute("stop", serde_json::Value::Null).await?;
         let tmp = state.with_extension("partial");
         let _ = std::fs::remove_file(&tmp);
