@@ -27,6 +27,8 @@ pub struct App {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) hosts: Hosts,
     pub(crate) cfg: ServerConfig,
+    /// OAuth providers and the signed-state machinery (`auth::oauth`).
+    pub(crate) oauth: crate::auth::oauth::OAuth,
     jwt: JwtKeys,
     key_touches: Mutex<HashMap<String, Instant>>,
 }
@@ -136,9 +138,14 @@ fn check_path(path: &str) -> Result<(), ApiError> {
 }
 
 impl App {
-    pub(crate) fn new(store: Arc<dyn Store>, cfg: ServerConfig) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        cfg: ServerConfig,
+        oauth: crate::auth::oauth::OAuth,
+    ) -> Self {
         Self {
             hosts: Hosts::new(store.clone()),
+            oauth,
             jwt: JwtKeys::new(&cfg.jwt_secret),
             store,
             cfg,
@@ -148,7 +155,7 @@ impl App {
 
     // ----- accounts -----
 
-    fn auth_response(
+    pub(crate) fn auth_response(
         &self,
         user_id: &str,
         team_id: &str,

@@ -2,6 +2,7 @@
 //! and the fixed limits on every input of the public API. Reading flags or environment
 //! variables is the binary's job, not this module's.
 
+pub use crate::auth::oauth::config::{GithubConfig, OAuthConfig, OAuthConfigError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,8 +57,11 @@ pub struct ServerConfig {
     pub max_upload_bytes: u64,
     /// Limit of `POST /v1/sandboxes/{id}/files/stream/write`.
     pub max_stream_upload_bytes: u64,
-    /// The externally visible base URL (needed later for OAuth redirects).
+    /// The externally visible base URL (`CP_PUBLIC_URL`); OAuth callback URLs are built
+    /// from it, so it is required when an OAuth provider is configured.
     pub public_url: Option<String>,
+    /// OAuth login providers and the frontend redirect URL (none configured by default).
+    pub oauth: OAuthConfig,
     /// How often the auto-pause reaper looks for idle sandboxes.
     pub reaper_interval: Duration,
 }
@@ -72,6 +76,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("max_stream_upload_bytes", &self.max_stream_upload_bytes)
             .field("public_url", &self.public_url)
+            .field("oauth", &self.oauth)
             .field("reaper_interval", &self.reaper_interval)
             .finish_non_exhaustive()
     }
@@ -88,6 +93,7 @@ impl ServerConfig {
             max_upload_bytes: limits::DEFAULT_MAX_UPLOAD_BYTES,
             max_stream_upload_bytes: limits::DEFAULT_MAX_STREAM_UPLOAD_BYTES,
             public_url: None,
+            oauth: OAuthConfig::default(),
             reaper_interval: Duration::from_secs(5),
         }
     }
@@ -104,6 +110,21 @@ impl ServerConfig {
         }
         if self.reaper_interval.is_zero() {
             return Err(ConfigError::ZeroReaperInterval);
+        }
+        self.oauth.validate(self.public_url.as_deref())?;
+        Ok(())
+    }
+
+    /// Reads the OAuth settings from the environment into `self.oauth`
+    /// ([`OAuthConfig::from_env`]) and, unless `public_url` is already set, `CP_PUBLIC_URL`
+    /// into `public_url`.
+    pub fn apply_oauth_env(&mut self) -> Result<(), ConfigError> {
+        self.oauth = OAuthConfig::from_env()?;
+        if self.public_url.is_none() {
+            self.public_url = std::env::var("CP_PUBLIC_URL")
+                .ok()
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty());
         }
         Ok(())
     }
@@ -132,4 +153,8 @@ pub enum ConfigError {
     /// The reaper cannot run every zero seconds.
     #[error("reaper interval must be greater than zero")]
     ZeroReaperInterval,
+    /// The OAuth settings are incomplete or inconsistent (e.g. a provider without
+    /// `CP_PUBLIC_URL`).
+    #[error(transparent)]
+    OAuth(#[from] OAuthConfigError),
 }

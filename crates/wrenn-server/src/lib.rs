@@ -18,6 +18,6 @@ pub mod reaper;
 pub mod server;
 pub mod store;
 
-pub use config::{limits, ConfigError, ServerConfig};
+pub use config::{limits, ConfigError, GithubConfig, OAuthConfig, ServerConfig};
 pub use error::ApiError;
 pub use server::{build, serve, BuildError, Server};

@@ -56,8 +56,11 @@ pub async fn build(cfg: ServerConfig) -> Result<Server, BuildError> {
             source,
         })?;
     }
+    let oauth =
+        crate::auth::oauth::OAuth::new(&cfg.oauth, cfg.public_url.as_deref(), &cfg.jwt_secret)
+            .map_err(ConfigError::from)?;
     let store = store::open(&cfg.effective_database_url()).await?;
-    let app = Arc::new(App::new(store, cfg));
+    let app = Arc::new(App::new(store, cfg, oauth));
     app.hosts.load().await.map_err(BuildError::Hosts)?;
     let reaper = tokio::spawn(crate::reaper::run(Arc::downgrade(&app)));
     Ok(Server { app, reaper })

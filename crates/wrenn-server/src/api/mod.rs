@@ -7,6 +7,7 @@ mod extract;
 
 use crate::agent::{ByteStream, ExecSession};
 use crate::app::App;
+use crate::auth::oauth::routes as oauth;
 use crate::config::limits;
 use crate::error::ApiError;
 use crate::store::SandboxRecord;
@@ -60,8 +61,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/openapi.yaml", get(openapi))
         .route("/v1/auth/signup", post(signup))
         .route("/v1/auth/login", post(login))
-        .route("/v1/auth/oauth/{provider}", get(oauth_start))
-        .route("/v1/auth/oauth/{provider}/callback", get(oauth_callback))
+        .route("/v1/auth/oauth/{provider}", get(oauth::start))
+        .route("/v1/auth/oauth/{provider}/callback", get(oauth::callback))
         .route("/v1/api-keys", post(create_key).get(list_keys))
         .route("/v1/api-keys/{id}", delete(delete_key))
         .route("/v1/sandboxes", post(create_sandbox).get(list_sandboxes))
@@ -125,14 +126,6 @@ async fn login(
     JsonBody(req): JsonBody<api::LoginRequest>,
 ) -> Res<impl IntoResponse> {
     Ok(Json(app.login(req).await?))
-}
-
-async fn oauth_start(PathArg(provider): PathArg) -> ApiError {
-    ApiError::OAuthNotConfigured(provider)
-}
-
-async fn oauth_callback(PathArg(provider): PathArg) -> ApiError {
-    ApiError::OAuthNotConfigured(provider)
 }
 
 // ----- API keys -----

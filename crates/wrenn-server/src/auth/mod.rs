@@ -1,6 +1,9 @@
 //! Secrets and credentials: argon2 password hashes, HS256 session JWTs (6 hours), and API
 //! keys (`wrn_` + 128 random bits as hex, stored only as SHA-256 hex with a display prefix).
-//! Pure functions and small types; no HTTP and no storage here.
+//! Pure functions and small types; no HTTP and no storage here. The OAuth login flow (its
+//! providers, state cookie and account upsert) lives in [`oauth`].
+
+pub mod oauth;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
