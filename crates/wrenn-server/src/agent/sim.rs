@@ -3,7 +3,9 @@
 //! real agent (running ⇄ paused, snapshot removes the sandbox); files are real files in a
 //! scratch directory (so large uploads are streamed to disk, not held in memory); exec
 //! understands a handful of commands: `echo`, `true`, `false`, `pwd`, `env`, `cat FILE`,
-//! `seq N`, `sleep SECS` and `sh -c 'exit N'`. Anything else exits 127. It runs no VM.
+//! `seq N`, `sleep SECS`, `python3 -c 'print(INTEGER EXPRESSION)'`, `sh -c 'exit N'` and
+//! `sh -c` of one simple command of those (quoted words, no operators). Anything else exits
+//! 127. It runs no VM.
 
 use super::{AgentError, ByteStream, ExecSession, HostAgent};
 use async_trait::async_trait;
@@ -198,10 +200,30 @@ fn run_command(
                 .map(|n| n.trim().parse::<i32>())
             {
                 Some(Ok(code)) => (String::new(), String::new(), code),
-                _ => (
+                _ => match split_simple_command(script) {
+                    Some(words) if words[0] != "sh" => {
+                        run_command(&words[0], &words[1..], env, cwd, files)
+                    }
+                    _ => (
+                        String::new(),
+                        format!("sim: unsupported script {script:?}\n"),
+                        2,
+                    ),
+                },
+            }
+        }
+        "python3" if args.len() == 2 && args[0] == "-c" => {
+            let value = args[1]
+                .trim()
+                .strip_prefix("print(")
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|e| IntExpr(e.as_bytes(), 0).eval());
+            match value {
+                Some(v) => (format!("{v}\n"), String::new(), 0),
+                None => (
                     String::new(),
-                    format!("sim: unsupported script {script:?}\n"),
-                    2,
+                    format!("sim: unsupported python {:?}\n", args[1]),
+                    1,
                 ),
             }
         }
@@ -210,6 +232,111 @@ fn run_command(
             format!("sim: {other}: command not found\n"),
             127,
         ),
+    }
+}
+
+/// Splits one simple command into words (single and double quotes, no escapes); `None` when
+/// the script uses shell syntax the simulation does not interpret.
+fn split_simple_command(script: &str) -> Option<Vec<String>> {
+    let (mut words, mut word, mut quote, mut in_word) = (Vec::new(), String::new(), None, false);
+    for c in script.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '\'' | '"') => (quote, in_word) = (Some(c), true),
+            (None, c) if c.is_whitespace() => {
+                if std::mem::take(&mut in_word) {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            (None, ';' | '&' | '|' | '<' | '>' | '$' | '`' | '(' | ')' | '\\' | '*' | '?') => {
+                return None
+            }
+            (None, c) => (word, in_word) = (word + &c.to_string(), true),
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    (quote.is_none() && !words.is_empty()).then_some(words)
+}
+
+/// Integer arithmetic as Python prints it: `+ - * // %` and parentheses, checked.
+struct IntExpr<'a>(&'a [u8], usize);
+
+impl IntExpr<'_> {
+    fn eval(mut self) -> Option<i64> {
+        let v = self.sum()?;
+        self.skip_ws();
+        (self.1 == self.0.len()).then_some(v)
+    }
+    fn skip_ws(&mut self) {
+        while self.0.get(self.1).is_some_and(|c| c.is_ascii_whitespace()) {
+            self.1 += 1;
+        }
+    }
+    fn eat(&mut self, op: &str) -> bool {
+        self.skip_ws();
+        let hit = self.0[self.1..].starts_with(op.as_bytes());
+        if hit {
+            self.1 += op.len();
+        }
+        hit
+    }
+    fn sum(&mut self) -> Option<i64> {
+        let mut v = self.product()?;
+        loop {
+            if self.eat("+") {
+                v = v.checked_add(self.product()?)?;
+            } else if self.eat("-") {
+                v = v.checked_sub(self.product()?)?;
+            } else {
+                return Some(v);
+            }
+        }
+    }
+    fn product(&mut self) -> Option<i64> {
+        let mut v = self.atom()?;
+        loop {
+            if self.eat("*") {
+                v = v.checked_mul(self.atom()?)?;
+            } else if self.eat("//") {
+                let d = self.atom()?;
+                let (q, r) = (v.checked_div(d)?, v.checked_rem(d)?);
+                v = if r != 0 && (r < 0) != (d < 0) {
+                    q - 1
+                } else {
+                    q
+                };
+            } else if self.eat("%") {
+                let d = self.atom()?;
+                let r = v.checked_rem(d)?;
+                v = if r != 0 && (r < 0) != (d < 0) {
+                    r + d
+                } else {
+                    r
+                };
+            } else {
+                return Some(v);
+            }
+        }
+    }
+    fn atom(&mut self) -> Option<i64> {
+        if self.eat("(") {
+            let v = self.sum()?;
+            return self.eat(")").then_some(v);
+        }
+        if self.eat("-") {
+            return self.atom()?.checked_neg();
+        }
+        let start = self.1;
+        while self.0.get(self.1).is_some_and(|c| c.is_ascii_digit()) {
+            self.1 += 1;
+        }
+        std::str::from_utf8(&self.0[start..self.1])
+            .ok()?
+            .parse()
+            .ok()
     }
 }
 
@@ -510,5 +637,35 @@ impl HostAgent for SimAgent {
             let _ = std::fs::remove_file(f);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(cmd: &str, args: &[&str]) -> (String, String, i32) {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        run_command(cmd, &args, &Default::default(), None, &HashMap::new())
+    }
+
+    #[test]
+    fn python_prints_integer_expressions_like_python() {
+        assert_eq!(run("python3", &["-c", "print(6*7)"]).0, "42\n");
+        assert_eq!(run("python3", &["-c", "print((1 + 2) * -3)"]).0, "-9\n");
+        assert_eq!(run("python3", &["-c", "print(-7 // 2, )"]).2, 1);
+        assert_eq!(run("python3", &["-c", "print(-7 // 2)"]).0, "-4\n");
+        assert_eq!(run("python3", &["-c", "print(-7 % 3)"]).0, "2\n");
+        assert_eq!(run("python3", &["-c", "print(1 // 0)"]).2, 1);
+        assert_eq!(run("python3", &["-c", "import os"]).2, 1);
+    }
+
+    #[test]
+    fn sh_runs_one_simple_command() {
+        assert_eq!(run("sh", &["-c", "echo 'a  b' c"]).0, "a  b c\n");
+        assert_eq!(run("sh", &["-c", "python3 -c 'print(2+3)'"]).0, "5\n");
+        assert_eq!(run("sh", &["-c", "exit 3"]).2, 3);
+        assert_eq!(run("sh", &["-c", "echo a; echo b"]).2, 2);
+        assert_eq!(run("sh", &["-c", "echo 'open"]).2, 2);
     }
 }
