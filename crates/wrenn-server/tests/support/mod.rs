@@ -37,8 +37,12 @@ impl TestServer {
 
     pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
+        // Bound first so the configuration can know its public URL.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
         let mut cfg = ServerConfig::new(dir.path().join("data"), JWT_SECRET);
         cfg.max_upload_bytes = 1024 * 1024;
+        cfg.public_url = Some(base.clone());
         tweak(&mut cfg);
         let server = build(cfg).await.expect("build server");
 
@@ -52,8 +56,6 @@ impl TestServer {
             .await
             .expect("register host");
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
         let router = server.router();
         tokio::spawn(async move { serve(listener, router).await });
         TestServer {

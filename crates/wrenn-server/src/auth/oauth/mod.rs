@@ -320,6 +320,15 @@ pub async fn sign_in(
             .map_err(internal)?
             .is_some()
         {
+            // The account may be this identity's, registered by a concurrent callback
+            // since the first look (user and identity are committed together).
+            if let Some(u) = store
+                .user_by_oauth(provider, &profile.provider_user_id)
+                .await
+                .map_err(internal)?
+            {
+                return Ok(u);
+            }
             tracing::info!(
                 provider,
                 "OAuth sign-in refused: email belongs to another account"
