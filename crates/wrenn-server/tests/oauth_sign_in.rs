@@ -1,0 +1,285 @@
+//! The account upsert behind the OAuth callback ([`sign_in`]) against the real SQLite and
+//! PostgreSQL stores, with the registration race forced: a store wrapper holds every racer's
+//! insert until all of them have looked up the identity and the email and found nothing, so
+//! all but one insert hit a unique key and must retry as a login.
+
+mod support;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wrenn_server::auth::oauth::{sign_in, CallbackError, Profile};
+use wrenn_server::store::{
+    self, ApiKeyRecord, HostCapacity, HostRecord, NewAccount, SandboxRecord, Store, StoreError,
+    TeamRecord, TemplateRecord, UserRecord,
+};
+
+const RACERS: usize = 8;
+
+/// Delegates to a real store; the first `gate` calls of `create_oauth_account` wait until
+/// all of them have arrived, then go to the database together.
+struct GatedStore {
+    inner: Arc<dyn Store>,
+    gate: tokio::sync::Barrier,
+    gated: usize,
+    creates: AtomicUsize,
+    duplicates: AtomicUsize,
+}
+
+#[async_trait]
+impl Store for GatedStore {
+    async fn create_account(&self, a: &NewAccount) -> Result<(), StoreError> {
+        self.inner.create_account(a).await
+    }
+    async fn create_oauth_account(
+        &self,
+        a: &NewAccount,
+        provider: &str,
+        provider_user_id: &str,
+    ) -> Result<(), StoreError> {
+        if self.creates.fetch_add(1, Ordering::SeqCst) < self.gated {
+            self.gate.wait().await;
+        }
+        let r = self
+            .inner
+            .create_oauth_account(a, provider, provider_user_id)
+            .await;
+        if matches!(r, Err(StoreError::Duplicate)) {
+            self.duplicates.fetch_add(1, Ordering::SeqCst);
+        }
+        r
+    }
+    async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.inner.user_by_email(email).await
+    }
+    async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.inner.user_by_id(id).await
+    }
+    async fn user_by_oauth(
+        &self,
+        provider: &str,
+        provider_user_id: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.inner.user_by_oauth(provider, provider_user_id).await
+    }
+    async fn team(&self, id: &str) -> Result<Option<TeamRecord>, StoreError> {
+        self.inner.team(id).await
+    }
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.inner.insert_api_key(key).await
+    }
+    async fn list_api_keys(&self, team_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.inner.list_api_keys(team_id).await
+    }
+    async fn delete_api_key(&self, team_id: &str, id: &str) -> Result<bool, StoreError> {
+        self.inner.delete_api_key(team_id, id).await
+    }
+    async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.inner.api_key_by_hash(key_hash).await
+    }
+    async fn touch_api_key(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.inner.touch_api_key(id, at).await
+    }
+    async fn upsert_host(&self, host: &HostRecord) -> Result<HostRecord, StoreError> {
+        self.inner.upsert_host(host).await
+    }
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.inner.list_hosts().await
+    }
+    async fn update_host_health(
+        &self,
+        id: &str,
+        status: &str,
+        capacity: Option<HostCapacity>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .update_host_health(id, status, capacity, at)
+            .await
+    }
+    async fn insert_sandbox(&self, sb: &SandboxRecord) -> Result<(), StoreError> {
+        self.inner.insert_sandbox(sb).await
+    }
+    async fn get_sandbox(
+        &self,
+        team_id: &str,
+        id: &str,
+    ) -> Result<Option<SandboxRecord>, StoreError> {
+        self.inner.get_sandbox(team_id, id).await
+    }
+    async fn list_sandboxes(&self, team_id: &str) -> Result<Vec<SandboxRecord>, StoreError> {
+        self.inner.list_sandboxes(team_id).await
+    }
+    async fn update_sandbox(&self, sb: &SandboxRecord) -> Result<(), StoreError> {
+        self.inner.update_sandbox(sb).await
+    }
+    async fn touch_sandbox(
+        &self,
+        team_id: &str,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.touch_sandbox(team_id, id, at).await
+    }
+    async fn delete_sandbox(&self, team_id: &str, id: &str) -> Result<bool, StoreError> {
+        self.inner.delete_sandbox(team_id, id).await
+    }
+    async fn list_running_with_timeout(&self) -> Result<Vec<SandboxRecord>, StoreError> {
+        self.inner.list_running_with_timeout().await
+    }
+    async fn get_template(
+        &self,
+        team_id: &str,
+        name: &str,
+    ) -> Result<Option<TemplateRecord>, StoreError> {
+        self.inner.get_template(team_id, name).await
+    }
+    async fn list_templates(&self, team_id: &str) -> Result<Vec<TemplateRecord>, StoreError> {
+        self.inner.list_templates(team_id).await
+    }
+    async fn commit_snapshot(
+        &self,
+        template: &TemplateRecord,
+        sandbox_id: &str,
+        overwrite: bool,
+    ) -> Result<Option<TemplateRecord>, StoreError> {
+        self.inner
+            .commit_snapshot(template, sandbox_id, overwrite)
+            .await
+    }
+    async fn delete_template(
+        &self,
+        team_id: &str,
+        name: &str,
+    ) -> Result<Option<TemplateRecord>, StoreError> {
+        self.inner.delete_template(team_id, name).await
+    }
+}
+
+fn profile(id: &str, email: &str) -> Profile {
+    Profile::new(id.into(), email, None).unwrap()
+}
+
+/// RACERS concurrent sign-ins of one new identity: one registers, the rest lose the
+/// unique-key race and log in as the winner.
+async fn forced_race(inner: Arc<dyn Store>) {
+    let gated = Arc::new(GatedStore {
+        inner: inner.clone(),
+        gate: tokio::sync::Barrier::new(RACERS),
+        gated: RACERS,
+        creates: AtomicUsize::new(0),
+        duplicates: AtomicUsize::new(0),
+    });
+    let p = profile("555", "Racer@Example.com");
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let s = gated.clone();
+            let p = p.clone();
+            tokio::spawn(async move { sign_in(s.as_ref(), "github", &p).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        let u = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("sign-in finished")
+            .unwrap()
+            .expect("every racer signs in");
+        ids.push((u.id, u.team_id, u.email));
+    }
+    assert!(
+        ids.iter().all(|i| *i == ids[0]),
+        "one user for all: {ids:?}"
+    );
+    assert_eq!(ids[0].2, "racer@example.com");
+    assert_eq!(gated.creates.load(Ordering::SeqCst), RACERS);
+    assert_eq!(
+        gated.duplicates.load(Ordering::SeqCst),
+        RACERS - 1,
+        "all but one insert lost the race"
+    );
+    let u = inner.user_by_oauth("github", "555").await.unwrap().unwrap();
+    assert_eq!(u.id, ids[0].0);
+    assert_eq!(u.password_hash, None);
+    assert!(inner.team(&u.team_id).await.unwrap().is_some());
+}
+
+/// Known identity, new identity, taken email; against one store.
+async fn outcomes(s: Arc<dyn Store>) {
+    let a = sign_in(s.as_ref(), "github", &profile("1", "one@example.com"))
+        .await
+        .unwrap();
+    let again = sign_in(s.as_ref(), "github", &profile("1", "changed@example.com"))
+        .await
+        .unwrap();
+    assert_eq!(again, a);
+
+    s.create_account(&NewAccount {
+        user_id: "usr-pw".into(),
+        team_id: "team-pw".into(),
+        team_name: "pw".into(),
+        email: "pw@example.com".into(),
+        password_hash: Some("hash".into()),
+        created_at: store::now(),
+    })
+    .await
+    .unwrap();
+    for taken in ["pw@example.com", "one@example.com"] {
+        assert_eq!(
+            sign_in(s.as_ref(), "github", &profile("2", taken)).await,
+            Err(CallbackError::EmailTaken)
+        );
+    }
+    // The same email at another provider is another identity: refused as well.
+    assert_eq!(
+        sign_in(s.as_ref(), "gitlab", &profile("1", "one@example.com")).await,
+        Err(CallbackError::EmailTaken)
+    );
+    assert!(s.user_by_oauth("github", "2").await.unwrap().is_none());
+    assert!(s.user_by_oauth("gitlab", "1").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn sign_in_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store::open(&dir.path().join("a.db").display().to_string())
+        .await
+        .unwrap();
+    outcomes(s).await;
+    let s = store::open(&dir.path().join("b.db").display().to_string())
+        .await
+        .unwrap();
+    forced_race(s).await;
+}
+
+#[tokio::test]
+async fn sign_in_on_postgres() {
+    let pg = support::pg::PgServer::start();
+    let s = store::open(&pg.create_database("signin_outcomes").await)
+        .await
+        .unwrap();
+    outcomes(s).await;
+    let s = store::open(&pg.create_database("signin_race").await)
+        .await
+        .unwrap();
+    forced_race(s).await;
+}
+
+#[test]
+fn profiles_need_a_usable_email_and_id() {
+    assert_eq!(profile("1", " A@B.Example ").email, "a@b.example");
+    for bad in [
+        "",
+        "no-at",
+        "@x.y",
+        "a@",
+        "a@b@c",
+        "a b@c.d",
+        &"x".repeat(300),
+    ] {
+        assert!(Profile::new("1".into(), bad, None).is_err(), "{bad:?}");
+    }
+    assert!(Profile::new(String::new(), "a@b.c", None).is_err());
+}
