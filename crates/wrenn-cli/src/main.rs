@@ -1,6 +1,7 @@
 //! `wrenn`: one binary for every role — `up` (control plane and agent in one process),
 //! `server`, `agent`, `images build` — and the client of the public API.
 
+mod client;
 mod daemon;
 
 use anyhow::Result;
@@ -14,6 +15,8 @@ use std::path::PathBuf;
     about = "Wrenn: microVM sandboxes for untrusted code"
 )]
 struct Cli {
+    #[command(flatten)]
+    client: client::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +34,8 @@ enum Command {
     Server(daemon::ServerArgs),
     /// Run a host agent: owns the microVMs of this host and serves the internal API.
     Agent(daemon::AgentArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 #[derive(Subcommand)]
@@ -50,8 +55,12 @@ enum ImagesCommand {
 }
 
 fn main() -> Result<()> {
-    daemon::init_logging();
     let cli = Cli::parse();
+    if let Command::Client(command) = cli.command {
+        // Client commands print one `error:` line and exit with their own code.
+        std::process::exit(client::main(cli.client, command));
+    }
+    daemon::init_logging();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -68,6 +77,7 @@ fn main() -> Result<()> {
             Command::Up(args) => daemon::run_up(args).await,
             Command::Server(args) => daemon::run_server(args).await,
             Command::Agent(args) => daemon::run_agent(args).await,
+            Command::Client(_) => unreachable!("handled above"),
         }
     })
 }
