@@ -453,10 +453,10 @@ async fn redirect_goes_to_github_with_a_signed_state_cookie() {
 }
 
 #[tokio::test]
-async fn https_public_url_makes_the_cookie_secure() {
+async fn https_public_url_with_a_path_makes_a_secure_cookie_for_that_path() {
     let fake = Fake::start(GhUser::new(1, "a@example.com")).await;
     let ts = server_with(&fake, |cfg| {
-        cfg.public_url = Some("https://cp.example.com/".into())
+        cfg.public_url = Some("https://cp.example.com/wrenn/".into())
     })
     .await;
     let r = browser()
@@ -465,10 +465,17 @@ async fn https_public_url_makes_the_cookie_secure() {
         .await
         .unwrap();
     let loc = location(&r);
-    assert!(set_cookie(&r).split(';').any(|a| a.trim() == "Secure"));
+    let cookie = set_cookie(&r);
+    let attrs: Vec<&str> = cookie.split(';').map(str::trim).collect();
+    assert!(attrs.contains(&"Secure"), "{cookie}");
+    // Behind a path prefix the cookie must still reach the callback.
+    assert!(
+        attrs.contains(&"Path=/wrenn/v1/auth/oauth/github"),
+        "{cookie}"
+    );
     assert_eq!(
         query(&loc)["redirect_uri"],
-        "https://cp.example.com/v1/auth/oauth/github/callback"
+        "https://cp.example.com/wrenn/v1/auth/oauth/github/callback"
     );
 }
 

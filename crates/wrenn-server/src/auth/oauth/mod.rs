@@ -262,6 +262,18 @@ impl OAuth {
         )
     }
 
+    /// `Path` of the state cookie: the provider's route as the browser sees it (behind the
+    /// path of the public URL, if any), which covers the callback.
+    pub fn cookie_path(&self, provider: &str) -> String {
+        let prefix = self
+            .public_url
+            .as_deref()
+            .and_then(|p| Url::parse(p).ok())
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        format!("{prefix}/v1/auth/oauth/{provider}")
+    }
+
     /// Where the browser goes after the callback: `{redirect_url}/auth/{provider}/callback`
     /// with the given query pairs.
     pub fn frontend_url(&self, provider: &str, pairs: &[(&str, &str)]) -> String {

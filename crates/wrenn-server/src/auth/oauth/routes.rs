@@ -71,7 +71,11 @@ pub(crate) async fn start(
         .signer()
         .issue(name, chrono::Utc::now().timestamp());
     let location = provider.authorization_url(&issued.state, &app.oauth.callback_url(name));
-    let cookie = set_cookie(name, &issued.cookie_value, app.oauth.secure_cookies());
+    let cookie = set_cookie(
+        &app.oauth.cookie_path(name),
+        &issued.cookie_value,
+        app.oauth.secure_cookies(),
+    );
     redirect(&location, &cookie)
 }
 
@@ -104,7 +108,10 @@ pub(crate) async fn callback(
         ),
         Err((e, name)) => (app.oauth.frontend_url(name, &[("error", e.code())]), name),
     };
-    redirect(&location, &clear_cookie(name, app.oauth.secure_cookies()))
+    redirect(
+        &location,
+        &clear_cookie(&app.oauth.cookie_path(name), app.oauth.secure_cookies()),
+    )
 }
 
 type Finished = Result<(AuthResponse, &'static str), (CallbackError, &'static str)>;

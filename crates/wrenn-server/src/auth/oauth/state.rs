@@ -106,25 +106,19 @@ impl StateSigner {
     }
 }
 
-/// The cookie's `Path`: the provider's route, which covers its callback.
-pub fn cookie_path(provider: &str) -> String {
-    format!("/v1/auth/oauth/{provider}")
-}
-
-/// `Set-Cookie` value that stores the state for [`STATE_TTL_SECS`].
-pub fn set_cookie(provider: &str, value: &str, secure: bool) -> String {
+/// `Set-Cookie` value that stores the state for [`STATE_TTL_SECS`] under `path` (the
+/// provider's route, which covers its callback).
+pub fn set_cookie(path: &str, value: &str, secure: bool) -> String {
     format!(
-        "{COOKIE_NAME}={value}; Path={}; Max-Age={STATE_TTL_SECS}; HttpOnly; SameSite=Lax{}",
-        cookie_path(provider),
+        "{COOKIE_NAME}={value}; Path={path}; Max-Age={STATE_TTL_SECS}; HttpOnly; SameSite=Lax{}",
         if secure { "; Secure" } else { "" }
     )
 }
 
-/// `Set-Cookie` value that removes the state cookie.
-pub fn clear_cookie(provider: &str, secure: bool) -> String {
+/// `Set-Cookie` value that removes the state cookie stored under `path`.
+pub fn clear_cookie(path: &str, secure: bool) -> String {
     format!(
-        "{COOKIE_NAME}=; Path={}; Max-Age=0; HttpOnly; SameSite=Lax{}",
-        cookie_path(provider),
+        "{COOKIE_NAME}=; Path={path}; Max-Age=0; HttpOnly; SameSite=Lax{}",
         if secure { "; Secure" } else { "" }
     )
 }
@@ -190,13 +184,16 @@ mod tests {
 
     #[test]
     fn cookie_headers() {
-        let set = set_cookie("github", "v", true);
+        let set = set_cookie("/v1/auth/oauth/github", "v", true);
         assert_eq!(
             set,
             "wrenn_oauth_state=v; Path=/v1/auth/oauth/github; Max-Age=600; HttpOnly; SameSite=Lax; Secure"
         );
-        assert!(!set_cookie("github", "v", false).contains("Secure"));
-        assert!(clear_cookie("github", false).contains("Max-Age=0"));
+        assert!(!set_cookie("/p", "v", false).contains("Secure"));
+        assert_eq!(
+            clear_cookie("/p", false),
+            "wrenn_oauth_state=; Path=/p; Max-Age=0; HttpOnly; SameSite=Lax"
+        );
         let headers = ["a=1; wrenn_oauth_state=abc.1.sig", "b=2"];
         assert_eq!(find_cookie(headers.into_iter()), Some("abc.1.sig"));
         assert_eq!(find_cookie(["a=1", "b=2"].into_iter()), None);
