@@ -883,3 +883,22 @@ async fn racing_callbacks_make_one_user_on_postgres() {
     pool.close().await;
     drop(ts);
 }
+
+#[tokio::test]
+async fn storage_failure_is_internal_error() {
+    let fake = Fake::start(GhUser::new(77, "seven@example.com")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broken.db");
+    let db_path = db.display().to_string();
+    let ts = server_with(&fake, |cfg| cfg.database_url = Some(db_path)).await;
+    // The identity table disappears underneath the running control plane.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("DROP TABLE oauth_identities")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(login(&ts).await.unwrap_err(), "internal_error");
+    assert_eq!(fake.gh.token_calls.load(Ordering::SeqCst), 1);
+}
