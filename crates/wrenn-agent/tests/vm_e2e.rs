@@ -450,16 +450,20 @@ fn guest_cannot_reach_host_services_or_other_sandboxes() {
         // A listener in sandbox 2, reachable from the host (positive control).
         a.sh(
             &s2,
-            "setsid python3 -m http.server 8000 --bind 0.0.0.0 >/dev/null 2>&1 < /dev/null & sleep 1",
+            "setsid python3 -m http.server 8000 --bind 0.0.0.0 >/dev/null 2>&1 < /dev/null &",
         )
         .await;
-        let ok = a
-            .http
-            .get(format!("http://{other_ip}:8000/"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(ok.status(), 200, "host reaches a service in a sandbox");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            match a.http.get(format!("http://{other_ip}:8000/")).send().await {
+                Ok(r) => break r.status(),
+                Err(e) if Instant::now() > deadline => {
+                    panic!("service in sandbox unreachable: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        assert_eq!(status, 200, "host reaches a service in a sandbox");
 
         let slot_of_s1 = a.agent.manager.get(&s1).await.unwrap().host_ip;
         let probe = |target: String| {
@@ -481,7 +485,10 @@ fn guest_cannot_reach_host_services_or_other_sandboxes() {
         for t in targets {
             let v = a.exec(&s1, "python3", &["-c", &probe(t.clone())]).await;
             let out = v["stdout"].as_str().unwrap();
-            assert!(out.starts_with("blocked"), "guest reached {t}: {v} (slot {slot_of_s1})");
+            assert!(
+                out.starts_with("blocked"),
+                "guest reached {t}: {v} (slot {slot_of_s1})"
+            );
         }
         drop(host_srv);
         a.destroy(&s1).await;

@@ -435,12 +435,12 @@ impl Manager {
 
     /// Notices when a sandbox's QEMU goes away without being asked to.
     fn watch(&self, id: &str, vm: &Vm) {
-        let qmp = vm.qmp.clone();
+        let closed = vm.qmp.closed_signal();
         let pid = vm.pid;
         let id = id.to_string();
         let me = self.me.clone();
         tokio::spawn(async move {
-            qmp.closed().await;
+            closed.await;
             if let Some(mgr) = me.upgrade() {
                 mgr.on_vm_exit(&id, pid).await;
             }

@@ -43,13 +43,30 @@ pub enum QmpError {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, QmpError>>>>>;
 
-/// A connected, capabilities-negotiated QMP session.
+/// A connected, capabilities-negotiated QMP session. Dropping it closes the connection
+/// (QEMU serves one QMP client at a time, so a session left open would lock others out).
 pub struct Qmp {
     path: String,
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Pending,
     next_id: AtomicU64,
     closed: watch::Receiver<bool>,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for Qmp {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Resolves when `rx` says closed or its sender is gone.
+async fn wait_closed(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Qmp {
@@ -63,9 +80,9 @@ impl Qmp {
         let stream = UnixStream::connect(path).await.map_err(io)?;
         let (read, write) = stream.into_split();
         let mut lines = BufReader::new(read).lines();
-        let greeting = lines
-            .next_line()
+        let greeting = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
             .await
+            .map_err(|_| QmpError::Timeout("greeting (is another client connected?)".into()))?
             .map_err(io)?
             .ok_or_else(|| QmpError::Protocol("socket closed before greeting".into()))?;
         if !greeting.contains("\"QMP\"") {
@@ -76,7 +93,7 @@ impl Qmp {
         let pending: Pending = Arc::default();
         let (closed_tx, closed_rx) = watch::channel(false);
         let reader_pending = pending.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 let Ok(v) = serde_json::from_str::<Value>(&line) else {
                     continue;
@@ -105,13 +122,15 @@ impl Qmp {
                 let _ = tx.send(Err(QmpError::Protocol("QMP socket closed".into())));
             }
             let _ = closed_tx.send(true);
-        });
+        })
+        .abort_handle();
         let qmp = Arc::new(Qmp {
             path: p,
             writer: tokio::sync::Mutex::new(write),
             pending,
             next_id: AtomicU64::new(1),
             closed: closed_rx,
+            reader,
         });
         qmp.execute("qmp_capabilities", Value::Null).await?;
         Ok(qmp)
@@ -187,12 +206,13 @@ impl Qmp {
 
     /// Resolves when the socket closes (QEMU exited).
     pub async fn closed(&self) {
-        let mut rx = self.closed.clone();
-        while !*rx.borrow_and_update() {
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
+        wait_closed(self.closed.clone()).await
+    }
+
+    /// A future that resolves when the socket closes or this session is dropped; it does not
+    /// keep the session open.
+    pub fn closed_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        wait_closed(self.closed.clone())
     }
 }
 
