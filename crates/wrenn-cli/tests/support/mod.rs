@@ -14,7 +14,7 @@ const AGENT_TOKEN: &str = "cli-test-agent-token";
 const JWT_SECRET: &[u8] = b"cli-tests-jwt-secret-0123456789abcdef";
 
 /// The runtime that serves every test server of this test binary.
-fn rt() -> &'static tokio::runtime::Runtime {
+pub fn rt() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
