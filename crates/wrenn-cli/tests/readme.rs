@@ -123,6 +123,8 @@ fn readme_blocks_run_in_order() {
         .filter(|l| *l == "state that survives")
         .count();
     assert_eq!(file_reads, 3, "{stdout}");
+    // Shown with --nocapture: what a reader would see.
+    eprintln!("{stdout}");
     eprintln!(
         "README ran in {:?} against {}",
         started.elapsed(),
