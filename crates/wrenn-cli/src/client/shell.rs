@@ -86,7 +86,7 @@ pub async fn run(ctx: &Ctx, id: &str) -> Result<i32, Failure> {
                     _ => eprintln!("[exit {code}]"),
                 }
             }
-            last = code;
+            last = exit_code(code);
             continue;
         }
         let args = vec!["-c".into(), line.to_string()];
@@ -100,10 +100,12 @@ pub async fn run(ctx: &Ctx, id: &str) -> Result<i32, Failure> {
                 continue;
             }
         };
-        if code != 0 {
+        if code < 0 {
+            eprintln!("[killed]");
+        } else if code != 0 {
             eprintln!("[exit {code}]");
         }
-        last = code;
+        last = exit_code(code);
     }
     Ok(last)
 }
@@ -136,7 +138,7 @@ fn stream_url(base: &str, id: &str) -> String {
 }
 
 /// Runs `sh ARGS` over one exec stream, sending its output to `sink`; Ctrl-C sends `stop`.
-/// Returns the command's exit code (mapped like `exec`).
+/// Returns the command's exit code as the stream reported it (-1: killed).
 async fn stream_command(
     ctx: &Ctx,
     id: &str,
@@ -214,7 +216,7 @@ async fn stream_command(
             },
             ServerMessage::Exit { exit_code: code } => {
                 let _ = tx.send(Message::Close(None)).await;
-                return Ok(exit_code(code));
+                return Ok(code);
             }
             ServerMessage::Error { data } => return Err(Failure::local(data)),
         }
