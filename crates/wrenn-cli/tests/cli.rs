@@ -95,6 +95,16 @@ fn signup_login_and_keys_are_saved_in_a_private_config() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
 
+    // XDG_CONFIG_HOME wins over HOME.
+    let xdg = tempfile::tempdir().unwrap();
+    let mut c = other.command(&["login", "--email", "ann@example.com"]);
+    c.env("WRENN_PASSWORD", "password123")
+        .env("XDG_CONFIG_HOME", xdg.path());
+    assert!(c.output().unwrap().status.success());
+    let cfg = xdg.path().join("wrenn/config.json");
+    let mode = std::fs::metadata(&cfg).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
     // No password anywhere and no terminal: a clear error, not a hang.
     let third = User::new(&srv.base);
     let out = third.run(&["login", "--email", "ann@example.com"]);

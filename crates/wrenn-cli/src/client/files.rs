@@ -23,12 +23,14 @@ const CHUNK: usize = 256 * 1024;
 pub enum FilesCommand {
     /// Upload LOCAL to REMOTE (an absolute path; ending in `/` keeps LOCAL's name).
     Put {
+        /// Sandbox ID.
         id: String,
         local: PathBuf,
         remote: String,
     },
     /// Download REMOTE to LOCAL (a file, an existing directory, or `-` for stdout).
     Get {
+        /// Sandbox ID.
         id: String,
         remote: String,
         local: PathBuf,

@@ -35,13 +35,17 @@ pub enum SandboxCommand {
     /// List the team's sandboxes.
     List,
     /// Show one sandbox.
-    Get { id: String },
+    Get {
+        /// Sandbox ID.
+        id: String,
+    },
     /// Run a command and wait for it; prints its stdout and stderr and exits with its code.
     ///
     /// Example: wrenn sandbox exec ID -- python3 -c 'print(6*7)'. The command runs without a
     /// shell (use `sh -c '…'` for pipes). A command killed by a signal or by --timeout exits
     /// with 124.
     Exec {
+        /// Sandbox ID.
         id: String,
         /// Environment variable for the command (repeatable).
         #[arg(long = "env", value_name = "K=V")]
@@ -58,14 +62,26 @@ pub enum SandboxCommand {
     },
     /// A line-by-line shell session (not a terminal; see --help).
     #[command(long_about = shell::LONG_ABOUT)]
-    Shell { id: String },
+    Shell {
+        /// Sandbox ID.
+        id: String,
+    },
     /// Pause a running sandbox: its state is saved to disk and its VM released.
-    Pause { id: String },
+    Pause {
+        /// Sandbox ID.
+        id: String,
+    },
     /// Resume a paused sandbox where it left off.
-    Resume { id: String },
+    Resume {
+        /// Sandbox ID.
+        id: String,
+    },
     /// Destroy a sandbox.
     #[command(visible_alias = "delete")]
-    Rm { id: String },
+    Rm {
+        /// Sandbox ID.
+        id: String,
+    },
 }
 
 pub async fn run(ctx: &Ctx, cmd: SandboxCommand) -> Result<i32, Failure> {
