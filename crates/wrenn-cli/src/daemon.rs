@@ -212,6 +212,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         .parse()
         .with_context(|| format!("--listen {}", args.listen))?;
     cfg.database_url = std::env::var("DATABASE_URL").ok();
+    cfg.apply_oauth_env()?;
     let server = wrenn_server::build(cfg).await?;
     server.register_host(&agent_url, &agent_token).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -260,6 +261,7 @@ pub async fn run_server(args: ServerArgs) -> Result<()> {
         .parse()
         .with_context(|| format!("--listen {}", args.listen))?;
     cfg.database_url = std::env::var("DATABASE_URL").ok();
+    cfg.apply_oauth_env()?;
     let server = wrenn_server::build(cfg).await?;
     for a in &args.agents {
         let (url, token) = a
