@@ -174,6 +174,10 @@ pub struct UpArgs {
     /// Static wrenn-envd for building missing images.
     #[arg(long, env = "WRENN_ENVD_BIN")]
     pub envd_bin: Option<PathBuf>,
+    /// How often idle sandboxes are looked for and auto-paused, in milliseconds.
+    #[arg(long, env = "WRENN_REAPER_INTERVAL_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub reaper_interval_ms: u64,
 }
 
 /// `wrenn up`: the control plane and one agent in this process, SQLite in the data directory.
@@ -213,6 +217,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         .with_context(|| format!("--listen {}", args.listen))?;
     cfg.database_url = std::env::var("DATABASE_URL").ok();
     cfg.apply_oauth_env()?;
+    cfg.reaper_interval = std::time::Duration::from_millis(args.reaper_interval_ms);
     let server = wrenn_server::build(cfg).await?;
     server.register_host(&agent_url, &agent_token).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
