@@ -129,6 +129,11 @@ impl Store for GatedStore {
     async fn list_running_with_timeout(&self) -> Result<Vec<SandboxRecord>, StoreError> {
         self.inner.list_running_with_timeout().await
     }
+    async fn count_sandboxes_by_status(
+        &self,
+    ) -> Result<Vec<(wrenn_types::agent::SandboxStatus, i64)>, StoreError> {
+        self.inner.count_sandboxes_by_status().await
+    }
     async fn get_template(
         &self,
         team_id: &str,

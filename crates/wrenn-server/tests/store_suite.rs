@@ -207,6 +207,10 @@ async fn sandboxes(s: &dyn Store, host: &str) {
         s.insert_sandbox(&a).await,
         Err(StoreError::Duplicate)
     ));
+    assert_eq!(
+        s.count_sandboxes_by_status().await.unwrap(),
+        [(SandboxStatus::Running, 3)]
+    );
 
     assert_eq!(s.get_sandbox("team-s1", "sb-a").await.unwrap().unwrap(), a);
     assert!(s.get_sandbox("team-s2", "sb-a").await.unwrap().is_none());
@@ -240,6 +244,11 @@ async fn sandboxes(s: &dyn Store, host: &str) {
     a.last_updated = later;
     s.update_sandbox(&a).await.unwrap();
     assert_eq!(s.get_sandbox("team-s1", "sb-a").await.unwrap().unwrap(), a);
+    // Counts span every team.
+    assert_eq!(
+        s.count_sandboxes_by_status().await.unwrap(),
+        [(SandboxStatus::Paused, 1), (SandboxStatus::Running, 2)]
+    );
     // A paused sandbox is not touched.
     assert!(!s.touch_sandbox("team-s1", "sb-a", now()).await.unwrap());
 

@@ -251,6 +251,9 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_sandbox(&self, team_id: &str, id: &str) -> Result<bool, StoreError>;
     /// Running sandboxes with an idle timeout, across all teams (for the reaper).
     async fn list_running_with_timeout(&self) -> Result<Vec<SandboxRecord>, StoreError>;
+    /// How many sandboxes are in each status, across all teams (for `/metrics`); statuses
+    /// with no sandbox are absent. One `GROUP BY` query.
+    async fn count_sandboxes_by_status(&self) -> Result<Vec<(SandboxStatus, i64)>, StoreError>;
 
     // --- templates ---
 

@@ -411,6 +411,23 @@ macro_rules! impl_store {
                 rows.iter().map(sandbox_row).collect()
             }
 
+            async fn count_sandboxes_by_status(
+                &self,
+            ) -> Result<Vec<(wrenn_types::agent::SandboxStatus, i64)>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT status, COUNT(*) FROM sandboxes GROUP BY status ORDER BY status",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let status: String = r.try_get(0)?;
+                        let n: i64 = r.try_get(1)?;
+                        Ok(($crate::store::parse_status(&status)?, n))
+                    })
+                    .collect()
+            }
+
             async fn get_template(
                 &self,
                 team_id: &str,
