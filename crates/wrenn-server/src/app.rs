@@ -8,6 +8,7 @@ use crate::auth::{self, Claims, JwtKeys};
 use crate::config::{limits, ServerConfig};
 use crate::error::ApiError;
 use crate::hosts::Hosts;
+use crate::metrics::{Metrics, SandboxOp};
 use crate::store::{
     self, ApiKeyRecord, NewAccount, SandboxRecord, Store, StoreError, TemplateRecord,
 };
@@ -29,6 +30,8 @@ pub struct App {
     pub(crate) cfg: ServerConfig,
     /// OAuth providers and the signed-state machinery (`auth::oauth`).
     pub(crate) oauth: crate::auth::oauth::OAuth,
+    /// Counters and histograms served at `/metrics`.
+    pub(crate) metrics: Metrics,
     jwt: JwtKeys,
     key_touches: Mutex<HashMap<String, Instant>>,
 }
@@ -150,6 +153,7 @@ impl App {
             store,
             cfg,
             key_touches: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
         }
     }
 
@@ -432,6 +436,7 @@ impl App {
             last_updated: now,
         };
         self.store.insert_sandbox(&rec).await?;
+        let started = Instant::now();
         let created = agent
             .create(&CreateSandbox {
                 id: rec.id.clone(),
@@ -441,8 +446,12 @@ impl App {
             })
             .await;
         let info = match created {
-            Ok(info) => info,
+            Ok(info) => {
+                self.metrics.sandbox_create.observe(started.elapsed());
+                info
+            }
             Err(e) => {
+                self.metrics.operation_failed(SandboxOp::Create);
                 let _ = self.store.delete_sandbox(team_id, &rec.id).await;
                 return Err(match e.code() {
                     Some(codes::TEMPLATE_NOT_FOUND) => ApiError::TemplateNotFound(template),
@@ -505,20 +514,29 @@ impl App {
         let sb = self.running(team_id, id).await?;
         let agent = self.hosts.agent(&sb.host_id)?;
         self.touch(&sb).await;
-        let out = agent
-            .exec(
-                &sb.id,
-                &envd::ExecRequest {
-                    cmd: req.cmd.clone(),
-                    args: req.args,
-                    env: req.env,
-                    cwd: req.cwd,
-                    user: None,
-                    timeout_sec: Some(timeout as u64),
-                    max_output_bytes: None,
-                },
-            )
-            .await?;
+        let request = envd::ExecRequest {
+            cmd: req.cmd.clone(),
+            args: req.args,
+            env: req.env,
+            cwd: req.cwd,
+            user: None,
+            timeout_sec: Some(timeout as u64),
+            max_output_bytes: None,
+        };
+        // A command that is still running is activity: the idle reaper must not pause the
+        // sandbox under it (which would cut the exec off with an agent error).
+        let out = {
+            let run = agent.exec(&sb.id, &request);
+            tokio::pin!(run);
+            let mut keepalive = tokio::time::interval(activity_interval(sb.timeout_sec));
+            keepalive.tick().await;
+            loop {
+                tokio::select! {
+                    out = &mut run => break out?,
+                    _ = keepalive.tick() => self.touch(&sb).await,
+                }
+            }
+        };
         self.touch(&sb).await;
         Ok(api::ExecResponse {
             sandbox_id: sb.id,
@@ -567,7 +585,9 @@ impl App {
     /// Pauses a sandbox record's VM and records it (API and reaper share this).
     async fn pause_record(&self, mut sb: SandboxRecord) -> Result<SandboxRecord, ApiError> {
         let agent = self.hosts.agent(&sb.host_id)?;
-        let info = agent.pause(&sb.id).await?;
+        let info = agent.pause(&sb.id).await.inspect_err(|_| {
+            self.metrics.operation_failed(SandboxOp::Pause);
+        })?;
         sb.status = info.status;
         sb.host_ip = info.host_ip;
         sb.last_updated = store::now();
@@ -589,7 +609,17 @@ impl App {
             });
         }
         let agent = self.hosts.agent(&sb.host_id)?;
-        let info = agent.resume(&sb.id).await?;
+        let started = Instant::now();
+        let info = match agent.resume(&sb.id).await {
+            Ok(info) => {
+                self.metrics.sandbox_resume.observe(started.elapsed());
+                info
+            }
+            Err(e) => {
+                self.metrics.operation_failed(SandboxOp::Resume);
+                return Err(e.into());
+            }
+        };
         let now = store::now();
         sb.status = info.status;
         sb.guest_ip = info.guest_ip;
@@ -775,6 +805,11 @@ impl App {
         }
         Ok(paused)
     }
+}
+
+/// How often a long operation marks its sandbox active: well within its idle timeout.
+fn activity_interval(timeout_sec: i64) -> Duration {
+    Duration::from_millis((timeout_sec.max(1) as u64 * 1000 / 2).clamp(500, 5000))
 }
 
 /// Limits on a command to run.

@@ -5,7 +5,8 @@
 //!
 //! Code map: `config` (settings and limits) → `server` (entry points) → `api` (HTTP) →
 //! `app` (domain operations) → `store` (SQL) and `hosts` (placement) → `agent` (agent
-//! clients). `auth` holds the credential primitives, `error` the one error→HTTP mapping.
+//! clients). `auth` holds the credential primitives, `error` the one error→HTTP mapping,
+//! `metrics` the `/metrics` registry and the request-id/logging middleware.
 
 pub mod agent;
 pub mod api;
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod hosts;
+pub mod metrics;
 pub mod reaper;
 pub mod server;
 pub mod store;

@@ -2,6 +2,8 @@
 //! the WebSocket exec proxy and the streaming file transfers. Handlers parse and validate
 //! the request, call one [`App`] method and shape the answer; errors go through
 //! [`ApiError`]. Unknown routes, wrong methods and panics answer with the error body too.
+//! `GET /metrics` (not part of the public spec, unauthenticated) and the per-request
+//! middleware live in `crate::metrics`.
 
 mod extract;
 
@@ -59,6 +61,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathArg {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/openapi.yaml", get(openapi))
+        .route("/metrics", get(crate::metrics::serve))
         .route("/v1/auth/signup", post(signup))
         .route("/v1/auth/login", post(login))
         .route("/v1/auth/oauth/{provider}", get(oauth::start))
@@ -94,6 +97,11 @@ pub fn router(app: Arc<App>) -> Router {
             |_panic: Box<dyn std::any::Any + Send>| {
                 ApiError::Internal("request handler panicked".into()).into_response()
             },
+        ))
+        // Outermost, so the request id, span, log line and metrics cover every answer.
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::metrics::request::observe,
         ))
         .with_state(app)
 }
