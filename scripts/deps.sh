@@ -5,7 +5,7 @@ packages=(
   qemu-system-x86 qemu-utils          # the VMM and qcow2 tooling
   debootstrap e2fsprogs lz4 kmod cpio  # the image builder
   iproute2 iptables conntrack          # network slots
-  ca-certificates curl
+  ca-certificates curl fonts-dejavu-core  # fonts-dejavu-core: text of the benchmark chart
 )
 if [ "${1:-}" = "--with-test-deps" ]; then
   packages+=(postgresql)               # the PostgreSQL store suite starts its own server

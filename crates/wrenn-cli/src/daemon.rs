@@ -232,7 +232,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
     println!(
         "  wrenn signup --email you@example.com      (or: curl -X POST {url}/v1/auth/signup ...)"
     );
-    println!("  wrenn keys create --name first");
+    println!("  wrenn keys create --name first --save");
     let serve = wrenn_server::serve(listener, server.router());
     tokio::select! {
         r = serve => r.context("public API")?,
