@@ -362,6 +362,7 @@ impl Manager {
         image_dir: &Path,
         meta: &ImageMeta,
     ) -> Result<(), SandboxError> {
+        let t0 = std::time::Instant::now();
         std::fs::create_dir_all(dir).map_err(io("create sandbox dir"))?;
         store::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
         disk::link_layers(image_dir, dir, &meta.layers).map_err(io("link template disk"))?;
@@ -385,12 +386,15 @@ impl Manager {
         }
         inner.rec.layers = meta.layers.clone();
         inner.rec.layers.push(top);
+        tracing::debug!(sandbox = %inner.rec.id, "files ready in {:?}", t0.elapsed());
         self.start_vm(inner, dir).await
     }
 
     /// Restores the sandbox's VM from `dir/state` into a fresh slot and waits for envd.
     async fn start_vm(&self, inner: &mut Inner, dir: &Path) -> Result<(), SandboxError> {
+        let t0 = std::time::Instant::now();
         let slot = self.pool.acquire().await?;
+        let t_slot = t0.elapsed();
         inner.rec.slot = Some(slot.index);
         inner.rec.host_ip = slot.host_ip.to_string();
         let spec = spec_for(&self.cfg, dir, &inner.rec, &slot.tap);
@@ -403,10 +407,17 @@ impl Manager {
             Some(pre_exec_in(slot)),
         )
         .await?;
+        let t_vm = t0.elapsed();
         let envd = envd_for(inner.slot.as_ref().expect("slot just set"))?;
         inner.vm = Some(vm);
         envd.wait_ready(RESTORE_READY_TIMEOUT).await?;
+        let t_ready = t0.elapsed();
         envd.set_clock(SystemTime::now()).await?;
+        tracing::debug!(
+            sandbox = %inner.rec.id,
+            "slot {t_slot:?}, VM restored {t_vm:?}, envd ready {t_ready:?}, clock set {:?}",
+            t0.elapsed()
+        );
         inner.envd = Some(envd);
         inner.rec.status = SandboxStatus::Running;
         inner.rec.started_at = Some(now_rfc3339());
