@@ -577,6 +577,12 @@ fn restart_keeps_running_and_paused_sandboxes_and_dead_qemu_is_reported() {
             assert!(Instant::now() < deadline, "killed QEMU never reported: {v}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Its slot went back: only the other sandbox holds one, and nothing of the network
+        // is unaccounted for.
+        let pool = b.agent.manager.slot_pool();
+        assert_eq!(pool.in_use().len(), 1, "slots in use: {:?}", pool.in_use());
+        let left = pool.leftovers().unwrap();
+        assert!(left.is_empty(), "leaked while running: {left:?}");
         // Its files are gone except the record.
         let left: Vec<_> = std::fs::read_dir(dir.join("sandboxes").join(&running))
             .unwrap()
