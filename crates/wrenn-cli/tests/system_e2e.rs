@@ -181,7 +181,7 @@ fn sandbox_lifecycle_exec_stream_files_pause_and_isolation() {
 
         // Defaults from an empty body.
         let (sb, took) = api.create(json!({})).await;
-        eprintln!("[numbers] create (defaults, cold boot) through the API: {took:?}");
+        eprintln!("[numbers] create (defaults) through the API: {took:?}");
         let id = sb["id"].as_str().unwrap().to_string();
         assert_eq!(sb["template"], "minimal");
         assert_eq!(sb["vcpus"], 1);
@@ -968,6 +968,20 @@ fn zz_teardown_leaves_nothing_behind() {
         assert!(status.success(), "wrenn up exit: {status}");
         let left = common::processes_of(&s.data_dir);
         assert!(left.is_empty(), "processes left after stopping: {left:?}");
+        // Not asserted: `wrenn up` keeps its network slots at shutdown (they are cleared
+        // when an agent with the same prefix starts again).
+        let prefix = format!("{}-", common::NET_PREFIX);
+        let netns = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let kept: Vec<&str> = netns
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        eprintln!("[numbers] network namespaces kept after shutdown: {kept:?}");
         for sub in ["sandboxes", "templates"] {
             let dir = s.data_dir.join(sub);
             let entries: Vec<_> = std::fs::read_dir(&dir)
