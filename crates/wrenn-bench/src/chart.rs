@@ -15,7 +15,8 @@ use std::path::Path;
 const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 const ROW_PX: u32 = 34;
-const LABEL_PX: u32 = 360;
+const LABEL_PX: u32 = 470;
+const WIDTH_PX: u32 = 1500;
 
 /// Registers the font plotters draws every text with (once per process).
 fn register_font() -> Result<()> {
@@ -37,21 +38,26 @@ fn register_font() -> Result<()> {
 /// Draws the latency distribution of every `ms` operation of `report` into `path`.
 pub fn draw(report: &Report, path: &Path) -> Result<()> {
     register_font()?;
-    let rows: Vec<(String, &Op)> = report
+    let rows: Vec<Row> = report
         .sections
         .iter()
-        .flat_map(|s| {
+        .enumerate()
+        .flat_map(|(k, s)| {
             s.ops
                 .iter()
                 .filter(|o| o.unit == "ms" && o.summary.is_some())
-                .map(move |o| (format!("{}: {}", s.name, o.name), o))
+                .map(move |o| Row {
+                    label: format!("{}: {}", s.name, o.name),
+                    op: o,
+                    colour: SECTION_COLOURS[k % SECTION_COLOURS.len()],
+                })
         })
         .collect();
     if rows.is_empty() {
         return Err(anyhow!("no latency samples to draw"));
     }
     let height = 130 + ROW_PX * rows.len() as u32;
-    let root = BitMapBackend::new(path, (1400, height)).into_drawing_area();
+    let root = BitMapBackend::new(path, (WIDTH_PX, height)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     draw_rows(report, &rows, &root)?;
     root.present()
@@ -60,14 +66,28 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// One line of the chart.
+struct Row<'a> {
+    label: String,
+    op: &'a Op,
+    colour: RGBColor,
+}
+
+/// One colour per report section (api, agent).
+const SECTION_COLOURS: [RGBColor; 3] = [
+    RGBColor(31, 100, 180),
+    RGBColor(214, 90, 20),
+    RGBColor(40, 150, 60),
+];
+
 fn draw_rows(
     report: &Report,
-    rows: &[(String, &Op)],
+    rows: &[Row<'_>],
     root: &DrawingArea<BitMapBackend<'_>, Shift>,
 ) -> Result<()> {
     let (lo, hi) = rows
         .iter()
-        .flat_map(|(_, o)| o.samples.iter().copied())
+        .flat_map(|r| r.op.samples.iter().copied())
         .filter(|v| v.is_finite() && *v > 0.0)
         .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let (lo, hi) = (lo / 1.5, hi * 1.5);
@@ -91,6 +111,7 @@ fn draw_rows(
         .configure_mesh()
         .disable_y_mesh()
         .y_labels(0)
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .x_desc("milliseconds (log scale); dots: samples, box: quartiles, bar: median")
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 15))
@@ -98,11 +119,12 @@ fn draw_rows(
         .map_err(plot_err)?;
 
     let label = ("sans-serif", 14).into_font().color(&BLACK);
-    for (i, (name, op)) in rows.iter().enumerate() {
+    for (i, row) in rows.iter().enumerate() {
+        let op = row.op;
         // Row 0 at the top.
         let y = n - 1.0 - i as f64;
         let s = op.summary.as_ref().expect("rows have summaries");
-        let colour = Palette99::pick(i).to_rgba();
+        let colour = row.colour;
         if i % 2 == 0 {
             chart
                 .draw_series([Rectangle::new(
@@ -145,11 +167,11 @@ fn draw_rows(
                 } else {
                     0.0
                 };
-                Circle::new((v.max(lo), y + dy), 3, colour.mix(0.8).filled())
+                Circle::new((v.max(lo), y + dy), 3, colour.mix(0.7).filled())
             }))
             .map_err(plot_err)?;
         let (_, py) = chart.backend_coord(&(lo, y));
-        let text = format!("{name}  (n={}, median {:.0})", s.n, s.median);
+        let text = format!("{}  (n={}, median {:.0})", row.label, s.n, s.median);
         root.draw(&Text::new(
             text,
             (LABEL_PX as i32 - 8, py),
@@ -162,4 +184,52 @@ fn draw_rows(
 
 fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing the chart: {e:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Section;
+
+    fn report(unit: &str) -> Report {
+        let mut op = Op::new("exec", "exec", unit);
+        for v in [40.0, 55.0, 61.0, 90.0] {
+            op.add(v);
+        }
+        let mut r = Report {
+            mode: "quick".into(),
+            accel: "tcg".into(),
+            sections: vec![Section {
+                name: "api".into(),
+                how: "test".into(),
+                ops: vec![op],
+            }],
+            ..Default::default()
+        };
+        r.finish();
+        r
+    }
+
+    #[test]
+    fn draws_a_png_with_one_row_per_latency_operation() {
+        let dir = std::env::temp_dir().join(format!("wrenn-bench-chart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bench.png");
+        draw(&report("ms"), &path).expect("chart drawn (needs fonts-dejavu-core)");
+        let png = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        // IHDR: width and height, big-endian, at bytes 16..24.
+        let w = u32::from_be_bytes(png[16..20].try_into().unwrap());
+        let h = u32::from_be_bytes(png[20..24].try_into().unwrap());
+        assert_eq!((w, h), (WIDTH_PX, 130 + ROW_PX));
+    }
+
+    #[test]
+    fn refuses_a_report_without_latencies() {
+        let path = std::env::temp_dir().join("wrenn-bench-never-written.png");
+        let err = draw(&report("MB/s"), &path).unwrap_err();
+        assert!(err.to_string().contains("no latency samples"), "{err}");
+        assert!(!path.exists());
+    }
 }

@@ -111,9 +111,13 @@ impl Api {
 
     pub async fn destroy(&self, id: &str) -> Result<()> {
         check(
-            self.req(Method::DELETE, &format!("/v1/sandboxes/{id}"), QUICK_TIMEOUT)
-                .send()
-                .await?,
+            self.req(
+                Method::DELETE,
+                &format!("/v1/sandboxes/{id}"),
+                QUICK_TIMEOUT,
+            )
+            .send()
+            .await?,
         )
         .await?;
         Ok(())

@@ -40,8 +40,12 @@ fn parse_loadavg(text: &str) -> [f64; 3] {
 
 /// Proportional set size of process `pid` in MB (MiB), from `smaps_rollup`.
 pub fn pss_mb(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("smaps_rollup"))
-        .ok()?;
+    let text = std::fs::read_to_string(
+        Path::new("/proc")
+            .join(pid.to_string())
+            .join("smaps_rollup"),
+    )
+    .ok()?;
     kb_field(&text, "Pss").map(|kb| kb as f64 / 1024.0)
 }
 
@@ -55,7 +59,10 @@ mod tests {
         assert_eq!(kb_field(rollup, "Pss"), Some(51200));
         assert_eq!(kb_field(rollup, "Rss"), Some(204800));
         assert_eq!(kb_field(rollup, "Swap"), None);
-        assert_eq!(parse_loadavg("1.50 0.75 0.25 3/120 999\n"), [1.5, 0.75, 0.25]);
+        assert_eq!(
+            parse_loadavg("1.50 0.75 0.25 3/120 999\n"),
+            [1.5, 0.75, 0.25]
+        );
     }
 
     #[test]

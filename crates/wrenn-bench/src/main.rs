@@ -18,7 +18,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "wrenn-bench", about = "Benchmark a fresh Wrenn system on this host")]
+#[command(
+    name = "wrenn-bench",
+    about = "Benchmark a fresh Wrenn system on this host"
+)]
 struct Args {
     /// Few samples (a few minutes; for CI).
     #[arg(long)]
@@ -32,6 +35,10 @@ struct Args {
     /// Accelerator: auto, kvm or tcg.
     #[arg(long, env = "WRENN_ACCEL", default_value = "auto")]
     accel: String,
+    /// Measure nothing: print the table of an earlier bench.json and redraw its chart into
+    /// `--out`.
+    #[arg(long, value_name = "BENCH_JSON")]
+    redraw: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -49,8 +56,17 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("create {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+    if let Some(json) = &args.redraw {
+        let text = std::fs::read(json).with_context(|| format!("read {}", json.display()))?;
+        let report: report::Report = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a wrenn-bench report", json.display()))?;
+        print!("{}", report.table());
+        let png = args.out.join("bench.png");
+        chart::draw(&report, &png)?;
+        println!("\nwrote {}", png.display());
+        return Ok(());
+    }
     let mut plan = if args.quick {
         runs::Plan::quick()
     } else {

@@ -3,11 +3,11 @@
 //! anything itself and draws no chart (see `chart`).
 
 use crate::stats::{summarize, Summary};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
 /// One measured operation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Op {
     /// Stable key, e.g. `create_warm`.
     pub key: String,
@@ -57,7 +57,7 @@ impl Op {
 }
 
 /// A group of operations measured the same way.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Section {
     pub name: String,
     /// How this section measures.
@@ -66,7 +66,7 @@ pub struct Section {
 }
 
 /// The densest idle population reached.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Density {
     pub memory_mb: u32,
     pub cap: usize,
@@ -81,7 +81,7 @@ pub struct Density {
 }
 
 /// Conditions of the run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Host {
     pub cpus: usize,
     pub mem_total_mb: u64,
@@ -92,7 +92,7 @@ pub struct Host {
 }
 
 /// Everything a run produced.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
     pub started_at: String,
     pub mode: String,
@@ -305,6 +305,10 @@ mod tests {
         let row = t.lines().find(|l| l.starts_with("create_warm")).unwrap();
         assert!(row.contains(" 1117 "), "{row}");
         assert!(t.contains("(no successful sample)"), "{t}");
-        assert_eq!(t.matches("failure: 502 agent_error: boom").count(), 1, "{t}");
+        assert_eq!(
+            t.matches("failure: 502 agent_error: boom").count(),
+            1,
+            "{t}"
+        );
     }
 }

@@ -35,7 +35,7 @@ impl Plan {
             pause_rounds: 2,
             file_rounds: 1,
             file_bytes: 100_000_000,
-            concurrency: vec![10],
+            concurrency: vec![10, 30],
             density_cap: 5,
             agent_samples: 3,
         }
@@ -163,11 +163,7 @@ impl<'a> Bench<'a> {
     }
 
     async fn warm_creates(&mut self) -> Result<()> {
-        let c = self.api_op(
-            "create_warm",
-            "create, warm (201 with envd ready)",
-            "ms",
-        );
+        let c = self.api_op("create_warm", "create, warm (201 with envd ready)", "ms");
         let d = self.api_op("destroy", "destroy", "ms");
         for _ in 0..self.plan.warm_creates {
             let r = timed(self.sys.api.create(MEMORY_MB)).await;
@@ -201,7 +197,10 @@ impl<'a> Bench<'a> {
             ("agent_create", "create from warm snapshot (envd ready)"),
             ("agent_first_exec", "first exec `true` after create"),
             ("agent_pause_first", "pause, first (RAM into state file)"),
-            ("agent_resume_first", "resume, first (loads RAM; envd ready)"),
+            (
+                "agent_resume_first",
+                "resume, first (loads RAM; envd ready)",
+            ),
             ("agent_pause_later", "pause, later"),
             ("agent_resume_later", "resume, later (envd ready)"),
             ("agent_destroy", "destroy"),
@@ -237,6 +236,35 @@ impl<'a> Bench<'a> {
             let _ = record(&mut self.agent.ops[6], (r.0.map_err(Into::into), r.1));
             res?;
         }
+        // The same burst as the API's smallest concurrent step, without the control plane.
+        let n = self.plan.concurrency.first().copied().unwrap_or(10);
+        let mut op = Op::new(
+            &format!("agent_create_concurrent_{n}"),
+            &format!("create, {n} at once (each)"),
+            "ms",
+        );
+        let ids: Vec<String> = (0..n).map(|i| format!("bench-burst-{i}")).collect();
+        let started = Instant::now();
+        let results = futures_util::future::join_all(
+            ids.iter()
+                .map(|id| timed(mgr.create(id, "minimal", 1, MEMORY_MB))),
+        )
+        .await;
+        let wall = started.elapsed();
+        let mut made = 0;
+        for (r, t) in results {
+            if record(&mut op, (r.map_err(anyhow::Error::from), t)).is_ok() {
+                made += 1;
+            }
+        }
+        op.note = Some(format!(
+            "{made} of {n} created in {:.1} s wall time",
+            wall.as_secs_f64()
+        ));
+        self.agent.ops.push(op);
+        for id in &ids {
+            let _ = mgr.destroy(id).await;
+        }
         Ok(())
     }
 
@@ -269,7 +297,11 @@ impl<'a> Bench<'a> {
                     // Give the guest something of its own in RAM, as a used sandbox has.
                     self.sys
                         .api
-                        .exec(&id, "sh", &["-c", "head -c 16000000 /dev/urandom > /tmp/ram"])
+                        .exec(
+                            &id,
+                            "sh",
+                            &["-c", "head -c 16000000 /dev/urandom > /tmp/ram"],
+                        )
                         .await?;
                     for round in 0..=self.plan.pause_rounds {
                         let (p, r) = if round == 0 { (pf, rf) } else { (pl, rl) };
@@ -331,9 +363,10 @@ impl<'a> Bench<'a> {
                 "ms",
             );
             let started = Instant::now();
-            let results =
-                futures_util::future::join_all((0..n).map(|_| timed(self.sys.api.create(MEMORY_MB))))
-                    .await;
+            let results = futures_util::future::join_all(
+                (0..n).map(|_| timed(self.sys.api.create(MEMORY_MB))),
+            )
+            .await;
             let wall = started.elapsed();
             let mut ids = Vec::new();
             for r in results {

@@ -1,10 +1,10 @@
 //! Summary statistics of a set of samples: median, p95, min, max, quartiles and standard
 //! deviation. Pure arithmetic; it knows nothing about what was measured or how.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The summary of one operation's samples (all in the samples' unit).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub n: usize,
     pub median: f64,

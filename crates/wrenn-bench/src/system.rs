@@ -188,7 +188,10 @@ async fn remove_stale_runs(runs: &Path) {
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        eprintln!("removing the leftovers of an earlier run: {}", dir.display());
+        eprintln!(
+            "removing the leftovers of an earlier run: {}",
+            dir.display()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
