@@ -631,7 +631,8 @@ impl App {
         Ok(sandbox_view(&sb))
     }
 
-    /// Checks that a file operation may proceed; returns the sandbox's host agent.
+    /// Checks that a file operation may proceed and counts it as activity (so the idle reaper
+    /// does not pause a sandbox a user is moving files in or out of); returns its host agent.
     pub async fn file_target(
         &self,
         team_id: &str,
@@ -640,6 +641,7 @@ impl App {
     ) -> Result<Arc<dyn crate::agent::HostAgent>, ApiError> {
         check_path(path)?;
         let sb = self.running(team_id, id).await?;
+        self.touch(&sb).await;
         self.hosts.agent(&sb.host_id)
     }
 

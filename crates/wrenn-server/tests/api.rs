@@ -1026,10 +1026,39 @@ async fn idle_sandboxes_are_auto_paused_and_can_resume() {
     let forever = t.sandbox(k, json!({"timeout_sec": 0})).await;
     let forever_id = forever["id"].as_str().unwrap().to_string();
 
-    // Keep one alive with pings and execs while the other idles out.
+    // A sandbox kept alive by file transfers alone.
+    let files_kept = t.sandbox(k, json!({"timeout_sec": 2})).await;
+    let files_id = files_kept["id"].as_str().unwrap().to_string();
+    let form = || {
+        reqwest::multipart::Form::new()
+            .text("path", "/home/user/keep.txt")
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(b"x".to_vec()).file_name("f"),
+            )
+    };
+
+    // Keep one alive with pings and execs, another with files, while the first idles out.
     let start = Instant::now();
     let mut i = 0;
     while start.elapsed() < Duration::from_secs(4) {
+        let file_op = if i % 2 == 0 {
+            t.keyed(
+                Method::POST,
+                &format!("/v1/sandboxes/{files_id}/files/write"),
+                k,
+            )
+            .multipart(form())
+        } else {
+            t.keyed(
+                Method::POST,
+                &format!("/v1/sandboxes/{files_id}/files/read"),
+                k,
+            )
+            .json(&json!({"path": "/home/user/keep.txt"}))
+        };
+        let r = file_op.send().await.unwrap();
+        assert!(r.status().is_success(), "file op: {}", r.status());
         let path = if i % 2 == 0 { "ping" } else { "exec" };
         let r = if path == "ping" {
             t.keyed(Method::POST, &format!("/v1/sandboxes/{kept_id}/ping"), k)
@@ -1046,6 +1075,7 @@ async fn idle_sandboxes_are_auto_paused_and_can_resume() {
     assert_eq!(status_of(&t, k, &idle_id).await, "paused");
     assert_eq!(t.sim.sandbox_status(&idle_id), Some(SandboxStatus::Paused));
     assert_eq!(status_of(&t, k, &kept_id).await, "running");
+    assert_eq!(status_of(&t, k, &files_id).await, "running");
     assert_eq!(status_of(&t, k, &forever_id).await, "running");
 
     // A paused sandbox resumes and works; it is paused again after idling.
