@@ -54,6 +54,21 @@ pub struct ExecRequest {
     pub max_output_bytes: Option<usize>,
 }
 
+impl ExecRequest {
+    /// A request to run `cmd` without arguments, every option at its default.
+    pub fn new(cmd: impl Into<String>) -> Self {
+        Self {
+            cmd: cmd.into(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            cwd: None,
+            user: None,
+            timeout_sec: None,
+            max_output_bytes: None,
+        }
+    }
+}
+
 /// Output encoding of [`ExecResponse`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Encoding {
