@@ -104,6 +104,7 @@ fn draw_rows(
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .margin_left(LABEL_PX)
+        .margin_right(36)
         .x_label_area_size(40)
         .build_cartesian_2d((lo..hi).log_scale(), -0.5..(n - 0.5))
         .map_err(plot_err)?;

@@ -291,6 +291,16 @@ impl<'a> Bench<'a> {
                 &format!("resume {mem} MB, later"),
                 "ms",
             );
+            let mf = self.api_op(
+                &format!("resumed_pss_first_{mem}"),
+                &format!("QEMU PSS after first resume, {mem} MB"),
+                "MB",
+            );
+            let ml = self.api_op(
+                &format!("resumed_pss_later_{mem}"),
+                &format!("QEMU PSS after later resume, {mem} MB"),
+                "MB",
+            );
             for _ in 0..self.plan.pause_sandboxes {
                 let id = self.sys.api.create(mem).await?;
                 let res: Result<()> = async {
@@ -304,12 +314,20 @@ impl<'a> Bench<'a> {
                         )
                         .await?;
                     for round in 0..=self.plan.pause_rounds {
-                        let (p, r) = if round == 0 { (pf, rf) } else { (pl, rl) };
+                        let (p, r, m) = if round == 0 {
+                            (pf, rf, mf)
+                        } else {
+                            (pl, rl, ml)
+                        };
                         let t = timed(self.sys.api.lifecycle(&id, "pause")).await;
                         record(&mut self.api.ops[p], t)?;
                         let t = timed(self.sys.api.lifecycle(&id, "resume")).await;
                         record(&mut self.api.ops[r], t)?;
                         self.sys.api.exec(&id, "true", &[]).await?;
+                        match self.sys.qemu_pid(&id).and_then(crate::host::pss_mb) {
+                            Some(v) => self.api.ops[m].add(v),
+                            None => self.api.ops[m].fail(format!("no PSS for the QEMU of {id}")),
+                        }
                     }
                     Ok(())
                 }
