@@ -414,7 +414,12 @@ impl App {
                         .hosts
                         .place_base(&template, memory_mb)
                         .await
-                        .ok_or_else(|| ApiError::TemplateNotFound(template.clone()))?;
+                        .map_err(|e| match e {
+                            crate::hosts::NoPlacement::NoTemplate => {
+                                ApiError::TemplateNotFound(template.clone())
+                            }
+                            crate::hosts::NoPlacement::NoLiveHost => ApiError::NoHost,
+                        })?;
                     (host.id, host.agent, template.clone())
                 }
             };

@@ -76,6 +76,9 @@ pub enum ApiError {
     /// A host agent failed or could not be reached.
     #[error("host agent error: {0}")]
     Agent(AgentError),
+    /// No host agent answered, so the sandbox could not be placed.
+    #[error("host agent error: no host agent is reachable")]
+    NoHost,
     /// The database failed.
     #[error("storage error: {0}")]
     Store(#[from] StoreError),
@@ -133,7 +136,7 @@ impl ApiError {
             ReservedName(_) => (StatusCode::CONFLICT, "name_reserved"),
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             NoCapacity => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
-            Agent(_) => (StatusCode::BAD_GATEWAY, "agent_error"),
+            Agent(_) | NoHost => (StatusCode::BAD_GATEWAY, "agent_error"),
             Store(_) | Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }

@@ -181,10 +181,16 @@ impl Hosts {
     /// Picks the host for a new sandbox from a base template: among live hosts that have
     /// it, the one with the fewest running sandboxes, then the most free memory.
     /// `None` if no live host has the template.
-    pub async fn place_base(&self, template: &str, memory_mb: i64) -> Option<LiveHost> {
-        let mut candidates: Vec<LiveHost> = self
-            .probe()
-            .await
+    pub async fn place_base(
+        &self,
+        template: &str,
+        memory_mb: i64,
+    ) -> Result<LiveHost, NoPlacement> {
+        let live = self.probe().await;
+        if live.is_empty() {
+            return Err(NoPlacement::NoLiveHost);
+        }
+        let mut candidates: Vec<LiveHost> = live
             .into_iter()
             .filter(|h| {
                 h.templates
@@ -200,6 +206,15 @@ impl Hosts {
                 .then(a.info.running.cmp(&b.info.running))
                 .then(b.info.free_memory_mb.cmp(&a.info.free_memory_mb))
         });
-        candidates.into_iter().next()
+        candidates.into_iter().next().ok_or(NoPlacement::NoTemplate)
     }
+}
+
+/// Why no host was chosen for a new sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPlacement {
+    /// No registered host answered its probe.
+    NoLiveHost,
+    /// Hosts answered, but none has the template.
+    NoTemplate,
 }

@@ -1163,3 +1163,36 @@ async fn placement_spreads_load_and_keeps_snapshots_on_their_host() {
         .iter()
         .any(|h| h.url == "http://127.0.0.1:1" && h.status == "unreachable"));
 }
+
+#[tokio::test]
+async fn no_reachable_host_is_an_agent_error_not_a_missing_template() {
+    let t = TestServer::start().await;
+    let acc = t.account("nohost@example.com").await;
+    // The only host stops accepting the control plane (its token no longer matches).
+    let hosts = t.server.store().list_hosts().await.unwrap();
+    assert_eq!(hosts.len(), 1);
+    t.server
+        .register_host(&hosts[0].url, "not-the-agent-token")
+        .await
+        .unwrap();
+    let r = t
+        .keyed(Method::POST, "/v1/sandboxes", &acc.key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(r, 502, "agent_error").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no host agent is reachable"),
+        "{body}"
+    );
+    let r = t
+        .keyed(Method::GET, "/v1/sandboxes", &acc.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!([]));
+}

@@ -104,8 +104,57 @@ struct Inner {
     envd: Option<EnvdClient>,
 }
 
+/// One sandbox: its live part behind an operation lock, and a copy of its public view that
+/// listing reads without waiting for an operation (a resume may take seconds) to finish.
 struct Entry {
     inner: tokio::sync::Mutex<Inner>,
+    view: Mutex<SandboxInfo>,
+}
+
+impl Entry {
+    fn new(inner: Inner) -> Arc<Entry> {
+        Arc::new(Entry {
+            view: Mutex::new(info(&inner.rec)),
+            inner: tokio::sync::Mutex::new(inner),
+        })
+    }
+
+    /// Takes the operation lock; the view is refreshed when it is released.
+    async fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: self.inner.lock().await,
+            view: &self.view,
+        }
+    }
+
+    fn view(&self) -> SandboxInfo {
+        self.view.lock().expect("view lock").clone()
+    }
+}
+
+/// The operation lock of a sandbox; publishes the sandbox's view when dropped.
+struct Locked<'a> {
+    guard: tokio::sync::MutexGuard<'a, Inner>,
+    view: &'a Mutex<SandboxInfo>,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        *self.view.lock().expect("view lock") = info(&self.guard.rec);
+    }
 }
 
 /// Owner of every sandbox and template on this host.
@@ -242,12 +291,10 @@ impl Manager {
                     }
                 }
             }
-            mgr.sandboxes.lock().expect("sandboxes lock").insert(
-                id,
-                Arc::new(Entry {
-                    inner: tokio::sync::Mutex::new(inner),
-                }),
-            );
+            mgr.sandboxes
+                .lock()
+                .expect("sandboxes lock")
+                .insert(id, Entry::new(inner));
         }
         Ok(mgr)
     }
@@ -326,13 +373,11 @@ impl Manager {
             started_at: None,
             error: None,
         };
-        let entry = Arc::new(Entry {
-            inner: tokio::sync::Mutex::new(Inner {
-                rec,
-                vm: None,
-                slot: None,
-                envd: None,
-            }),
+        let entry = Entry::new(Inner {
+            rec,
+            vm: None,
+            slot: None,
+            envd: None,
         });
         {
             let mut map = self.sandboxes.lock().expect("sandboxes lock");
@@ -343,7 +388,7 @@ impl Manager {
             }
             map.insert(id.to_string(), entry.clone());
         }
-        let mut inner = entry.inner.lock().await;
+        let mut inner = entry.lock().await;
         match self.clone_into(&mut inner, &dir, &image_dir, &meta).await {
             Ok(()) => Ok(info(&inner.rec)),
             Err(e) => {
@@ -460,7 +505,7 @@ impl Manager {
 
     async fn on_vm_exit(&self, id: &str, pid: u32) {
         let Ok(entry) = self.entry(id) else { return };
-        let mut inner = entry.inner.lock().await;
+        let mut inner = entry.lock().await;
         if inner.vm.as_ref().map(|v| v.pid) != Some(pid) {
             return; // an exit we asked for (pause, destroy) or an older VM
         }
@@ -493,25 +538,20 @@ impl Manager {
             .values()
             .cloned()
             .collect();
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            out.push(info(&e.inner.lock().await.rec));
-        }
+        let mut out: Vec<SandboxInfo> = entries.iter().map(|e| e.view()).collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
 
     /// One sandbox.
     pub async fn get(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
-        let e = self.entry(id)?;
-        let info = info(&e.inner.lock().await.rec);
-        Ok(info)
+        Ok(self.entry(id)?.view())
     }
 
     /// Destroys a sandbox in any state and removes its files.
     pub async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
         let e = self.entry(id)?;
-        let mut inner = e.inner.lock().await;
+        let mut inner = e.lock().await;
         self.teardown(&mut inner).await;
         inner.rec.status = SandboxStatus::Stopped;
         let _ = std::fs::remove_dir_all(self.sandbox_dir(id));
@@ -523,7 +563,7 @@ impl Manager {
     /// been paused) saved, QEMU ended, slot released.
     pub async fn pause(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
         let e = self.entry(id)?;
-        let mut inner = e.inner.lock().await;
+        let mut inner = e.lock().await;
         if inner.rec.status != SandboxStatus::Running {
             return Err(SandboxError::Conflict(format!(
                 "sandbox {id} is {}, not running",
@@ -571,7 +611,7 @@ impl Manager {
     /// Resumes a paused sandbox in any free slot; its processes continue where they stopped.
     pub async fn resume(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
         let e = self.entry(id)?;
-        let mut inner = e.inner.lock().await;
+        let mut inner = e.lock().await;
         if inner.rec.status != SandboxStatus::Paused {
             return Err(SandboxError::Conflict(format!(
                 "sandbox {id} is {}, not paused",
@@ -610,7 +650,7 @@ impl Manager {
     /// The envd client of a running sandbox.
     pub async fn envd(&self, id: &str) -> Result<EnvdClient, SandboxError> {
         let e = self.entry(id)?;
-        let inner = e.inner.lock().await;
+        let inner = e.lock().await;
         match (&inner.rec.status, &inner.envd) {
             (SandboxStatus::Running, Some(c)) => Ok(c.clone()),
             (s, _) => Err(SandboxError::Conflict(format!(
@@ -644,7 +684,7 @@ impl Manager {
             )));
         }
         let e = self.entry(id)?;
-        let mut inner = e.inner.lock().await;
+        let mut inner = e.lock().await;
         match inner.rec.status {
             SandboxStatus::Running => self.save_and_stop(&mut inner).await?,
             SandboxStatus::Paused => {}
@@ -1027,7 +1067,7 @@ impl Manager {
             .map(|(_, e)| e)
             .collect();
         for e in entries {
-            let mut inner = e.inner.lock().await;
+            let mut inner = e.lock().await;
             // Forget the VM handle so its exit watcher finds nothing to do.
             inner.vm = None;
         }
@@ -1157,6 +1197,44 @@ fn check_capacity(memory_mb: u32) -> Result<(), SandboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(id: &str) -> SandboxRecord {
+        SandboxRecord {
+            id: id.into(),
+            template: "minimal".into(),
+            vcpus: 1,
+            memory_mb: 256,
+            status: SandboxStatus::Pending,
+            slot: None,
+            host_ip: String::new(),
+            mem_file: "tmem".into(),
+            mem_share: false,
+            ram_in_state: false,
+            layers: vec![],
+            created_at: now_rfc3339(),
+            started_at: None,
+            error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn view_is_readable_during_an_operation_and_follows_it() {
+        let e = Entry::new(Inner {
+            rec: record("sb-1"),
+            vm: None,
+            slot: None,
+            envd: None,
+        });
+        let mut op = e.lock().await;
+        op.rec.status = SandboxStatus::Running;
+        op.rec.host_ip = "10.11.0.7".into();
+        // While the operation holds the lock, the view answers at once with the last state.
+        assert_eq!(e.view().status, SandboxStatus::Pending);
+        drop(op);
+        let v = e.view();
+        assert_eq!(v.status, SandboxStatus::Running);
+        assert_eq!(v.host_ip, "10.11.0.7");
+    }
 
     #[test]
     fn names_are_path_and_shell_safe() {
