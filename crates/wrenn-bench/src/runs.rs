@@ -460,12 +460,7 @@ type PhaseFn =
 
 fn true_exec() -> wrenn_types::envd::ExecRequest {
     wrenn_types::envd::ExecRequest {
-        cmd: "true".into(),
-        args: vec![],
-        env: Default::default(),
-        cwd: None,
-        user: None,
         timeout_sec: Some(30),
-        max_output_bytes: None,
+        ..wrenn_types::envd::ExecRequest::new("true")
     }
 }
