@@ -1011,6 +1011,13 @@ impl Manager {
             let vm = Vm::boot(spec, Some(pre_exec_in(&slot))).await?;
             let ready = async {
                 envd.wait_ready(COLD_BOOT_TIMEOUT).await?;
+                tracing::info!(
+                    template,
+                    vcpus,
+                    memory_mb,
+                    "cold boot to envd ready in {:.2}s",
+                    started.elapsed().as_secs_f64()
+                );
                 // Serve a few requests before saving, so the code paths a sandbox uses first
                 // are already translated (under TCG) and paged in when a clone starts.
                 for _ in 0..3 {
