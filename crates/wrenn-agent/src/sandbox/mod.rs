@@ -564,12 +564,7 @@ impl Manager {
     pub async fn pause(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
         let e = self.entry(id)?;
         let mut inner = e.lock().await;
-        if inner.rec.status != SandboxStatus::Running {
-            return Err(SandboxError::Conflict(format!(
-                "sandbox {id} is {}, not running",
-                inner.rec.status.as_str()
-            )));
-        }
+        expect_status(&inner.rec, SandboxStatus::Running)?;
         self.save_and_stop(&mut inner).await?;
         Ok(info(&inner.rec))
     }
@@ -612,12 +607,7 @@ impl Manager {
     pub async fn resume(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
         let e = self.entry(id)?;
         let mut inner = e.lock().await;
-        if inner.rec.status != SandboxStatus::Paused {
-            return Err(SandboxError::Conflict(format!(
-                "sandbox {id} is {}, not paused",
-                inner.rec.status.as_str()
-            )));
-        }
+        expect_status(&inner.rec, SandboxStatus::Paused)?;
         check_capacity(inner.rec.memory_mb)?;
         let dir = self.sandbox_dir(id);
         let before = inner.rec.clone();
@@ -1121,6 +1111,19 @@ fn spec_for(cfg: &ManagerConfig, dir: &Path, rec: &SandboxRecord, tap: &str) -> 
         mac: crate::guest::GUEST_MAC.into(),
         run_dir: dir.to_path_buf(),
     }
+}
+
+/// A conflict unless the sandbox is in state `want`.
+fn expect_status(rec: &SandboxRecord, want: SandboxStatus) -> Result<(), SandboxError> {
+    if rec.status == want {
+        return Ok(());
+    }
+    Err(SandboxError::Conflict(format!(
+        "sandbox {} is {}, not {}",
+        rec.id,
+        rec.status.as_str(),
+        want.as_str()
+    )))
 }
 
 /// Puts a sandbox in `error`, keeping only its record.
