@@ -97,12 +97,24 @@ pub async fn run_agent(args: AgentArgs) -> Result<()> {
         listener.local_addr()?,
         agent.manager.accel()
     );
-    axum::serve(listener, agent.router)
+    axum::serve(listener, agent.router.clone())
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     // Running VMs stay up: the next agent finds them again.
-    agent.manager.detach_all().await;
+    release_agent(&agent).await;
     Ok(())
+}
+
+/// A clean agent stop: running VMs stay up (the next agent finds them again) with their
+/// network; idle pooled network slots are removed.
+async fn release_agent(agent: &host::Agent) {
+    agent.manager.detach_all().await;
+    let pool = agent.manager.slot_pool().clone();
+    match tokio::task::spawn_blocking(move || pool.close_idle()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("removing idle network slots: {e}"),
+        Err(e) => tracing::warn!("removing idle network slots: {e}"),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -239,7 +251,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         r = agent_task => r.context("agent task")?.context("agent API")?,
         _ = shutdown_signal() => eprintln!("shutting down; running sandboxes keep running"),
     }
-    agent.manager.detach_all().await;
+    release_agent(&agent).await;
     Ok(())
 }
 

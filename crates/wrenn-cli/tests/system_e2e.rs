@@ -968,8 +968,8 @@ fn zz_teardown_leaves_nothing_behind() {
         assert!(status.success(), "wrenn up exit: {status}");
         let left = common::processes_of(&s.data_dir);
         assert!(left.is_empty(), "processes left after stopping: {left:?}");
-        // Not asserted: `wrenn up` keeps its network slots at shutdown (they are cleared
-        // when an agent with the same prefix starts again).
+        // With every sandbox gone, a clean stop leaves no network namespace of its prefix
+        // (idle pooled slots are removed at shutdown).
         let prefix = format!("{}-", common::NET_PREFIX);
         let netns = std::process::Command::new("ip")
             .args(["netns", "list"])
@@ -981,7 +981,10 @@ fn zz_teardown_leaves_nothing_behind() {
             .filter_map(|l| l.split_whitespace().next())
             .filter(|n| n.starts_with(&prefix))
             .collect();
-        eprintln!("[numbers] network namespaces kept after shutdown: {kept:?}");
+        assert!(
+            kept.is_empty(),
+            "network namespaces left after shutdown: {kept:?}"
+        );
         for sub in ["sandboxes", "templates"] {
             let dir = s.data_dir.join(sub);
             let entries: Vec<_> = std::fs::read_dir(&dir)

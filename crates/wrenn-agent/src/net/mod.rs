@@ -497,6 +497,27 @@ impl SlotPool {
             .collect())
     }
 
+    /// Stops refilling and removes the ready (idle) slots, keeping the slots in use and the
+    /// host rules, so VMs left running for the next agent keep their network. For a clean
+    /// agent shutdown that leaves nothing idle behind.
+    pub fn close_idle(&self) -> Result<(), NetError> {
+        self.stop_worker();
+        let idle: Vec<u32> = {
+            let mut st = self.inner.lock();
+            st.ready.drain(..).map(|slot| slot.index).collect()
+        };
+        let mut first_err = None;
+        for index in idle {
+            if let Err(err) = self.inner.remove(index) {
+                first_err.get_or_insert(err);
+            }
+        }
+        match first_err {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
     /// Removes every slot (ready, in use or kept) and the prefix's host rules. Slots still held
     /// by callers become invalid; releasing them afterwards is an error.
     pub fn shutdown(&self) -> Result<(), NetError> {

@@ -2,6 +2,7 @@
 //! uses its own prefix and slot range, so they run in parallel with each other and with other
 //! pools on the host. Traffic only flows between namespaces these tests create.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -560,4 +561,29 @@ fn restart_keeps_the_slots_of_running_vms_and_removes_the_rest() {
     drop(guard);
     drop(ga);
     assert_eq!(leftovers(&cfg.prefix).unwrap(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn close_idle_removes_ready_slots_and_keeps_the_ones_in_use() {
+    let cfg = config(5, 2, 4);
+    let pool = SlotPool::new(cfg.clone()).unwrap();
+    let _guard = Guard(Arc::clone(&pool));
+    wait_ready(&pool, 2);
+    let held = pool.acquire().await.unwrap();
+    wait_ready(&pool, 2);
+    pool.close_idle().unwrap();
+    assert_eq!(pool.ready(), 0);
+    // Only the held slot (and the host-wide rules) remain of this prefix.
+    let slots: BTreeSet<u32> = list(&cfg.prefix)
+        .unwrap()
+        .into_iter()
+        .filter_map(|f| f.index)
+        .collect();
+    assert_eq!(slots, BTreeSet::from([held.index]));
+    assert!(held.netns_path.exists());
+    assert!(pool.leftovers().unwrap().is_empty());
+    // No refill after closing.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(pool.ready(), 0);
+    pool.release(held).await.unwrap();
 }
