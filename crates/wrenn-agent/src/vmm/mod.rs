@@ -429,11 +429,6 @@ impl Vm {
         kill_pid(self.pid);
         wait_gone(self.pid, Duration::from_secs(5)).await;
     }
-
-    /// True while the QEMU process exists and its QMP socket is open.
-    pub fn is_alive(&self) -> bool {
-        !self.qmp.is_closed() && pid_alive(self.pid)
-    }
 }
 
 /// Paths go into QEMU's `exec:` migration URI, which runs through `/bin/sh`; only plain paths
