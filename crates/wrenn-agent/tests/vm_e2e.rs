@@ -161,14 +161,16 @@ impl TestAgent {
         self.call(reqwest::Method::POST, path, None).await
     }
 
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
     async fn destroy(&self, id: &str) {
-        let (s, v) = self
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/v1/sandboxes/{id}"),
-                None,
-            )
-            .await;
+        let (s, v) = self.delete(&format!("/v1/sandboxes/{id}")).await;
         assert_eq!(s, 204, "destroy: {v}");
     }
 }
@@ -270,7 +272,7 @@ fn create_exec_files_and_stream() {
         );
         a.destroy(&id).await;
         let (s, _) = a
-            .call(reqwest::Method::GET, &format!("/v1/sandboxes/{id}"), None)
+            .get(&format!("/v1/sandboxes/{id}"))
             .await;
         assert_eq!(s, 404);
     });
@@ -356,11 +358,9 @@ fn snapshot_templates_clone_independently_and_survive_deletion() {
         assert_eq!(v["memory_mb"], 512);
         assert!(v["size_bytes"].as_u64().unwrap() > 0);
         // The sandbox became the template.
-        let (s, _) = a
-            .call(reqwest::Method::GET, &format!("/v1/sandboxes/{id}"), None)
-            .await;
+        let (s, _) = a.get(&format!("/v1/sandboxes/{id}")).await;
         assert_eq!(s, 404);
-        let (_, list) = a.call(reqwest::Method::GET, "/v1/templates", None).await;
+        let (_, list) = a.get("/v1/templates").await;
         assert!(list
             .as_array()
             .unwrap()
@@ -402,21 +402,9 @@ fn snapshot_templates_clone_independently_and_survive_deletion() {
         assert_eq!(a.sh(&c4, "cat /srv/origin").await, "second\n");
 
         // Deleting the template breaks none of its sandboxes, not even across pause/resume.
-        let (s, v) = a
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/v1/templates/{name}"),
-                None,
-            )
-            .await;
+        let (s, v) = a.delete(&format!("/v1/templates/{name}")).await;
         assert_eq!(s, 204, "{v}");
-        let (s, _) = a
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/v1/templates/{name}"),
-                None,
-            )
-            .await;
+        let (s, _) = a.delete(&format!("/v1/templates/{name}")).await;
         assert_eq!(s, 404);
         let (s, v) = a.post(&format!("/v1/sandboxes/{c1}/pause")).await;
         assert_eq!(s, 200, "{v}");
@@ -443,9 +431,7 @@ fn guest_cannot_reach_host_services_or_other_sandboxes() {
         let agent_port: u16 = a.base.rsplit(':').next().unwrap().parse().unwrap();
         let s1 = a.create("minimal", 512).await;
         let s2 = a.create("minimal", 512).await;
-        let (_, v2) = a
-            .call(reqwest::Method::GET, &format!("/v1/sandboxes/{s2}"), None)
-            .await;
+        let (_, v2) = a.get(&format!("/v1/sandboxes/{s2}")).await;
         let other_ip = v2["host_ip"].as_str().unwrap().to_string();
         // A listener in sandbox 2, reachable from the host (positive control).
         a.sh(
@@ -528,22 +514,10 @@ fn restart_keeps_running_and_paused_sandboxes_and_dead_qemu_is_reported() {
         a.agent.manager.detach_all().await;
         drop(a);
         let b = start_agent(dir.clone(), RESTART_PREFIX, RESTART_SLOTS).await;
-        let (_, v) = b
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/sandboxes/{running}"),
-                None,
-            )
-            .await;
+        let (_, v) = b.get(&format!("/v1/sandboxes/{running}")).await;
         assert_eq!(v["status"], "running", "{v}");
         assert_eq!(b.sh(&running, "cat /root/r").await, "r\n");
-        let (_, v) = b
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/sandboxes/{paused}"),
-                None,
-            )
-            .await;
+        let (_, v) = b.get(&format!("/v1/sandboxes/{paused}")).await;
         assert_eq!(v["status"], "paused");
         let (s, v) = b.post(&format!("/v1/sandboxes/{paused}/resume")).await;
         assert_eq!(s, 200, "{v}");
@@ -563,13 +537,7 @@ fn restart_keeps_running_and_paused_sandboxes_and_dead_qemu_is_reported() {
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let (_, v) = b
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/v1/sandboxes/{running}"),
-                    None,
-                )
-                .await;
+            let (_, v) = b.get(&format!("/v1/sandboxes/{running}")).await;
             if v["status"] == "error" {
                 assert!(v["error"].as_str().unwrap().contains("unexpectedly"), "{v}");
                 break;
