@@ -9,22 +9,22 @@
 //!
 //! Data directory layout:
 //! - `sandboxes/<id>/`: `sandbox.json`, RAM file, `state`, disk layers, QMP socket, console log
-//! - `templates/<name>/`: user snapshot templates (a snapshot image, see [`store`])
+//! - `templates/<name>/`: user snapshot templates (a snapshot image, see [`records`])
 //! - `warm/<template>-<vcpus>x<mem>-<key>/`: warm snapshots of base templates
 
 pub mod disk;
-pub mod store;
+pub mod records;
 
 use crate::envd_client::EnvdClient;
 use crate::images::Images;
 use crate::net::{Slot, SlotPool};
 use crate::vmm::{self, Accel, Vm, VmSpec};
+use records::{ImageMeta, SandboxOnDisk};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
-use store::{ImageMeta, SandboxRecord};
 use wrenn_types::agent::{HostInfo, SandboxInfo, SandboxStatus, TemplateInfo};
 use wrenn_types::envd::ENVD_PORT;
 
@@ -98,7 +98,7 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError
 
 /// The live part of a sandbox, behind its lock.
 struct Inner {
-    rec: SandboxRecord,
+    rec: SandboxOnDisk,
     vm: Option<Vm>,
     slot: Option<Slot>,
     envd: Option<EnvdClient>,
@@ -196,14 +196,14 @@ impl Manager {
         remove_temp_dirs(&cfg.data_dir.join("warm"));
 
         // Re-attach first: the slots of live VMs must survive the pool's clean-up.
-        let mut found: Vec<(SandboxRecord, Option<Vm>)> = Vec::new();
+        let mut found: Vec<(SandboxOnDisk, Option<Vm>)> = Vec::new();
         let sb_root = cfg.data_dir.join("sandboxes");
         for e in std::fs::read_dir(&sb_root)
             .map_err(io("read sandboxes"))?
             .flatten()
         {
             let dir = e.path();
-            let rec: SandboxRecord = match store::read_json(&dir.join("sandbox.json")) {
+            let rec: SandboxOnDisk = match records::read_json(&dir.join("sandbox.json")) {
                 Ok(r) => r,
                 Err(_) => {
                     // Never got as far as a record: half-made.
@@ -357,7 +357,7 @@ impl Manager {
         check_capacity(meta.memory_mb)?;
 
         let dir = self.sandbox_dir(id);
-        let rec = SandboxRecord {
+        let rec = SandboxOnDisk {
             id: id.to_string(),
             template: template.to_string(),
             vcpus: meta.vcpus,
@@ -409,7 +409,7 @@ impl Manager {
     ) -> Result<(), SandboxError> {
         let t0 = std::time::Instant::now();
         std::fs::create_dir_all(dir).map_err(io("create sandbox dir"))?;
-        store::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
+        records::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
         disk::link_layers(image_dir, dir, &meta.layers).map_err(io("link template disk"))?;
         disk::link(&image_dir.join("mem"), &dir.join("tmem")).map_err(io("link template RAM"))?;
         disk::link(&image_dir.join("state"), &dir.join("state"))
@@ -467,7 +467,7 @@ impl Manager {
         inner.rec.status = SandboxStatus::Running;
         inner.rec.started_at = Some(now_rfc3339());
         inner.rec.error = None;
-        store::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
+        records::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
         if let Some(vm) = &inner.vm {
             self.watch(&inner.rec.id, vm);
         }
@@ -590,7 +590,7 @@ impl Manager {
         inner.rec.host_ip.clear();
         inner.rec.ram_in_state = !inner.rec.mem_share;
         inner.rec.status = SandboxStatus::Paused;
-        store::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
+        records::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
         // Make the RAM and state durable without holding up the caller.
         let files = [dir.join(&inner.rec.mem_file), dir.join("state")];
         tokio::task::spawn_blocking(move || {
@@ -625,7 +625,7 @@ impl Manager {
                     let _ = std::fs::remove_file(dir.join(&before.mem_file));
                 }
                 inner.rec.ram_in_state = false;
-                store::write_json(&dir.join("sandbox.json"), &inner.rec)
+                records::write_json(&dir.join("sandbox.json"), &inner.rec)
                     .map_err(io("write record"))?;
                 Ok(info(&inner.rec))
             }
@@ -733,7 +733,7 @@ impl Manager {
     /// Fills `tmp` with a snapshot image of the paused sandbox in `dir`.
     async fn build_template(
         &self,
-        rec: &SandboxRecord,
+        rec: &SandboxOnDisk,
         dir: &Path,
         tmp: &Path,
         name: &str,
@@ -790,7 +790,7 @@ impl Manager {
             created_at: now_rfc3339(),
             source_key: String::new(),
         };
-        store::write_json(&tmp.join("meta.json"), &meta).map_err(io("write template meta"))?;
+        records::write_json(&tmp.join("meta.json"), &meta).map_err(io("write template meta"))?;
         Ok(meta)
     }
 
@@ -825,7 +825,7 @@ impl Manager {
         if let Ok(rd) = std::fs::read_dir(self.cfg.data_dir.join("templates")) {
             for e in rd.flatten() {
                 let dir = e.path();
-                if let Ok(meta) = store::read_json::<ImageMeta>(&dir.join("meta.json")) {
+                if let Ok(meta) = records::read_json::<ImageMeta>(&dir.join("meta.json")) {
                     out.push(template_info(&meta, &dir));
                 }
             }
@@ -888,7 +888,7 @@ impl Manager {
         memory_mb: u32,
     ) -> Result<(PathBuf, ImageMeta), SandboxError> {
         let tdir = self.template_dir(template);
-        if let Ok(meta) = store::read_json::<ImageMeta>(&tdir.join("meta.json")) {
+        if let Ok(meta) = records::read_json::<ImageMeta>(&tdir.join("meta.json")) {
             return Ok((tdir, meta));
         }
         let base = self
@@ -909,7 +909,7 @@ impl Manager {
             .or_default()
             .clone();
         let _g = lock.lock().await;
-        if let Ok(meta) = store::read_json::<ImageMeta>(&dir.join("meta.json")) {
+        if let Ok(meta) = records::read_json::<ImageMeta>(&dir.join("meta.json")) {
             return Ok((dir, meta));
         }
         let tmp = self
@@ -1042,7 +1042,7 @@ impl Manager {
             created_at: now_rfc3339(),
             source_key: key.to_string(),
         };
-        store::write_json(&tmp.join("meta.json"), &meta).map_err(io("write warm meta"))?;
+        records::write_json(&tmp.join("meta.json"), &meta).map_err(io("write warm meta"))?;
         tracing::info!(
             template,
             vcpus,
@@ -1090,7 +1090,7 @@ fn pre_exec_in(slot: &Slot) -> vmm::PreExec<'_> {
 }
 
 /// The VM spec of a sandbox from its record.
-fn spec_for(cfg: &ManagerConfig, dir: &Path, rec: &SandboxRecord, tap: &str) -> VmSpec {
+fn spec_for(cfg: &ManagerConfig, dir: &Path, rec: &SandboxOnDisk, tap: &str) -> VmSpec {
     VmSpec {
         qemu_bin: cfg.qemu_bin.clone(),
         accel: cfg.accel,
@@ -1114,7 +1114,7 @@ fn spec_for(cfg: &ManagerConfig, dir: &Path, rec: &SandboxRecord, tap: &str) -> 
 }
 
 /// A conflict unless the sandbox is in state `want`.
-fn expect_status(rec: &SandboxRecord, want: SandboxStatus) -> Result<(), SandboxError> {
+fn expect_status(rec: &SandboxOnDisk, want: SandboxStatus) -> Result<(), SandboxError> {
     if rec.status == want {
         return Ok(());
     }
@@ -1127,7 +1127,7 @@ fn expect_status(rec: &SandboxRecord, want: SandboxStatus) -> Result<(), Sandbox
 }
 
 /// Puts a sandbox in `error`, keeping only its record.
-fn mark_error(dir: &Path, rec: &mut SandboxRecord, why: String) {
+fn mark_error(dir: &Path, rec: &mut SandboxOnDisk, why: String) {
     rec.status = SandboxStatus::Error;
     rec.error = Some(why);
     rec.slot = None;
@@ -1139,10 +1139,10 @@ fn mark_error(dir: &Path, rec: &mut SandboxRecord, why: String) {
             }
         }
     }
-    let _ = store::write_json(&dir.join("sandbox.json"), rec);
+    let _ = records::write_json(&dir.join("sandbox.json"), rec);
 }
 
-fn info(rec: &SandboxRecord) -> SandboxInfo {
+fn info(rec: &SandboxOnDisk) -> SandboxInfo {
     SandboxInfo {
         id: rec.id.clone(),
         status: rec.status,
@@ -1162,7 +1162,7 @@ fn template_info(meta: &ImageMeta, dir: &Path) -> TemplateInfo {
         kind: "snapshot".into(),
         vcpus: Some(meta.vcpus),
         memory_mb: Some(meta.memory_mb),
-        size_bytes: store::dir_allocated_bytes(dir),
+        size_bytes: records::dir_allocated_bytes(dir),
         created_at: meta.created_at.clone(),
     }
 }
@@ -1208,8 +1208,8 @@ fn check_capacity(memory_mb: u32) -> Result<(), SandboxError> {
 mod tests {
     use super::*;
 
-    fn record(id: &str) -> SandboxRecord {
-        SandboxRecord {
+    fn record(id: &str) -> SandboxOnDisk {
+        SandboxOnDisk {
             id: id.into(),
             template: "minimal".into(),
             vcpus: 1,

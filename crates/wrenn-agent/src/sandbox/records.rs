@@ -1,5 +1,11 @@
-//! On-disk records of sandboxes and snapshot images, written atomically (temp file, fsync,
-//! rename), so a crash leaves either the old or the new record, never half of one.
+//! This host's on-disk records of its sandboxes (`sandbox.json`, [`SandboxOnDisk`]) and
+//! snapshot images (`meta.json`, [`ImageMeta`]), written atomically (temp file, fsync, rename),
+//! so a crash leaves either the old or the new record, never half of one. It owns the records'
+//! format; it must not start VMs or touch slots.
+//!
+//! Not to be confused with the control plane's `store` and its `SandboxRecord` (a database row
+//! for a sandbox on any host): a [`SandboxOnDisk`] is the file from which this agent finds one
+//! of its own sandboxes again after a restart — its VM's files, slot and RAM mode.
 //!
 //! A *snapshot image* is a directory holding everything a VM needs to continue: `mem` (the
 //! RAM file), `state` (device state without RAM), the disk layers (hard links, bottom first,
@@ -11,9 +17,9 @@ use std::io::Write;
 use std::path::Path;
 use wrenn_types::agent::SandboxStatus;
 
-/// The persistent record of one sandbox (`sandboxes/<id>/sandbox.json`).
+/// The persistent record of one sandbox on this host (`sandboxes/<id>/sandbox.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SandboxRecord {
+pub struct SandboxOnDisk {
     pub id: String,
     pub template: String,
     pub vcpus: u32,
