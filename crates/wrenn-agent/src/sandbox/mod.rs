@@ -96,6 +96,25 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError
     move |source| SandboxError::Io { context, source }
 }
 
+/// Runs blocking work (`qemu-img`, network set-up) off the async threads and returns its result;
+/// a task that panicked is an I/O error named by `context`.
+async fn blocking<T, E>(
+    context: &str,
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, SandboxError>
+where
+    T: Send + 'static,
+    E: Into<SandboxError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => Err(SandboxError::Io {
+            context: context.into(),
+            source: std::io::Error::other(e),
+        }),
+    }
+}
+
 /// The live part of a sandbox, behind its lock.
 struct Inner {
     rec: SandboxOnDisk,
@@ -252,12 +271,7 @@ impl Manager {
             .collect();
         let pool = {
             let net = net.clone();
-            tokio::task::spawn_blocking(move || SlotPool::start(net, &in_use))
-                .await
-                .map_err(|e| SandboxError::Io {
-                    context: "start slot pool".into(),
-                    source: std::io::Error::other(e),
-                })??
+            blocking("start slot pool", move || SlotPool::start(net, &in_use)).await?
         };
         let mgr = Arc::new_cyclic(|me| Manager {
             cfg,
@@ -420,14 +434,11 @@ impl Manager {
         );
         let backing = meta.layers.last().cloned().unwrap_or_default();
         {
-            let dir = dir.to_path_buf();
-            let top = top.clone();
-            tokio::task::spawn_blocking(move || disk::create_overlay(&dir, &backing, &top))
-                .await
-                .map_err(|e| SandboxError::Io {
-                    context: "create overlay".into(),
-                    source: std::io::Error::other(e),
-                })??;
+            let (dir, top) = (dir.to_path_buf(), top.clone());
+            blocking("create overlay", move || {
+                disk::create_overlay(&dir, &backing, &top)
+            })
+            .await?;
         }
         inner.rec.layers = meta.layers.clone();
         inner.rec.layers.push(top);
@@ -746,12 +757,7 @@ impl Manager {
             );
             let top = dir.join(layers.last().expect("layers"));
             let out = tmp.join(&flat);
-            tokio::task::spawn_blocking(move || disk::flatten(&top, &out))
-                .await
-                .map_err(|e| SandboxError::Io {
-                    context: "flatten disk".into(),
-                    source: std::io::Error::other(e),
-                })??;
+            blocking("flatten disk", move || disk::flatten(&top, &out)).await?;
             layers = vec![flat];
         } else {
             disk::link_layers(dir, tmp, &layers).map_err(io("link disk layers"))?;
@@ -972,12 +978,7 @@ impl Manager {
         );
         {
             let (d, b, l) = (tmp.to_path_buf(), base_name.clone(), layer.clone());
-            tokio::task::spawn_blocking(move || disk::create_overlay(&d, &b, &l))
-                .await
-                .map_err(|e| SandboxError::Io {
-                    context: "create overlay".into(),
-                    source: std::io::Error::other(e),
-                })??;
+            blocking("create overlay", move || disk::create_overlay(&d, &b, &l)).await?;
         }
         disk::create_mem_file(&tmp.join("mem"), memory_mb).map_err(io("RAM file"))?;
         let slot = self.pool.acquire().await?;
