@@ -12,6 +12,7 @@
 //! - `templates/<name>/`: user snapshot templates (a snapshot image, see [`records`])
 //! - `warm/<template>-<vcpus>x<mem>-<key>/`: warm snapshots of base templates
 
+mod capacity;
 pub mod disk;
 pub mod records;
 
@@ -19,13 +20,14 @@ use crate::envd_client::EnvdClient;
 use crate::images::Images;
 use crate::net::{Slot, SlotPool};
 use crate::vmm::{self, Accel, Vm, VmSpec};
+use capacity::check_capacity;
 use records::{ImageMeta, SandboxOnDisk};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
-use wrenn_types::agent::{HostInfo, SandboxInfo, SandboxStatus, TemplateInfo};
+use wrenn_types::agent::{SandboxInfo, SandboxStatus, TemplateInfo};
 use wrenn_types::envd::ENVD_PORT;
 
 /// Version of the warm snapshot recipe; bump to invalidate existing warm snapshots.
@@ -862,29 +864,6 @@ impl Manager {
         Ok(())
     }
 
-    /// Host capacity and counts.
-    pub async fn host_info(&self) -> HostInfo {
-        let list = self.list().await;
-        let (total, avail) = meminfo();
-        HostInfo {
-            accel: self.cfg.accel,
-            cpus: std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1),
-            total_memory_mb: total,
-            free_memory_mb: avail,
-            running: list
-                .iter()
-                .filter(|s| s.status == SandboxStatus::Running)
-                .count() as u32,
-            paused: list
-                .iter()
-                .filter(|s| s.status == SandboxStatus::Paused)
-                .count() as u32,
-            templates: self.templates().into_iter().map(|t| t.name).collect(),
-        }
-    }
-
     /// The snapshot image a sandbox of `template` is cloned from: a user template as it is, or
     /// the warm snapshot of a base template for (vcpus, memory), made on first use.
     async fn snapshot_image(
@@ -1176,33 +1155,6 @@ fn remove_temp_dirs(dir: &Path) {
             }
         }
     }
-}
-
-/// (total, available) memory of the host in MiB.
-fn meminfo() -> (u64, u64) {
-    let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            / 1024
-    };
-    (field("MemTotal:"), field("MemAvailable:"))
-}
-
-/// Refuses a VM when the host could not give it a reasonable share of its RAM.
-fn check_capacity(memory_mb: u32) -> Result<(), SandboxError> {
-    let (_, avail) = meminfo();
-    // Guests touch a fraction of their RAM; keep a floor so the host itself stays healthy.
-    let need = 256 + u64::from(memory_mb) / 4;
-    if avail < need {
-        return Err(SandboxError::Capacity(format!(
-            "not enough free memory on this host ({avail} MiB available, {need} MiB needed)"
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
