@@ -15,6 +15,7 @@
 mod capacity;
 pub mod disk;
 pub mod records;
+mod templates;
 mod warm;
 
 use crate::envd_client::EnvdClient;
@@ -28,7 +29,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
-use wrenn_types::agent::{SandboxInfo, SandboxStatus, TemplateInfo};
+use templates::remove_temp_dirs;
+use wrenn_types::agent::{SandboxInfo, SandboxStatus};
 use wrenn_types::envd::ENVD_PORT;
 
 /// How long envd may take to answer after a restore.
@@ -660,207 +662,6 @@ impl Manager {
         }
     }
 
-    /// Turns a sandbox into a template named `name` (its RAM, device state and disk) and
-    /// removes the sandbox. Sandboxes already made from an overwritten template keep working.
-    pub async fn snapshot(
-        &self,
-        id: &str,
-        name: &str,
-        overwrite: bool,
-    ) -> Result<TemplateInfo, SandboxError> {
-        if !valid_name(name) {
-            return Err(SandboxError::BadRequest(format!(
-                "invalid template name {name:?}: use lowercase letters, digits, '-', '_' or '.'"
-            )));
-        }
-        if self.base_template(name).is_some() {
-            return Err(SandboxError::AlreadyExists(format!(
-                "{name} is a base template and cannot be replaced"
-            )));
-        }
-        if !overwrite && self.template_dir(name).exists() {
-            return Err(SandboxError::AlreadyExists(format!(
-                "template {name} already exists"
-            )));
-        }
-        let e = self.entry(id)?;
-        let mut inner = e.lock().await;
-        match inner.rec.status {
-            SandboxStatus::Running => self.save_and_stop(&mut inner).await?,
-            SandboxStatus::Paused => {}
-            s => {
-                return Err(SandboxError::Conflict(format!(
-                    "sandbox {id} is {}, not running",
-                    s.as_str()
-                )))
-            }
-        }
-        let dir = self.sandbox_dir(id);
-        let tmp = self
-            .cfg
-            .data_dir
-            .join("templates")
-            .join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&tmp).map_err(io("create template dir"))?;
-        let built = self.build_template(&inner.rec, &dir, &tmp, name).await;
-        let meta = match built {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e);
-            }
-        };
-        {
-            let _g = self.template_lock.lock().await;
-            let target = self.template_dir(name);
-            if target.exists() {
-                if !overwrite {
-                    let _ = std::fs::remove_dir_all(&tmp);
-                    return Err(SandboxError::AlreadyExists(format!(
-                        "template {name} already exists"
-                    )));
-                }
-                let trash = self
-                    .cfg
-                    .data_dir
-                    .join("templates")
-                    .join(format!(".tmp-old-{}", uuid::Uuid::new_v4().simple()));
-                std::fs::rename(&target, &trash).map_err(io("move old template"))?;
-                std::fs::rename(&tmp, &target).map_err(io("publish template"))?;
-                let _ = std::fs::remove_dir_all(&trash);
-            } else {
-                std::fs::rename(&tmp, &target).map_err(io("publish template"))?;
-            }
-        }
-        // The sandbox has become the template.
-        self.teardown(&mut inner).await;
-        inner.rec.status = SandboxStatus::Stopped;
-        let _ = std::fs::remove_dir_all(&dir);
-        self.sandboxes.lock().expect("sandboxes lock").remove(id);
-        Ok(template_info(&meta, &self.template_dir(name)))
-    }
-
-    /// Fills `tmp` with a snapshot image of the paused sandbox in `dir`.
-    async fn build_template(
-        &self,
-        rec: &SandboxOnDisk,
-        dir: &Path,
-        tmp: &Path,
-        name: &str,
-    ) -> Result<ImageMeta, SandboxError> {
-        let mut layers = rec.layers.clone();
-        if layers.len() > disk::MAX_CHAIN {
-            let flat = format!(
-                "flat-{}.qcow2",
-                &uuid::Uuid::new_v4().simple().to_string()[..12]
-            );
-            let top = dir.join(layers.last().expect("layers"));
-            let out = tmp.join(&flat);
-            blocking("flatten disk", move || disk::flatten(&top, &out)).await?;
-            layers = vec![flat];
-        } else {
-            disk::link_layers(dir, tmp, &layers).map_err(io("link disk layers"))?;
-        }
-        if rec.ram_in_state {
-            // A clone's RAM is in its state file: load it once into a RAM file of the
-            // template's own and save the device state alone.
-            disk::create_mem_file(&tmp.join("mem"), rec.memory_mb).map_err(io("RAM file"))?;
-            let slot = self.pool.acquire().await?;
-            let mut r = rec.clone();
-            r.mem_file = "mem".into();
-            r.mem_share = true;
-            let mut spec = spec_for(&self.cfg, dir, &r, &slot.tap);
-            spec.mem_path = tmp.join("mem");
-            spec.run_dir = tmp.join("run");
-            let res = async {
-                let vm = Vm::load(spec, &dir.join("state"), true, Some(pre_exec_in(&slot))).await?;
-                let saved = vm.save(&tmp.join("state")).await;
-                vm.quit().await?;
-                saved
-            }
-            .await;
-            let _ = self.pool.release(slot).await;
-            let _ = std::fs::remove_dir_all(tmp.join("run"));
-            res?;
-        } else {
-            disk::link(&dir.join(&rec.mem_file), &tmp.join("mem")).map_err(io("link RAM"))?;
-            disk::link(&dir.join("state"), &tmp.join("state")).map_err(io("link state"))?;
-        }
-        let meta = ImageMeta {
-            name: name.to_string(),
-            kind: "snapshot".into(),
-            vcpus: rec.vcpus,
-            memory_mb: rec.memory_mb,
-            layers,
-            created_at: now_rfc3339(),
-            source_key: String::new(),
-        };
-        records::write_json(&tmp.join("meta.json"), &meta).map_err(io("write template meta"))?;
-        Ok(meta)
-    }
-
-    fn base_template(&self, name: &str) -> Option<&crate::images::BaseTemplate> {
-        self.cfg.images.templates.iter().find(|t| t.name == name)
-    }
-
-    /// Templates on this host: base templates and snapshot templates.
-    pub fn templates(&self) -> Vec<TemplateInfo> {
-        let mut out: Vec<TemplateInfo> = self
-            .cfg
-            .images
-            .templates
-            .iter()
-            .map(|t| TemplateInfo {
-                name: t.name.clone(),
-                kind: "base".into(),
-                vcpus: None,
-                memory_mb: None,
-                size_bytes: std::fs::metadata(&t.rootfs)
-                    .map(|m| {
-                        use std::os::unix::fs::MetadataExt;
-                        m.blocks() * 512
-                    })
-                    .unwrap_or(t.size_bytes),
-                created_at: std::fs::metadata(&t.rootfs)
-                    .and_then(|m| m.modified())
-                    .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339())
-                    .unwrap_or_default(),
-            })
-            .collect();
-        if let Ok(rd) = std::fs::read_dir(self.cfg.data_dir.join("templates")) {
-            for e in rd.flatten() {
-                let dir = e.path();
-                if let Ok(meta) = records::read_json::<ImageMeta>(&dir.join("meta.json")) {
-                    out.push(template_info(&meta, &dir));
-                }
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
-    }
-
-    /// Deletes a snapshot template. Sandboxes made from it keep their own links to its files.
-    pub async fn delete_template(&self, name: &str) -> Result<(), SandboxError> {
-        if self.base_template(name).is_some() {
-            return Err(SandboxError::Conflict(format!(
-                "{name} is a base template and cannot be deleted"
-            )));
-        }
-        let dir = self.template_dir(name);
-        if !valid_name(name) || !dir.join("meta.json").exists() {
-            return Err(SandboxError::TemplateNotFound(name.to_string()));
-        }
-        let _g = self.template_lock.lock().await;
-        let trash = self
-            .cfg
-            .data_dir
-            .join("templates")
-            .join(format!(".tmp-del-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::rename(&dir, &trash).map_err(io("delete template"))?;
-        let _ = std::fs::remove_dir_all(&trash);
-        Ok(())
-    }
-
     /// Stops every VM's supervision without stopping the VMs (they keep running for the next
     /// agent). Used on a clean agent shutdown.
     pub async fn detach_all(&self) {
@@ -954,27 +755,6 @@ fn info(rec: &SandboxOnDisk) -> SandboxInfo {
         host_ip: rec.host_ip.clone(),
         started_at: rec.started_at.clone(),
         error: rec.error.clone(),
-    }
-}
-
-fn template_info(meta: &ImageMeta, dir: &Path) -> TemplateInfo {
-    TemplateInfo {
-        name: meta.name.clone(),
-        kind: "snapshot".into(),
-        vcpus: Some(meta.vcpus),
-        memory_mb: Some(meta.memory_mb),
-        size_bytes: records::dir_allocated_bytes(dir),
-        created_at: meta.created_at.clone(),
-    }
-}
-
-fn remove_temp_dirs(dir: &Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! slot it releases before returning.
 
 use super::records::{self, ImageMeta};
+use super::templates::{publish_dir, temp_dir_in};
 use super::{blocking, disk, envd_for, io, now_rfc3339, pre_exec_in, Manager, SandboxError};
 use crate::vmm::{self, Vm, VmSpec};
 use std::path::{Path, PathBuf};
@@ -49,17 +50,13 @@ impl Manager {
         if let Ok(meta) = records::read_json::<ImageMeta>(&dir.join("meta.json")) {
             return Ok((dir, meta));
         }
-        let tmp = self
-            .cfg
-            .data_dir
-            .join("warm")
-            .join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        let tmp = temp_dir_in(&self.cfg.data_dir.join("warm"));
         match self
             .make_warm(&base, template, vcpus, memory_mb, &key, &tmp)
             .await
         {
             Ok(meta) => {
-                std::fs::rename(&tmp, &dir).map_err(io("publish warm snapshot"))?;
+                publish_dir(&tmp, &dir)?;
                 Ok((dir, meta))
             }
             Err(e) => {
