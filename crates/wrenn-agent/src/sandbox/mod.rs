@@ -7,6 +7,18 @@
 //! Each sandbox's operations are serialised by its own lock; every acquired resource (slot,
 //! QEMU, files) is released by the operation that acquired it when that operation fails.
 //!
+//! One [`Manager`], its methods spread over files by job, each an `impl Manager` block:
+//! - this file: the manager and its sandbox entries (lock and listing view), errors, lookups,
+//!   and the small helpers the others share; it must not run an operation itself;
+//! - `lifecycle.rs`: create, pause, resume, destroy, and noticing a QEMU that died;
+//! - `templates.rs`: snapshot into a template, list and delete templates, publishing a
+//!   finished directory;
+//! - `warm.rs`: warm snapshots of base templates;
+//! - `recover.rs`: finding the sandboxes of a previous run after a restart;
+//! - `capacity.rs`: the host's memory, the admission check, host info;
+//! - [`records`] (the on-disk records) and [`disk`] (disk layers) are plain modules, not
+//!   manager methods.
+//!
 //! Data directory layout:
 //! - `sandboxes/<id>/`: `sandbox.json`, RAM file, `state`, disk layers, QMP socket, console log
 //! - `templates/<name>/`: user snapshot templates (a snapshot image, see [`records`])
