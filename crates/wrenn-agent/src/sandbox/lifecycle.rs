@@ -11,7 +11,7 @@ use super::{
     spec_for, valid_name, Entry, Inner, Manager, SandboxError, MAX_MEMORY_MB, MAX_VCPUS,
     MIN_MEMORY_MB,
 };
-use crate::vmm::Vm;
+use crate::vmm::{RamMapping, Vm};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 use wrenn_types::agent::{SandboxInfo, SandboxStatus};
@@ -139,7 +139,11 @@ impl Manager {
         let vm = Vm::restore(
             spec,
             &dir.join("state"),
-            inner.rec.ram_in_state,
+            if inner.rec.ram_in_state {
+                RamMapping::CopyOnWrite
+            } else {
+                RamMapping::Shared
+            },
             Some(pre_exec_in(slot)),
         )
         .await?;

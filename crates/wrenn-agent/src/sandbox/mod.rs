@@ -35,7 +35,7 @@ mod warm;
 use crate::envd_client::EnvdClient;
 use crate::images::Images;
 use crate::net::{Slot, SlotPool};
-use crate::vmm::{self, Accel, Vm, VmSpec};
+use crate::vmm::{self, Accel, RamMapping, Vm, VmSpec};
 use records::SandboxOnDisk;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -293,7 +293,11 @@ fn spec_for(cfg: &ManagerConfig, dir: &Path, rec: &SandboxOnDisk, tap: &str) -> 
         initrd: cfg.images.initrd.clone(),
         cmdline: vmm::kernel_cmdline(cfg.accel),
         mem_path: dir.join(&rec.mem_file),
-        mem_share: rec.mem_share,
+        mem_mapping: if rec.mem_share {
+            RamMapping::Shared
+        } else {
+            RamMapping::CopyOnWrite
+        },
         disk: dir.join(
             rec.layers
                 .last()

@@ -9,7 +9,7 @@ use super::records::{self, ImageMeta, SandboxOnDisk};
 use super::{
     blocking, disk, io, now_rfc3339, pre_exec_in, spec_for, valid_name, Manager, SandboxError,
 };
-use crate::vmm::Vm;
+use crate::vmm::{RamMapping, Vm};
 use std::path::{Path, PathBuf};
 use wrenn_types::agent::{SandboxStatus, TemplateInfo};
 
@@ -112,7 +112,13 @@ impl Manager {
             spec.mem_path = tmp.join("mem");
             spec.run_dir = tmp.join("run");
             let res = async {
-                let vm = Vm::load(spec, &dir.join("state"), true, Some(pre_exec_in(&slot))).await?;
+                let vm = Vm::load(
+                    spec,
+                    &dir.join("state"),
+                    RamMapping::CopyOnWrite,
+                    Some(pre_exec_in(&slot)),
+                )
+                .await?;
                 let saved = vm.save(&tmp.join("state")).await;
                 vm.quit().await?;
                 saved

@@ -7,7 +7,7 @@
 use super::records::{self, ImageMeta};
 use super::templates::{publish_dir, temp_dir_in};
 use super::{blocking, disk, envd_for, io, now_rfc3339, pre_exec_in, Manager, SandboxError};
-use crate::vmm::{self, Vm, VmSpec};
+use crate::vmm::{self, RamMapping, Vm, VmSpec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -119,7 +119,7 @@ impl Manager {
             initrd: self.cfg.images.initrd.clone(),
             cmdline: vmm::kernel_cmdline(self.cfg.accel),
             mem_path: tmp.join("mem"),
-            mem_share: true,
+            mem_mapping: RamMapping::Shared,
             disk: tmp.join(&layer),
             tap: slot.tap.clone(),
             mac: crate::guest::GUEST_MAC.into(),

@@ -4,6 +4,7 @@
 //! boot, save-to-files, restore-from-files and destroy. It knows nothing of sandboxes, network
 //! slots or templates; the caller decides paths and passes a hook that places the process in a
 //! network namespace. The KVM/TCG difference is confined to [`Accel`] flags in [`qemu_args`].
+//! How the guest RAM file is mapped ([`RamMapping`]) decides what a saved state holds.
 //!
 //! QEMU runs daemonized (its own session, reparented to init), so VMs outlive a restart of the
 //! agent; [`Vm::attach`] finds one again from its pid and QMP socket.
@@ -98,7 +99,46 @@ pub fn kernel_cmdline(accel: Accel) -> String {
     s
 }
 
-/// Everything QEMU needs to run one VM. The same spec (apart from `mem_path`/`mem_share`)
+/// How QEMU maps the guest RAM file (`memory-backend-file,share=`), and so what saving the VM
+/// writes: the state stream leaves out RAM that is a shared file (`x-ignore-shared`) and
+/// carries any other. That capability changes the stream's format, so a loader must be told
+/// how the VM that saved a state mapped its RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RamMapping {
+    /// `share=on`: the file is the guest's RAM. A saved state holds device state only; the RAM
+    /// stays in the file.
+    Shared,
+    /// `share=off`: the file is a read-only starting point mapped copy-on-write (the guest's
+    /// writes stay in the QEMU process). A saved state carries the RAM.
+    CopyOnWrite,
+}
+
+impl RamMapping {
+    /// The `share=` value of the memory backend.
+    fn share(self) -> &'static str {
+        match self {
+            RamMapping::Shared => "on",
+            RamMapping::CopyOnWrite => "off",
+        }
+    }
+
+    /// The `x-ignore-shared` capability a save from a VM mapped like this uses, and a load of
+    /// its state must use too.
+    fn ignore_shared(self) -> bool {
+        self == RamMapping::Shared
+    }
+}
+
+/// How a QEMU process starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Boots the kernel.
+    Boot,
+    /// Waits for a saved state to be loaded (`-incoming defer`), the guest stopped.
+    Incoming,
+}
+
+/// Everything QEMU needs to run one VM. The same spec (apart from `mem_path`/`mem_mapping`)
 /// must be used to restore a VM that was saved with it: the device layout has to match.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
@@ -111,9 +151,8 @@ pub struct VmSpec {
     pub cmdline: String,
     /// Guest RAM file.
     pub mem_path: PathBuf,
-    /// `true`: RAM is the file itself (saved state need not contain it). `false`: the file is
-    /// mapped copy-on-write (a template's RAM), and a saved state contains the RAM.
-    pub mem_share: bool,
+    /// How the RAM file is mapped (and so whether a saved state carries the RAM).
+    pub mem_mapping: RamMapping,
     /// The root disk (qcow2).
     pub disk: PathBuf,
     /// TAP device inside the VM's network namespace.
@@ -135,8 +174,8 @@ impl VmSpec {
     }
 }
 
-/// The QEMU command line for `spec`; `incoming` adds `-incoming defer` for a restore.
-pub fn qemu_args(spec: &VmSpec, incoming: bool) -> Vec<String> {
+/// The QEMU command line for `spec`; [`Start::Incoming`] adds `-incoming defer` for a restore.
+pub fn qemu_args(spec: &VmSpec, start: Start) -> Vec<String> {
     let (accel, cpu) = match spec.accel {
         Accel::Kvm => ("kvm", "host,-arch-capabilities"),
         Accel::Tcg => ("tcg", "max"),
@@ -175,7 +214,7 @@ pub fn qemu_args(spec: &VmSpec, incoming: bool) -> Vec<String> {
             "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
             spec.memory_mb,
             spec.mem_path.display(),
-            if spec.mem_share { "on" } else { "off" }
+            spec.mem_mapping.share()
         ),
         "-drive".into(),
         format!(
@@ -191,9 +230,12 @@ pub fn qemu_args(spec: &VmSpec, incoming: bool) -> Vec<String> {
         "-device".into(),
         "virtio-rng-device".into(),
     ];
-    if incoming {
-        a.push("-incoming".into());
-        a.push("defer".into());
+    match start {
+        Start::Boot => {}
+        Start::Incoming => {
+            a.push("-incoming".into());
+            a.push("defer".into());
+        }
     }
     a
 }
@@ -241,20 +283,21 @@ pub type PreExec<'a> =
 impl Vm {
     /// Boots a fresh VM from its kernel.
     pub async fn boot(spec: VmSpec, pre_exec: Option<PreExec<'_>>) -> Result<Vm, VmError> {
-        let vm = Self::spawn(spec, false, pre_exec).await?;
+        let vm = Self::spawn(spec, Start::Boot, pre_exec).await?;
         Ok(vm)
     }
 
-    /// Starts a VM from a saved device state, running again. `state_has_ram`: the state was
-    /// saved from a VM whose RAM was not a shared file, so it carries the RAM itself (which is
-    /// loaded into the spec's RAM file); otherwise the RAM is the spec's file as it is.
+    /// Starts a VM from a saved device state, running again. `saved_with` is how the VM that
+    /// saved `state` mapped its RAM: [`RamMapping::CopyOnWrite`] means the state carries the
+    /// RAM (which is loaded into the spec's RAM file); [`RamMapping::Shared`] means it does
+    /// not, and the RAM is the spec's file as it is.
     pub async fn restore(
         spec: VmSpec,
         state: &Path,
-        state_has_ram: bool,
+        saved_with: RamMapping,
         pre_exec: Option<PreExec<'_>>,
     ) -> Result<Vm, VmError> {
-        let vm = Self::load(spec, state, state_has_ram, pre_exec).await?;
+        let vm = Self::load(spec, state, saved_with, pre_exec).await?;
         if let Err(e) = vm.cont().await {
             vm.kill().await;
             return Err(e);
@@ -263,16 +306,17 @@ impl Vm {
     }
 
     /// Starts a QEMU and loads a saved device state into it, leaving the guest stopped.
+    /// `saved_with`: as for [`Vm::restore`].
     pub async fn load(
         spec: VmSpec,
         state: &Path,
-        state_has_ram: bool,
+        saved_with: RamMapping,
         pre_exec: Option<PreExec<'_>>,
     ) -> Result<Vm, VmError> {
-        let vm = Self::spawn(spec, true, pre_exec).await?;
+        let vm = Self::spawn(spec, Start::Incoming, pre_exec).await?;
         let r = async {
             // The capability changes the stream's format: it must be what the saver used.
-            vm.set_migration_caps(!state_has_ram).await?;
+            vm.set_migration_caps(saved_with.ignore_shared()).await?;
             vm.qmp
                 .execute(
                     "migrate-incoming",
@@ -303,7 +347,7 @@ impl Vm {
 
     async fn spawn(
         spec: VmSpec,
-        incoming: bool,
+        start: Start,
         pre_exec: Option<PreExec<'_>>,
     ) -> Result<Vm, VmError> {
         std::fs::create_dir_all(&spec.run_dir).map_err(io_err("create run dir"))?;
@@ -312,7 +356,7 @@ impl Vm {
         }
         let mut std_cmd = std::process::Command::new(&spec.qemu_bin);
         std_cmd
-            .args(qemu_args(&spec, incoming))
+            .args(qemu_args(&spec, start))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
@@ -388,9 +432,10 @@ impl Vm {
     }
 
     /// Stops the guest and writes its device state (and its RAM when the RAM is not the shared
-    /// file) to `state`. The VM stays stopped; end it with [`Vm::quit`].
+    /// file, see [`RamMapping`]) to `state`. The VM stays stopped; end it with [`Vm::quit`].
     pub async fn save(&self, state: &Path) -> Result<(), VmError> {
-        self.set_migration_caps(self.spec.mem_share).await?;
+        self.set_migration_caps(self.spec.mem_mapping.ignore_shared())
+            .await?;
         self.qmp.execute("stop", serde_json::Value::Null).await?;
         let tmp = state.with_extension("partial");
         let _ = std::fs::remove_file(&tmp);
@@ -524,7 +569,7 @@ mod tests {
             initrd: "/k/initrd.img".into(),
             cmdline: "console=ttyS0".into(),
             mem_path: "/s/mem".into(),
-            mem_share: false,
+            mem_mapping: RamMapping::CopyOnWrite,
             disk: "/s/disk.qcow2".into(),
             tap: "tap0".into(),
             mac: "02:fc:00:00:00:02".into(),
@@ -534,13 +579,13 @@ mod tests {
 
     #[test]
     fn accel_differs_only_in_accel_and_cpu_flags() {
-        let tcg = qemu_args(&spec(), false);
+        let tcg = qemu_args(&spec(), Start::Boot);
         let kvm = qemu_args(
             &VmSpec {
                 accel: Accel::Kvm,
                 ..spec()
             },
-            false,
+            Start::Boot,
         );
         let diff: Vec<_> = tcg.iter().zip(&kvm).filter(|(a, b)| a != b).collect();
         assert_eq!(diff.len(), 2, "{diff:?}");
@@ -552,16 +597,16 @@ mod tests {
 
     #[test]
     fn memory_backend_share_and_incoming() {
-        let a = qemu_args(&spec(), true);
+        let a = qemu_args(&spec(), Start::Incoming);
         assert!(a.iter().any(|x| x.contains("mem-path=/s/mem,share=off")));
         assert!(a.iter().any(|x| x == "512M"));
         assert_eq!(&a[a.len() - 2..], ["-incoming", "defer"]);
         let b = qemu_args(
             &VmSpec {
-                mem_share: true,
+                mem_mapping: RamMapping::Shared,
                 ..spec()
             },
-            false,
+            Start::Boot,
         );
         assert!(b.iter().any(|x| x.contains("share=on")));
         assert!(!b.iter().any(|x| x == "-incoming"));
