@@ -1,26 +1,21 @@
-//! The agent's internal HTTP API (routes in [`wrenn_types::agent`]): a thin layer that checks
-//! the bearer token, parses requests, calls one [`Manager`] function and maps its error to a
-//! status and error code in [`ApiError`]. No VM, network or disk work happens here.
+//! The real agent's side of its internal API: [`ManagerAgent`] implements
+//! [`wrenn_agent_api::HostAgent`] with one [`Manager`] call per operation (exec and files go on
+//! to the sandbox's envd), and the one mapping of the manager's and envd's errors to the
+//! agent's wire codes. Routes, auth and the HTTP layer are [`wrenn_agent_api::router`]'s.
+//! No VM, network or disk work happens here.
 
-use crate::envd_client::{self, EnvdError};
+use crate::envd_client::EnvdError;
 use crate::sandbox::{Manager, SandboxError};
-use axum::body::Body;
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use futures_util::{SinkExt, StreamExt, TryStreamExt};
-use serde::Deserialize;
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
 use std::sync::Arc;
-use tokio_tungstenite::tungstenite::Message as TMessage;
-use wrenn_types::agent::{codes, CreateSandbox, SnapshotRequest};
-use wrenn_types::envd::ExecRequest;
-use wrenn_types::ErrorBody;
+use wrenn_agent_api::{ws_session, AgentApiError, ByteStream, ExecSession, FileBody, HostAgent};
+use wrenn_types::agent::{
+    AgentErrorCode, CreateSandbox, HostInfo, SandboxInfo, SnapshotRequest, TemplateInfo,
+};
+use wrenn_types::envd::{EnvdErrorCode, ExecRequest, ExecResponse};
 
-/// Shared state of the API.
+/// What the agent's router serves.
 #[derive(Clone)]
 pub struct ApiState {
     pub manager: Arc<Manager>,
@@ -28,326 +23,198 @@ pub struct ApiState {
     pub token: Arc<String>,
 }
 
-/// The agent's router.
-pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/v1/host", get(host))
-        .route("/v1/sandboxes", get(list).post(create))
-        .route("/v1/sandboxes/{id}", get(get_one).delete(destroy))
-        .route("/v1/sandboxes/{id}/pause", post(pause))
-        .route("/v1/sandboxes/{id}/resume", post(resume))
-        .route("/v1/sandboxes/{id}/snapshot", post(snapshot))
-        .route("/v1/sandboxes/{id}/exec", post(exec))
-        .route("/v1/sandboxes/{id}/exec/stream", get(exec_stream))
-        .route("/v1/sandboxes/{id}/files", get(read_file).put(write_file))
-        .route("/v1/templates", get(templates))
-        .route(
-            "/v1/templates/{name}",
-            axum::routing::delete(delete_template),
-        )
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such route")
+/// The agent's router: the agent API over the sandbox manager.
+pub fn router(state: ApiState) -> axum::Router {
+    wrenn_agent_api::router(Arc::new(ManagerAgent(state.manager)), &state.token)
+}
+
+/// The sandbox manager as a [`HostAgent`].
+pub struct ManagerAgent(pub Arc<Manager>);
+
+#[async_trait]
+impl HostAgent for ManagerAgent {
+    async fn host_info(&self) -> Result<HostInfo, AgentApiError> {
+        Ok(self.0.host_info().await)
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, AgentApiError> {
+        Ok(self.0.list().await)
+    }
+
+    async fn create(&self, req: &CreateSandbox) -> Result<SandboxInfo, AgentApiError> {
+        let m = &self.0;
+        Ok(m.create(&req.id, &req.template, req.vcpus, req.memory_mb)
+            .await?)
+    }
+
+    async fn get_sandbox(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
+        Ok(self.0.get(id).await?)
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), AgentApiError> {
+        Ok(self.0.destroy(id).await?)
+    }
+
+    async fn pause(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
+        Ok(self.0.pause(id).await?)
+    }
+
+    async fn resume(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
+        Ok(self.0.resume(id).await?)
+    }
+
+    async fn snapshot(
+        &self,
+        id: &str,
+        req: &SnapshotRequest,
+    ) -> Result<TemplateInfo, AgentApiError> {
+        Ok(self.0.snapshot(id, &req.name, req.overwrite).await?)
+    }
+
+    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentApiError> {
+        let envd = self.0.envd(id).await?;
+        Ok(envd.exec(req).await?)
+    }
+
+    async fn exec_stream(&self, id: &str) -> Result<ExecSession, AgentApiError> {
+        let envd = self.0.envd(id).await?;
+        Ok(ws_session(envd.exec_stream().await?, "envd"))
+    }
+
+    async fn write_file(
+        &self,
+        id: &str,
+        path: &str,
+        body: ByteStream,
+    ) -> Result<(), AgentApiError> {
+        let envd = self.0.envd(id).await?;
+        Ok(envd
+            .write_file(path, reqwest::Body::wrap_stream(body))
+            .await?)
+    }
+
+    async fn read_file_body(&self, id: &str, path: &str) -> Result<FileBody, AgentApiError> {
+        let envd = self.0.envd(id).await?;
+        let resp = envd.read_file(path).await?;
+        Ok(FileBody {
+            len: resp.content_length(),
+            stream: Box::pin(resp.bytes_stream().map_err(std::io::Error::other)),
         })
-        .layer(middleware::from_fn_with_state(state.clone(), auth))
-        .with_state(state)
-}
+    }
 
-/// An error answer: status plus the error body.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    body: ErrorBody,
-}
+    async fn list_templates(&self) -> Result<Vec<TemplateInfo>, AgentApiError> {
+        Ok(self.0.templates())
+    }
 
-impl ApiError {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            body: ErrorBody::new(code, message),
-        }
+    async fn delete_template(&self, name: &str) -> Result<(), AgentApiError> {
+        Ok(self.0.delete_template(name).await?)
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
-    }
-}
-
-impl From<SandboxError> for ApiError {
+impl From<SandboxError> for AgentApiError {
     fn from(e: SandboxError) -> Self {
         use SandboxError as E;
-        let (status, code) = match &e {
-            E::BadRequest(_) => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
-            E::NotFound(_) => (StatusCode::NOT_FOUND, codes::NOT_FOUND),
-            E::TemplateNotFound(_) => (StatusCode::NOT_FOUND, codes::TEMPLATE_NOT_FOUND),
-            E::Conflict(_) => (StatusCode::CONFLICT, codes::CONFLICT),
-            E::AlreadyExists(_) => (StatusCode::CONFLICT, codes::ALREADY_EXISTS),
-            E::Capacity(_) => (StatusCode::SERVICE_UNAVAILABLE, codes::CAPACITY),
+        let code = match &e {
+            E::BadRequest(_) => AgentErrorCode::BadRequest,
+            E::NotFound(_) => AgentErrorCode::NotFound,
+            E::TemplateNotFound(_) => AgentErrorCode::TemplateNotFound,
+            E::Conflict(_) => AgentErrorCode::Conflict,
+            E::AlreadyExists(_) => AgentErrorCode::AlreadyExists,
+            E::Capacity(_) => AgentErrorCode::Capacity,
             E::Envd(inner) => return envd_error(inner),
             E::Vm(_) | E::Net(_) | E::Disk(_) | E::Io { .. } => {
                 tracing::error!("{e}");
-                (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL)
+                AgentErrorCode::Internal
             }
         };
-        ApiError::new(status, code, e.to_string())
+        AgentApiError::new(code, e.to_string())
     }
 }
 
-impl From<EnvdError> for ApiError {
+impl From<EnvdError> for AgentApiError {
     fn from(e: EnvdError) -> Self {
         envd_error(&e)
     }
 }
 
-fn envd_error(e: &EnvdError) -> ApiError {
-    match e {
-        EnvdError::Api {
-            status,
-            code,
-            message,
-        } => {
-            let code = match code.as_str() {
-                "not_found" => codes::FILE_NOT_FOUND,
-                "payload_too_large" => codes::TOO_LARGE,
-                "internal" => codes::INTERNAL,
-                _ => codes::BAD_REQUEST,
-            };
-            let status = StatusCode::from_u16(*status)
-                .ok()
-                .filter(|s| s.is_client_error())
-                .unwrap_or(StatusCode::BAD_GATEWAY);
-            ApiError::new(status, code, message.clone())
-        }
-        other => ApiError::new(StatusCode::BAD_GATEWAY, codes::INTERNAL, other.to_string()),
-    }
-}
-
-async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), st.token.as_bytes()));
-    if !ok {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            codes::UNAUTHORIZED,
-            "missing or wrong agent token",
-        )
-        .into_response();
-    }
-    next.run(req).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-type ApiResult<T> = Result<T, ApiError>;
-
-/// JSON bodies with errors in our format instead of axum's plain-text rejections.
-struct JsonBody<T>(T);
-
-impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(e) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                codes::BAD_REQUEST,
-                e.body_text(),
-            )),
-        }
-    }
-}
-
-async fn host(State(st): State<ApiState>) -> impl IntoResponse {
-    Json(st.manager.host_info().await)
-}
-
-async fn list(State(st): State<ApiState>) -> impl IntoResponse {
-    Json(st.manager.list().await)
-}
-
-async fn create(
-    State(st): State<ApiState>,
-    JsonBody(req): JsonBody<CreateSandbox>,
-) -> ApiResult<impl IntoResponse> {
-    let info = st
-        .manager
-        .create(&req.id, &req.template, req.vcpus, req.memory_mb)
-        .await?;
-    Ok((StatusCode::CREATED, Json(info)))
-}
-
-async fn get_one(
-    State(st): State<ApiState>,
-    Path(id): Path<String>,
-) -> ApiResult<impl IntoResponse> {
-    Ok(Json(st.manager.get(&id).await?))
-}
-
-async fn destroy(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    st.manager.destroy(&id).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn pause(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(st.manager.pause(&id).await?))
-}
-
-async fn resume(
-    State(st): State<ApiState>,
-    Path(id): Path<String>,
-) -> ApiResult<impl IntoResponse> {
-    Ok(Json(st.manager.resume(&id).await?))
-}
-
-async fn snapshot(
-    State(st): State<ApiState>,
-    Path(id): Path<String>,
-    JsonBody(req): JsonBody<SnapshotRequest>,
-) -> ApiResult<impl IntoResponse> {
-    let t = st.manager.snapshot(&id, &req.name, req.overwrite).await?;
-    Ok((StatusCode::CREATED, Json(t)))
-}
-
-async fn exec(
-    State(st): State<ApiState>,
-    Path(id): Path<String>,
-    JsonBody(req): JsonBody<ExecRequest>,
-) -> ApiResult<impl IntoResponse> {
-    let envd = st.manager.envd(&id).await?;
-    Ok(Json(envd.exec(&req).await?))
-}
-
-#[derive(Deserialize)]
-struct FileQuery {
-    path: String,
-}
-
-async fn write_file(
-    State(st): State<ApiState>,
-    Path(id): Path<String>,
-    Query(q): Query<FileQuery>,
-    body: Body,
-) -> ApiResult<StatusCode> {
-    let envd = st.manager.envd(&id).await?;
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    envd.write_file(&q.path, reqwest::Body::wrap_stream(stream))
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn read_file(
-    State(st): State<ApiState>,
-    Path(id): Path<String>,
-    Query(q): Query<FileQuery>,
-) -> ApiResult<Response> {
-    let envd = st.manager.envd(&id).await?;
-    let resp = envd.read_file(&q.path).await?;
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/octet-stream"),
-    );
-    if let Some(len) = resp.headers().get(header::CONTENT_LENGTH) {
-        headers.insert(header::CONTENT_LENGTH, len.clone());
-    }
-    let body = Body::from_stream(resp.bytes_stream());
-    Ok((headers, body).into_response())
-}
-
-async fn exec_stream(
-    State(st): State<ApiState>,
-    Path(id): Path<String>,
-    ws: WebSocketUpgrade,
-) -> ApiResult<Response> {
-    let envd = st.manager.envd(&id).await?;
-    let upstream = envd.exec_stream().await?;
-    Ok(ws.on_upgrade(move |socket| pipe(socket, upstream)))
-}
-
-/// Forwards text frames both ways until either side closes.
-async fn pipe(client: WebSocket, upstream: envd_client::ExecStream) {
-    let (mut c_tx, mut c_rx) = client.split();
-    let (mut u_tx, mut u_rx) = upstream.split();
-    let down = async {
-        while let Some(Ok(m)) = u_rx.next().await {
-            let out = match m {
-                TMessage::Text(t) => WsMessage::Text(t.as_str().into()),
-                TMessage::Close(_) => break,
-                _ => continue,
-            };
-            if c_tx.send(out).await.is_err() {
-                break;
-            }
-        }
-        let _ = c_tx.send(WsMessage::Close(None)).await;
+/// envd's answer keeps its status when it is a client error (otherwise 502) and its meaning
+/// in the agent's codes; envd out of reach is a 502 `internal`.
+fn envd_error(e: &EnvdError) -> AgentApiError {
+    let EnvdError::Api {
+        status,
+        code,
+        message,
+    } = e
+    else {
+        return AgentApiError::with_status(502, AgentErrorCode::Internal, e.to_string());
     };
-    let up = async {
-        while let Some(Ok(m)) = c_rx.next().await {
-            let out = match m {
-                WsMessage::Text(t) => TMessage::Text(t.as_str().into()),
-                WsMessage::Close(_) => break,
-                _ => continue,
-            };
-            if u_tx.send(out).await.is_err() {
-                break;
-            }
-        }
-        // The client went away: closing upstream makes envd kill the process.
-        let _ = u_tx.send(TMessage::Close(None)).await;
+    let code = match code {
+        EnvdErrorCode::NotFound => AgentErrorCode::FileNotFound,
+        EnvdErrorCode::PayloadTooLarge => AgentErrorCode::TooLarge,
+        EnvdErrorCode::Internal => AgentErrorCode::Internal,
+        EnvdErrorCode::BadRequest
+        | EnvdErrorCode::ExecFailed
+        | EnvdErrorCode::UnknownUser
+        | EnvdErrorCode::IsADirectory
+        | EnvdErrorCode::NotADirectory
+        | EnvdErrorCode::Forbidden
+        | EnvdErrorCode::UploadIncomplete
+        | EnvdErrorCode::NoSpace
+        | EnvdErrorCode::MethodNotAllowed
+        | EnvdErrorCode::Unknown => AgentErrorCode::BadRequest,
     };
-    tokio::select! {
-        _ = down => {},
-        _ = up => {},
-    }
-}
-
-async fn templates(State(st): State<ApiState>) -> impl IntoResponse {
-    Json(st.manager.templates())
-}
-
-async fn delete_template(
-    State(st): State<ApiState>,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
-    st.manager.delete_template(&name).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let status = if (400..500).contains(status) {
+        *status
+    } else {
+        502
+    };
+    AgentApiError::with_status(status, code, message.clone())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
+    fn answer(e: AgentApiError) -> (u16, AgentErrorCode) {
+        match e {
+            AgentApiError::Api { status, code, .. } => (status, code),
+            other => panic!("not an answer: {other}"),
+        }
     }
 
     #[test]
     fn envd_not_found_maps_to_file_not_found() {
         let e = envd_error(&EnvdError::Api {
             status: 404,
-            code: "not_found".into(),
+            code: EnvdErrorCode::NotFound,
             message: "no such file".into(),
         });
-        assert_eq!(e.status, StatusCode::NOT_FOUND);
-        assert_eq!(e.body.error.code, codes::FILE_NOT_FOUND);
+        assert_eq!(answer(e), (404, AgentErrorCode::FileNotFound));
         let e = envd_error(&EnvdError::Protocol("x".into()));
-        assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(answer(e), (502, AgentErrorCode::Internal));
+    }
+
+    #[test]
+    fn envd_errors_keep_client_statuses_only() {
+        let e = envd_error(&EnvdError::Api {
+            status: 403,
+            code: EnvdErrorCode::Forbidden,
+            message: "denied".into(),
+        });
+        assert_eq!(answer(e), (403, AgentErrorCode::BadRequest));
+        let e = envd_error(&EnvdError::Api {
+            status: 500,
+            code: EnvdErrorCode::Internal,
+            message: "broken".into(),
+        });
+        assert_eq!(answer(e), (502, AgentErrorCode::Internal));
+    }
+
+    #[test]
+    fn sandbox_errors_map_to_agent_codes() {
+        let e = AgentApiError::from(SandboxError::Capacity("full".into()));
+        assert_eq!(answer(e), (503, AgentErrorCode::Capacity));
+        let e = AgentApiError::from(SandboxError::AlreadyExists("t".into()));
+        assert_eq!(answer(e), (409, AgentErrorCode::AlreadyExists));
     }
 }

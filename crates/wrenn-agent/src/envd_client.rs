@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use wrenn_types::envd::{ExecRequest, ExecResponse, Health, SetClock};
+use wrenn_types::envd::{EnvdErrorCode, ExecRequest, ExecResponse, Health, SetClock};
 use wrenn_types::stream::{ClientMessage, ServerMessage};
 use wrenn_types::ErrorBody;
 
@@ -42,11 +42,11 @@ pub enum EnvdError {
         #[source]
         source: reqwest::Error,
     },
-    /// envd answered with its error body; `code` is its stable error code (`not_found`, …).
+    /// envd answered with its error body.
     #[error("envd answered {status} {code}: {message}")]
     Api {
         status: u16,
-        code: String,
+        code: EnvdErrorCode,
         message: String,
     },
     /// envd answered something that does not follow its API.
@@ -69,9 +69,9 @@ pub enum EnvdError {
 
 impl EnvdError {
     /// envd's error code, when envd itself reported the error.
-    pub fn code(&self) -> Option<&str> {
+    pub fn code(&self) -> Option<EnvdErrorCode> {
         match self {
-            EnvdError::Api { code, .. } => Some(code),
+            EnvdError::Api { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -303,7 +303,7 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response, EnvdError> 
             break;
         }
     }
-    match serde_json::from_slice::<ErrorBody>(&body) {
+    match serde_json::from_slice::<ErrorBody<EnvdErrorCode>>(&body) {
         Ok(e) => Err(EnvdError::Api {
             status: status.as_u16(),
             code: e.error.code,
@@ -364,10 +364,10 @@ mod tests {
     fn api_errors_keep_code_and_status() {
         let e = EnvdError::Api {
             status: 404,
-            code: "not_found".into(),
+            code: EnvdErrorCode::NotFound,
             message: "no such file: /x".into(),
         };
-        assert_eq!(e.code(), Some("not_found"));
+        assert_eq!(e.code(), Some(EnvdErrorCode::NotFound));
         assert_eq!(e.status(), Some(404));
         assert_eq!(EnvdError::Protocol("x".into()).code(), None);
     }

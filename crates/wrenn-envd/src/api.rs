@@ -1,5 +1,5 @@
 //! The HTTP surface of envd: routes, request parsing and the one mapping from domain errors to
-//! status codes and the stable error codes of [`ErrorBody`].
+//! the [`EnvdErrorCode`]s of [`ErrorBody`] (each code carries its HTTP status).
 //!
 //! Handlers only parse and validate, call one function of [`crate::exec`], [`crate::stream`],
 //! [`crate::files`] or [`crate::clock`], and translate its result. No process or file logic
@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
 use tokio_util::io::ReaderStream;
-use wrenn_types::envd::{ExecRequest, ExecResponse, Health, SetClock};
+use wrenn_types::envd::{EnvdErrorCode, ExecRequest, ExecResponse, Health, SetClock};
 use wrenn_types::ErrorBody;
 
 /// Largest WebSocket message a client may send (a `start` with its arguments).
@@ -41,116 +41,102 @@ pub struct AppState {
     pub max_upload_bytes: Option<u64>,
 }
 
-/// An error answer: HTTP status plus the body `{"error":{"code","message"}}`.
+/// envd's error answer: a code (with its status) and a message, sent as
+/// `{"error":{"code","message"}}`.
 #[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
+pub struct EnvdApiError {
+    code: EnvdErrorCode,
     message: String,
 }
 
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+impl EnvdApiError {
+    fn new(code: EnvdErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
         }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        Self::new(EnvdErrorCode::BadRequest, message)
     }
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for EnvdApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::warn!(code = self.code, message = %self.message, "request failed");
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(code = self.code.as_str(), message = %self.message, "request failed");
         } else {
-            tracing::debug!(code = self.code, message = %self.message, "request refused");
+            tracing::debug!(code = self.code.as_str(), message = %self.message, "request refused");
         }
-        (self.status, Json(ErrorBody::new(self.code, self.message))).into_response()
+        (status, Json(ErrorBody::with_code(self.code, self.message))).into_response()
     }
 }
 
-impl From<UserError> for ApiError {
+impl From<UserError> for EnvdApiError {
     fn from(e: UserError) -> Self {
-        match e {
-            UserError::Unknown(_) => {
-                Self::new(StatusCode::BAD_REQUEST, "unknown_user", e.to_string())
-            }
-            UserError::Read { .. } => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            }
-        }
+        let code = match e {
+            UserError::Unknown(_) => EnvdErrorCode::UnknownUser,
+            UserError::Read { .. } => EnvdErrorCode::Internal,
+        };
+        Self::new(code, e.to_string())
     }
 }
 
-impl From<SpawnError> for ApiError {
+impl From<SpawnError> for EnvdApiError {
     fn from(e: SpawnError) -> Self {
         match e {
             SpawnError::Invalid(_) | SpawnError::Cwd { .. } => Self::bad_request(e.to_string()),
             SpawnError::User(u) => u.into(),
-            SpawnError::Exec { .. } => {
-                Self::new(StatusCode::BAD_REQUEST, "exec_failed", e.to_string())
-            }
+            SpawnError::Exec { .. } => Self::new(EnvdErrorCode::ExecFailed, e.to_string()),
         }
     }
 }
 
-impl From<ExecError> for ApiError {
+impl From<ExecError> for EnvdApiError {
     fn from(e: ExecError) -> Self {
         match e {
             ExecError::Spawn(s) => s.into(),
-            ExecError::Wait(_) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            }
+            ExecError::Wait(_) => Self::new(EnvdErrorCode::Internal, e.to_string()),
         }
     }
 }
 
-impl From<FileError> for ApiError {
+impl From<FileError> for EnvdApiError {
     fn from(e: FileError) -> Self {
-        let (status, code) = match &e {
-            FileError::InvalidPath(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            FileError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            FileError::IsADirectory(_) => (StatusCode::BAD_REQUEST, "is_a_directory"),
-            FileError::NotADirectory(_) => (StatusCode::BAD_REQUEST, "not_a_directory"),
-            FileError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            FileError::User(u) => match u {
-                UserError::Unknown(_) => (StatusCode::BAD_REQUEST, "unknown_user"),
-                UserError::Read { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            },
-            FileError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            FileError::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
-            FileError::Upload(_) => (StatusCode::BAD_REQUEST, "upload_incomplete"),
-            FileError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        let code = match &e {
+            FileError::InvalidPath(_) => EnvdErrorCode::BadRequest,
+            FileError::NotFound(_) => EnvdErrorCode::NotFound,
+            FileError::IsADirectory(_) => EnvdErrorCode::IsADirectory,
+            FileError::NotADirectory(_) => EnvdErrorCode::NotADirectory,
+            FileError::PermissionDenied(_) => EnvdErrorCode::Forbidden,
+            FileError::User(UserError::Unknown(_)) => EnvdErrorCode::UnknownUser,
+            FileError::User(UserError::Read { .. }) => EnvdErrorCode::Internal,
+            FileError::TooLarge { .. } => EnvdErrorCode::PayloadTooLarge,
+            FileError::NoSpace(_) => EnvdErrorCode::NoSpace,
+            FileError::Upload(_) => EnvdErrorCode::UploadIncomplete,
+            FileError::Io { .. } => EnvdErrorCode::Internal,
         };
-        Self::new(status, code, e.to_string())
+        Self::new(code, e.to_string())
     }
 }
 
-impl From<ClockError> for ApiError {
+impl From<ClockError> for EnvdApiError {
     fn from(e: ClockError) -> Self {
         match e {
             ClockError::OutOfRange(_) => Self::bad_request(e.to_string()),
-            ClockError::Set(_) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            }
+            ClockError::Set(_) => Self::new(EnvdErrorCode::Internal, e.to_string()),
         }
     }
 }
 
-fn json_rejection(r: JsonRejection) -> ApiError {
+fn json_rejection(r: JsonRejection) -> EnvdApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            r.body_text(),
-        )
+        EnvdApiError::new(EnvdErrorCode::PayloadTooLarge, r.body_text())
     } else {
-        ApiError::bad_request(r.body_text())
+        EnvdApiError::bad_request(r.body_text())
     }
 }
 
@@ -162,11 +148,10 @@ pub fn router(state: AppState) -> Router {
         .route("/exec/stream", get(exec_stream))
         .route("/files", get(read_file).put(write_file))
         .route("/clock", post(set_clock))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(|| async { EnvdApiError::new(EnvdErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+            EnvdApiError::new(
+                EnvdErrorCode::MethodNotAllowed,
                 "method not allowed on this route",
             )
         })
@@ -183,7 +168,7 @@ async fn health() -> Json<Health> {
 async fn exec_buffered(
     State(st): State<Arc<AppState>>,
     req: Result<Json<ExecRequest>, JsonRejection>,
-) -> Result<Json<ExecResponse>, ApiError> {
+) -> Result<Json<ExecResponse>, EnvdApiError> {
     let Json(req) = req.map_err(json_rejection)?;
     Ok(Json(exec::run(&st.users, &req, st.max_output_bytes).await?))
 }
@@ -191,8 +176,8 @@ async fn exec_buffered(
 async fn exec_stream(
     State(st): State<Arc<AppState>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, ApiError> {
-    let ws = ws.map_err(|r| ApiError::bad_request(r.body_text()))?;
+) -> Result<Response, EnvdApiError> {
+    let ws = ws.map_err(|r| EnvdApiError::bad_request(r.body_text()))?;
     let users = st.users.clone();
     Ok(ws
         .max_message_size(MAX_WS_MESSAGE)
@@ -207,12 +192,12 @@ struct FileQuery {
     user: Option<String>,
 }
 
-fn file_query(q: Result<Query<FileQuery>, QueryRejection>) -> Result<FileQuery, ApiError> {
+fn file_query(q: Result<Query<FileQuery>, QueryRejection>) -> Result<FileQuery, EnvdApiError> {
     q.map(|Query(q)| q)
-        .map_err(|r| ApiError::bad_request(r.body_text()))
+        .map_err(|r| EnvdApiError::bad_request(r.body_text()))
 }
 
-async fn read_file(q: Result<Query<FileQuery>, QueryRejection>) -> Result<Response, ApiError> {
+async fn read_file(q: Result<Query<FileQuery>, QueryRejection>) -> Result<Response, EnvdApiError> {
     let q = file_query(q)?;
     let path = files::parse_path(&q.path)?;
     let (file, len) = files::open_read(&path).await?;
@@ -232,7 +217,7 @@ async fn write_file(
     q: Result<Query<FileQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, EnvdApiError> {
     let q = file_query(q)?;
     let path = files::parse_path(&q.path)?;
     if let (Some(limit), Some(len)) = (st.max_upload_bytes, content_length(&headers)) {
@@ -264,7 +249,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-async fn set_clock(req: Result<Json<SetClock>, JsonRejection>) -> Result<StatusCode, ApiError> {
+async fn set_clock(req: Result<Json<SetClock>, JsonRejection>) -> Result<StatusCode, EnvdApiError> {
     let Json(req) = req.map_err(json_rejection)?;
     clock::set_realtime(req.unix_ms)?;
     Ok(StatusCode::NO_CONTENT)

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 use wrenn_agent::envd_client::{next_message, send_message, EnvdClient, EnvdError};
-use wrenn_types::envd::{Encoding, ExecRequest};
+use wrenn_types::envd::{Encoding, EnvdErrorCode, ExecRequest};
 use wrenn_types::stream::{ClientMessage, ServerMessage};
 
 fn client(envd: &Envd) -> EnvdClient {
@@ -101,18 +101,18 @@ async fn envd_errors_keep_status_and_code() {
         .exec(&req("no-such-command-xyz", &[]))
         .await
         .expect_err("missing command");
-    assert_eq!(e.code(), Some("exec_failed"), "{e:?}");
+    assert_eq!(e.code(), Some(EnvdErrorCode::ExecFailed), "{e:?}");
     assert_eq!(e.status(), Some(400));
 
     let e = c.read_file("/no/such/file").await.expect_err("missing");
-    assert_eq!(e.code(), Some("not_found"), "{e:?}");
+    assert_eq!(e.code(), Some(EnvdErrorCode::NotFound), "{e:?}");
     assert_eq!(e.status(), Some(404));
 
     let e = c
         .write_file("relative.txt", "x")
         .await
         .expect_err("relative path");
-    assert_eq!(e.code(), Some("bad_request"), "{e:?}");
+    assert_eq!(e.code(), Some(EnvdErrorCode::BadRequest), "{e:?}");
 }
 
 #[tokio::test]

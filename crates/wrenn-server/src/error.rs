@@ -2,7 +2,7 @@
 //! HTTP status and a stable error `code` in the `{"error":{"code","message"}}` body.
 //! Internal details (database errors, panics) are logged, never sent to the client.
 
-use crate::agent::AgentError;
+use crate::agent::AgentApiError as AgentError;
 use crate::store::StoreError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -91,7 +91,7 @@ impl From<AgentError> for ApiError {
     /// Agent errors that mean something to the user keep their meaning; the rest are 502.
     fn from(e: AgentError) -> Self {
         match &e {
-            AgentError::Api { code, message, .. } => match code.as_str() {
+            AgentError::Api { code, message, .. } => match *code {
                 codes::FILE_NOT_FOUND => ApiError::FileNotFound(message.clone()),
                 codes::CONFLICT => ApiError::Conflict(message.clone()),
                 codes::BAD_REQUEST => ApiError::BadRequest(message.clone()),

@@ -4,7 +4,7 @@
 //! It does not decide anything about teams or sandbox records.
 
 use crate::agent::http::HttpAgent;
-use crate::agent::{AgentError, HostAgent};
+use crate::agent::{AgentApiError as AgentError, HostAgent};
 use crate::error::ApiError;
 use crate::store::{self, HostCapacity, HostRecord, Store};
 use std::collections::HashMap;

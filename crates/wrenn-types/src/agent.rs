@@ -1,42 +1,65 @@
-//! The host agent's internal API, called by the control plane (one agent per host).
-//!
-//! Transport: HTTP/JSON, every request carries `Authorization: Bearer <agent token>`.
-//! Errors use [`crate::ErrorBody`] with the codes in [`codes`].
-//!
-//! | method | path | body → answer |
-//! |---|---|---|
-//! | GET    | `/v1/host`                              | → [`HostInfo`] |
-//! | GET    | `/v1/sandboxes`                         | → `[SandboxInfo]` |
-//! | POST   | `/v1/sandboxes`                         | [`CreateSandbox`] → 201 [`SandboxInfo`] |
-//! | GET    | `/v1/sandboxes/{id}`                    | → [`SandboxInfo`] |
-//! | DELETE | `/v1/sandboxes/{id}`                    | → 204 |
-//! | POST   | `/v1/sandboxes/{id}/pause`              | → [`SandboxInfo`] |
-//! | POST   | `/v1/sandboxes/{id}/resume`             | → [`SandboxInfo`] |
-//! | POST   | `/v1/sandboxes/{id}/snapshot`           | [`SnapshotRequest`] → 201 [`TemplateInfo`] (the sandbox is gone afterwards) |
-//! | POST   | `/v1/sandboxes/{id}/exec`               | [`crate::envd::ExecRequest`] → [`crate::envd::ExecResponse`] |
-//! | GET    | `/v1/sandboxes/{id}/exec/stream`        | WebSocket, messages of [`crate::stream`] |
-//! | PUT    | `/v1/sandboxes/{id}/files?path=/abs`    | raw body, streamed → 204 |
-//! | GET    | `/v1/sandboxes/{id}/files?path=/abs`    | → raw bytes, streamed |
-//! | GET    | `/v1/templates`                         | → `[TemplateInfo]` |
-//! | DELETE | `/v1/templates/{name}`                  | → 204 |
+//! Wire types of the host agent's internal API, called by the control plane (one agent per
+//! host). Transport: HTTP/JSON with `Authorization: Bearer <agent token>` on every request.
+//! The routes, the `HostAgent` trait and the router are in the `wrenn-agent-api` crate.
+//! Errors use [`crate::ErrorBody`] with an [`AgentErrorCode`].
 
+use crate::wire_enum::wire_enum;
 use serde::{Deserialize, Serialize};
 
-/// Error codes the agent answers with.
+wire_enum! {
+    /// The `code` of the agent's error body.
+    pub enum AgentErrorCode {
+        BadRequest = "bad_request",
+        Unauthorized = "unauthorized",
+        /// No such sandbox, or no such route.
+        NotFound = "not_found",
+        TemplateNotFound = "template_not_found",
+        /// Wrong state for the operation (e.g. exec on a paused sandbox).
+        Conflict = "conflict",
+        /// A template with that name exists and overwrite was not asked for.
+        AlreadyExists = "already_exists",
+        /// Not enough memory or slots on this host.
+        Capacity = "capacity",
+        /// The file does not exist in the sandbox.
+        FileNotFound = "file_not_found",
+        TooLarge = "too_large",
+        Internal = "internal",
+        /// A code this build does not know (from an agent of another version); never sent.
+        #[serde(other)]
+        Unknown = "unknown",
+    }
+}
+
+impl AgentErrorCode {
+    /// The HTTP status the agent answers this code with, unless the error says otherwise
+    /// (an envd failure passed through keeps envd's client-error status).
+    pub const fn status(self) -> u16 {
+        match self {
+            Self::BadRequest => 400,
+            Self::Unauthorized => 401,
+            Self::NotFound | Self::TemplateNotFound | Self::FileNotFound => 404,
+            Self::Conflict | Self::AlreadyExists => 409,
+            Self::TooLarge => 413,
+            Self::Internal | Self::Unknown => 500,
+            Self::Capacity => 503,
+        }
+    }
+}
+
+/// The codes of [`AgentErrorCode`] as constants, for the control plane's matches written
+/// against them; new code names the enum.
 pub mod codes {
-    pub const BAD_REQUEST: &str = "bad_request";
-    pub const UNAUTHORIZED: &str = "unauthorized";
-    pub const NOT_FOUND: &str = "not_found";
-    pub const TEMPLATE_NOT_FOUND: &str = "template_not_found";
-    /// Wrong state for the operation (e.g. exec on a paused sandbox).
-    pub const CONFLICT: &str = "conflict";
-    /// A template with that name exists and overwrite was not asked for.
-    pub const ALREADY_EXISTS: &str = "already_exists";
-    /// Not enough memory or slots on this host.
-    pub const CAPACITY: &str = "capacity";
-    pub const FILE_NOT_FOUND: &str = "file_not_found";
-    pub const TOO_LARGE: &str = "too_large";
-    pub const INTERNAL: &str = "internal";
+    use super::AgentErrorCode as C;
+    pub const BAD_REQUEST: C = C::BadRequest;
+    pub const UNAUTHORIZED: C = C::Unauthorized;
+    pub const NOT_FOUND: C = C::NotFound;
+    pub const TEMPLATE_NOT_FOUND: C = C::TemplateNotFound;
+    pub const CONFLICT: C = C::Conflict;
+    pub const ALREADY_EXISTS: C = C::AlreadyExists;
+    pub const CAPACITY: C = C::Capacity;
+    pub const FILE_NOT_FOUND: C = C::FileNotFound;
+    pub const TOO_LARGE: C = C::TooLarge;
+    pub const INTERNAL: C = C::Internal;
 }
 
 /// Which accelerator the agent runs guests with.
@@ -59,26 +82,14 @@ pub struct HostInfo {
     pub templates: Vec<String>,
 }
 
-/// Lifecycle state of a sandbox as the agent sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SandboxStatus {
-    Pending,
-    Running,
-    Paused,
-    Stopped,
-    Error,
-}
-
-impl SandboxStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Running => "running",
-            Self::Paused => "paused",
-            Self::Stopped => "stopped",
-            Self::Error => "error",
-        }
+wire_enum! {
+    /// Lifecycle state of a sandbox as the agent sees it.
+    pub enum SandboxStatus {
+        Pending = "pending",
+        Running = "running",
+        Paused = "paused",
+        Stopped = "stopped",
+        Error = "error",
     }
 }
 
@@ -116,6 +127,12 @@ pub struct SnapshotRequest {
     pub overwrite: bool,
 }
 
+/// The query of the file routes: `?path=/abs/path` in the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileQuery {
+    pub path: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TemplateInfo {
     pub name: String,
@@ -126,4 +143,28 @@ pub struct TemplateInfo {
     pub size_bytes: u64,
     /// RFC 3339.
     pub created_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_keep_their_wire_names() {
+        for &code in AgentErrorCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{code}\""));
+            assert_eq!(serde_json::from_str::<AgentErrorCode>(&json).unwrap(), code);
+        }
+        assert_eq!(codes::FILE_NOT_FOUND.as_str(), "file_not_found");
+        assert_eq!(
+            serde_json::from_str::<AgentErrorCode>(r#""brand_new""#).unwrap(),
+            AgentErrorCode::Unknown
+        );
+        assert_eq!(SandboxStatus::Paused.as_str(), "paused");
+        assert_eq!(
+            serde_json::to_string(&SandboxStatus::ALL).unwrap(),
+            r#"["pending","running","paused","stopped","error"]"#
+        );
+    }
 }

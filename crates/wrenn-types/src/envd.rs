@@ -10,13 +10,9 @@
 //! - `GET  /files?path=/abs/path`  → raw bytes (`application/octet-stream`, `Content-Length`)
 //! - `POST /clock`       [`SetClock`]     → 204
 //!
-//! Errors use [`crate::ErrorBody`] with these codes: `bad_request` (malformed body or query,
-//! relative path, bad cwd; 400), `exec_failed` (the command could not be started, e.g. it does
-//! not exist; 400), `unknown_user` (400), `not_found` (404), `is_a_directory` (400),
-//! `not_a_directory` (a parent of the path is a file; 400), `forbidden` (403),
-//! `payload_too_large` (413), `upload_incomplete` (the body broke off; 400), `no_space` (507),
-//! `method_not_allowed` (405), `internal` (500).
+//! Errors use [`crate::ErrorBody`] with an [`EnvdErrorCode`], each with its own HTTP status.
 
+use crate::wire_enum::wire_enum;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -25,6 +21,53 @@ pub const ENVD_PORT: u16 = 49983;
 
 /// Default cap on captured stdout and stderr (each) of a buffered exec.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
+
+wire_enum! {
+    /// The `code` of envd's error body. Each code has one HTTP status ([`Self::status`]).
+    pub enum EnvdErrorCode {
+        /// Malformed body or query, relative path, bad cwd.
+        BadRequest = "bad_request",
+        /// The command could not be started (e.g. it does not exist).
+        ExecFailed = "exec_failed",
+        /// The user named in the request is not in the guest's /etc/passwd.
+        UnknownUser = "unknown_user",
+        /// No such file, or no such route.
+        NotFound = "not_found",
+        IsADirectory = "is_a_directory",
+        /// A parent of the path is a file.
+        NotADirectory = "not_a_directory",
+        Forbidden = "forbidden",
+        PayloadTooLarge = "payload_too_large",
+        /// The upload's body broke off.
+        UploadIncomplete = "upload_incomplete",
+        NoSpace = "no_space",
+        MethodNotAllowed = "method_not_allowed",
+        Internal = "internal",
+        /// A code this build does not know (from an envd of another version); never sent.
+        #[serde(other)]
+        Unknown = "unknown",
+    }
+}
+
+impl EnvdErrorCode {
+    /// The HTTP status envd answers this code with.
+    pub const fn status(self) -> u16 {
+        match self {
+            Self::BadRequest
+            | Self::ExecFailed
+            | Self::UnknownUser
+            | Self::IsADirectory
+            | Self::NotADirectory
+            | Self::UploadIncomplete => 400,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::PayloadTooLarge => 413,
+            Self::Internal | Self::Unknown => 500,
+            Self::NoSpace => 507,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
@@ -98,4 +141,22 @@ pub struct ExecResponse {
 pub struct SetClock {
     /// Milliseconds since the Unix epoch.
     pub unix_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_keep_their_wire_names() {
+        for &code in EnvdErrorCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{code}\""));
+            assert_eq!(serde_json::from_str::<EnvdErrorCode>(&json).unwrap(), code);
+        }
+        assert_eq!(EnvdErrorCode::IsADirectory.as_str(), "is_a_directory");
+        let body: crate::ErrorBody<EnvdErrorCode> =
+            serde_json::from_str(r#"{"error":{"code":"brand_new","message":"m"}}"#).unwrap();
+        assert_eq!(body.error.code, EnvdErrorCode::Unknown);
+    }
 }

@@ -1,13 +1,16 @@
 //! Wire types shared by every Wrenn component: the public API (`api`), the host agent's
-//! internal API (`agent`), and the in-guest daemon's API (`envd`).
+//! internal API (`agent`), the in-guest daemon's API (`envd`), and the one wire form of a
+//! point in time (`time`).
 //!
-//! This crate holds plain serde types only. It must not depend on any runtime (tokio, axum,
-//! sqlx) so that the static guest binary and the CLI can use it cheaply.
+//! This crate holds plain serde types only (with chrono for time). It must not depend on any
+//! runtime (tokio, axum, sqlx) so that the static guest binary and the CLI can use it cheaply.
 
 pub mod agent;
 pub mod api;
 pub mod envd;
 pub mod error;
 pub mod stream;
+pub mod time;
+mod wire_enum;
 
 pub use error::{ErrorBody, ErrorDetail};

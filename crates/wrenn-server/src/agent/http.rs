@@ -1,18 +1,21 @@
 //! [`HttpAgent`]: the [`HostAgent`] client for a real host agent at a base URL, over HTTP/JSON
 //! (reqwest) and WebSocket (tokio-tungstenite), with `Authorization: Bearer <token>` on every
-//! request. File bodies are streamed both ways and never collected here.
+//! request. URLs are built from the routes of [`paths`]. File bodies are streamed both ways
+//! and never collected here.
 
-use super::{AgentError, ByteStream, ExecSession, HostAgent};
+use super::{AgentApiError, ByteStream, ExecSession, FileBody, HostAgent};
 use async_trait::async_trait;
-use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
-use wrenn_types::agent::{CreateSandbox, HostInfo, SandboxInfo, SnapshotRequest, TemplateInfo};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+use wrenn_agent_api::{paths, ws_session};
+use wrenn_types::agent::{
+    AgentErrorCode, CreateSandbox, FileQuery, HostInfo, SandboxInfo, SnapshotRequest,
+    TemplateInfo,
+};
 use wrenn_types::envd::{ExecRequest, ExecResponse};
-use wrenn_types::stream::{ClientMessage, ServerMessage};
 use wrenn_types::ErrorBody;
 
 /// Time allowed for quick control calls (host info, lists, destroy).
@@ -22,8 +25,6 @@ const QUICK_TIMEOUT: Duration = Duration::from_secs(15);
 const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Slack added to an exec's own timeout.
 const EXEC_SLACK: Duration = Duration::from_secs(30);
-/// Capacity of the message channels of a streamed exec.
-const STREAM_CHANNEL: usize = 64;
 
 /// A client for one host agent.
 #[derive(Clone)]
@@ -42,13 +43,13 @@ impl std::fmt::Debug for HttpAgent {
     }
 }
 
-fn transport(e: reqwest::Error) -> AgentError {
-    AgentError::Transport(e.to_string())
+fn transport(e: reqwest::Error) -> AgentApiError {
+    AgentApiError::Transport(e.to_string())
 }
 
 impl HttpAgent {
     /// A client for the agent at `base` (e.g. `http://127.0.0.1:7070`).
-    pub fn new(base: &str, token: &str) -> Result<Self, AgentError> {
+    pub fn new(base: &str, token: &str) -> Result<Self, AgentApiError> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))
@@ -67,8 +68,8 @@ impl HttpAgent {
             .bearer_auth(&self.token)
     }
 
-    /// Sends and turns any non-success answer into [`AgentError::Api`].
-    async fn send(&self, rb: RequestBuilder) -> Result<Response, AgentError> {
+    /// Sends and turns any non-success answer into [`AgentApiError::Api`].
+    async fn send(&self, rb: RequestBuilder) -> Result<Response, AgentApiError> {
         let resp = rb.send().await.map_err(transport)?;
         if resp.status().is_success() {
             return Ok(resp);
@@ -76,28 +77,30 @@ impl HttpAgent {
         Err(error_from_response(resp).await)
     }
 
-    async fn json<T: DeserializeOwned>(&self, rb: RequestBuilder) -> Result<T, AgentError> {
+    async fn json<T: DeserializeOwned>(&self, rb: RequestBuilder) -> Result<T, AgentApiError> {
         let resp = self.send(rb).await?;
         resp.json::<T>()
             .await
-            .map_err(|e| AgentError::Protocol(e.to_string()))
+            .map_err(|e| AgentApiError::Protocol(e.to_string()))
     }
 }
 
-async fn error_from_response(resp: Response) -> AgentError {
+fn file_query(path: &str) -> FileQuery {
+    FileQuery {
+        path: path.to_string(),
+    }
+}
+
+async fn error_from_response(resp: Response) -> AgentApiError {
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
     error_from_body(status, &text)
 }
 
-fn error_from_body(status: u16, text: &str) -> AgentError {
-    match serde_json::from_str::<ErrorBody>(text) {
-        Ok(b) => AgentError::Api {
-            status,
-            code: b.error.code,
-            message: b.error.message,
-        },
-        Err(_) => AgentError::Protocol(format!(
+fn error_from_body(status: u16, text: &str) -> AgentApiError {
+    match serde_json::from_str::<ErrorBody<AgentErrorCode>>(text) {
+        Ok(b) => AgentApiError::with_status(status, b.error.code, b.error.message),
+        Err(_) => AgentApiError::Protocol(format!(
             "status {status} without an error body: {}",
             text.chars().take(200).collect::<String>()
         )),
@@ -106,89 +109,101 @@ fn error_from_body(status: u16, text: &str) -> AgentError {
 
 #[async_trait]
 impl HostAgent for HttpAgent {
-    async fn host_info(&self) -> Result<HostInfo, AgentError> {
-        self.json(self.req(Method::GET, "/v1/host").timeout(QUICK_TIMEOUT))
+    async fn host_info(&self) -> Result<HostInfo, AgentApiError> {
+        self.json(self.req(Method::GET, paths::HOST).timeout(QUICK_TIMEOUT))
             .await
     }
 
-    async fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, AgentError> {
+    async fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, AgentApiError> {
         self.json(
-            self.req(Method::GET, "/v1/sandboxes")
+            self.req(Method::GET, paths::SANDBOXES)
                 .timeout(QUICK_TIMEOUT),
         )
         .await
     }
 
-    async fn create(&self, req: &CreateSandbox) -> Result<SandboxInfo, AgentError> {
+    async fn create(&self, req: &CreateSandbox) -> Result<SandboxInfo, AgentApiError> {
         self.json(
-            self.req(Method::POST, "/v1/sandboxes")
+            self.req(Method::POST, paths::SANDBOXES)
                 .json(req)
                 .timeout(LIFECYCLE_TIMEOUT),
         )
         .await
     }
 
-    async fn destroy(&self, id: &str) -> Result<(), AgentError> {
+    async fn get_sandbox(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
+        self.json(
+            self.req(Method::GET, &paths::fill(paths::SANDBOX, id))
+                .timeout(QUICK_TIMEOUT),
+        )
+        .await
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), AgentApiError> {
         self.send(
-            self.req(Method::DELETE, &format!("/v1/sandboxes/{id}"))
+            self.req(Method::DELETE, &paths::fill(paths::SANDBOX, id))
                 .timeout(LIFECYCLE_TIMEOUT),
         )
         .await?;
         Ok(())
     }
 
-    async fn pause(&self, id: &str) -> Result<SandboxInfo, AgentError> {
+    async fn pause(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
         self.json(
-            self.req(Method::POST, &format!("/v1/sandboxes/{id}/pause"))
+            self.req(Method::POST, &paths::fill(paths::PAUSE, id))
                 .timeout(LIFECYCLE_TIMEOUT),
         )
         .await
     }
 
-    async fn resume(&self, id: &str) -> Result<SandboxInfo, AgentError> {
+    async fn resume(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
         self.json(
-            self.req(Method::POST, &format!("/v1/sandboxes/{id}/resume"))
+            self.req(Method::POST, &paths::fill(paths::RESUME, id))
                 .timeout(LIFECYCLE_TIMEOUT),
         )
         .await
     }
 
-    async fn snapshot(&self, id: &str, req: &SnapshotRequest) -> Result<TemplateInfo, AgentError> {
+    async fn snapshot(
+        &self,
+        id: &str,
+        req: &SnapshotRequest,
+    ) -> Result<TemplateInfo, AgentApiError> {
         self.json(
-            self.req(Method::POST, &format!("/v1/sandboxes/{id}/snapshot"))
+            self.req(Method::POST, &paths::fill(paths::SNAPSHOT, id))
                 .json(req)
                 .timeout(LIFECYCLE_TIMEOUT),
         )
         .await
     }
 
-    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentError> {
+    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentApiError> {
         let limit = Duration::from_secs(req.timeout_sec.unwrap_or(0)) + EXEC_SLACK;
         self.json(
-            self.req(Method::POST, &format!("/v1/sandboxes/{id}/exec"))
+            self.req(Method::POST, &paths::fill(paths::EXEC, id))
                 .json(req)
                 .timeout(limit),
         )
         .await
     }
 
-    async fn exec_stream(&self, id: &str) -> Result<ExecSession, AgentError> {
+    async fn exec_stream(&self, id: &str) -> Result<ExecSession, AgentApiError> {
         let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
             format!("wss://{rest}")
         } else if let Some(rest) = self.base.strip_prefix("http://") {
             format!("ws://{rest}")
         } else {
-            return Err(AgentError::Protocol(format!(
+            return Err(AgentApiError::Protocol(format!(
                 "agent url {} is not http(s)",
                 self.base
             )));
         };
-        let mut request = format!("{ws_base}/v1/sandboxes/{id}/exec/stream")
+        let mut request = format!("{ws_base}{}", paths::fill(paths::EXEC_STREAM, id))
             .into_client_request()
-            .map_err(|e| AgentError::Protocol(e.to_string()))?;
+            .map_err(|e| AgentApiError::Protocol(e.to_string()))?;
         let auth = format!("Bearer {}", self.token)
             .parse()
-            .map_err(|_| AgentError::Protocol("agent token is not a valid header".into()))?;
+            .map_err(|_| AgentApiError::Protocol("agent token is not a valid header".into()))?;
         request.headers_mut().insert("authorization", auth);
         let (ws, _) = match tokio_tungstenite::connect_async(request).await {
             Ok(ok) => ok,
@@ -201,65 +216,20 @@ impl HostAgent for HttpAgent {
                     .unwrap_or_default();
                 return Err(error_from_body(status, &body));
             }
-            Err(e) => return Err(AgentError::Transport(e.to_string())),
+            Err(e) => return Err(AgentApiError::Transport(e.to_string())),
         };
-        let (to_agent, mut client_rx) = mpsc::channel::<ClientMessage>(STREAM_CHANNEL);
-        let (events_tx, from_agent) = mpsc::channel::<ServerMessage>(STREAM_CHANNEL);
-        tokio::spawn(async move {
-            let (mut sink, mut stream) = ws.split();
-            loop {
-                tokio::select! {
-                    msg = client_rx.recv() => match msg {
-                        Some(m) => {
-                            let text = match serde_json::to_string(&m) {
-                                Ok(t) => t,
-                                Err(_) => break,
-                            };
-                            if sink.send(Message::Text(text.into())).await.is_err() {
-                                let _ = events_tx
-                                    .send(ServerMessage::Error { data: "agent connection lost".into() })
-                                    .await;
-                                break;
-                            }
-                        }
-                        None => {
-                            let _ = sink.send(Message::Close(None)).await;
-                            break;
-                        }
-                    },
-                    frame = stream.next() => match frame {
-                        Some(Ok(Message::Text(t))) => {
-                            let event = serde_json::from_str::<ServerMessage>(t.as_str())
-                                .unwrap_or_else(|e| ServerMessage::Error {
-                                    data: format!("unreadable event from agent: {e}"),
-                                });
-                            if events_tx.send(event).await.is_err() {
-                                let _ = sink.send(Message::Close(None)).await;
-                                break;
-                            }
-                        }
-                        Some(Ok(Message::Close(_))) | None => break,
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            let _ = events_tx
-                                .send(ServerMessage::Error { data: format!("agent connection lost: {e}") })
-                                .await;
-                            break;
-                        }
-                    },
-                }
-            }
-        });
-        Ok(ExecSession {
-            to_agent,
-            from_agent,
-        })
+        Ok(ws_session(ws, "agent"))
     }
 
-    async fn write_file(&self, id: &str, path: &str, body: ByteStream) -> Result<(), AgentError> {
+    async fn write_file(
+        &self,
+        id: &str,
+        path: &str,
+        body: ByteStream,
+    ) -> Result<(), AgentApiError> {
         self.send(
-            self.req(Method::PUT, &format!("/v1/sandboxes/{id}/files"))
-                .query(&[("path", path)])
+            self.req(Method::PUT, &paths::fill(paths::FILES, id))
+                .query(&file_query(path))
                 .header("content-type", "application/octet-stream")
                 .body(reqwest::Body::wrap_stream(body)),
         )
@@ -267,27 +237,30 @@ impl HostAgent for HttpAgent {
         Ok(())
     }
 
-    async fn read_file(&self, id: &str, path: &str) -> Result<ByteStream, AgentError> {
+    async fn read_file_body(&self, id: &str, path: &str) -> Result<FileBody, AgentApiError> {
         let resp = self
             .send(
-                self.req(Method::GET, &format!("/v1/sandboxes/{id}/files"))
-                    .query(&[("path", path)]),
+                self.req(Method::GET, &paths::fill(paths::FILES, id))
+                    .query(&file_query(path)),
             )
             .await?;
-        Ok(Box::pin(resp.bytes_stream().map_err(std::io::Error::other)))
+        Ok(FileBody {
+            len: resp.content_length(),
+            stream: Box::pin(resp.bytes_stream().map_err(std::io::Error::other)),
+        })
     }
 
-    async fn list_templates(&self) -> Result<Vec<TemplateInfo>, AgentError> {
+    async fn list_templates(&self) -> Result<Vec<TemplateInfo>, AgentApiError> {
         self.json(
-            self.req(Method::GET, "/v1/templates")
+            self.req(Method::GET, paths::TEMPLATES)
                 .timeout(QUICK_TIMEOUT),
         )
         .await
     }
 
-    async fn delete_template(&self, name: &str) -> Result<(), AgentError> {
+    async fn delete_template(&self, name: &str) -> Result<(), AgentApiError> {
         self.send(
-            self.req(Method::DELETE, &format!("/v1/templates/{name}"))
+            self.req(Method::DELETE, &paths::fill(paths::TEMPLATE, name))
                 .timeout(LIFECYCLE_TIMEOUT),
         )
         .await?;

@@ -7,7 +7,7 @@
 //! `sh -c` of one simple command of those (quoted words, no operators). Anything else exits
 //! 127. It runs no VM.
 
-use super::{AgentError, ByteStream, ExecSession, HostAgent};
+use super::{AgentApiError, ByteStream, ExecSession, FileBody, HostAgent};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use wrenn_types::agent::{
-    codes, Accel, CreateSandbox, HostInfo, SandboxInfo, SandboxStatus, SnapshotRequest,
+    Accel, AgentErrorCode, CreateSandbox, HostInfo, SandboxInfo, SandboxStatus, SnapshotRequest,
     TemplateInfo,
 };
 use wrenn_types::envd::{Encoding, ExecRequest, ExecResponse};
 use wrenn_types::stream::{ClientMessage, ServerMessage};
+use wrenn_types::time::Timestamp;
 
 /// Memory the simulated host pretends to have.
 const SIM_TOTAL_MEMORY_MB: u64 = 16 * 1024;
@@ -113,7 +114,7 @@ impl SimAgent {
     fn copy_files(
         &self,
         files: &HashMap<String, PathBuf>,
-    ) -> Result<HashMap<String, PathBuf>, AgentError> {
+    ) -> Result<HashMap<String, PathBuf>, AgentApiError> {
         let mut out = HashMap::new();
         for (guest, real) in files {
             let dst = self.new_file();
@@ -124,7 +125,7 @@ impl SimAgent {
     }
 
     /// Checks the sandbox exists and is running; returns a copy of its file map.
-    fn running_files(&self, id: &str) -> Result<HashMap<String, PathBuf>, AgentError> {
+    fn running_files(&self, id: &str) -> Result<HashMap<String, PathBuf>, AgentApiError> {
         let st = self.lock();
         let sb = st.sandboxes.get(id).ok_or_else(|| not_found(id))?;
         if sb.info.status != SandboxStatus::Running {
@@ -135,21 +136,20 @@ impl SimAgent {
 }
 
 fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    Timestamp::now().to_string()
 }
 
-fn internal(e: impl std::fmt::Display) -> AgentError {
-    AgentError::api(500, codes::INTERNAL, e.to_string())
+fn internal(e: impl std::fmt::Display) -> AgentApiError {
+    AgentApiError::new(AgentErrorCode::Internal, e.to_string())
 }
 
-fn not_found(id: &str) -> AgentError {
-    AgentError::api(404, codes::NOT_FOUND, format!("sandbox {id} not found"))
+fn not_found(id: &str) -> AgentApiError {
+    AgentApiError::new(AgentErrorCode::NotFound, format!("sandbox {id} not found"))
 }
 
-fn conflict(id: &str, status: SandboxStatus) -> AgentError {
-    AgentError::api(
-        409,
-        codes::CONFLICT,
+fn conflict(id: &str, status: SandboxStatus) -> AgentApiError {
+    AgentApiError::new(
+        AgentErrorCode::Conflict,
         format!("sandbox {id} is {}", status.as_str()),
     )
 }
@@ -342,7 +342,7 @@ impl IntExpr<'_> {
 
 #[async_trait]
 impl HostAgent for SimAgent {
-    async fn host_info(&self) -> Result<HostInfo, AgentError> {
+    async fn host_info(&self) -> Result<HostInfo, AgentApiError> {
         let st = self.lock();
         let running: Vec<&SimSandbox> = st
             .sandboxes
@@ -367,7 +367,7 @@ impl HostAgent for SimAgent {
         })
     }
 
-    async fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, AgentError> {
+    async fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, AgentApiError> {
         Ok(self
             .lock()
             .sandboxes
@@ -376,23 +376,21 @@ impl HostAgent for SimAgent {
             .collect())
     }
 
-    async fn create(&self, req: &CreateSandbox) -> Result<SandboxInfo, AgentError> {
+    async fn create(&self, req: &CreateSandbox) -> Result<SandboxInfo, AgentApiError> {
         if self.fail_creates.load(Ordering::SeqCst) {
             return Err(internal("simulated VM boot failure"));
         }
         let template_files = {
             let st = self.lock();
             if st.sandboxes.contains_key(&req.id) {
-                return Err(AgentError::api(
-                    409,
-                    codes::CONFLICT,
+                return Err(AgentApiError::new(
+                    AgentErrorCode::Conflict,
                     format!("sandbox {} exists", req.id),
                 ));
             }
             let t = st.templates.get(&req.template).ok_or_else(|| {
-                AgentError::api(
-                    404,
-                    codes::TEMPLATE_NOT_FOUND,
+                AgentApiError::new(
+                    AgentErrorCode::TemplateNotFound,
                     format!("template {} not found", req.template),
                 )
             })?;
@@ -421,7 +419,13 @@ impl HostAgent for SimAgent {
         Ok(info)
     }
 
-    async fn destroy(&self, id: &str) -> Result<(), AgentError> {
+    async fn get_sandbox(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
+        let st = self.lock();
+        let sb = st.sandboxes.get(id).ok_or_else(|| not_found(id))?;
+        Ok(sb.info.clone())
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), AgentApiError> {
         let sb = self
             .lock()
             .sandboxes
@@ -433,7 +437,7 @@ impl HostAgent for SimAgent {
         Ok(())
     }
 
-    async fn pause(&self, id: &str) -> Result<SandboxInfo, AgentError> {
+    async fn pause(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
         let mut st = self.lock();
         let sb = st.sandboxes.get_mut(id).ok_or_else(|| not_found(id))?;
         if sb.info.status != SandboxStatus::Running {
@@ -444,7 +448,7 @@ impl HostAgent for SimAgent {
         Ok(sb.info.clone())
     }
 
-    async fn resume(&self, id: &str) -> Result<SandboxInfo, AgentError> {
+    async fn resume(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
         let mut st = self.lock();
         let sb = st.sandboxes.get_mut(id).ok_or_else(|| not_found(id))?;
         if sb.info.status != SandboxStatus::Paused {
@@ -456,12 +460,15 @@ impl HostAgent for SimAgent {
         Ok(sb.info.clone())
     }
 
-    async fn snapshot(&self, id: &str, req: &SnapshotRequest) -> Result<TemplateInfo, AgentError> {
+    async fn snapshot(
+        &self,
+        id: &str,
+        req: &SnapshotRequest,
+    ) -> Result<TemplateInfo, AgentApiError> {
         let files = self.running_files(id)?;
         if !req.overwrite && self.lock().templates.contains_key(&req.name) {
-            return Err(AgentError::api(
-                409,
-                codes::ALREADY_EXISTS,
+            return Err(AgentApiError::new(
+                AgentErrorCode::AlreadyExists,
                 format!("template {} exists", req.name),
             ));
         }
@@ -494,7 +501,7 @@ impl HostAgent for SimAgent {
         Ok(info)
     }
 
-    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentError> {
+    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentApiError> {
         let files = self.running_files(id)?;
         let started = Instant::now();
         if req.cmd == "sleep" {
@@ -526,7 +533,7 @@ impl HostAgent for SimAgent {
         })
     }
 
-    async fn exec_stream(&self, id: &str) -> Result<ExecSession, AgentError> {
+    async fn exec_stream(&self, id: &str) -> Result<ExecSession, AgentApiError> {
         let files = self.running_files(id)?;
         let (to_agent, mut rx) = mpsc::channel::<ClientMessage>(16);
         let (tx, from_agent) = mpsc::channel::<ServerMessage>(16);
@@ -581,11 +588,10 @@ impl HostAgent for SimAgent {
         id: &str,
         path: &str,
         mut body: ByteStream,
-    ) -> Result<(), AgentError> {
+    ) -> Result<(), AgentApiError> {
         if !path.starts_with('/') {
-            return Err(AgentError::api(
-                400,
-                codes::BAD_REQUEST,
+            return Err(AgentApiError::new(
+                AgentErrorCode::BadRequest,
                 "path must be absolute",
             ));
         }
@@ -593,7 +599,7 @@ impl HostAgent for SimAgent {
         let dst = self.new_file();
         let mut f = tokio::fs::File::create(&dst).await.map_err(internal)?;
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| AgentError::Transport(e.to_string()))?;
+            let chunk = chunk.map_err(|e| AgentApiError::Transport(e.to_string()))?;
             f.write_all(&chunk).await.map_err(internal)?;
         }
         f.flush().await.map_err(internal)?;
@@ -605,16 +611,20 @@ impl HostAgent for SimAgent {
         Ok(())
     }
 
-    async fn read_file(&self, id: &str, path: &str) -> Result<ByteStream, AgentError> {
+    async fn read_file_body(&self, id: &str, path: &str) -> Result<FileBody, AgentApiError> {
         let files = self.running_files(id)?;
         let real = files.get(path).ok_or_else(|| {
-            AgentError::api(404, codes::FILE_NOT_FOUND, format!("{path} not found"))
+            AgentApiError::new(AgentErrorCode::FileNotFound, format!("{path} not found"))
         })?;
         let f = tokio::fs::File::open(real).await.map_err(internal)?;
-        Ok(Box::pin(tokio_util::io::ReaderStream::new(f)))
+        let len = f.metadata().await.map_err(internal)?.len();
+        Ok(FileBody {
+            len: Some(len),
+            stream: Box::pin(tokio_util::io::ReaderStream::new(f)),
+        })
     }
 
-    async fn list_templates(&self) -> Result<Vec<TemplateInfo>, AgentError> {
+    async fn list_templates(&self) -> Result<Vec<TemplateInfo>, AgentApiError> {
         let mut v: Vec<TemplateInfo> = self
             .lock()
             .templates
@@ -625,11 +635,10 @@ impl HostAgent for SimAgent {
         Ok(v)
     }
 
-    async fn delete_template(&self, name: &str) -> Result<(), AgentError> {
+    async fn delete_template(&self, name: &str) -> Result<(), AgentApiError> {
         let t = self.lock().templates.remove(name).ok_or_else(|| {
-            AgentError::api(
-                404,
-                codes::TEMPLATE_NOT_FOUND,
+            AgentApiError::new(
+                AgentErrorCode::TemplateNotFound,
                 format!("template {name} not found"),
             )
         })?;

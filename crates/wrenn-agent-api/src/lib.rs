@@ -1,0 +1,96 @@
+//! The host agent's internal API, declared once. The control plane calls it; one agent runs
+//! per host.
+//!
+//! - [`HostAgent`]: the operations, one method per route, with the typed bodies of
+//!   `wrenn_types::agent`. The real agent (`wrenn-agent`, over its sandbox manager), the
+//!   simulated agent of the control plane's tests and the control plane's HTTP client all
+//!   implement it.
+//! - [`paths`]: the routes, used by the router and by the client.
+//! - [`router`]: serves any `HostAgent` over HTTP: one constant-time bearer check, request
+//!   parsing, one trait call per route, and one mapping of [`AgentApiError`] to a status and
+//!   an error body.
+//! - [`ws_session`]: an [`ExecSession`] over a client WebSocket (the control plane to an
+//!   agent, an agent to envd).
+//!
+//! File bodies are streams both ways ([`ByteStream`], [`FileBody`]) and a streamed exec is a
+//! pair of channels ([`ExecSession`]), so no hop holds a whole file or a whole output. This
+//! crate does no VM, disk or network work of its own and must not depend on the agent or the
+//! control plane.
+
+mod error;
+pub mod paths;
+mod router;
+mod session;
+
+pub use error::AgentApiError;
+pub use router::router;
+pub use session::ws_session;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use std::pin::Pin;
+use tokio::sync::mpsc;
+use wrenn_types::agent::{CreateSandbox, HostInfo, SandboxInfo, SnapshotRequest, TemplateInfo};
+use wrenn_types::envd::{ExecRequest, ExecResponse};
+use wrenn_types::stream::{ClientMessage, ServerMessage};
+
+/// File bytes as they arrive, never collected whole.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// A file read out of a sandbox: its bytes as they arrive and, when the source knows it, its
+/// length (sent as `Content-Length`).
+pub struct FileBody {
+    pub len: Option<u64>,
+    pub stream: ByteStream,
+}
+
+/// One streamed exec: messages to the process (`start`, `stop`) and events from it.
+/// Dropping `to_agent` ends the session (the process is killed).
+pub struct ExecSession {
+    pub to_agent: mpsc::Sender<ClientMessage>,
+    pub from_agent: mpsc::Receiver<ServerMessage>,
+}
+
+/// The operations of one host agent; the route of each is in [`paths`].
+#[async_trait]
+pub trait HostAgent: Send + Sync + 'static {
+    /// `GET` [`paths::HOST`]: capacity, accelerator and the templates it can create from.
+    async fn host_info(&self) -> Result<HostInfo, AgentApiError>;
+    /// `GET` [`paths::SANDBOXES`].
+    async fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, AgentApiError>;
+    /// `POST` [`paths::SANDBOXES`] → 201.
+    async fn create(&self, req: &CreateSandbox) -> Result<SandboxInfo, AgentApiError>;
+    /// `GET` [`paths::SANDBOX`].
+    async fn get_sandbox(&self, id: &str) -> Result<SandboxInfo, AgentApiError>;
+    /// `DELETE` [`paths::SANDBOX`] → 204.
+    async fn destroy(&self, id: &str) -> Result<(), AgentApiError>;
+    /// `POST` [`paths::PAUSE`].
+    async fn pause(&self, id: &str) -> Result<SandboxInfo, AgentApiError>;
+    /// `POST` [`paths::RESUME`].
+    async fn resume(&self, id: &str) -> Result<SandboxInfo, AgentApiError>;
+    /// `POST` [`paths::SNAPSHOT`] → 201; the sandbox is gone afterwards.
+    async fn snapshot(
+        &self,
+        id: &str,
+        req: &SnapshotRequest,
+    ) -> Result<TemplateInfo, AgentApiError>;
+    /// `POST` [`paths::EXEC`]: one command run to completion.
+    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentApiError>;
+    /// `GET` [`paths::EXEC_STREAM`] (WebSocket, messages of `wrenn_types::stream`).
+    async fn exec_stream(&self, id: &str) -> Result<ExecSession, AgentApiError>;
+    /// `PUT` [`paths::FILES`]`?path=`, the body streamed in → 204.
+    async fn write_file(&self, id: &str, path: &str, body: ByteStream)
+        -> Result<(), AgentApiError>;
+    /// `GET` [`paths::FILES`]`?path=`, the answer streamed out.
+    async fn read_file_body(&self, id: &str, path: &str) -> Result<FileBody, AgentApiError>;
+    /// `GET` [`paths::TEMPLATES`].
+    async fn list_templates(&self) -> Result<Vec<TemplateInfo>, AgentApiError>;
+    /// `DELETE` [`paths::TEMPLATE`] → 204.
+    async fn delete_template(&self, name: &str) -> Result<(), AgentApiError>;
+
+    /// [`Self::read_file_body`] without the length.
+    async fn read_file(&self, id: &str, path: &str) -> Result<ByteStream, AgentApiError> {
+        Ok(self.read_file_body(id, path).await?.stream)
+    }
+}
