@@ -28,6 +28,7 @@ fn main() -> anyhow::Result<()> {
         first_slot: 16000,
         max_slots: RUNS as u32 * 2,
         pool_size: 0,
+        ..NetConfig::default()
     };
 
     // On-demand creation and removal (empty pool: release removes the slot).

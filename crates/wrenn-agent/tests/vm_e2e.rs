@@ -70,6 +70,7 @@ async fn start_agent(data_dir: PathBuf, prefix: &str, first_slot: u32) -> TestAg
         first_slot,
         max_slots: 40,
         pool_size: 2,
+        ..NetConfig::default()
     };
     let agent = host::start(cfg, Box::new(NoProgress))
         .await

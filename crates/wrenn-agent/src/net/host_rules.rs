@@ -1,11 +1,17 @@
-//! Host-wide rules of one prefix: forwarding, masquerade for sandbox traffic leaving the host,
-//! and the isolation chains that keep sandboxes away from the host's own services and from each
-//! other. Everything lives in chains named `WRENN-<prefix>-…` plus one jump per built-in chain,
-//! so several prefixes (agents) coexist and each removes only its own. Per-slot resources are
-//! [`super::slot`]'s.
+//! The host-side rules of one prefix: forwarding, masquerade for sandbox traffic leaving the
+//! host, and the isolation chains that keep sandboxes away from the host's own services and from
+//! each other whatever their egress policy says. Everything lives in chains named
+//! `WRENN-<prefix>-…` plus one jump per built-in chain, so several prefixes (agents) coexist and
+//! each removes only its own. Every rule carries the fingerprint of the set
+//! ([`super::ruleset`]), so [`restore`] can tell whether someone flushed or changed them.
+//! Per-slot resources and the rules inside a slot's namespace are [`super::slot`]'s and
+//! [`super::egress`]'s.
+
+use std::net::Ipv4Addr;
 
 use crate::cmd::{self, CmdError};
 
+use super::ruleset::RuleSet;
 use super::slot::run_script;
 use super::NetError;
 
@@ -33,13 +39,28 @@ fn host_err<'a>(prefix: &'a str, step: &'static str) -> impl Fn(CmdError) -> Net
     }
 }
 
-/// The rules script for `iptables-restore --noflush`.
-pub(crate) fn rules(prefix: &str) -> String {
+/// The rules of `prefix` for `iptables-restore --noflush`, tagged with their fingerprint.
+///
+/// From a sandbox, the host itself answers only what the host opened, and DNS when a resolver
+/// is one of the host's addresses; forwarded traffic may go neither to another veth of the
+/// prefix, nor to any slot address, nor anywhere the host's own NAT redirects it (a port the
+/// host publishes for a container is the host's service, too). The rest is the slot's egress
+/// policy's to decide ([`super::egress`]). Towards a sandbox only replies pass. Sandbox traffic
+/// leaving through any other interface is masqueraded.
+pub(crate) fn rules(prefix: &str, resolvers: &[Ipv4Addr]) -> RuleSet {
     let input = chain(prefix, "IN");
     let fwd = chain(prefix, "FWD");
     let post = chain(prefix, "POST");
     let v = veth_wildcard(prefix);
-    format!(
+    let mut dns = String::new();
+    for r in resolvers {
+        for proto in ["udp", "tcp"] {
+            dns.push_str(&format!(
+                "-A {input} -d {r}/32 -p {proto} -m {proto} --dport 53 -j ACCEPT\n"
+            ));
+        }
+    }
+    let script = format!(
         "*filter\n\
          :{input} - [0:0]\n\
          :{fwd} - [0:0]\n\
@@ -47,10 +68,12 @@ pub(crate) fn rules(prefix: &str) -> String {
          -I FORWARD 1 -i {v} -j {fwd}\n\
          -I FORWARD 1 -o {v} -j {fwd}\n\
          -A {input} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
+         {dns}\
          -A {input} -j REJECT --reject-with icmp-port-unreachable\n\
          -A {fwd} -i {v} -o {v} -j DROP\n\
          -A {fwd} -i {v} -d {HOST_IP_RANGE} -j DROP\n\
          -A {fwd} -i {v} -d {VETH_RANGE} -j DROP\n\
+         -A {fwd} -i {v} -m conntrack --ctstate DNAT -j DROP\n\
          -A {fwd} -i {v} -j ACCEPT\n\
          -A {fwd} -o {v} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
          -A {fwd} -o {v} -j DROP\n\
@@ -61,20 +84,37 @@ pub(crate) fn rules(prefix: &str) -> String {
          -A {post} -o {v} -j RETURN\n\
          -A {post} -j MASQUERADE\n\
          COMMIT\n"
-    )
+    );
+    RuleSet::new(&format!("WRENN-{prefix}-"), &script)
 }
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
 /// Installs the prefix's host rules (replacing any left by an earlier run) and turns on IPv4
 /// forwarding.
-pub(crate) fn install(prefix: &str) -> Result<(), NetError> {
+pub(crate) fn install(prefix: &str, rules: &RuleSet) -> Result<(), NetError> {
     remove(prefix)?;
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| NetError::Io {
+    std::fs::write(IP_FORWARD, "1").map_err(|source| NetError::Io {
         what: "enabling IPv4 forwarding on the host".into(),
         source,
     })?;
-    run_script("iptables-restore", &["--noflush"], &rules(prefix), None)
+    run_script("iptables-restore", &["--noflush"], rules.script(), None)
         .map_err(host_err(prefix, "installing the host rules"))?;
     Ok(())
+}
+
+/// Checks that the prefix's host rules are all present and unchanged and that IPv4 forwarding
+/// is on; re-installs them if not. Returns whether anything had to be restored. Where the jumps
+/// sit among other programs' rules is not checked.
+pub(crate) fn restore(prefix: &str, rules: &RuleSet) -> Result<bool, NetError> {
+    let out = cmd::run("iptables-save", std::iter::empty::<&str>())
+        .map_err(host_err(prefix, "reading the current rules"))?;
+    let forwarding = std::fs::read_to_string(IP_FORWARD).is_ok_and(|v| v.trim() == "1");
+    if forwarding && rules.is_intact(&String::from_utf8_lossy(&out), false) {
+        return Ok(false);
+    }
+    install(prefix, rules)?;
+    Ok(true)
 }
 
 /// Lines of `iptables-save -t <table>`.
@@ -150,5 +190,54 @@ mod unit {
         assert!(is_ours("wt1", "-A FORWARD -o wt1v+ -j ACCEPT"));
         assert!(!is_ours("wt1", "-A INPUT -i wt12v+ -j WRENN-wt12-IN"));
         assert!(!is_ours("wt1", "-A INPUT -i eth0 -j ACCEPT"));
+    }
+
+    #[test]
+    fn host_rules_admit_resolvers_then_refuse_and_isolate_in_order() {
+        let set = rules("wt1", &[Ipv4Addr::new(10, 0, 0, 53)]);
+        let tag = set.tag().to_string();
+        assert!(tag.starts_with("WRENN-wt1-"));
+        let lines: Vec<String> = set
+            .script()
+            .lines()
+            .filter(|l| l.starts_with('-'))
+            .map(|l| l.replace(&format!(" -m comment --comment {tag}"), ""))
+            .collect();
+        assert_eq!(lines.len(), set.rules());
+        assert!(lines.iter().all(|l| is_ours("wt1", l)));
+        let of = |chain: &str| -> Vec<String> {
+            lines
+                .iter()
+                .filter_map(|l| l.strip_prefix(&format!("-A {chain} ")))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            of("WRENN-wt1-IN"),
+            [
+                "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+                "-d 10.0.0.53/32 -p udp -m udp --dport 53 -j ACCEPT",
+                "-d 10.0.0.53/32 -p tcp -m tcp --dport 53 -j ACCEPT",
+                "-j REJECT --reject-with icmp-port-unreachable",
+            ]
+        );
+        assert_eq!(
+            of("WRENN-wt1-FWD"),
+            [
+                "-i wt1v+ -o wt1v+ -j DROP",
+                "-i wt1v+ -d 10.11.0.0/16 -j DROP",
+                "-i wt1v+ -d 10.12.0.0/16 -j DROP",
+                "-i wt1v+ -m conntrack --ctstate DNAT -j DROP",
+                "-i wt1v+ -j ACCEPT",
+                "-o wt1v+ -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+                "-o wt1v+ -j DROP",
+            ]
+        );
+        assert_eq!(
+            of("WRENN-wt1-POST"),
+            ["-o wt1v+ -j RETURN", "-j MASQUERADE"]
+        );
+        // Other resolvers, another fingerprint.
+        assert_ne!(rules("wt1", &[]).tag(), tag);
     }
 }

@@ -1,8 +1,9 @@
 //! Network slots: one network namespace per sandbox with a TAP device for the guest NIC, a veth
 //! pair to the host, and NAT so that the host reaches each guest at its own `host_ip` while every
 //! guest keeps the same address ([`crate::guest::GUEST_IP`]). Owns the namespaces, veths, routes
-//! and iptables rules whose names carry its configured prefix, and nothing else: it never touches
-//! another prefix's resources, the VMM, or anything running inside a namespace.
+//! and iptables rules whose names carry its configured prefix, the rules inside its namespaces,
+//! and nothing else: it never touches another prefix's resources, the VMM, or anything running
+//! inside a namespace.
 //!
 //! Address plan for slot `I`: veth /30 `10.12.0.0/16` + `4I` (host side `+1`, namespace side
 //! `+2`), `host_ip` = `10.11.(I/256).(I%256)`. Inside the namespace `tap0` carries the guest's
@@ -10,31 +11,49 @@
 //! `host_ip`. The host routes `host_ip/32` through the veth and masquerades sandbox traffic that
 //! leaves through any other interface.
 //!
-//! Isolation (host chains `WRENN-<prefix>-IN`, `-FWD`, `-POST`): anything a sandbox sends to an
-//! address of the host itself is rejected unless it answers a connection the host opened; a
-//! sandbox cannot reach another sandbox (`10.11.0.0/16`, `10.12.0.0/16`, or any veth of the
-//! prefix); traffic from outside towards a sandbox passes only as replies.
+//! Two layers of rules (docs/ARCHITECTURE.md, "Network policy"):
+//! - in each slot's namespace ([`egress`], [`slot`]): only the guest's address may come from the
+//!   TAP; the guest reaches neither the namespace nor a private, link-local, loopback, multicast
+//!   or reserved range, and DNS only at the configured resolvers; IPv6 is off;
+//! - on the host ([`host_rules`], chains `WRENN-<prefix>-IN`, `-FWD`, `-POST`): anything a
+//!   sandbox sends to an address of the host itself is rejected unless it answers a connection
+//!   the host opened (or is DNS to a resolver that is the host); a sandbox cannot reach another
+//!   sandbox (`10.11.0.0/16`, `10.12.0.0/16`, or any veth of the prefix); traffic from outside
+//!   towards a sandbox passes only as replies.
+//!
+//! Every rule carries the fingerprint of its set ([`ruleset`]). A thread of the pool checks the
+//! host rules every [`NetConfig::rules_check_interval`], and the namespaces of up to
+//! [`SLOTS_CHECKED_PER_ROUND`] slots in turn, and puts back whatever was flushed or changed.
 //!
 //! A [`SlotPool`] keeps `pool_size` slots ready (refilled by a background thread), hands them
 //! out, resets or removes them on release, recovers the slots of still-running VMs after a
 //! restart and removes everything of its prefix on [`SlotPool::shutdown`].
 
-mod host;
+pub mod egress;
+mod host_rules;
 mod netns;
+mod ruleset;
 mod slot;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeSet, VecDeque};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use egress::EgressPolicy;
 pub use slot::{Slot, MAX_INDEX, TAP_NAME};
 
 use crate::cmd::{self, CmdError};
+use ruleset::RuleSet;
 use slot::Names;
+
+/// How many slots' namespace rules the watcher checks per round, in turn, so a round costs
+/// the same with many sandboxes.
+pub const SLOTS_CHECKED_PER_ROUND: usize = 8;
 
 /// Longest allowed prefix: `<prefix>v<index>` must fit the 15 characters of an interface name.
 pub const MAX_PREFIX_LEN: usize = 6;
@@ -118,6 +137,14 @@ pub struct NetConfig {
     pub max_slots: u32,
     /// How many ready slots to keep created in advance.
     pub pool_size: usize,
+    /// The only addresses guests may send DNS to (UDP and TCP port 53); DNS to any other
+    /// address is refused, and a resolver in a denied range is reachable on port 53 only.
+    /// `None`: the host's name servers, as the guest images get them
+    /// ([`egress::host_resolvers`]).
+    pub dns_resolvers: Option<Vec<Ipv4Addr>>,
+    /// How often the host rules (and, in turn, [`SLOTS_CHECKED_PER_ROUND`] slots' namespace
+    /// rules) are checked and put back if something flushed or changed them.
+    pub rules_check_interval: Duration,
 }
 
 impl Default for NetConfig {
@@ -128,6 +155,8 @@ impl Default for NetConfig {
             first_slot: 1,
             max_slots: 1024,
             pool_size: 4,
+            dns_resolvers: None,
+            rules_check_interval: Duration::from_secs(5),
         }
     }
 }
@@ -151,6 +180,14 @@ impl NetConfig {
                 "pool_size {} is larger than max_slots {}",
                 self.pool_size, self.max_slots
             )));
+        }
+        for &ip in self.dns_resolvers.iter().flatten() {
+            EgressPolicy::check_resolver(ip).map_err(NetError::Config)?;
+        }
+        if self.rules_check_interval.is_zero() {
+            return Err(NetError::Config(
+                "rules_check_interval must be longer than zero".into(),
+            ));
         }
         Ok(())
     }
@@ -199,10 +236,22 @@ impl State {
     fn free_index(&self, cfg: &NetConfig) -> Option<u32> {
         (cfg.first_slot..cfg.first_slot + cfg.max_slots).find(|i| !self.reserved.contains(i))
     }
+
+    /// Up to `n` indices of fully built slots (ready, in use or kept), from `first` upwards.
+    fn built_from(&self, first: u32, n: usize) -> Vec<u32> {
+        let ready: BTreeSet<u32> = self.ready.iter().map(|s| s.index).collect();
+        let mut built: BTreeSet<u32> = self.in_use.union(&self.kept).copied().collect();
+        built.extend(ready);
+        built.range(first..).take(n).copied().collect()
+    }
 }
 
 struct Inner {
     cfg: NetConfig,
+    /// The egress policy every slot's namespace enforces.
+    policy: EgressPolicy,
+    /// The prefix's host rules.
+    host_rules: RuleSet,
     /// Whether the `conntrack` tool is installed: released slots are then reset and reused.
     conntrack: bool,
     state: Mutex<State>,
@@ -234,7 +283,7 @@ impl Inner {
             st.reserved.insert(index);
             index
         };
-        let created = slot::create(&self.cfg.prefix, index);
+        let created = slot::create(&self.cfg.prefix, index, &self.policy);
         let mut st = self.lock();
         match created {
             Ok(slot) if !st.closed => {
@@ -316,7 +365,7 @@ impl Inner {
                     st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            let created = slot::create(&self.cfg.prefix, index);
+            let created = slot::create(&self.cfg.prefix, index, &self.policy);
             let mut st = self.lock();
             st.creating -= 1;
             match created {
@@ -332,16 +381,65 @@ impl Inner {
             }
         }
     }
+
+    /// The rules watcher: every `rules_check_interval` until told to stop, checks the host
+    /// rules and the next [`SLOTS_CHECKED_PER_ROUND`] built slots (in index order, wrapping
+    /// around), and puts back whatever differs from what was installed.
+    fn watch_rules(&self) {
+        let mut next = self.cfg.first_slot;
+        loop {
+            {
+                let st = self.lock();
+                let (st, _) = self
+                    .wake
+                    .wait_timeout_while(st, self.cfg.rules_check_interval, |st| !st.stopping)
+                    .unwrap_or_else(|e| e.into_inner());
+                if st.stopping {
+                    return;
+                }
+            }
+            let prefix = &self.cfg.prefix;
+            match host_rules::restore(prefix, &self.host_rules) {
+                Ok(true) => tracing::warn!(
+                    prefix = %prefix,
+                    "the host network rules had been removed or changed; restored them"
+                ),
+                Ok(false) => {}
+                Err(err) => tracing::warn!(%err, "checking the host network rules failed"),
+            }
+            let batch = self.lock().built_from(next, SLOTS_CHECKED_PER_ROUND);
+            for index in batch {
+                next = index + 1;
+                match slot::restore_rules(prefix, index, &self.policy) {
+                    Ok(true) => tracing::warn!(
+                        prefix = %prefix,
+                        index,
+                        "a network slot's rules had been removed or changed; restored them"
+                    ),
+                    Ok(false) => {}
+                    // A slot removed while it was being checked is no failure.
+                    Err(err) if !self.lock().built_from(index, 1).contains(&index) => {
+                        tracing::debug!(%err, "checked a network slot while it was removed");
+                    }
+                    Err(err) => tracing::warn!(%err, "checking a network slot's rules failed"),
+                }
+            }
+            if self.lock().built_from(next, 1).is_empty() {
+                next = self.cfg.first_slot;
+            }
+        }
+    }
 }
 
 /// A pool of network slots of one prefix. Create it with [`SlotPool::new`] or
 /// [`SlotPool::start`]; end it with [`SlotPool::shutdown`]. Dropping it without shutdown only
 /// stops the background thread and leaves every slot in place (as a crash would); the next
 /// [`SlotPool::start`] with the same prefix cleans them up. Dropping waits for a slot the
-/// background thread may be creating (about 10 ms).
+/// background thread may be creating (about 10 ms) and for a rules check under way.
 pub struct SlotPool {
     inner: Arc<Inner>,
-    worker: Mutex<Option<JoinHandle<()>>>,
+    /// The refill thread and the rules watcher.
+    workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for SlotPool {
@@ -360,7 +458,8 @@ impl SlotPool {
 
     /// Starts a pool after a restart: removes every slot of the prefix that is not in `in_use`
     /// (the slots of VMs that are still running, to be claimed with [`SlotPool::adopt`]),
-    /// (re)installs the host rules and starts filling the pool. Blocks while cleaning up.
+    /// (re)installs the host rules and the kept slots' rules, and starts filling the pool and
+    /// watching the rules. Blocks while cleaning up.
     pub fn start(cfg: NetConfig, in_use: &[u32]) -> Result<Arc<SlotPool>, NetError> {
         cfg.validate()?;
         let mut kept = BTreeSet::new();
@@ -386,7 +485,21 @@ impl SlotPool {
         for index in stale {
             slot::destroy(&cfg.prefix, index, conntrack)?;
         }
-        host::install(&cfg.prefix)?;
+        let policy = EgressPolicy::new(cfg.dns_resolvers.as_deref());
+        if policy.resolvers.is_empty() {
+            tracing::warn!(
+                "no IPv4 DNS resolver configured or found on the host: guests get no DNS"
+            );
+        }
+        let host_rules = host_rules::rules(&cfg.prefix, &policy.resolvers);
+        host_rules::install(&cfg.prefix, &host_rules)?;
+        // The kept slots' namespaces get the rules of this configuration (they may come from
+        // an older agent, or another resolver list).
+        for &index in &kept {
+            if slot::restore_rules(&cfg.prefix, index, &policy)? {
+                tracing::info!(index, "updated the rules of a kept network slot");
+            }
+        }
         let state = State {
             reserved: kept.clone(),
             kept,
@@ -394,22 +507,39 @@ impl SlotPool {
         };
         let inner = Arc::new(Inner {
             cfg,
+            policy,
+            host_rules,
             conntrack,
             state: Mutex::new(state),
             wake: Condvar::new(),
         });
-        let worker_inner = Arc::clone(&inner);
-        let worker = std::thread::Builder::new()
-            .name(format!("netslots-{}", inner.cfg.prefix))
-            .spawn(move || worker_inner.refill())
-            .map_err(|source| NetError::Io {
-                what: "starting the slot pool thread".into(),
-                source,
-            })?;
-        Ok(Arc::new(SlotPool {
-            inner,
-            worker: Mutex::new(Some(worker)),
-        }))
+        let pool = Arc::new(SlotPool {
+            inner: Arc::clone(&inner),
+            workers: Mutex::new(Vec::new()),
+        });
+        for (name, body) in [
+            ("netslots", Inner::refill as fn(&Inner)),
+            ("netrules", Inner::watch_rules),
+        ] {
+            let worker_inner = Arc::clone(&inner);
+            let handle = std::thread::Builder::new()
+                .name(format!("{name}-{}", inner.cfg.prefix))
+                .spawn(move || body(&worker_inner))
+                .map_err(|source| NetError::Io {
+                    what: format!("starting the {name} thread"),
+                    source,
+                })?;
+            pool.workers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(handle);
+        }
+        Ok(pool)
+    }
+
+    /// The egress policy the pool's slots enforce (the resolvers guests may use).
+    pub fn egress_policy(&self) -> &EgressPolicy {
+        &self.inner.policy
     }
 
     /// The pool's configuration.
@@ -497,9 +627,9 @@ impl SlotPool {
             .collect())
     }
 
-    /// Stops refilling and removes the ready (idle) slots, keeping the slots in use and the
-    /// host rules, so VMs left running for the next agent keep their network. For a clean
-    /// agent shutdown that leaves nothing idle behind.
+    /// Stops refilling and watching the rules and removes the ready (idle) slots, keeping the
+    /// slots in use and the host rules, so VMs left running for the next agent keep their
+    /// network. For a clean agent shutdown that leaves nothing idle behind.
     pub fn close_idle(&self) -> Result<(), NetError> {
         self.stop_worker();
         let idle: Vec<u32> = {
@@ -544,7 +674,7 @@ impl SlotPool {
                 first_err.get_or_insert(err);
             }
         }
-        if let Err(err) = host::remove(prefix) {
+        if let Err(err) = host_rules::remove(prefix) {
             first_err.get_or_insert(err);
         }
         match first_err {
@@ -553,11 +683,12 @@ impl SlotPool {
         }
     }
 
+    /// Stops the refill thread and the rules watcher.
     fn stop_worker(&self) {
         self.inner.lock().stopping = true;
         self.inner.wake.notify_all();
-        let handle = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle {
+        let handles = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in handles {
             let _ = handle.join();
         }
     }
@@ -634,8 +765,8 @@ fn list(prefix: &str) -> Result<Vec<Found>, NetError> {
         }
     }
     for table in ["filter", "nat"] {
-        for line in host::saved(prefix, table)? {
-            if !line.starts_with('#') && host::is_ours(prefix, &line) {
+        for line in host_rules::saved(prefix, table)? {
+            if !line.starts_with('#') && host_rules::is_ours(prefix, &line) {
                 found.push(Found {
                     index: None,
                     what: format!("iptables {table}: {line}"),

@@ -46,9 +46,3 @@ where
         }
     })
 }
-
-/// Writes a sysctl file (e.g. `net/ipv4/ip_forward`) inside the namespace at `path`.
-pub(crate) fn write_sysctl(path: &Path, key: &str, value: &str) -> io::Result<()> {
-    let file = format!("/proc/sys/{key}");
-    run_in(path, || std::fs::write(&file, value))?
-}

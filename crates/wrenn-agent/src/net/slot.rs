@@ -1,6 +1,8 @@
-//! One network slot: its names and addresses (derived from the prefix and index alone), and the
-//! commands that create, reset and tear it down. Knows nothing of pools or of host-wide rules
-//! (see [`super::host`]); never touches another index's resources.
+//! One network slot: its names and addresses (derived from the prefix and index alone), the
+//! rules of its namespace (its NAT plus the egress policy of [`super::egress`], installed as one
+//! fingerprinted set that [`restore_rules`] checks and puts back), and the commands that create,
+//! reset and tear it down. Knows nothing of pools or of host-wide rules (see
+//! [`super::host_rules`]); never touches another index's resources.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -10,6 +12,8 @@ use std::process::Command;
 use crate::cmd::{self, CmdError};
 use crate::guest;
 
+use super::egress::{self, EgressPolicy};
+use super::ruleset::RuleSet;
 use super::{netns, NetError};
 
 /// Where `ip netns` keeps its named namespaces.
@@ -136,11 +140,12 @@ pub(crate) fn run_script(
     cmd::output(command, label).map(|o| o.stdout)
 }
 
-/// Creates slot `index` of `prefix`: namespace, veth pair, TAP, addresses, routes, forwarding
-/// and the namespace's NAT rules. On failure everything already created is removed again.
-pub(crate) fn create(prefix: &str, index: u32) -> Result<Slot, NetError> {
+/// Creates slot `index` of `prefix`: namespace, veth pair, TAP, addresses, routes, the
+/// namespace's rules (NAT and `policy`), forwarding on and IPv6 off. On failure everything
+/// already created is removed again.
+pub(crate) fn create(prefix: &str, index: u32, policy: &EgressPolicy) -> Result<Slot, NetError> {
     let n = Names::new(prefix, index);
-    match build(prefix, &n) {
+    match build(prefix, &n, policy) {
         Ok(()) => Ok(n.slot()),
         Err(err) => {
             if let Err(cleanup) = destroy(prefix, index, false) {
@@ -151,7 +156,7 @@ pub(crate) fn create(prefix: &str, index: u32) -> Result<Slot, NetError> {
     }
 }
 
-fn build(prefix: &str, n: &Names) -> Result<(), NetError> {
+fn build(prefix: &str, n: &Names, policy: &EgressPolicy) -> Result<(), NetError> {
     let step_err = |step: &'static str| {
         move |source| NetError::Slot {
             prefix: prefix.to_string(),
@@ -193,27 +198,134 @@ fn build(prefix: &str, n: &Names) -> Result<(), NetError> {
         pv = n.peer_veth,
         hip = n.host_veth_ip,
     );
-    run_script("ip", &["-n", &n.netns, "-batch"], &inside, None)
-        .map_err(step_err("namespace devices (tap, veth, default route)"))?;
-
+    // IPv6 off before any device of the namespace comes up (the TAP, created next, inherits
+    // `default`), so none gets an IPv6 address even for a moment.
     let path = n.netns_path();
-    netns::write_sysctl(&path, "net/ipv4/ip_forward", "1").map_err(|source| NetError::Io {
-        what: format!("enabling forwarding in namespace {}", n.netns),
+    netns::run_in(&path, || {
+        disable_ipv6()?;
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+    })
+    .and_then(|r| r)
+    .map_err(|source| NetError::Io {
+        what: format!(
+            "disabling IPv6 and enabling forwarding in namespace {}",
+            n.netns
+        ),
         source,
     })?;
+    run_script("ip", &["-n", &n.netns, "-batch"], &inside, None)
+        .map_err(step_err("namespace devices (tap, veth, default route)"))?;
+    install_rules(&path, &rules(n, policy)).map_err(step_err("namespace rules"))?;
+    Ok(())
+}
 
-    let nat = format!(
+/// The slot's `nat` table: the host reaches the guest at `host_ip`, the guest leaves as
+/// `host_ip`.
+fn nat_table(n: &Names) -> String {
+    format!(
         "*nat\n\
+         :PREROUTING ACCEPT [0:0]\n\
+         :INPUT ACCEPT [0:0]\n\
+         :OUTPUT ACCEPT [0:0]\n\
+         :POSTROUTING ACCEPT [0:0]\n\
          -A PREROUTING -i {pv} -d {host_ip}/32 -j DNAT --to-destination {guest}\n\
          -A POSTROUTING -o {pv} -s {guest}/32 -j SNAT --to-source {host_ip}\n\
          COMMIT\n",
         pv = n.peer_veth,
         host_ip = n.host_ip,
         guest = guest::GUEST_IP,
+    )
+}
+
+/// Every rule of the slot's namespace: anti-spoofing (`raw`), NAT (`nat`) and the egress
+/// policy (`filter`). The namespace holds nothing else, so the set owns these tables whole.
+pub(crate) fn rules(n: &Names, policy: &EgressPolicy) -> RuleSet {
+    let script = format!(
+        "{}{}{}",
+        egress::raw_table(),
+        nat_table(n),
+        policy.filter_table()
     );
-    run_script("iptables-restore", &["--noflush"], &nat, Some(&path))
-        .map_err(step_err("namespace NAT rules"))?;
+    RuleSet::new("wrenn-", &script)
+}
+
+/// Replaces the `raw`, `nat` and `filter` tables of the namespace at `path` with `rules`, in
+/// one transaction (connections already tracked keep their NAT).
+fn install_rules(path: &Path, rules: &RuleSet) -> Result<(), CmdError> {
+    run_script("iptables-restore", &[], rules.script(), Some(path)).map(drop)
+}
+
+const IPV6_CONF: &str = "/proc/sys/net/ipv6/conf";
+
+/// Turns IPv6 off on every interface of the calling thread's namespace, the TAP included
+/// (the kernel then drops every IPv6 packet arriving on it). Nothing to do on a host without
+/// IPv6.
+fn disable_ipv6() -> std::io::Result<()> {
+    if !Path::new(IPV6_CONF).exists() {
+        return Ok(());
+    }
+    for dev in ["all", "default", TAP_NAME] {
+        let file = Path::new(IPV6_CONF).join(dev).join("disable_ipv6");
+        if dev == TAP_NAME && !file.exists() {
+            continue;
+        }
+        std::fs::write(file, "1")?;
+    }
     Ok(())
+}
+
+/// Whether IPv6 is off in the calling thread's namespace (everywhere and on the TAP).
+fn ipv6_disabled() -> bool {
+    ["all", TAP_NAME].iter().all(|dev| {
+        match std::fs::read_to_string(Path::new(IPV6_CONF).join(dev).join("disable_ipv6")) {
+            Ok(v) => v.trim() == "1",
+            // No IPv6 on the host, or no TAP (then nothing arrives on it).
+            Err(err) => err.kind() == std::io::ErrorKind::NotFound,
+        }
+    })
+}
+
+/// Checks that slot `index`'s namespace holds exactly its rules for `policy` and has IPv6 off;
+/// puts back whatever differs. Returns whether anything had to be restored.
+pub(crate) fn restore_rules(
+    prefix: &str,
+    index: u32,
+    policy: &EgressPolicy,
+) -> Result<bool, NetError> {
+    let n = Names::new(prefix, index);
+    let path = n.netns_path();
+    let step_err = |step: &'static str| {
+        move |source| NetError::Slot {
+            prefix: prefix.to_string(),
+            index,
+            step,
+            source,
+        }
+    };
+    let io_err = |source| NetError::Io {
+        what: format!("entering namespace {}", n.netns),
+        source,
+    };
+    let expected = rules(&n, policy);
+    let mut save = Command::new("iptables-save");
+    netns::pre_exec_setns(&mut save, &path).map_err(io_err)?;
+    let saved = cmd::output(save, format!("iptables-save (in {})", n.netns))
+        .map_err(step_err("reading the namespace rules"))?
+        .stdout;
+    let rules_intact = expected.is_intact(&String::from_utf8_lossy(&saved), true);
+    if !rules_intact {
+        install_rules(&path, &expected).map_err(step_err("restoring the namespace rules"))?;
+    }
+    let ipv6_off = netns::run_in(&path, ipv6_disabled).map_err(io_err)?;
+    if !ipv6_off {
+        netns::run_in(&path, disable_ipv6)
+            .and_then(|r| r)
+            .map_err(|source| NetError::Io {
+                what: format!("disabling IPv6 in namespace {}", n.netns),
+                source,
+            })?;
+    }
+    Ok(!(rules_intact && ipv6_off))
 }
 
 /// Removes slot `index` of `prefix`, whatever state it is in (also half-built or half-removed):
