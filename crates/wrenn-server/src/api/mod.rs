@@ -2,16 +2,19 @@
 //! the WebSocket exec proxy and the streaming file transfers. Handlers parse and validate
 //! the request, call one [`App`] method and shape the answer; errors go through
 //! [`ApiError`]. Unknown routes, wrong methods and panics answer with the error body too.
-//! `GET /metrics` (not part of the public spec, unauthenticated) and the per-request
-//! middleware live in `crate::metrics`.
+//! Also here: `GET /metrics` (not part of the public spec, unauthenticated), the OAuth
+//! routes (`oauth`) and the per-request middleware (`observe`). No rules: those are
+//! [`App`]'s.
 
 mod extract;
+mod oauth;
+mod observe;
 
 use crate::agent::{ByteStream, ExecSession};
 use crate::app::App;
-use crate::auth::oauth::routes as oauth;
 use crate::config::limits;
 use crate::error::ApiError;
+use crate::metrics::CONTENT_TYPE_TEXT;
 use crate::store::SandboxRecord;
 use axum::body::{Body, Bytes};
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
@@ -26,7 +29,6 @@ use extract::{JsonBody, OptionalJson, QueryArgs, Team, User};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tower_http::catch_panic::CatchPanicLayer;
 use wrenn_types::api;
@@ -61,7 +63,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathArg {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/openapi.yaml", get(openapi))
-        .route("/metrics", get(crate::metrics::serve))
+        .route("/metrics", get(metrics))
         .route("/v1/auth/signup", post(signup))
         .route("/v1/auth/login", post(login))
         .route("/v1/auth/oauth/{provider}", get(oauth::start))
@@ -101,7 +103,7 @@ pub fn router(app: Arc<App>) -> Router {
         // Outermost, so the request id, span, log line and metrics cover every answer.
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
-            crate::metrics::request::observe,
+            observe::observe,
         ))
         .with_state(app)
 }
@@ -118,6 +120,14 @@ async fn method_not_allowed() -> ApiError {
 
 async fn openapi() -> impl IntoResponse {
     ([("content-type", "application/yaml")], OPENAPI_YAML)
+}
+
+/// `GET /metrics`: unauthenticated, Prometheus text format 0.0.4.
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    (
+        [("content-type", CONTENT_TYPE_TEXT)],
+        app.metrics_text().await,
+    )
 }
 
 // ----- auth -----
@@ -239,9 +249,9 @@ async fn exec_stream(
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Res<Response> {
     // 404 and 409 come before the upgrade, as plain HTTP answers.
-    app.require_running(&team, &id).await?;
+    let sb = app.running(&team, &id).await?;
     let ws = ws.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let (session, sb) = app.open_exec_stream(&team, &id).await?;
+    let session = app.open_exec_stream(&sb).await?;
     Ok(ws
         .max_message_size(limits::MAX_JSON_BODY)
         .on_upgrade(move |socket| proxy_exec(socket, session, app, sb)))
@@ -251,8 +261,7 @@ async fn exec_stream(
 /// either side goes away; keeps the sandbox marked active meanwhile.
 async fn proxy_exec(socket: WebSocket, mut session: ExecSession, app: Arc<App>, sb: SandboxRecord) {
     let (mut sink, mut stream) = socket.split();
-    let every = Duration::from_millis((sb.timeout_sec.max(1) as u64 * 1000 / 2).clamp(500, 5000));
-    let mut keepalive = tokio::time::interval(every);
+    let mut keepalive = tokio::time::interval(app.activity_period(&sb));
     keepalive.tick().await;
     loop {
         tokio::select! {
@@ -343,7 +352,7 @@ async fn files_write(
     mp: Result<Multipart, MultipartRejection>,
 ) -> Res<StatusCode> {
     let limit = app.cfg.max_upload_bytes;
-    app.require_running(&team, &id).await?;
+    let sb = app.running(&team, &id).await?;
     if content_length(&headers).is_some_and(|n| n > limit + MULTIPART_SLACK) {
         return Err(ApiError::too_large(limit));
     }
@@ -368,11 +377,11 @@ async fn files_write(
     }
     let path = path.ok_or_else(|| ApiError::BadRequest("missing form field `path`".into()))?;
     let data = data.ok_or_else(|| ApiError::BadRequest("missing form field `file`".into()))?;
-    let agent = app.file_target(&team, &id, &path).await?;
+    let agent = app.file_target(&sb, &path).await?;
     let body: ByteStream = Box::pin(futures_util::stream::once(async move {
         Ok::<_, std::io::Error>(Bytes::from(data))
     }));
-    agent.write_file(&id, &path, body).await?;
+    agent.write_file(&sb.id, &path, body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -386,7 +395,7 @@ async fn files_stream_write(
     mp: Result<Multipart, MultipartRejection>,
 ) -> Res<StatusCode> {
     let limit = app.cfg.max_stream_upload_bytes;
-    app.require_running(&team, &id).await?;
+    let sb = app.running(&team, &id).await?;
     let mut mp = mp.map_err(multipart_rejection)?;
     let mut path = None;
     let mut written = false;
@@ -397,7 +406,7 @@ async fn files_stream_write(
                 let path = path.clone().ok_or_else(|| {
                     ApiError::BadRequest("form field `path` must come before `file`".into())
                 })?;
-                let agent = app.file_target(&team, &id, &path).await?;
+                let agent = app.file_target(&sb, &path).await?;
                 let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(UPLOAD_CHANNEL);
                 let body: ByteStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async {
                     rx.recv().await.map(|item| (item, rx))
@@ -425,7 +434,7 @@ async fn files_stream_write(
                         }
                     }
                 };
-                let (sent, pumped) = tokio::join!(agent.write_file(&id, &path, body), pump);
+                let (sent, pumped) = tokio::join!(agent.write_file(&sb.id, &path, body), pump);
                 pumped?;
                 sent?;
                 written = true;

@@ -1,14 +1,26 @@
-//! Accounts: signup (a user and their team), login with email and password, and session
-//! tokens (HS256 JWTs). It must not touch API keys, sandboxes or snapshots; OAuth sign-in's
-//! account upsert is `auth::oauth`.
+//! Accounts: signup (a user and their team), login with email and password, login through
+//! an OAuth provider (the state check, the code exchange and the session; the account
+//! upsert itself is `auth::oauth::sign_in`), and session tokens (HS256 JWTs). It must not
+//! touch API keys, sandboxes or snapshots.
 
 use super::App;
+use crate::auth::oauth::state::MAX_STATE_LEN;
+use crate::auth::oauth::{sign_in, Callback, CallbackError, OAuthStart};
 use crate::auth::{self, Claims};
 use crate::config::limits;
 use crate::error::ApiError;
 use crate::store::{self, NewAccount, StoreError};
 use std::sync::OnceLock;
 use wrenn_types::api;
+
+/// Longest authorization code accepted (GitHub's are 20 characters).
+const MAX_CODE_LEN: usize = 1024;
+/// Longest provider `error` value looked at.
+const MAX_ERROR_LEN: usize = 256;
+
+/// How an OAuth callback ended, with the provider's own name: a session, or the code sent to
+/// the frontend.
+pub type OAuthFinish = Result<(api::AuthResponse, &'static str), (CallbackError, &'static str)>;
 
 /// Normalises and checks an email: trimmed, lowercase, one `@`, a dotted domain.
 fn normalize_email(raw: &str) -> Result<String, ApiError> {
@@ -45,7 +57,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl App {
-    pub(crate) fn auth_response(
+    fn auth_response(
         &self,
         user_id: &str,
         team_id: &str,
@@ -128,6 +140,83 @@ impl App {
         self.jwt
             .verify(token)
             .map_err(|_| ApiError::Unauthorized("invalid or expired token".into()))
+    }
+
+    /// Starts a login with `provider`: a fresh signed state and the provider's authorization
+    /// URL. `None` if the provider is unknown or not configured.
+    pub fn oauth_start(&self, provider: &str) -> Option<OAuthStart> {
+        let provider = self.oauth.provider(provider)?;
+        let name = provider.name();
+        let issued = self
+            .oauth
+            .signer()
+            .issue(name, chrono::Utc::now().timestamp());
+        Some(OAuthStart {
+            provider: name,
+            location: provider.authorization_url(&issued.state, &self.oauth.callback_url(name)),
+            cookie_value: issued.cookie_value,
+        })
+    }
+
+    /// Finishes a login with `provider` from what its redirect brought back: the state must
+    /// be the one this browser was given (signed by us and fresh), then the provider's
+    /// verdict, then code → profile → account → session.
+    pub async fn oauth_finish(&self, provider: &str, returned: Callback<'_>) -> OAuthFinish {
+        let Some(provider) = self.oauth.provider(provider) else {
+            // Checked by the caller; an internal error if the registry changed underneath.
+            return Err((CallbackError::Internal, "unknown"));
+        };
+        let name = provider.name();
+        let fail = |e: CallbackError| (e, name);
+
+        // 1. The state must be the one this browser was given, signed by us and fresh.
+        let state = returned
+            .state
+            .filter(|s| !s.is_empty() && s.len() <= MAX_STATE_LEN)
+            .ok_or(fail(CallbackError::InvalidState))?;
+        let cookie = returned.cookie.ok_or(fail(CallbackError::InvalidState))?;
+        let now = chrono::Utc::now().timestamp();
+        if !self.oauth.signer().verify(name, cookie, state, now) {
+            tracing::info!(provider = name, "OAuth callback with an invalid state");
+            return Err(fail(CallbackError::InvalidState));
+        }
+
+        // 2. The provider's verdict.
+        if let Some(error) = returned.error {
+            if error == "access_denied" {
+                return Err(fail(CallbackError::AccessDenied));
+            }
+            let shown: String = error.chars().take(MAX_ERROR_LEN).collect();
+            tracing::warn!(provider = name, error = %shown, "OAuth provider returned an error");
+            return Err(fail(CallbackError::ExchangeFailed));
+        }
+        let code = returned
+            .code
+            .filter(|c| !c.is_empty())
+            .ok_or(fail(CallbackError::MissingCode))?;
+        if code.len() > MAX_CODE_LEN {
+            return Err(fail(CallbackError::ExchangeFailed));
+        }
+
+        // 3. Code → profile → account → session.
+        let profile = provider
+            .exchange(code, &self.oauth.callback_url(name))
+            .await
+            .map_err(|e| {
+                tracing::warn!(provider = name, error = %e, "OAuth code exchange failed");
+                fail(CallbackError::ExchangeFailed)
+            })?;
+        let user = sign_in(self.store.as_ref(), name, &profile)
+            .await
+            .map_err(fail)?;
+        let auth = self
+            .auth_response(&user.id, &user.team_id, &user.email)
+            .map_err(|e| {
+                tracing::error!(provider = name, error = %e, "OAuth sign-in: token signing failed");
+                fail(CallbackError::Internal)
+            })?;
+        tracing::info!(provider = name, user_id = %user.id, "OAuth sign-in");
+        Ok((auth, name))
     }
 }
 

@@ -1,13 +1,13 @@
-//! [`App`], the control plane's domain layer: one type spread over one file per job, each
-//! an `impl App` block. Each public method is one operation of the public API, scoped to a
-//! team, returning [`ApiError`](crate::error::ApiError). It calls the store and host agents; it knows nothing of
-//! HTTP requests, headers or JSON extraction (that is `api`).
+//! [`App`], the control plane's domain layer: one type spread over one file per job, each an
+//! `impl App` block. Each public method is one operation of the public API, scoped to a
+//! team, returning [`ApiError`](crate::error::ApiError). It calls the store and host agents;
+//! it knows nothing of HTTP requests, headers or JSON extraction (that is `api`).
 //!
-//! This file owns the shared state ([`App`] and its construction) and what every job uses
-//! (timestamps on the wire). The jobs: `accounts` (signup, login, sessions), `keys` (API
-//! keys: issue, list, revoke, check), `sandboxes` (life, exec, files, activity),
-//! `snapshots` (snapshot templates) and `reaper` (the idle reaper's pass). It must not hold
-//! any operation itself.
+//! The jobs: `accounts` (signup, login, OAuth login, sessions), `keys` (API keys: issue,
+//! list, revoke, check), `sandboxes` (life, exec, files, activity), `snapshots` (snapshot
+//! templates) and `reaper` (the idle reaper's pass). This file owns the shared state
+//! ([`App`] and its construction) and what belongs to no job (timestamps on the wire, the
+//! `/metrics` page); it must not hold a job's operations.
 
 mod accounts;
 mod keys;
@@ -15,6 +15,7 @@ mod reaper;
 mod sandboxes;
 mod snapshots;
 
+pub use accounts::OAuthFinish;
 pub use sandboxes::check_command;
 pub use snapshots::valid_template_name;
 
@@ -61,5 +62,18 @@ impl App {
             key_touches: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
         }
+    }
+
+    /// The `/metrics` page: every metric in the Prometheus text format, with the sandbox
+    /// counts read from the store now (left out, and `wrenn_store_up` 0, when that fails).
+    pub async fn metrics_text(&self) -> String {
+        let counts = match self.store.count_sandboxes_by_status().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "counting sandboxes for /metrics failed");
+                None
+            }
+        };
+        self.metrics.render(counts.as_deref())
     }
 }

@@ -4,7 +4,7 @@
 //! records.
 
 use super::{ts, App};
-use crate::agent::{ByteStream, ExecSession};
+use crate::agent::{ByteStream, ExecSession, HostAgent};
 use crate::auth;
 use crate::config::limits;
 use crate::error::ApiError;
@@ -57,7 +57,9 @@ impl App {
             .ok_or_else(|| ApiError::SandboxNotFound(id.into()))
     }
 
-    pub(super) async fn running(&self, team_id: &str, id: &str) -> Result<SandboxRecord, ApiError> {
+    /// The team's sandbox, if it is running: 404 unless the team has it, 409 unless it
+    /// runs. A request looks its sandbox up once with this and passes the record on.
+    pub async fn running(&self, team_id: &str, id: &str) -> Result<SandboxRecord, ApiError> {
         let sb = self.sandbox(team_id, id).await?;
         if sb.status != SandboxStatus::Running {
             return Err(ApiError::NotRunning {
@@ -66,11 +68,6 @@ impl App {
             });
         }
         Ok(sb)
-    }
-
-    /// 404 unless the team has the sandbox, 409 unless it is running.
-    pub async fn require_running(&self, team_id: &str, id: &str) -> Result<(), ApiError> {
-        self.running(team_id, id).await.map(|_| ())
     }
 
     /// Marks activity (exec, stream, ping) for the idle reaper.
@@ -251,7 +248,7 @@ impl App {
         let out = {
             let run = agent.exec(&sb.id, &request);
             tokio::pin!(run);
-            let mut keepalive = tokio::time::interval(activity_interval(sb.timeout_sec));
+            let mut keepalive = tokio::time::interval(self.activity_period(&sb));
             keepalive.tick().await;
             loop {
                 tokio::select! {
@@ -275,23 +272,25 @@ impl App {
         })
     }
 
-    /// Opens a streamed exec on a running sandbox (before the WebSocket upgrade, so that
-    /// 404 and 409 are plain HTTP answers). Returns the session and the sandbox record.
-    pub async fn open_exec_stream(
-        &self,
-        team_id: &str,
-        id: &str,
-    ) -> Result<(ExecSession, SandboxRecord), ApiError> {
-        let sb = self.running(team_id, id).await?;
+    /// Opens a streamed exec on a sandbox found by [`App::running`] (before the WebSocket
+    /// upgrade, so that 404 and 409 are plain HTTP answers).
+    pub async fn open_exec_stream(&self, sb: &SandboxRecord) -> Result<ExecSession, ApiError> {
         let agent = self.hosts.agent(&sb.host_id)?;
         let session = agent.exec_stream(&sb.id).await?;
-        self.touch(&sb).await;
-        Ok((session, sb))
+        self.touch(sb).await;
+        Ok(session)
     }
 
-    /// Marks activity of a streamed exec (called when it ends as well).
+    /// Marks activity of a streamed exec: every [`App::activity_period`] while it runs, and
+    /// when it ends.
     pub async fn stream_activity(&self, sb: &SandboxRecord) {
         self.touch(sb).await;
+    }
+
+    /// How often a long operation (an exec, a streamed exec) marks its sandbox active: well
+    /// within the sandbox's idle timeout, so the idle reaper never pauses it underneath.
+    pub fn activity_period(&self, sb: &SandboxRecord) -> Duration {
+        Duration::from_millis((sb.timeout_sec.max(1) as u64 * 1000 / 2).clamp(500, 5000))
     }
 
     pub async fn ping(&self, team_id: &str, id: &str) -> Result<(), ApiError> {
@@ -357,17 +356,21 @@ impl App {
         Ok(sandbox_view(&sb))
     }
 
-    /// Checks that a file operation may proceed and counts it as activity (so the idle reaper
-    /// does not pause a sandbox a user is moving files in or out of); returns its host agent.
+    /// Checks that a file operation on a sandbox found by [`App::running`] may proceed and
+    /// counts it as activity (so the idle reaper does not pause a sandbox a user is moving
+    /// files in or out of); returns its host agent.
     pub async fn file_target(
         &self,
-        team_id: &str,
-        id: &str,
+        sb: &SandboxRecord,
         path: &str,
-    ) -> Result<Arc<dyn crate::agent::HostAgent>, ApiError> {
+    ) -> Result<Arc<dyn HostAgent>, ApiError> {
         check_path(path)?;
-        let sb = self.running(team_id, id).await?;
-        self.touch(&sb).await;
+        self.file_agent(sb).await
+    }
+
+    /// Counts a file operation as activity; returns the sandbox's host agent.
+    async fn file_agent(&self, sb: &SandboxRecord) -> Result<Arc<dyn HostAgent>, ApiError> {
+        self.touch(sb).await;
         self.hosts.agent(&sb.host_id)
     }
 
@@ -377,14 +380,11 @@ impl App {
         id: &str,
         path: &str,
     ) -> Result<ByteStream, ApiError> {
-        let agent = self.file_target(team_id, id, path).await?;
-        Ok(agent.read_file(id, path).await?)
+        check_path(path)?;
+        let sb = self.running(team_id, id).await?;
+        let agent = self.file_agent(&sb).await?;
+        Ok(agent.read_file(&sb.id, path).await?)
     }
-}
-
-/// How often a long operation marks its sandbox active: well within its idle timeout.
-fn activity_interval(timeout_sec: i64) -> Duration {
-    Duration::from_millis((timeout_sec.max(1) as u64 * 1000 / 2).clamp(500, 5000))
 }
 
 /// Limits on a command to run.

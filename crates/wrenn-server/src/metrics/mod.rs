@@ -1,20 +1,16 @@
 //! Control-plane observability: a small in-process metrics registry (atomic counters and
 //! fixed-bucket histograms), its rendering in the Prometheus text exposition format 0.0.4
-//! for `GET /metrics`, and (in `request`) the per-request middleware that assigns request
-//! ids, opens the request's tracing span, writes the one log line per request and records
-//! the HTTP metrics.
+//! (served at `GET /metrics` by `api`), and (in `request`) the request-id rules and the
+//! label vocabulary the per-request middleware (`api::observe`) applies.
 //!
 //! Every label value comes from a bounded set: route templates of the router (never raw
 //! paths), a fixed list of methods, status codes, sandbox statuses and operation names. No
 //! metric carries a team, user, key or sandbox id, an email, a header or a query string.
-//! This module does not decide anything about requests; it only observes them.
+//! This module does not decide anything about requests, and it reads none: it only counts
+//! what it is told.
 
 pub mod request;
 
-use crate::app::App;
-use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,9 +25,6 @@ pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
-
-/// The `route` label of requests that matched no route.
-pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Every sandbox status, so that the gauge shows zeros instead of missing series.
 const STATUSES: [SandboxStatus; 5] = [
@@ -124,7 +117,7 @@ type RequestKey = (&'static str, String, u16);
 /// `(method, route)`.
 type DurationKey = (&'static str, String);
 
-/// The registry of the control plane's metrics; one per [`App`].
+/// The registry of the control plane's metrics; one per [`App`](crate::app::App).
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: RwLock<HashMap<RequestKey, Arc<AtomicU64>>>,
@@ -152,23 +145,6 @@ where
         .clone()
 }
 
-/// Maps a request method to a label from a fixed set (extension methods become `other`).
-pub fn method_label(m: &axum::http::Method) -> &'static str {
-    use axum::http::Method;
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "other",
-    }
-}
-
 /// Escapes a label value (`\`, `"` and newlines).
 fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
@@ -190,7 +166,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 impl Metrics {
     /// Records one answered request. `route` is the matched route template or
-    /// [`UNMATCHED_ROUTE`].
+    /// [`request::UNMATCHED_ROUTE`].
     pub fn observe_request(&self, method: &'static str, route: &str, status: u16, d: Duration) {
         series(&self.requests, (method, route.to_string(), status)).fetch_add(1, Ordering::Relaxed);
         series(&self.durations, (method, route.to_string())).observe(d);
@@ -314,22 +290,6 @@ impl Metrics {
     }
 }
 
-/// `GET /metrics`: unauthenticated, Prometheus text format 0.0.4. Reads the sandbox counts
-/// from the store at scrape time.
-pub async fn serve(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let counts = match app.store.count_sandboxes_by_status().await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(error = %e, "counting sandboxes for /metrics failed");
-            None
-        }
-    };
-    (
-        [(CONTENT_TYPE, CONTENT_TYPE_TEXT)],
-        app.metrics.render(counts.as_deref()),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,13 +326,6 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-    }
-
-    #[test]
-    fn methods_map_to_a_fixed_set() {
-        let odd = axum::http::Method::from_bytes(b"BREW").unwrap();
-        assert_eq!(method_label(&odd), "other");
-        assert_eq!(method_label(&axum::http::Method::GET), "GET");
     }
 
     #[test]

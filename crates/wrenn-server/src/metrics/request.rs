@@ -1,26 +1,24 @@
-//! The per-request middleware: picks the request id (a valid `X-Request-Id` from the client,
-//! else a fresh one), runs the request inside a `request` tracing span carrying the id, the
-//! method, the matched route template, and (once known) the status and latency, writes one
-//! `info` line per request, records the HTTP metrics and returns the id in `X-Request-Id`.
+//! The vocabulary of request observation: the request-id rules, the fixed set of `method`
+//! label values, the `route` label of unmatched requests, and the tracing target of the
+//! request span and line. The middleware that applies them to each request is
+//! `api::observe`; this module reads no request itself.
 //!
-//! It never logs or labels headers, bodies, credentials, raw paths or query strings: the
-//! route is the router's template (`/v1/sandboxes/{id}`), never the URI.
-
-use super::{method_label, UNMATCHED_ROUTE};
-use crate::app::App;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::HeaderValue;
-use axum::middleware::Next;
-use axum::response::Response;
-use std::sync::Arc;
-use std::time::Instant;
-use tracing::Instrument;
+//! Nothing here admits headers, bodies, credentials, raw paths or query strings: the route
+//! is the router's template (`/v1/sandboxes/{id}`), never the URI.
 
 /// The request and response header that carries the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The longest request id accepted from a client.
 pub const MAX_REQUEST_ID: usize = 64;
+
+/// The `route` label of requests that matched no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// The tracing target of the `request` span and its `request finished` line. It names the
+/// module that wrote them before the middleware moved to `api`, so that log filters such as
+/// `RUST_LOG=info,wrenn_server::metrics::request=warn` keep working.
+pub const LOG_TARGET: &str = "wrenn_server::metrics::request";
 
 /// The id of the current request, also put in the request's extensions for handlers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,47 +33,21 @@ pub fn valid_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// The client's id if valid, else a new random one (a UUID v4).
-fn pick_request_id(req: &Request) -> String {
-    req.headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| valid_request_id(v))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
-
-/// The middleware (installed with `axum::middleware::from_fn_with_state` as the outermost
-/// router layer, so it sees the matched route and every answer, panics included).
-pub async fn observe(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id = pick_request_id(&req);
-    let method = method_label(req.method());
-    let route: Arc<str> = match req.extensions().get::<MatchedPath>() {
-        Some(p) => Arc::from(p.as_str()),
-        None => Arc::from(UNMATCHED_ROUTE),
-    };
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id,
-        method = %method,
-        route = %route,
-        status = tracing::field::Empty,
-        latency_ms = tracing::field::Empty,
-    );
-    let mut res = next.run(req).instrument(span.clone()).await;
-    let elapsed = started.elapsed();
-    let status = res.status().as_u16();
-    app.metrics.observe_request(method, &route, status, elapsed);
-    let latency_ms = elapsed.as_secs_f64() * 1000.0;
-    span.record("status", status);
-    span.record("latency_ms", latency_ms);
-    span.in_scope(|| tracing::info!("request finished"));
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert(REQUEST_ID_HEADER, v);
+/// Maps a request method to a label from a fixed set (extension methods become `other`).
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
     }
-    res
 }
 
 #[cfg(test)]
@@ -99,5 +71,12 @@ mod tests {
         ] {
             assert!(!valid_request_id(bad), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn methods_map_to_a_fixed_set() {
+        let odd = axum::http::Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(method_label(&odd), "other");
+        assert_eq!(method_label(&axum::http::Method::GET), "GET");
     }
 }

@@ -5,11 +5,11 @@
 //! type implementing [`Provider`] and one registration line in [`Registry::from_config`].
 //!
 //! This module talks to providers over HTTP and to the [`Store`]; it does not parse browser
-//! requests or build responses (that is `routes`), and never logs tokens, codes or secrets.
+//! requests or build responses (that is `api::oauth`; the login steps themselves are
+//! `App::oauth_start` and `App::oauth_finish`), and never logs tokens, codes or secrets.
 
 pub mod config;
 pub mod github;
-pub(crate) mod routes;
 pub mod state;
 
 use crate::config::limits;
@@ -198,6 +198,28 @@ impl CallbackError {
             CallbackError::Internal => "internal_error",
         }
     }
+}
+
+/// The start of a login: where the browser is sent, and the state its cookie carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthStart {
+    /// The provider's own name (as in its routes).
+    pub provider: &'static str,
+    /// The provider's authorization URL, carrying the fresh state.
+    pub location: String,
+    /// The signed state, the value of the state cookie.
+    pub cookie_value: String,
+}
+
+/// What the provider's redirect to the callback brought back: the query's `code`, `state`
+/// and `error` (all `None` when the query could not be read), and the state cookie the
+/// browser sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Callback<'a> {
+    pub code: Option<&'a str>,
+    pub state: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub cookie: Option<&'a str>,
 }
 
 /// The OAuth service: providers, the state signer and the URLs the flow needs.
