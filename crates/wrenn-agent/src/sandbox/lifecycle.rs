@@ -5,13 +5,13 @@
 //! [`super::templates`], [`super::warm`]); it only links their files.
 
 use super::capacity::check_capacity;
-use super::records::{self, ImageMeta, SandboxOnDisk};
+use super::records::{self, ImageMeta, RamMode, SandboxOnDisk, OWN_RAM_FILE, TEMPLATE_RAM_FILE};
 use super::{
     blocking, disk, envd_for, expect_status, info, io, mark_error, now_rfc3339, pre_exec_in,
     spec_for, valid_name, Entry, Inner, Manager, SandboxError, MAX_MEMORY_MB, MAX_VCPUS,
     MIN_MEMORY_MB,
 };
-use crate::vmm::{RamMapping, Vm};
+use crate::vmm::Vm;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 use wrenn_types::agent::{SandboxInfo, SandboxStatus};
@@ -59,9 +59,7 @@ impl Manager {
             status: SandboxStatus::Pending,
             slot: None,
             host_ip: String::new(),
-            mem_file: "tmem".into(),
-            mem_share: false,
-            ram_in_state: false,
+            ram: RamMode::TemplateFile,
             layers: Vec::new(),
             created_at: now_rfc3339(),
             started_at: None,
@@ -105,7 +103,8 @@ impl Manager {
         std::fs::create_dir_all(dir).map_err(io("create sandbox dir"))?;
         records::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
         disk::link_layers(image_dir, dir, &meta.layers).map_err(io("link template disk"))?;
-        disk::link(&image_dir.join("mem"), &dir.join("tmem")).map_err(io("link template RAM"))?;
+        disk::link(&image_dir.join("mem"), &dir.join(TEMPLATE_RAM_FILE))
+            .map_err(io("link template RAM"))?;
         disk::link(&image_dir.join("state"), &dir.join("state"))
             .map_err(io("link template state"))?;
         let top = format!(
@@ -126,9 +125,12 @@ impl Manager {
         self.start_vm(inner, dir).await
     }
 
-    /// Restores the sandbox's VM from `dir/state` into a fresh slot and waits for envd.
+    /// Restores the sandbox's VM from `dir/state` into a fresh slot and waits for envd. The
+    /// RAM mode says which RAM file is mapped and whether the state carries the RAM
+    /// ([`RamMode::start`]); the record then holds the mode the VM runs in.
     async fn start_vm(&self, inner: &mut Inner, dir: &Path) -> Result<(), SandboxError> {
         let t0 = std::time::Instant::now();
+        let ram = inner.rec.ram.start();
         let slot = self.pool.acquire().await?;
         let t_slot = t0.elapsed();
         inner.rec.slot = Some(slot.index);
@@ -139,11 +141,7 @@ impl Manager {
         let vm = Vm::restore(
             spec,
             &dir.join("state"),
-            if inner.rec.ram_in_state {
-                RamMapping::CopyOnWrite
-            } else {
-                RamMapping::Shared
-            },
+            ram.state_saved_with,
             Some(pre_exec_in(slot)),
         )
         .await?;
@@ -159,6 +157,7 @@ impl Manager {
             t0.elapsed()
         );
         inner.envd = Some(envd);
+        inner.rec.ram = ram.running;
         inner.rec.status = SandboxStatus::Running;
         inner.rec.started_at = Some(now_rfc3339());
         inner.rec.error = None;
@@ -198,11 +197,14 @@ impl Manager {
         }
         inner.rec.slot = None;
         inner.rec.host_ip.clear();
-        inner.rec.ram_in_state = !inner.rec.mem_share;
+        inner.rec.ram = inner.rec.ram.after_pause();
         inner.rec.status = SandboxStatus::Paused;
         records::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
         // Make the RAM and state durable without holding up the caller.
-        let files = [dir.join(&inner.rec.mem_file), dir.join("state")];
+        let mut files = vec![dir.join("state")];
+        if inner.rec.ram == RamMode::OwnFile {
+            files.push(dir.join(OWN_RAM_FILE));
+        }
         tokio::task::spawn_blocking(move || {
             for f in files {
                 if let Ok(f) = std::fs::File::open(f) {
@@ -221,22 +223,18 @@ impl Manager {
         check_capacity(inner.rec.memory_mb)?;
         let dir = self.sandbox_dir(id);
         let before = inner.rec.clone();
-        if inner.rec.ram_in_state {
-            // The saved state carries the RAM: load it into a RAM file of the sandbox's own,
-            // so later pauses only save device state.
-            disk::create_mem_file(&dir.join("mem"), inner.rec.memory_mb)
+        if before.ram == RamMode::InState {
+            // The saved state carries the RAM: it is loaded into a RAM file of the sandbox's
+            // own, so later pauses only save device state.
+            disk::create_mem_file(&dir.join(OWN_RAM_FILE), inner.rec.memory_mb)
                 .map_err(io("create RAM file"))?;
-            inner.rec.mem_file = "mem".into();
-            inner.rec.mem_share = true;
         }
         match self.start_vm(&mut inner, &dir).await {
             Ok(()) => {
-                if before.ram_in_state {
-                    let _ = std::fs::remove_file(dir.join(&before.mem_file));
+                if before.ram == RamMode::InState {
+                    // The template's RAM is no longer mapped.
+                    let _ = std::fs::remove_file(dir.join(TEMPLATE_RAM_FILE));
                 }
-                inner.rec.ram_in_state = false;
-                records::write_json(&dir.join("sandbox.json"), &inner.rec)
-                    .map_err(io("write record"))?;
                 Ok(info(&inner.rec))
             }
             Err(e) => {

@@ -35,7 +35,7 @@ mod warm;
 use crate::envd_client::EnvdClient;
 use crate::images::Images;
 use crate::net::{Slot, SlotPool};
-use crate::vmm::{self, Accel, RamMapping, Vm, VmSpec};
+use crate::vmm::{self, Accel, Vm, VmSpec};
 use records::SandboxOnDisk;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -282,8 +282,10 @@ fn pre_exec_in(slot: &Slot) -> vmm::PreExec<'_> {
     Box::new(move |cmd| slot.enter_netns_pre_exec(cmd))
 }
 
-/// The VM spec of a sandbox from its record.
+/// The VM spec of a sandbox from its record; its RAM file and mapping are the ones its RAM
+/// mode starts with ([`records::RamMode::start`]).
 fn spec_for(cfg: &ManagerConfig, dir: &Path, rec: &SandboxOnDisk, tap: &str) -> VmSpec {
+    let ram = rec.ram.start();
     VmSpec {
         qemu_bin: cfg.qemu_bin.clone(),
         accel: cfg.accel,
@@ -292,12 +294,8 @@ fn spec_for(cfg: &ManagerConfig, dir: &Path, rec: &SandboxOnDisk, tap: &str) -> 
         kernel: cfg.images.kernel.clone(),
         initrd: cfg.images.initrd.clone(),
         cmdline: vmm::kernel_cmdline(cfg.accel),
-        mem_path: dir.join(&rec.mem_file),
-        mem_mapping: if rec.mem_share {
-            RamMapping::Shared
-        } else {
-            RamMapping::CopyOnWrite
-        },
+        mem_path: dir.join(ram.file),
+        mem_mapping: ram.mapping,
         disk: dir.join(
             rec.layers
                 .last()
@@ -366,9 +364,7 @@ mod tests {
             status: SandboxStatus::Pending,
             slot: None,
             host_ip: String::new(),
-            mem_file: "tmem".into(),
-            mem_share: false,
-            ram_in_state: false,
+            ram: records::RamMode::TemplateFile,
             layers: vec![],
             created_at: now_rfc3339(),
             started_at: None,

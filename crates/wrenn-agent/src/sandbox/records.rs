@@ -1,7 +1,8 @@
 //! This host's on-disk records of its sandboxes (`sandbox.json`, [`SandboxOnDisk`]) and
 //! snapshot images (`meta.json`, [`ImageMeta`]), written atomically (temp file, fsync, rename),
 //! so a crash leaves either the old or the new record, never half of one. It owns the records'
-//! format; it must not start VMs or touch slots.
+//! format, including reading the records earlier agents wrote, and the sandbox's [`RamMode`];
+//! it must not start VMs or touch slots.
 //!
 //! Not to be confused with the control plane's `store` and its `SandboxRecord` (a database row
 //! for a sandbox on any host): a [`SandboxOnDisk`] is the file from which this agent finds one
@@ -12,10 +13,90 @@
 //! each qcow2 layer's backing file named relatively) and `meta.json`. Warm snapshots of base
 //! templates and user snapshot templates have the same shape.
 
+use crate::vmm::RamMapping;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
 use wrenn_types::agent::SandboxStatus;
+
+/// A sandbox's RAM file of its own, in its directory (mapped `share=on`).
+pub const OWN_RAM_FILE: &str = "mem";
+/// A clone's hard link to its template's RAM file, in its directory (mapped copy-on-write).
+pub const TEMPLATE_RAM_FILE: &str = "tmem";
+
+/// Where a sandbox's guest RAM is. It decides how the sandbox's VM starts and what a pause
+/// saves (see "a clone's first pause carries its RAM" in `docs/ARCHITECTURE.md`):
+/// create gives [`RamMode::TemplateFile`], the first pause turns that into
+/// [`RamMode::InState`], the next resume into [`RamMode::OwnFile`], which it stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RamMode {
+    /// The sandbox's own RAM file ([`OWN_RAM_FILE`]) mapped `share=on`: the file is the RAM,
+    /// so a pause saves device state only and a resume maps the file again.
+    OwnFile,
+    /// The template's RAM file ([`TEMPLATE_RAM_FILE`]) mapped `share=off`, copy-on-write:
+    /// clones share the template's pages. A clone runs like this until its first pause.
+    TemplateFile,
+    /// Inside the saved `state` stream, with the device state: a clone paused for the first
+    /// time. Only a paused sandbox is in this mode.
+    InState,
+}
+
+/// How to start a VM from a sandbox's files: see [`RamMode::start`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamStart {
+    /// The RAM file QEMU maps, in the sandbox's directory.
+    pub file: &'static str,
+    /// How QEMU maps it.
+    pub mapping: RamMapping,
+    /// How the VM that saved the `state` being loaded mapped its RAM (whether the state
+    /// carries the RAM).
+    pub state_saved_with: RamMapping,
+    /// The mode the sandbox is in once its VM runs.
+    pub running: RamMode,
+}
+
+impl RamMode {
+    /// How a VM starts from a sandbox's files in this mode.
+    pub fn start(self) -> RamStart {
+        match self {
+            RamMode::OwnFile => RamStart {
+                file: OWN_RAM_FILE,
+                mapping: RamMapping::Shared,
+                state_saved_with: RamMapping::Shared,
+                running: RamMode::OwnFile,
+            },
+            // The template's state was saved from a VM whose RAM was its own file.
+            RamMode::TemplateFile => RamStart {
+                file: TEMPLATE_RAM_FILE,
+                mapping: RamMapping::CopyOnWrite,
+                state_saved_with: RamMapping::Shared,
+                running: RamMode::TemplateFile,
+            },
+            // The state carries the RAM: it is loaded into a new RAM file of the sandbox's own,
+            // mapped share=on, so later pauses save device state only.
+            RamMode::InState => RamStart {
+                file: OWN_RAM_FILE,
+                mapping: RamMapping::Shared,
+                state_saved_with: RamMapping::CopyOnWrite,
+                running: RamMode::OwnFile,
+            },
+        }
+    }
+
+    /// The mode a pause (a save of the running VM's state) leaves the sandbox in.
+    pub fn after_pause(self) -> RamMode {
+        match self {
+            // The file is the RAM: the state holds device state only.
+            RamMode::OwnFile => RamMode::OwnFile,
+            // A copy-on-write mapping has no file of its own to keep: a clone's first pause
+            // carries its RAM in the state.
+            RamMode::TemplateFile => RamMode::InState,
+            // Not a running mode: nothing was mapped to save.
+            RamMode::InState => RamMode::InState,
+        }
+    }
+}
 
 /// The persistent record of one sandbox on this host (`sandboxes/<id>/sandbox.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,12 +109,10 @@ pub struct SandboxOnDisk {
     /// Network slot while running.
     pub slot: Option<u32>,
     pub host_ip: String,
-    /// RAM file name inside the sandbox directory.
-    pub mem_file: String,
-    /// Whether the RAM file is the VM's RAM (`true`) or a template mapped copy-on-write.
-    pub mem_share: bool,
-    /// Whether the saved `state` contains the RAM (a paused copy-on-write clone).
-    pub ram_in_state: bool,
+    /// Where the guest RAM is (stored as `ram` beside the fields older agents read, see
+    /// [`stored_ram`]).
+    #[serde(flatten, with = "stored_ram")]
+    pub ram: RamMode,
     /// Disk layers, bottom first; the last one is the sandbox's writable overlay.
     pub layers: Vec<String>,
     pub created_at: String,
@@ -55,6 +134,57 @@ pub struct ImageMeta {
     /// For warm snapshots: the identity of the inputs it was made from.
     #[serde(default)]
     pub source_key: String,
+}
+
+/// The RAM mode in `sandbox.json`: the field `ram`, and the three fields agents before it
+/// wrote and read (`mem_file`, `mem_share`, `ram_in_state`). Both are written, so an agent
+/// rolled back to an earlier version still reads the record (it removes a sandbox directory
+/// whose record it cannot read); a record without `ram` is one an earlier agent wrote and is
+/// read from the three fields. The three can be dropped once no earlier agent may read
+/// these records.
+mod stored_ram {
+    use super::{RamMode, OWN_RAM_FILE, TEMPLATE_RAM_FILE};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Stored {
+        #[serde(default)]
+        ram: Option<RamMode>,
+        mem_file: Option<String>,
+        mem_share: Option<bool>,
+        ram_in_state: Option<bool>,
+    }
+
+    pub fn serialize<S: Serializer>(ram: &RamMode, s: S) -> Result<S::Ok, S::Error> {
+        let (mem_file, mem_share, ram_in_state) = match ram {
+            RamMode::OwnFile => (OWN_RAM_FILE, true, false),
+            RamMode::TemplateFile => (TEMPLATE_RAM_FILE, false, false),
+            RamMode::InState => (TEMPLATE_RAM_FILE, false, true),
+        };
+        Stored {
+            ram: Some(*ram),
+            mem_file: Some(mem_file.into()),
+            mem_share: Some(mem_share),
+            ram_in_state: Some(ram_in_state),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<RamMode, D::Error> {
+        let stored = Stored::deserialize(d)?;
+        if let Some(ram) = stored.ram {
+            return Ok(ram);
+        }
+        // An earlier agent's record: it wrote these three fields, always together.
+        match (stored.mem_file, stored.mem_share, stored.ram_in_state) {
+            (Some(_), Some(_), Some(true)) => Ok(RamMode::InState),
+            (Some(_), Some(true), Some(false)) => Ok(RamMode::OwnFile),
+            (Some(_), Some(false), Some(false)) => Ok(RamMode::TemplateFile),
+            _ => Err(serde::de::Error::custom(
+                "sandbox record without ram (or mem_file, mem_share and ram_in_state)",
+            )),
+        }
+    }
 }
 
 /// Writes `value` as JSON to `path` atomically and durably.
@@ -97,6 +227,119 @@ pub fn dir_allocated_bytes(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record as the agent wrote it before [`RamMode`]: a clone paused once.
+    const EARLIER_AGENT_RECORD: &str = r#"{
+  "id": "sb-3f2a9c",
+  "template": "minimal",
+  "vcpus": 1,
+  "memory_mb": 256,
+  "status": "paused",
+  "slot": null,
+  "host_ip": "",
+  "mem_file": "tmem",
+  "mem_share": false,
+  "ram_in_state": true,
+  "layers": [
+    "base-0123456789ab.ext4",
+    "warm-0123456789ab.qcow2",
+    "disk-0123456789ab.qcow2"
+  ],
+  "created_at": "2026-11-30T10:00:00.000Z",
+  "started_at": "2026-11-30T10:00:01.000Z",
+  "error": null
+}"#;
+
+    fn earlier_record(mem_file: &str, mem_share: bool, ram_in_state: bool) -> String {
+        EARLIER_AGENT_RECORD
+            .replace(
+                r#""mem_file": "tmem""#,
+                &format!(r#""mem_file": "{mem_file}""#),
+            )
+            .replace(
+                r#""mem_share": false"#,
+                &format!(r#""mem_share": {mem_share}"#),
+            )
+            .replace(
+                r#""ram_in_state": true"#,
+                &format!(r#""ram_in_state": {ram_in_state}"#),
+            )
+    }
+
+    #[test]
+    fn records_of_earlier_agents_load() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sandbox.json");
+        std::fs::write(&p, EARLIER_AGENT_RECORD).unwrap();
+        let rec: SandboxOnDisk = read_json(&p).unwrap();
+        assert_eq!(rec.ram, RamMode::InState);
+        assert_eq!(rec.status, SandboxStatus::Paused);
+        assert_eq!(rec.layers.len(), 3);
+        assert_eq!(rec.started_at.as_deref(), Some("2026-11-30T10:00:01.000Z"));
+        // The other two combinations earlier agents wrote.
+        for (json, want) in [
+            (earlier_record("mem", true, false), RamMode::OwnFile),
+            (earlier_record("tmem", false, false), RamMode::TemplateFile),
+        ] {
+            let rec: SandboxOnDisk = serde_json::from_str(&json).unwrap();
+            assert_eq!(rec.ram, want, "{json}");
+        }
+        // Without any RAM fields the record is not one the agent ever wrote.
+        let json = EARLIER_AGENT_RECORD
+            .replace(r#""mem_share": false,"#, "")
+            .replace(r#""ram_in_state": true,"#, "")
+            .replace(r#""mem_file": "tmem","#, "");
+        assert!(serde_json::from_str::<SandboxOnDisk>(&json).is_err());
+    }
+
+    #[test]
+    fn records_keep_their_ram_mode_and_stay_readable_by_earlier_agents() {
+        /// The RAM fields as earlier agents read them.
+        #[derive(Deserialize)]
+        struct EarlierRam {
+            mem_file: String,
+            mem_share: bool,
+            ram_in_state: bool,
+        }
+        let base: SandboxOnDisk = serde_json::from_str(EARLIER_AGENT_RECORD).unwrap();
+        for (ram, earlier) in [
+            (RamMode::OwnFile, ("mem", true, false)),
+            (RamMode::TemplateFile, ("tmem", false, false)),
+            (RamMode::InState, ("tmem", false, true)),
+        ] {
+            let json = serde_json::to_string(&SandboxOnDisk {
+                ram,
+                ..base.clone()
+            })
+            .unwrap();
+            let back: SandboxOnDisk = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.ram, ram);
+            assert_eq!(back.id, base.id);
+            let e: EarlierRam = serde_json::from_str(&json).unwrap();
+            assert_eq!((e.mem_file.as_str(), e.mem_share, e.ram_in_state), earlier);
+        }
+    }
+
+    #[test]
+    fn a_clones_first_pause_carries_its_ram_and_its_resume_owns_it() {
+        let created = RamMode::TemplateFile;
+        assert_eq!(created.start().mapping, RamMapping::CopyOnWrite);
+        let paused = created.start().running.after_pause();
+        assert_eq!(paused, RamMode::InState);
+        let resumed = paused.start();
+        assert_eq!(resumed.state_saved_with, RamMapping::CopyOnWrite);
+        assert_eq!(
+            (resumed.file, resumed.mapping),
+            (OWN_RAM_FILE, RamMapping::Shared)
+        );
+        assert_eq!(resumed.running, RamMode::OwnFile);
+        // From then on a pause saves device state only and the RAM stays in the file.
+        assert_eq!(resumed.running.after_pause(), RamMode::OwnFile);
+        assert_eq!(
+            RamMode::OwnFile.start().state_saved_with,
+            RamMapping::Shared
+        );
+    }
 
     #[test]
     fn json_round_trip_leaves_no_temp_file() {

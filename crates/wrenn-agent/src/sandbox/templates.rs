@@ -5,11 +5,11 @@
 //! template removes its names only: sandboxes made from it keep their hard links. It must not
 //! change a sandbox other than the one being snapshotted, nor the base images.
 
-use super::records::{self, ImageMeta, SandboxOnDisk};
+use super::records::{self, ImageMeta, RamMode, SandboxOnDisk};
 use super::{
     blocking, disk, io, now_rfc3339, pre_exec_in, spec_for, valid_name, Manager, SandboxError,
 };
-use crate::vmm::{RamMapping, Vm};
+use crate::vmm::Vm;
 use std::path::{Path, PathBuf};
 use wrenn_types::agent::{SandboxStatus, TemplateInfo};
 
@@ -100,22 +100,20 @@ impl Manager {
         } else {
             disk::link_layers(dir, tmp, &layers).map_err(io("link disk layers"))?;
         }
-        if rec.ram_in_state {
+        let ram = rec.ram.start();
+        if rec.ram == RamMode::InState {
             // A clone's RAM is in its state file: load it once into a RAM file of the
-            // template's own and save the device state alone.
+            // template's own (mapped as a resume would map it) and save the device state alone.
             disk::create_mem_file(&tmp.join("mem"), rec.memory_mb).map_err(io("RAM file"))?;
             let slot = self.pool.acquire().await?;
-            let mut r = rec.clone();
-            r.mem_file = "mem".into();
-            r.mem_share = true;
-            let mut spec = spec_for(&self.cfg, dir, &r, &slot.tap);
+            let mut spec = spec_for(&self.cfg, dir, rec, &slot.tap);
             spec.mem_path = tmp.join("mem");
             spec.run_dir = tmp.join("run");
             let res = async {
                 let vm = Vm::load(
                     spec,
                     &dir.join("state"),
-                    RamMapping::CopyOnWrite,
+                    ram.state_saved_with,
                     Some(pre_exec_in(&slot)),
                 )
                 .await?;
@@ -128,7 +126,7 @@ impl Manager {
             let _ = std::fs::remove_dir_all(tmp.join("run"));
             res?;
         } else {
-            disk::link(&dir.join(&rec.mem_file), &tmp.join("mem")).map_err(io("link RAM"))?;
+            disk::link(&dir.join(ram.file), &tmp.join("mem")).map_err(io("link RAM"))?;
             disk::link(&dir.join("state"), &tmp.join("state")).map_err(io("link state"))?;
         }
         let meta = ImageMeta {
