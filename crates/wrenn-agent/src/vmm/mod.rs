@@ -8,237 +8,23 @@
 //!
 //! QEMU runs daemonized (its own session, reparented to init), so VMs outlive a restart of the
 //! agent; [`Vm::attach`] finds one again from its pid and QMP socket.
+//!
+//! Files: this one holds [`Vm`] (a QEMU process: start, save, load, quit, kill) and the pid
+//! checks; `spec.rs` the spec and command line; `accel.rs` the accelerator choice; [`qmp`] the
+//! QMP client.
 
+mod accel;
 pub mod qmp;
+mod spec;
 
+pub use accel::{choose_accel, cpu_has_hw_virt, host_cpu_khz, AccelChoice};
 use qmp::{Qmp, QmpError};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+pub use spec::{kernel_cmdline, qemu_args, RamMapping, Start, VmSpec};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use wrenn_types::agent::Accel;
-
-/// How the accelerator is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccelChoice {
-    /// KVM where `/dev/kvm` opens and the CPU has vmx/svm, else TCG.
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-impl std::str::FromStr for AccelChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "kvm" => Ok(Self::Kvm),
-            "tcg" => Ok(Self::Tcg),
-            other => Err(format!("unknown accelerator {other:?} (auto, kvm or tcg)")),
-        }
-    }
-}
-
-/// Picks the accelerator. With `Auto`, KVM needs both an openable `/dev/kvm` and hardware
-/// virtualisation flags in `/proc/cpuinfo`: a software `/dev/kvm` without vmx/svm cannot run
-/// ordinary guest kernels.
-pub fn choose_accel(choice: AccelChoice) -> Accel {
-    match choice {
-        AccelChoice::Kvm => Accel::Kvm,
-        AccelChoice::Tcg => Accel::Tcg,
-        AccelChoice::Auto => {
-            let kvm_opens = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/kvm")
-                .is_ok();
-            let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-            if kvm_opens && cpu_has_hw_virt(&cpuinfo) {
-                Accel::Kvm
-            } else {
-                Accel::Tcg
-            }
-        }
-    }
-}
-
-/// True when some `flags` line of `/proc/cpuinfo` lists `vmx` or `svm`.
-pub fn cpu_has_hw_virt(cpuinfo: &str) -> bool {
-    cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-}
-
-/// The host CPU frequency in kHz, for the guest's `tsc_early_khz` (TCG hangs in TSC
-/// calibration now and then without it).
-pub fn host_cpu_khz() -> Option<u64> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("cpu MHz"))?
-        .split(':')
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()?;
-    Some((mhz * 1000.0) as u64)
-}
-
-/// The guest kernel's command line.
-pub fn kernel_cmdline(accel: Accel) -> String {
-    let mut s = String::from(
-        "console=ttyS0 quiet reboot=k panic=-1 no_timer_check mitigations=off \
-         cryptomgr.notests audit=0 lsm=capability init_on_alloc=0",
-    );
-    if accel == Accel::Tcg {
-        if let Some(khz) = host_cpu_khz() {
-            s.push_str(&format!(" tsc_early_khz={khz}"));
-        }
-    }
-    s
-}
-
-/// How QEMU maps the guest RAM file (`memory-backend-file,share=`), and so what saving the VM
-/// writes: the state stream leaves out RAM that is a shared file (`x-ignore-shared`) and
-/// carries any other. That capability changes the stream's format, so a loader must be told
-/// how the VM that saved a state mapped its RAM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RamMapping {
-    /// `share=on`: the file is the guest's RAM. A saved state holds device state only; the RAM
-    /// stays in the file.
-    Shared,
-    /// `share=off`: the file is a read-only starting point mapped copy-on-write (the guest's
-    /// writes stay in the QEMU process). A saved state carries the RAM.
-    CopyOnWrite,
-}
-
-impl RamMapping {
-    /// The `share=` value of the memory backend.
-    fn share(self) -> &'static str {
-        match self {
-            RamMapping::Shared => "on",
-            RamMapping::CopyOnWrite => "off",
-        }
-    }
-
-    /// The `x-ignore-shared` capability a save from a VM mapped like this uses, and a load of
-    /// its state must use too.
-    fn ignore_shared(self) -> bool {
-        self == RamMapping::Shared
-    }
-}
-
-/// How a QEMU process starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// Boots the kernel.
-    Boot,
-    /// Waits for a saved state to be loaded (`-incoming defer`), the guest stopped.
-    Incoming,
-}
-
-/// Everything QEMU needs to run one VM. The same spec (apart from `mem_path`/`mem_mapping`)
-/// must be used to restore a VM that was saved with it: the device layout has to match.
-#[derive(Debug, Clone)]
-pub struct VmSpec {
-    pub qemu_bin: PathBuf,
-    pub accel: Accel,
-    pub vcpus: u32,
-    pub memory_mb: u32,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub cmdline: String,
-    /// Guest RAM file.
-    pub mem_path: PathBuf,
-    /// How the RAM file is mapped (and so whether a saved state carries the RAM).
-    pub mem_mapping: RamMapping,
-    /// The root disk (qcow2).
-    pub disk: PathBuf,
-    /// TAP device inside the VM's network namespace.
-    pub tap: String,
-    pub mac: String,
-    /// Directory for the QMP socket, pid file and console log.
-    pub run_dir: PathBuf,
-}
-
-impl VmSpec {
-    pub fn qmp_path(&self) -> PathBuf {
-        self.run_dir.join("qmp.sock")
-    }
-    pub fn pid_path(&self) -> PathBuf {
-        self.run_dir.join("qemu.pid")
-    }
-    pub fn console_path(&self) -> PathBuf {
-        self.run_dir.join("console.log")
-    }
-}
-
-/// The QEMU command line for `spec`; [`Start::Incoming`] adds `-incoming defer` for a restore.
-pub fn qemu_args(spec: &VmSpec, start: Start) -> Vec<String> {
-    let (accel, cpu) = match spec.accel {
-        Accel::Kvm => ("kvm", "host,-arch-capabilities"),
-        Accel::Tcg => ("tcg", "max"),
-    };
-    let mut a: Vec<String> = vec![
-        "-accel".into(),
-        accel.into(),
-        "-cpu".into(),
-        cpu.into(),
-        "-M".into(),
-        "microvm,x-option-roms=off,pic=off,memory-backend=mem".into(),
-        "-m".into(),
-        format!("{}M", spec.memory_mb),
-        "-smp".into(),
-        spec.vcpus.to_string(),
-        "-nodefaults".into(),
-        "-no-user-config".into(),
-        "-no-reboot".into(),
-        "-display".into(),
-        "none".into(),
-        "-daemonize".into(),
-        "-pidfile".into(),
-        spec.pid_path().display().to_string(),
-        "-serial".into(),
-        format!("file:{}", spec.console_path().display()),
-        "-qmp".into(),
-        format!("unix:{},server=on,wait=off", spec.qmp_path().display()),
-        "-kernel".into(),
-        spec.kernel.display().to_string(),
-        "-initrd".into(),
-        spec.initrd.display().to_string(),
-        "-append".into(),
-        spec.cmdline.clone(),
-        "-object".into(),
-        format!(
-            "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
-            spec.memory_mb,
-            spec.mem_path.display(),
-            spec.mem_mapping.share()
-        ),
-        "-drive".into(),
-        format!(
-            "id=root,file={},format=qcow2,if=none,discard=unmap",
-            spec.disk.display()
-        ),
-        "-device".into(),
-        "virtio-blk-device,drive=root".into(),
-        "-netdev".into(),
-        format!("tap,id=net0,ifname={},script=no,downscript=no", spec.tap),
-        "-device".into(),
-        format!("virtio-net-device,netdev=net0,mac={}", spec.mac),
-        "-device".into(),
-        "virtio-rng-device".into(),
-    ];
-    match start {
-        Start::Boot => {}
-        Start::Incoming => {
-            a.push("-incoming".into());
-            a.push("defer".into());
-        }
-    }
-    a
-}
 
 /// A VM layer failure.
 #[derive(Debug, thiserror::Error)]
@@ -554,88 +340,15 @@ async fn wait_gone(pid: u32, within: Duration) -> bool {
     }
     true
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec() -> VmSpec {
-        VmSpec {
-            qemu_bin: "qemu-system-x86_64".into(),
-            accel: Accel::Tcg,
-            vcpus: 2,
-            memory_mb: 512,
-            kernel: "/k/vmlinux".into(),
-            initrd: "/k/initrd.img".into(),
-            cmdline: "console=ttyS0".into(),
-            mem_path: "/s/mem".into(),
-            mem_mapping: RamMapping::CopyOnWrite,
-            disk: "/s/disk.qcow2".into(),
-            tap: "tap0".into(),
-            mac: "02:fc:00:00:00:02".into(),
-            run_dir: "/s".into(),
-        }
-    }
-
-    #[test]
-    fn accel_differs_only_in_accel_and_cpu_flags() {
-        let tcg = qemu_args(&spec(), Start::Boot);
-        let kvm = qemu_args(
-            &VmSpec {
-                accel: Accel::Kvm,
-                ..spec()
-            },
-            Start::Boot,
-        );
-        let diff: Vec<_> = tcg.iter().zip(&kvm).filter(|(a, b)| a != b).collect();
-        assert_eq!(diff.len(), 2, "{diff:?}");
-        assert!(tcg.windows(2).any(|w| w[0] == "-accel" && w[1] == "tcg"));
-        assert!(kvm
-            .windows(2)
-            .any(|w| w[0] == "-cpu" && w[1] == "host,-arch-capabilities"));
-    }
-
-    #[test]
-    fn memory_backend_share_and_incoming() {
-        let a = qemu_args(&spec(), Start::Incoming);
-        assert!(a.iter().any(|x| x.contains("mem-path=/s/mem,share=off")));
-        assert!(a.iter().any(|x| x == "512M"));
-        assert_eq!(&a[a.len() - 2..], ["-incoming", "defer"]);
-        let b = qemu_args(
-            &VmSpec {
-                mem_mapping: RamMapping::Shared,
-                ..spec()
-            },
-            Start::Boot,
-        );
-        assert!(b.iter().any(|x| x.contains("share=on")));
-        assert!(!b.iter().any(|x| x == "-incoming"));
-    }
-
-    #[test]
-    fn hw_virt_detection_reads_flags() {
-        assert!(cpu_has_hw_virt("flags\t: fpu vme vmx sse\n"));
-        assert!(cpu_has_hw_virt("flags\t: fpu svm\n"));
-        assert!(!cpu_has_hw_virt(
-            "flags\t: fpu vme sse hypervisor\nmodel name: vmx-like\n"
-        ));
-    }
 
     #[test]
     fn state_paths_are_shell_safe() {
         assert!(shell_path(Path::new("/var/lib/wrenn/sb-1/state")).is_ok());
         assert!(shell_path(Path::new("/tmp/a;rm -rf /")).is_err());
         assert!(shell_path(Path::new("/tmp/a b")).is_err());
-    }
-
-    #[test]
-    fn tcg_cmdline_sets_tsc_khz() {
-        let c = kernel_cmdline(Accel::Tcg);
-        assert!(c.contains("console=ttyS0"));
-        if host_cpu_khz().is_some() {
-            assert!(c.contains("tsc_early_khz="));
-        }
-        assert!(!kernel_cmdline(Accel::Kvm).contains("tsc_early_khz"));
     }
 
     #[test]
