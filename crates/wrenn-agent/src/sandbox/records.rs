@@ -110,7 +110,7 @@ pub struct SandboxOnDisk {
     pub slot: Option<u32>,
     pub host_ip: String,
     /// Where the guest RAM is (stored as `ram` beside the fields older agents read, see
-    /// [`stored_ram`]).
+    /// `stored_ram`).
     #[serde(flatten, with = "stored_ram")]
     pub ram: RamMode,
     /// Disk layers, bottom first; the last one is the sandbox's writable overlay.
