@@ -53,7 +53,7 @@ pub async fn observe(State(app): State<Arc<App>>, mut req: Request, next: Next) 
     let mut res = next.run(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = res.status().as_u16();
-    app.metrics.observe_request(method, &route, status, elapsed);
+    app.metrics.observe_request(method, route, status, elapsed);
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
     span.record("status", status);
     span.record("latency_ms", latency_ms);

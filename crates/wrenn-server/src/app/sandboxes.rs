@@ -167,7 +167,7 @@ impl App {
             .await;
         let info = match created {
             Ok(info) => {
-                self.metrics.sandbox_create.observe(started.elapsed());
+                self.metrics.observe_create(started.elapsed());
                 info
             }
             Err(e) => {
@@ -337,7 +337,7 @@ impl App {
         let started = Instant::now();
         let info = match agent.resume(&sb.id).await {
             Ok(info) => {
-                self.metrics.sandbox_resume.observe(started.elapsed());
+                self.metrics.observe_resume(started.elapsed());
                 info
             }
             Err(e) => {

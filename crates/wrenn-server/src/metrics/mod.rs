@@ -1,92 +1,42 @@
-//! Control-plane observability: a small in-process metrics registry (atomic counters and
-//! fixed-bucket histograms), its rendering in the Prometheus text exposition format 0.0.4
-//! (served at `GET /metrics` by `api`), and (in `request`) the request-id rules and the
-//! label vocabulary the per-request middleware (`api::observe`) applies.
+//! Control-plane metrics: what the process counts (HTTP requests and their durations,
+//! sandbox create and resume durations, failed sandbox operations) in the Prometheus
+//! project's `prometheus-client` types, the gauges read from the store at scrape time, and
+//! their rendering in the Prometheus text exposition format 0.0.4 (served at `GET /metrics`
+//! by `api`). `request` holds the request-id rules and the label vocabulary that the
+//! per-request middleware (`api::observe`) applies.
 //!
 //! Every label value comes from a bounded set: route templates of the router (never raw
 //! paths), a fixed list of methods, status codes, sandbox statuses and operation names. No
 //! metric carries a team, user, key or sandbox id, an email, a header or a query string.
-//! This module does not decide anything about requests, and it reads none: it only counts
-//! what it is told.
+//! This module decides nothing about requests and reads none: it counts what it is told.
+//!
+//! What the exposition says is pinned by the tests below (names, types, help, buckets), so
+//! that a new version of the library cannot rename a series unnoticed. Two habits of the
+//! library shape the registrations: a counter is registered without its `_total` suffix
+//! (the encoder adds it), and help texts are registered without their final period (the
+//! encoder adds it). A family without series yet (the HTTP metrics before the first answered
+//! request) is left out, HELP and TYPE lines included.
 
 pub mod request;
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::time::Duration;
 use wrenn_types::agent::SandboxStatus;
 
-/// The content type of the Prometheus text exposition format.
-pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of the Prometheus text exposition format 0.0.4.
+pub const CONTENT_TYPE_TEXT: &str = prometheus_text::CONTENT_TYPE;
 
 /// Upper bounds (seconds) of the histogram buckets; `+Inf` follows implicitly.
 pub const BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
-
-/// Every sandbox status, so that the gauge shows zeros instead of missing series.
-const STATUSES: [SandboxStatus; 5] = [
-    SandboxStatus::Pending,
-    SandboxStatus::Running,
-    SandboxStatus::Paused,
-    SandboxStatus::Stopped,
-    SandboxStatus::Error,
-];
-
-/// A histogram with the fixed [`BUCKETS`]. Lock-free: one atomic per bucket plus the sum.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Non-cumulative counts; the last slot is `+Inf`.
-    buckets: [AtomicU64; BUCKETS.len() + 1],
-    /// Sum of the observations in nanoseconds.
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let slot = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-    }
-
-    /// The number of observations so far.
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
-    }
-
-    /// Writes `_bucket`, `_sum` and `_count` lines; `labels` is `k="v",…` or empty.
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0u64;
-        for (i, slot) in self.buckets.iter().enumerate() {
-            cumulative += slot.load(Ordering::Relaxed);
-            let le = BUCKETS
-                .get(i)
-                .map(|b| b.to_string())
-                .unwrap_or_else(|| "+Inf".into());
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
-    }
-}
 
 /// The sandbox operations whose failures are counted (`op` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,179 +62,177 @@ impl SandboxOp {
     }
 }
 
-/// `(method, route, status)`.
-type RequestKey = (&'static str, String, u16);
-/// `(method, route)`.
-type DurationKey = (&'static str, String);
+/// Labels of `wrenn_http_requests_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    route: Arc<str>,
+    status: u16,
+}
 
-/// The registry of the control plane's metrics; one per [`App`](crate::app::App).
-#[derive(Debug, Default)]
+/// Labels of `wrenn_http_request_duration_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    method: &'static str,
+    route: Arc<str>,
+}
+
+/// Labels of `wrenn_sandbox_operation_failures_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+/// Labels of `wrenn_sandboxes`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// The control plane's metrics; one per [`App`](crate::app::App). The handles below are
+/// shared with the registries that render them.
+#[derive(Debug)]
 pub struct Metrics {
-    requests: RwLock<HashMap<RequestKey, Arc<AtomicU64>>>,
-    durations: RwLock<HashMap<DurationKey, Arc<Histogram>>>,
-    /// Successful sandbox creations, around the agent call.
-    pub sandbox_create: Histogram,
-    /// Successful sandbox resumes, around the agent call.
-    pub sandbox_resume: Histogram,
-    failures: [AtomicU64; SandboxOp::ALL.len()],
+    /// The HTTP metrics, rendered first.
+    http: Registry,
+    /// The sandbox operation metrics, rendered after the scrape-time gauges.
+    operations: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    sandbox_create: Histogram,
+    sandbox_resume: Histogram,
+    failures: Family<OpLabels, Counter>,
 }
 
-/// Gets (or inserts) the series of `key`, taking the write lock only for new series.
-fn series<K, V>(map: &RwLock<HashMap<K, Arc<V>>>, key: K) -> Arc<V>
-where
-    K: std::hash::Hash + Eq,
-    V: Default,
-{
-    if let Some(v) = map.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        return v.clone();
-    }
-    map.write()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(key)
-        .or_default()
-        .clone()
-}
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let durations: Family<RouteLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(histogram);
+        let sandbox_create = histogram();
+        let sandbox_resume = histogram();
+        let failures = Family::<OpLabels, Counter>::default();
+        // Every operation from the start, so that the counter shows zeros.
+        for op in SandboxOp::ALL {
+            let _ = failures.get_or_create(&OpLabels { op: op.as_str() });
+        }
 
-/// Escapes a label value (`\`, `"` and newlines).
-fn escape(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+        let mut http = Registry::default();
+        http.register(
+            "wrenn_http_requests",
+            "HTTP requests answered, by method, route template and status code",
+            requests.clone(),
+        );
+        http.register(
+            "wrenn_http_request_duration_seconds",
+            "Time from receiving a request to sending its response head, by method and route template",
+            durations.clone(),
+        );
+        let mut operations = Registry::default();
+        operations.register(
+            "wrenn_sandbox_create_duration_seconds",
+            "Duration of successful sandbox creations (the host agent call)",
+            sandbox_create.clone(),
+        );
+        operations.register(
+            "wrenn_sandbox_resume_duration_seconds",
+            "Duration of successful sandbox resumes (the host agent call)",
+            sandbox_resume.clone(),
+        );
+        operations.register(
+            "wrenn_sandbox_operation_failures",
+            "Sandbox operations whose host agent call failed, by operation",
+            failures.clone(),
+        );
+        Self {
+            http,
+            operations,
+            requests,
+            durations,
+            sandbox_create,
+            sandbox_resume,
+            failures,
         }
     }
-    out
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 impl Metrics {
     /// Records one answered request. `route` is the matched route template or
     /// [`request::UNMATCHED_ROUTE`].
-    pub fn observe_request(&self, method: &'static str, route: &str, status: u16, d: Duration) {
-        series(&self.requests, (method, route.to_string(), status)).fetch_add(1, Ordering::Relaxed);
-        series(&self.durations, (method, route.to_string())).observe(d);
+    pub fn observe_request(&self, method: &'static str, route: Arc<str>, status: u16, d: Duration) {
+        let labels = RouteLabels { method, route };
+        self.durations
+            .get_or_create(&labels)
+            .observe(d.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels {
+                method,
+                route: labels.route,
+                status,
+            })
+            .inc();
+    }
+
+    /// Records a successful sandbox creation (the agent call's duration).
+    pub fn observe_create(&self, d: Duration) {
+        self.sandbox_create.observe(d.as_secs_f64());
+    }
+
+    /// Records a successful sandbox resume (the agent call's duration).
+    pub fn observe_resume(&self, d: Duration) {
+        self.sandbox_resume.observe(d.as_secs_f64());
     }
 
     /// Counts a failed sandbox operation (the agent call failed).
     pub fn operation_failed(&self, op: SandboxOp) {
-        let i = SandboxOp::ALL.iter().position(|o| *o == op).unwrap_or(0);
-        self.failures[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Failures counted so far for `op`.
-    pub fn failures(&self, op: SandboxOp) -> u64 {
-        let i = SandboxOp::ALL.iter().position(|o| *o == op).unwrap_or(0);
-        self.failures[i].load(Ordering::Relaxed)
+        self.failures
+            .get_or_create(&OpLabels { op: op.as_str() })
+            .inc();
     }
 
     /// Renders every metric in the Prometheus text format. `sandboxes` are the counts by
     /// status read from the store, or `None` when the store could not be read (then
     /// `wrenn_store_up` is 0 and the gauge is left out rather than reported as zeros).
     pub fn render(&self, sandboxes: Option<&[(SandboxStatus, i64)]>) -> String {
-        let mut out = String::with_capacity(8 * 1024);
-
-        let mut requests: Vec<(RequestKey, u64)> = self
-            .requests
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
-            .collect();
-        requests.sort();
-        header(
-            &mut out,
-            "wrenn_http_requests_total",
-            "counter",
-            "HTTP requests answered, by method, route template and status code.",
-        );
-        for ((method, route, status), n) in requests {
-            let _ = writeln!(
-                out,
-                "wrenn_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}",
-                escape(&route)
-            );
-        }
-
-        let mut durations: Vec<(DurationKey, Arc<Histogram>)> = self
-            .durations
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        durations.sort_by(|a, b| a.0.cmp(&b.0));
-        header(
-            &mut out,
-            "wrenn_http_request_duration_seconds",
-            "histogram",
-            "Time from receiving a request to sending its response head, by method and route template.",
-        );
-        for ((method, route), h) in durations {
-            let labels = format!("method=\"{method}\",route=\"{}\"", escape(&route));
-            h.render(&mut out, "wrenn_http_request_duration_seconds", &labels);
-        }
-
-        header(
-            &mut out,
+        let mut scrape = Registry::default();
+        let up = Gauge::<i64>::default();
+        up.set(i64::from(sandboxes.is_some()));
+        scrape.register(
             "wrenn_store_up",
-            "gauge",
-            "1 if the store answered the last scrape's queries, else 0.",
+            "1 if the store answered the last scrape's queries, else 0",
+            up,
         );
-        let _ = writeln!(out, "wrenn_store_up {}", u8::from(sandboxes.is_some()));
         if let Some(counts) = sandboxes {
-            header(
-                &mut out,
-                "wrenn_sandboxes",
-                "gauge",
-                "Sandboxes known to the control plane, across all teams, by status.",
-            );
-            for status in STATUSES {
+            let gauge = Family::<StatusLabels, Gauge>::default();
+            for status in SandboxStatus::ALL {
                 let n: i64 = counts
                     .iter()
-                    .filter(|(s, _)| *s == status)
+                    .filter(|(s, _)| s == status)
                     .map(|(_, n)| n)
                     .sum();
-                let _ = writeln!(out, "wrenn_sandboxes{{status=\"{}\"}} {n}", status.as_str());
+                gauge
+                    .get_or_create(&StatusLabels {
+                        status: status.as_str(),
+                    })
+                    .set(n);
             }
+            scrape.register(
+                "wrenn_sandboxes",
+                "Sandboxes known to the control plane, across all teams, by status",
+                gauge,
+            );
         }
 
-        header(
-            &mut out,
-            "wrenn_sandbox_create_duration_seconds",
-            "histogram",
-            "Duration of successful sandbox creations (the host agent call).",
-        );
-        self.sandbox_create
-            .render(&mut out, "wrenn_sandbox_create_duration_seconds", "");
-        header(
-            &mut out,
-            "wrenn_sandbox_resume_duration_seconds",
-            "histogram",
-            "Duration of successful sandbox resumes (the host agent call).",
-        );
-        self.sandbox_resume
-            .render(&mut out, "wrenn_sandbox_resume_duration_seconds", "");
-
-        header(
-            &mut out,
-            "wrenn_sandbox_operation_failures_total",
-            "counter",
-            "Sandbox operations whose host agent call failed, by operation.",
-        );
-        for op in SandboxOp::ALL {
-            let _ = writeln!(
-                out,
-                "wrenn_sandbox_operation_failures_total{{op=\"{}\"}} {}",
-                op.as_str(),
-                self.failures(op)
-            );
+        let mut out = String::with_capacity(8 * 1024);
+        for registry in [&self.http, &scrape, &self.operations] {
+            // Writing to a String fails only when a value's encoder does; ours never do.
+            if let Err(e) = prometheus_text::encode(&mut out, registry) {
+                tracing::error!(error = %e, "rendering /metrics failed");
+            }
         }
         out
     }
@@ -294,38 +242,165 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    /// The sample line of `name` with exactly these labels (`k="v",…` or empty).
+    fn sample<'a>(out: &'a str, name: &str, labels: &str) -> Option<&'a str> {
+        let series = if labels.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name}{{{labels}}}")
+        };
+        out.lines()
+            .find_map(|l| l.strip_prefix(&series)?.strip_prefix(' '))
+    }
+
+    #[test]
+    fn names_types_and_help_are_stable() {
+        let m = Metrics::default();
+        m.observe_request("GET", Arc::from("/metrics"), 200, Duration::ZERO);
+        let out = m.render(Some(&[]));
+        let headers: Vec<&str> = out.lines().filter(|l| l.starts_with("# ")).collect();
+        assert_eq!(
+            headers,
+            [
+                "# HELP wrenn_http_requests_total HTTP requests answered, by method, route template and status code.",
+                "# TYPE wrenn_http_requests_total counter",
+                "# HELP wrenn_http_request_duration_seconds Time from receiving a request to sending its response head, by method and route template.",
+                "# TYPE wrenn_http_request_duration_seconds histogram",
+                "# HELP wrenn_store_up 1 if the store answered the last scrape's queries, else 0.",
+                "# TYPE wrenn_store_up gauge",
+                "# HELP wrenn_sandboxes Sandboxes known to the control plane, across all teams, by status.",
+                "# TYPE wrenn_sandboxes gauge",
+                "# HELP wrenn_sandbox_create_duration_seconds Duration of successful sandbox creations (the host agent call).",
+                "# TYPE wrenn_sandbox_create_duration_seconds histogram",
+                "# HELP wrenn_sandbox_resume_duration_seconds Duration of successful sandbox resumes (the host agent call).",
+                "# TYPE wrenn_sandbox_resume_duration_seconds histogram",
+                "# HELP wrenn_sandbox_operation_failures_total Sandbox operations whose host agent call failed, by operation.",
+                "# TYPE wrenn_sandbox_operation_failures_total counter",
+            ]
+        );
+        assert!(!out.contains("# EOF"), "{out}");
+    }
+
+    #[test]
+    fn families_without_series_are_left_out() {
+        // The library's habit (and client_golang's): no HELP/TYPE lines without a sample.
+        let out = Metrics::default().render(None);
+        assert!(!out.contains("wrenn_http_requests_total"), "{out}");
+        assert!(
+            !out.contains("wrenn_http_request_duration_seconds"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# TYPE wrenn_sandbox_create_duration_seconds histogram\n"),
+            "{out}"
+        );
+    }
+
     #[test]
     fn histogram_buckets_are_cumulative() {
-        let h = Histogram::default();
-        h.observe(Duration::from_millis(3)); // 0.005
-        h.observe(Duration::from_millis(5)); // 0.005 (upper bounds are inclusive)
-        h.observe(Duration::from_millis(700)); // 1
-        h.observe(Duration::from_secs(60)); // +Inf
-        let mut out = String::new();
-        h.render(&mut out, "x", "a=\"b\"");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"0.005\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"0.5\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"1\"} 3\n"), "{out}");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"30\"} 3\n"), "{out}");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 4\n"), "{out}");
-        assert!(out.contains("x_count{a=\"b\"} 4\n"), "{out}");
-        assert!(out.contains("x_sum{a=\"b\"} 60.708\n"), "{out}");
-        assert_eq!(h.count(), 4);
+        let m = Metrics::default();
+        for d in [
+            Duration::from_millis(3),   // 0.005
+            Duration::from_millis(5),   // 0.005 (upper bounds are inclusive)
+            Duration::from_millis(700), // 1
+            Duration::from_secs(60),    // +Inf
+        ] {
+            m.observe_request("GET", Arc::from("/x"), 200, d);
+        }
+        let out = m.render(None);
+        let name = "wrenn_http_request_duration_seconds";
+        let labels = "method=\"GET\",route=\"/x\"";
+        let bucket = |le: &str| {
+            sample(
+                &out,
+                &format!("{name}_bucket"),
+                &format!("{labels},le=\"{le}\""),
+            )
+        };
+        assert_eq!(bucket("0.005"), Some("2"), "{out}");
+        assert_eq!(bucket("0.5"), Some("2"), "{out}");
+        assert_eq!(bucket("1"), Some("3"), "{out}");
+        assert_eq!(bucket("30"), Some("3"), "{out}");
+        assert_eq!(bucket("+Inf"), Some("4"), "{out}");
+        let les: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket")))
+            .map(|l| l.split("le=\"").nth(1).unwrap().split('"').next().unwrap())
+            .collect();
+        assert_eq!(
+            les,
+            [
+                "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10",
+                "30", "+Inf"
+            ]
+        );
+        assert_eq!(
+            sample(&out, &format!("{name}_count"), labels),
+            Some("4"),
+            "{out}"
+        );
+        let sum: f64 = sample(&out, &format!("{name}_sum"), labels)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum - 60.708).abs() < 1e-9, "{out}");
+        let requests = "method=\"GET\",route=\"/x\",status=\"200\"";
+        assert_eq!(
+            sample(&out, "wrenn_http_requests_total", requests),
+            Some("4"),
+            "{out}"
+        );
     }
 
     #[test]
     fn unlabelled_histogram_has_no_empty_braces() {
-        let h = Histogram::default();
-        let mut out = String::new();
-        h.render(&mut out, "y", "");
-        assert!(out.contains("y_bucket{le=\"0.01\"} 0\n"), "{out}");
-        assert!(out.contains("y_sum 0\n"), "{out}");
-        assert!(out.contains("y_count 0\n"), "{out}");
+        let m = Metrics::default();
+        m.observe_create(Duration::from_millis(20));
+        let out = m.render(None);
+        let name = "wrenn_sandbox_create_duration_seconds";
+        assert_eq!(
+            sample(&out, &format!("{name}_bucket"), "le=\"0.01\""),
+            Some("0"),
+            "{out}"
+        );
+        assert_eq!(
+            sample(&out, &format!("{name}_bucket"), "le=\"0.025\""),
+            Some("1"),
+            "{out}"
+        );
+        assert_eq!(
+            sample(&out, &format!("{name}_count"), ""),
+            Some("1"),
+            "{out}"
+        );
+        assert_eq!(
+            sample(&out, "wrenn_sandbox_resume_duration_seconds_count", ""),
+            Some("0"),
+            "{out}"
+        );
+        assert!(!out.contains("{}"), "{out}");
     }
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let m = Metrics::default();
+        m.observe_request("GET", Arc::from("a\"b\\c\nd"), 404, Duration::ZERO);
+        let out = m.render(None);
+        assert!(
+            out.contains("wrenn_http_requests_total{method=\"GET\",route=\"a\\\"b\\\\c\\nd\",status=\"404\"} 1\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn failures_list_every_operation() {
+        let m = Metrics::default();
+        m.operation_failed(SandboxOp::Resume);
+        let out = m.render(None);
+        let name = "wrenn_sandbox_operation_failures_total";
+        assert_eq!(sample(&out, name, "op=\"create\""), Some("0"), "{out}");
+        assert_eq!(sample(&out, name, "op=\"resume\""), Some("1"), "{out}");
+        assert_eq!(sample(&out, name, "op=\"pause\""), Some("0"), "{out}");
     }
 
     #[test]
