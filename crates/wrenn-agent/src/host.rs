@@ -1,12 +1,14 @@
-//! Starting a host agent: images present (built if missing), accelerator chosen, sandboxes of a
-//! previous run found again, and the internal API ready to serve. The `wrenn agent` and
-//! `wrenn up` commands call [`start`]; tests call it too.
+//! Starting a host agent: data directory private, images present (built if missing),
+//! accelerator chosen, sandboxes of a previous run found again, and the internal API ready to
+//! serve. The `wrenn agent` and `wrenn up` commands run the [`crate::doctor`] checks first and
+//! then call [`start`]; tests call it too.
 
 use crate::images::{self, ImageConfig, Progress};
 use crate::net::NetConfig;
 use crate::sandbox::{Manager, ManagerConfig, SandboxError};
 use crate::vmm::{self, Accel, AccelChoice};
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Everything an agent needs.
@@ -42,6 +44,13 @@ pub enum AgentError {
     /// The configuration cannot work.
     #[error("{0}")]
     Config(String),
+    /// The data directory could not be created or made private.
+    #[error("data directory {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Building the guest images failed.
     #[error("building images: {0}")]
     Images(#[from] images::ImageError),
@@ -66,6 +75,10 @@ pub async fn start(
             "the agent token must be at least 16 characters".into(),
         ));
     }
+    secure_data_dir(&cfg.data_dir).map_err(|source| AgentError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
     let built = match images::existing_images(&cfg.data_dir) {
         Some(i) => i,
         None => {
@@ -112,4 +125,89 @@ pub async fn start(
         token: Arc::new(cfg.token.clone()),
     });
     Ok(Agent { manager, router })
+}
+
+/// Makes the data directory private: created if missing, mode 0700, so no other user reaches
+/// anything in it (sandbox disks and memory files, snapshots, images), and every file directly
+/// in it (secrets, the SQLite database) without group or other access. Run at every start, so
+/// a directory made by an older version or loosened by hand is put right.
+pub fn secure_data_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        let mode = meta.permissions().mode();
+        if meta.is_file() && mode & 0o077 != 0 {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode & 0o7700))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_data_dir_and_its_files_become_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Other users may pass through the parent, as through /var/lib.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = tmp.path().join("data");
+        secure_data_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700, "a new directory");
+
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let db = dir.join("wrenn.db");
+        std::fs::write(&db, "secret").unwrap();
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let disk = dir.join("sandboxes/sb-1/disk.qcow2");
+        std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
+        std::fs::write(&disk, "guest data").unwrap();
+        std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        let root = nix::unistd::geteuid().is_root();
+        if root {
+            assert!(
+                read_as_nobody(&disk).is_ok(),
+                "before: a world-readable disk"
+            );
+        }
+
+        secure_data_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&db), 0o600);
+        assert_eq!(mode(&disk), 0o644, "files deeper down keep their mode");
+        // Another user reaches neither: the directory stops them.
+        if root {
+            for file in [&db, &disk] {
+                let err = read_as_nobody(file).unwrap_err();
+                assert!(err.contains("Permission denied"), "{err}");
+            }
+        }
+    }
+
+    /// `cat path` as the user nobody: its output, or its error.
+    fn read_as_nobody(path: &Path) -> Result<String, String> {
+        let out = std::process::Command::new("cat")
+            .arg(path)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
 }

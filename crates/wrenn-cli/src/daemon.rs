@@ -1,8 +1,10 @@
 //! The long-running roles of the binary: image building, the agent (and, with the control
-//! plane, `up`). Errors end here as one clear line.
+//! plane, `up`). The agent's roles run the host checks ([`crate::doctor`]) first and refuse to
+//! start on a failing one. Errors end here as one clear line.
 
 use anyhow::{anyhow, Context, Result};
 use std::path::PathBuf;
+use wrenn_agent::doctor;
 use wrenn_agent::host::{self, AgentConfig};
 use wrenn_agent::images::{self, ImageConfig, StderrProgress};
 use wrenn_agent::net::NetConfig;
@@ -18,6 +20,7 @@ pub fn init_logging() {
 }
 
 pub async fn build_images(data_dir: PathBuf, envd_bin: Option<PathBuf>, force: bool) -> Result<()> {
+    secure_data_dir(&data_dir)?;
     let envd_bin = envd_bin.or_else(images::locate_envd).ok_or_else(|| {
         anyhow!("no static wrenn-envd found; pass --envd-bin or set WRENN_ENVD_BIN")
     })?;
@@ -60,7 +63,7 @@ pub struct AgentArgs {
     #[arg(long, env = "WRENN_NET_PREFIX", default_value = "wr")]
     pub net_prefix: String,
     /// First network slot index of this agent.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "WRENN_FIRST_SLOT", default_value_t = 0)]
     pub first_slot: u32,
     /// Number of network slots (the most sandboxes running at once).
     #[arg(long, default_value_t = 1024)]
@@ -88,6 +91,7 @@ impl AgentArgs {
 
 pub async fn run_agent(args: AgentArgs) -> Result<()> {
     let cfg = args.config()?;
+    crate::doctor::check_before_start(doctor::Options::from(&cfg)).await?;
     let agent = host::start(cfg, Box::new(StderrProgress::new())).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -125,6 +129,13 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
     }
+}
+
+/// Creates the data directory if missing and makes it private (see
+/// [`host::secure_data_dir`]): mode 0700, the secrets and the database in it 0600.
+pub fn secure_data_dir(dir: &std::path::Path) -> Result<()> {
+    host::secure_data_dir(dir)
+        .with_context(|| format!("making the data directory {} private", dir.display()))
 }
 
 /// Reads a secret kept in the data directory, creating it (random, mode 0600) on first use.
@@ -181,7 +192,7 @@ pub struct UpArgs {
     #[arg(long, env = "WRENN_NET_PREFIX", default_value = "wr")]
     pub net_prefix: String,
     /// First network slot index.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "WRENN_FIRST_SLOT", default_value_t = 0)]
     pub first_slot: u32,
     /// Static wrenn-envd for building missing images.
     #[arg(long, env = "WRENN_ENVD_BIN")]
@@ -190,12 +201,33 @@ pub struct UpArgs {
     #[arg(long, env = "WRENN_REAPER_INTERVAL_MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub reaper_interval_ms: u64,
+    /// Write a systemd unit running `wrenn up` with these options (to /etc/systemd/system/,
+    /// the options to /etc/wrenn/wrenn.env) instead of running now.
+    #[arg(long)]
+    pub install_service: bool,
+    /// Root the service files go under (for tests).
+    #[arg(long, default_value = "/", hide = true)]
+    pub install_root: PathBuf,
 }
 
 /// `wrenn up`: the control plane and one agent in this process, SQLite in the data directory.
 pub async fn run_up(args: UpArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("create {}", args.data_dir.display()))?;
+    if args.install_service {
+        return crate::service::install_up(&args);
+    }
+    let agent_args = AgentArgs {
+        data_dir: args.data_dir.clone(),
+        listen: args.agent_listen.clone(),
+        token: String::new(),
+        accel: args.accel.clone(),
+        qemu: "qemu-system-x86_64".into(),
+        net_prefix: args.net_prefix.clone(),
+        first_slot: args.first_slot,
+        max_slots: 1024,
+        envd_bin: args.envd_bin.clone(),
+    };
+    crate::doctor::check_before_start(doctor::Options::from(&agent_args.config()?)).await?;
+    secure_data_dir(&args.data_dir)?;
     let agent_token = persistent_secret(&args.data_dir.join("agent_token"), 24)?;
     let jwt_secret = match std::env::var("WRENN_JWT_SECRET") {
         Ok(s) => s,
@@ -203,15 +235,8 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
     };
 
     let agent_args = AgentArgs {
-        data_dir: args.data_dir.clone(),
-        listen: args.agent_listen.clone(),
         token: agent_token.clone(),
-        accel: args.accel.clone(),
-        qemu: "qemu-system-x86_64".into(),
-        net_prefix: args.net_prefix.clone(),
-        first_slot: args.first_slot,
-        max_slots: 1024,
-        envd_bin: args.envd_bin.clone(),
+        ..agent_args
     };
     eprintln!("==> preparing the host agent (guest images are built on first start)");
     let agent = host::start(agent_args.config()?, Box::new(StderrProgress::new())).await?;
@@ -263,8 +288,14 @@ pub struct ServerArgs {
     /// Address of the public API.
     #[arg(long, env = "WRENN_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// Host agents to register, as URL=TOKEN (repeatable).
-    #[arg(long = "agent", value_name = "URL=TOKEN")]
+    /// Host agents to register, as URL=TOKEN (repeatable; in the environment, comma-separated).
+    #[arg(
+        long = "agent",
+        value_name = "URL=TOKEN",
+        env = "WRENN_AGENTS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub agents: Vec<String>,
 }
 
@@ -279,6 +310,14 @@ pub async fn run_server(args: ServerArgs) -> Result<()> {
         .with_context(|| format!("--listen {}", args.listen))?;
     cfg.database_url = std::env::var("DATABASE_URL").ok();
     cfg.apply_oauth_env()?;
+    if !cfg
+        .database_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+    {
+        // The SQLite file lives there.
+        secure_data_dir(&args.data_dir)?;
+    }
     let server = wrenn_server::build(cfg).await?;
     for a in &args.agents {
         let (url, token) = a

@@ -1,8 +1,10 @@
 //! `wrenn`: one binary for every role — `up` (control plane and agent in one process),
-//! `server`, `agent`, `images build` — and the client of the public API.
+//! `server`, `agent`, `images build`, `doctor` — and the client of the public API.
 
 mod client;
 mod daemon;
+mod doctor;
+mod service;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -34,6 +36,9 @@ enum Command {
     Server(daemon::ServerArgs),
     /// Run a host agent: owns the microVMs of this host and serves the internal API.
     Agent(daemon::AgentArgs),
+    /// Check this host the way the agent will use it: programs, network, accelerator, disk,
+    /// memory, data directory, images. One line per check; exits 1 when one fails.
+    Doctor(doctor::DoctorArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -77,6 +82,12 @@ fn main() -> Result<()> {
             Command::Up(args) => daemon::run_up(args).await,
             Command::Server(args) => daemon::run_server(args).await,
             Command::Agent(args) => daemon::run_agent(args).await,
+            Command::Doctor(args) => {
+                if !doctor::run_doctor(args).await? {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
             Command::Client(_) => unreachable!("handled above"),
         }
     })

@@ -1,0 +1,182 @@
+//! The data directory: free disk where it lives, who may look inside, and the guest images.
+
+use super::{human_bytes, Check};
+use crate::images;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+const GIB: u64 = 1 << 30;
+/// Room a first image build takes (Debian tree, packages, the template image) with margin.
+const IMAGE_BUILD_BYTES: u64 = 2 * GIB;
+/// Below this, few sandboxes fit: each running or paused one keeps its RAM in a file here.
+const LOW_DISK_BYTES: u64 = 4 * GIB;
+
+/// The directory itself, or the nearest ancestor that exists (where it will be created).
+fn existing_ancestor(dir: &Path) -> PathBuf {
+    dir.ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf()
+}
+
+pub fn free_disk(data_dir: &Path) -> Check {
+    let name = "disk";
+    let at = existing_ancestor(data_dir);
+    let stat = match nix::sys::statvfs::statvfs(&at) {
+        Ok(s) => s,
+        Err(e) => {
+            return Check::fail(
+                name,
+                format!("cannot read the free space of {}: {e}", at.display()),
+                "check the data directory's file system",
+            )
+        }
+    };
+    let free = stat.blocks_available() * stat.fragment_size();
+    let detail = format!("{} free at {}", human_bytes(free), at.display());
+    let built = images::images_ready(data_dir);
+    if !built && free < IMAGE_BUILD_BYTES {
+        Check::fail(
+            name,
+            format!(
+                "{detail}: building the guest images needs about {}",
+                human_bytes(IMAGE_BUILD_BYTES)
+            ),
+            "free disk space, or choose another --data-dir",
+        )
+    } else if free < LOW_DISK_BYTES {
+        Check::warning(
+            name,
+            format!("{detail}: each running or paused sandbox keeps its memory in a file here"),
+            "free disk space, or choose another --data-dir",
+        )
+    } else {
+        Check::ok(name, detail)
+    }
+}
+
+/// Mode 0700, owned by the agent's user, and no file directly in it open to others (secrets
+/// and the SQLite database live there). Start-up sets the modes; a wrong owner fails.
+pub fn permissions(data_dir: &Path) -> Check {
+    let name = "data dir";
+    let shown = data_dir.display();
+    let meta = match std::fs::metadata(data_dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = existing_ancestor(data_dir);
+            return if nix::unistd::access(&parent, nix::unistd::AccessFlags::W_OK).is_ok() {
+                Check::ok(
+                    name,
+                    format!("{shown} does not exist yet; start-up creates it with mode 0700"),
+                )
+            } else {
+                Check::fail(
+                    name,
+                    format!(
+                        "{shown} does not exist and {} is not writable",
+                        parent.display()
+                    ),
+                    "create it as root, or choose another --data-dir",
+                )
+            };
+        }
+        Err(e) => return Check::fail(name, format!("{shown}: {e}"), "choose another --data-dir"),
+    };
+    if !meta.is_dir() {
+        return Check::fail(
+            name,
+            format!("{shown} is not a directory"),
+            "choose another --data-dir",
+        );
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Check::fail(
+            name,
+            format!(
+                "{shown} is owned by uid {}, not by the agent (uid {me})",
+                meta.uid()
+            ),
+            format!("chown {me} {shown}, or choose another --data-dir"),
+        );
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    let open_files = files_open_to_others(data_dir);
+    if mode & 0o077 != 0 || !open_files.is_empty() {
+        let mut what = Vec::new();
+        if mode & 0o077 != 0 {
+            what.push(format!(
+                "{shown} has mode {mode:04o}: other users can look inside"
+            ));
+        }
+        if !open_files.is_empty() {
+            what.push(format!(
+                "readable by others: {} (secrets or the database)",
+                open_files.join(", ")
+            ));
+        }
+        return Check::warning(
+            name,
+            what.join("; "),
+            format!(
+                "start-up makes the directory 0700 and the files directly in it 0600; \
+                 to close it now: chmod 700 {shown}"
+            ),
+        );
+    }
+    Check::ok(name, format!("{shown}: mode 0700, files in it 0600"))
+}
+
+/// Names of the regular files directly in `dir` that group or others may read.
+fn files_open_to_others(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter(|e| {
+            e.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o077 != 0)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+pub fn images(data_dir: &Path, envd_bin: Option<&Path>) -> Check {
+    let name = "images";
+    if let Some(built) = images::existing_images(data_dir) {
+        let templates: Vec<String> = built
+            .templates
+            .iter()
+            .map(|t| format!("{} ({})", t.name, human_bytes(t.size_bytes)))
+            .collect();
+        return Check::ok(
+            name,
+            format!(
+                "kernel, initramfs and template {} built",
+                templates.join(", ")
+            ),
+        );
+    }
+    let envd = envd_bin
+        .map(Path::to_path_buf)
+        .or_else(images::locate_envd)
+        .filter(|p| p.is_file());
+    match envd {
+        Some(envd) => Check::warning(
+            name,
+            format!(
+                "not built yet: the first start builds them (several minutes), with envd from {}",
+                envd.display()
+            ),
+            "wrenn images build (or let wrenn up / wrenn agent build them)",
+        ),
+        None => Check::fail(
+            name,
+            "not built, and no static wrenn-envd to build them with",
+            "scripts/build.sh builds it beside wrenn; or set WRENN_ENVD_BIN",
+        ),
+    }
+}
