@@ -9,8 +9,7 @@
 //! - [`router`]: serves any `HostAgent` over HTTP: one constant-time bearer check, request
 //!   parsing, one trait call per route, and one mapping of [`AgentApiError`] to a status and
 //!   an error body.
-//! - [`ws_session`]: an [`ExecSession`] over a client WebSocket (the control plane to an
-//!   agent, an agent to envd).
+//! - [`ws_session`] and [`relay_exec`]: the two ends of a streamed exec over WebSocket.
 //!
 //! File bodies are streams both ways ([`ByteStream`], [`FileBody`]) and a streamed exec is a
 //! pair of channels ([`ExecSession`]), so no hop holds a whole file or a whole output. This
@@ -24,16 +23,19 @@ mod session;
 
 pub use error::AgentApiError;
 pub use router::router;
-pub use session::ws_session;
+pub use session::{relay_exec, ws_session};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, TryStreamExt};
 use std::pin::Pin;
 use tokio::sync::mpsc;
 use wrenn_types::agent::{CreateSandbox, HostInfo, SandboxInfo, SnapshotRequest, TemplateInfo};
 use wrenn_types::envd::{ExecRequest, ExecResponse};
 use wrenn_types::stream::{ClientMessage, ServerMessage};
+
+/// What every operation of the agent API returns.
+pub type AgentResult<T> = Result<T, AgentApiError>;
 
 /// File bytes as they arrive, never collected whole.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
@@ -43,6 +45,20 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> +
 pub struct FileBody {
     pub len: Option<u64>,
     pub stream: ByteStream,
+}
+
+impl FileBody {
+    /// A body of `len` bytes (when known) arriving from `stream`, such as an HTTP answer's.
+    pub fn from_stream<S, E>(len: Option<u64>, stream: S) -> Self
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        Self {
+            len,
+            stream: Box::pin(stream.map_err(std::io::Error::other)),
+        }
+    }
 }
 
 /// One streamed exec: messages to the process (`start`, `stop`) and events from it.
@@ -56,41 +72,36 @@ pub struct ExecSession {
 #[async_trait]
 pub trait HostAgent: Send + Sync + 'static {
     /// `GET` [`paths::HOST`]: capacity, accelerator and the templates it can create from.
-    async fn host_info(&self) -> Result<HostInfo, AgentApiError>;
+    async fn host_info(&self) -> AgentResult<HostInfo>;
     /// `GET` [`paths::SANDBOXES`].
-    async fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, AgentApiError>;
+    async fn list_sandboxes(&self) -> AgentResult<Vec<SandboxInfo>>;
     /// `POST` [`paths::SANDBOXES`] → 201.
-    async fn create(&self, req: &CreateSandbox) -> Result<SandboxInfo, AgentApiError>;
+    async fn create(&self, req: &CreateSandbox) -> AgentResult<SandboxInfo>;
     /// `GET` [`paths::SANDBOX`].
-    async fn get_sandbox(&self, id: &str) -> Result<SandboxInfo, AgentApiError>;
+    async fn get_sandbox(&self, id: &str) -> AgentResult<SandboxInfo>;
     /// `DELETE` [`paths::SANDBOX`] → 204.
-    async fn destroy(&self, id: &str) -> Result<(), AgentApiError>;
+    async fn destroy(&self, id: &str) -> AgentResult<()>;
     /// `POST` [`paths::PAUSE`].
-    async fn pause(&self, id: &str) -> Result<SandboxInfo, AgentApiError>;
+    async fn pause(&self, id: &str) -> AgentResult<SandboxInfo>;
     /// `POST` [`paths::RESUME`].
-    async fn resume(&self, id: &str) -> Result<SandboxInfo, AgentApiError>;
+    async fn resume(&self, id: &str) -> AgentResult<SandboxInfo>;
     /// `POST` [`paths::SNAPSHOT`] → 201; the sandbox is gone afterwards.
-    async fn snapshot(
-        &self,
-        id: &str,
-        req: &SnapshotRequest,
-    ) -> Result<TemplateInfo, AgentApiError>;
+    async fn snapshot(&self, id: &str, req: &SnapshotRequest) -> AgentResult<TemplateInfo>;
     /// `POST` [`paths::EXEC`]: one command run to completion.
-    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentApiError>;
+    async fn exec(&self, id: &str, req: &ExecRequest) -> AgentResult<ExecResponse>;
     /// `GET` [`paths::EXEC_STREAM`] (WebSocket, messages of `wrenn_types::stream`).
-    async fn exec_stream(&self, id: &str) -> Result<ExecSession, AgentApiError>;
+    async fn exec_stream(&self, id: &str) -> AgentResult<ExecSession>;
     /// `PUT` [`paths::FILES`]`?path=`, the body streamed in → 204.
-    async fn write_file(&self, id: &str, path: &str, body: ByteStream)
-        -> Result<(), AgentApiError>;
+    async fn write_file(&self, id: &str, path: &str, body: ByteStream) -> AgentResult<()>;
     /// `GET` [`paths::FILES`]`?path=`, the answer streamed out.
-    async fn read_file_body(&self, id: &str, path: &str) -> Result<FileBody, AgentApiError>;
+    async fn read_file_body(&self, id: &str, path: &str) -> AgentResult<FileBody>;
     /// `GET` [`paths::TEMPLATES`].
-    async fn list_templates(&self) -> Result<Vec<TemplateInfo>, AgentApiError>;
+    async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>>;
     /// `DELETE` [`paths::TEMPLATE`] → 204.
-    async fn delete_template(&self, name: &str) -> Result<(), AgentApiError>;
+    async fn delete_template(&self, name: &str) -> AgentResult<()>;
 
     /// [`Self::read_file_body`] without the length.
-    async fn read_file(&self, id: &str, path: &str) -> Result<ByteStream, AgentApiError> {
+    async fn read_file(&self, id: &str, path: &str) -> AgentResult<ByteStream> {
         Ok(self.read_file_body(id, path).await?.stream)
     }
 }

@@ -1,41 +1,65 @@
-//! The routes of the agent API, in axum's syntax; a client fills the one `{id}` or `{name}`
-//! with [`fill`]. Bodies are JSON (`wrenn_types::agent`, `wrenn_types::envd`) unless said
-//! otherwise; every route answers `401` without the agent's bearer token.
+//! The routes of the agent API: one [`Route`] (method and path) per [`crate::HostAgent`]
+//! method, used by the router and by the client. Paths are in axum's syntax; a client fills
+//! the one `{id}` or `{name}` with [`Route::fill`]. Bodies are JSON (`wrenn_types::agent`,
+//! `wrenn_types::envd`) unless said otherwise; every route answers `401` without the agent's
+//! bearer token.
 //!
-//! | route | methods |
+//! | route | body → answer |
 //! |---|---|
-//! | [`HOST`] | `GET` → `HostInfo` |
-//! | [`SANDBOXES`] | `GET` → `[SandboxInfo]`; `POST` `CreateSandbox` → 201 `SandboxInfo` |
-//! | [`SANDBOX`] | `GET` → `SandboxInfo`; `DELETE` → 204 |
-//! | [`PAUSE`], [`RESUME`] | `POST` → `SandboxInfo` |
-//! | [`SNAPSHOT`] | `POST` `SnapshotRequest` → 201 `TemplateInfo` (the sandbox is gone) |
-//! | [`EXEC`] | `POST` `ExecRequest` → `ExecResponse` |
-//! | [`EXEC_STREAM`] | `GET`, WebSocket of `wrenn_types::stream` messages |
-//! | [`FILES`]`?path=/abs` | `PUT` raw body, streamed → 204; `GET` → raw bytes, streamed |
-//! | [`TEMPLATES`] | `GET` → `[TemplateInfo]` |
-//! | [`TEMPLATE`] | `DELETE` → 204 |
+//! | [`HOST_INFO`] | → `HostInfo` |
+//! | [`LIST_SANDBOXES`] | → `[SandboxInfo]` |
+//! | [`CREATE_SANDBOX`] | `CreateSandbox` → 201 `SandboxInfo` |
+//! | [`GET_SANDBOX`] | → `SandboxInfo` |
+//! | [`DESTROY_SANDBOX`] | → 204 |
+//! | [`PAUSE`], [`RESUME`] | → `SandboxInfo` |
+//! | [`SNAPSHOT`] | `SnapshotRequest` → 201 `TemplateInfo` (the sandbox is gone) |
+//! | [`EXEC`] | `ExecRequest` → `ExecResponse` |
+//! | [`EXEC_STREAM`] | WebSocket of `wrenn_types::stream` messages |
+//! | [`WRITE_FILE`]`?path=/abs` | raw body, streamed → 204 |
+//! | [`READ_FILE`]`?path=/abs` | → raw bytes, streamed (`Content-Length` when known) |
+//! | [`LIST_TEMPLATES`] | → `[TemplateInfo]` |
+//! | [`DELETE_TEMPLATE`] | → 204 |
 
-pub const HOST: &str = "/v1/host";
-pub const SANDBOXES: &str = "/v1/sandboxes";
-pub const SANDBOX: &str = "/v1/sandboxes/{id}";
-pub const PAUSE: &str = "/v1/sandboxes/{id}/pause";
-pub const RESUME: &str = "/v1/sandboxes/{id}/resume";
-pub const SNAPSHOT: &str = "/v1/sandboxes/{id}/snapshot";
-pub const EXEC: &str = "/v1/sandboxes/{id}/exec";
-pub const EXEC_STREAM: &str = "/v1/sandboxes/{id}/exec/stream";
-pub const FILES: &str = "/v1/sandboxes/{id}/files";
-pub const TEMPLATES: &str = "/v1/templates";
-pub const TEMPLATE: &str = "/v1/templates/{name}";
+use axum::http::Method;
 
-/// `route` with its `{…}` parameter replaced by `value`.
-pub fn fill(route: &str, value: &str) -> String {
-    match (route.find('{'), route.find('}')) {
-        (Some(open), Some(close)) if open < close => {
-            format!("{}{value}{}", &route[..open], &route[close + 1..])
+/// One operation's HTTP method and path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+}
+
+impl Route {
+    const fn new(method: Method, path: &'static str) -> Self {
+        Self { method, path }
+    }
+
+    /// The path with its `{…}` parameter replaced by `value` (unchanged if it has none).
+    pub fn fill(&self, value: &str) -> String {
+        let p = self.path;
+        match (p.find('{'), p.find('}')) {
+            (Some(open), Some(close)) if open < close => {
+                format!("{}{value}{}", &p[..open], &p[close + 1..])
+            }
+            _ => p.to_string(),
         }
-        _ => route.to_string(),
     }
 }
+
+pub const HOST_INFO: Route = Route::new(Method::GET, "/v1/host");
+pub const LIST_SANDBOXES: Route = Route::new(Method::GET, "/v1/sandboxes");
+pub const CREATE_SANDBOX: Route = Route::new(Method::POST, "/v1/sandboxes");
+pub const GET_SANDBOX: Route = Route::new(Method::GET, "/v1/sandboxes/{id}");
+pub const DESTROY_SANDBOX: Route = Route::new(Method::DELETE, "/v1/sandboxes/{id}");
+pub const PAUSE: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/pause");
+pub const RESUME: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/resume");
+pub const SNAPSHOT: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/snapshot");
+pub const EXEC: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/exec");
+pub const EXEC_STREAM: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/exec/stream");
+pub const WRITE_FILE: Route = Route::new(Method::PUT, "/v1/sandboxes/{id}/files");
+pub const READ_FILE: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/files");
+pub const LIST_TEMPLATES: Route = Route::new(Method::GET, "/v1/templates");
+pub const DELETE_TEMPLATE: Route = Route::new(Method::DELETE, "/v1/templates/{name}");
 
 #[cfg(test)]
 mod tests {
@@ -43,9 +67,9 @@ mod tests {
 
     #[test]
     fn fill_replaces_the_parameter() {
-        assert_eq!(fill(PAUSE, "sb-1"), "/v1/sandboxes/sb-1/pause");
-        assert_eq!(fill(EXEC_STREAM, "x"), "/v1/sandboxes/x/exec/stream");
-        assert_eq!(fill(TEMPLATE, "t"), "/v1/templates/t");
-        assert_eq!(fill(HOST, "x"), "/v1/host");
+        assert_eq!(PAUSE.fill("sb-1"), "/v1/sandboxes/sb-1/pause");
+        assert_eq!(EXEC_STREAM.fill("x"), "/v1/sandboxes/x/exec/stream");
+        assert_eq!(DELETE_TEMPLATE.fill("t"), "/v1/templates/t");
+        assert_eq!(HOST_INFO.fill("x"), "/v1/host");
     }
 }

@@ -1,43 +1,58 @@
 //! [`router`]: any [`HostAgent`] served over HTTP. Each handler parses, makes one trait call
 //! and writes the answer; errors are written by [`AgentApiError`]'s one mapping.
 
-use crate::{paths, AgentApiError, ExecSession, HostAgent};
+use crate::paths::{self, Route};
+use crate::{relay_exec, AgentApiError, AgentResult, HostAgent};
 use axum::body::Body;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::handler::Handler;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{on, MethodFilter};
 use axum::{Json, Router};
-use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use wrenn_types::agent::{AgentErrorCode, CreateSandbox, FileQuery, SnapshotRequest};
 use wrenn_types::envd::ExecRequest;
-use wrenn_types::stream::{ClientMessage, ServerMessage};
 
 type Agent = State<Arc<dyn HostAgent>>;
-type Answer<T> = Result<T, AgentApiError>;
 
 /// The agent API for `agent`, answering only requests with `Authorization: Bearer <token>`.
 pub fn router(agent: Arc<dyn HostAgent>, token: &str) -> Router {
     let token: Arc<str> = token.into();
     Router::new()
-        .route(paths::HOST, get(host_info))
-        .route(paths::SANDBOXES, get(list_sandboxes).post(create))
-        .route(paths::SANDBOX, get(get_sandbox).delete(destroy))
-        .route(paths::PAUSE, post(pause))
-        .route(paths::RESUME, post(resume))
-        .route(paths::SNAPSHOT, post(snapshot))
-        .route(paths::EXEC, post(exec))
-        .route(paths::EXEC_STREAM, get(exec_stream))
-        .route(paths::FILES, get(read_file).put(write_file))
-        .route(paths::TEMPLATES, get(list_templates))
-        .route(paths::TEMPLATE, delete(delete_template))
+        .operation(paths::HOST_INFO, host_info)
+        .operation(paths::LIST_SANDBOXES, list_sandboxes)
+        .operation(paths::CREATE_SANDBOX, create)
+        .operation(paths::GET_SANDBOX, get_sandbox)
+        .operation(paths::DESTROY_SANDBOX, destroy)
+        .operation(paths::PAUSE, pause)
+        .operation(paths::RESUME, resume)
+        .operation(paths::SNAPSHOT, snapshot)
+        .operation(paths::EXEC, exec)
+        .operation(paths::EXEC_STREAM, exec_stream)
+        .operation(paths::WRITE_FILE, write_file)
+        .operation(paths::READ_FILE, read_file)
+        .operation(paths::LIST_TEMPLATES, list_templates)
+        .operation(paths::DELETE_TEMPLATE, delete_template)
         .fallback(|| async { AgentApiError::new(AgentErrorCode::NotFound, "no such route") })
         .layer(middleware::from_fn_with_state(token, auth))
         .with_state(agent)
+}
+
+/// Adding a handler at a [`Route`] (routes sharing a path are merged by axum).
+trait Operations<S> {
+    fn operation<H: Handler<T, S>, T: 'static>(self, route: Route, handler: H) -> Self;
+}
+
+impl<S: Clone + Send + Sync + 'static> Operations<S> for Router<S> {
+    fn operation<H: Handler<T, S>, T: 'static>(self, route: Route, handler: H) -> Self {
+        let filter = MethodFilter::try_from(route.method).expect("a standard HTTP method");
+        self.route(route.path, on(filter, handler))
+    }
 }
 
 /// Compares the bearer token in constant time.
@@ -65,7 +80,7 @@ where
 {
     type Rejection = AgentApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, AgentApiError> {
+    async fn from_request(req: Request, state: &S) -> AgentResult<Self> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(JsonBody(v)),
             Err(e) => Err(AgentApiError::new(
@@ -76,32 +91,32 @@ where
     }
 }
 
-async fn host_info(State(a): Agent) -> Answer<impl IntoResponse> {
+async fn host_info(State(a): Agent) -> AgentResult<impl IntoResponse> {
     Ok(Json(a.host_info().await?))
 }
 
-async fn list_sandboxes(State(a): Agent) -> Answer<impl IntoResponse> {
+async fn list_sandboxes(State(a): Agent) -> AgentResult<impl IntoResponse> {
     Ok(Json(a.list_sandboxes().await?))
 }
 
-async fn create(State(a): Agent, JsonBody(req): JsonBody<CreateSandbox>) -> Answer<Response> {
+async fn create(State(a): Agent, JsonBody(req): JsonBody<CreateSandbox>) -> AgentResult<Response> {
     Ok((StatusCode::CREATED, Json(a.create(&req).await?)).into_response())
 }
 
-async fn get_sandbox(State(a): Agent, Path(id): Path<String>) -> Answer<impl IntoResponse> {
+async fn get_sandbox(State(a): Agent, Path(id): Path<String>) -> AgentResult<impl IntoResponse> {
     Ok(Json(a.get_sandbox(&id).await?))
 }
 
-async fn destroy(State(a): Agent, Path(id): Path<String>) -> Answer<StatusCode> {
+async fn destroy(State(a): Agent, Path(id): Path<String>) -> AgentResult<StatusCode> {
     a.destroy(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn pause(State(a): Agent, Path(id): Path<String>) -> Answer<impl IntoResponse> {
+async fn pause(State(a): Agent, Path(id): Path<String>) -> AgentResult<impl IntoResponse> {
     Ok(Json(a.pause(&id).await?))
 }
 
-async fn resume(State(a): Agent, Path(id): Path<String>) -> Answer<impl IntoResponse> {
+async fn resume(State(a): Agent, Path(id): Path<String>) -> AgentResult<impl IntoResponse> {
     Ok(Json(a.resume(&id).await?))
 }
 
@@ -109,7 +124,7 @@ async fn snapshot(
     State(a): Agent,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<SnapshotRequest>,
-) -> Answer<Response> {
+) -> AgentResult<Response> {
     Ok((StatusCode::CREATED, Json(a.snapshot(&id, &req).await?)).into_response())
 }
 
@@ -117,7 +132,7 @@ async fn exec(
     State(a): Agent,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<ExecRequest>,
-) -> Answer<impl IntoResponse> {
+) -> AgentResult<impl IntoResponse> {
     Ok(Json(a.exec(&id, &req).await?))
 }
 
@@ -127,56 +142,9 @@ async fn exec_stream(
     State(a): Agent,
     Path(id): Path<String>,
     ws: WebSocketUpgrade,
-) -> Answer<Response> {
+) -> AgentResult<Response> {
     let session = a.exec_stream(&id).await?;
-    Ok(ws.on_upgrade(move |socket| pump(socket, session)))
-}
-
-/// Moves messages between the client's socket and the session until either ends; the socket
-/// is closed after the `exit` event.
-async fn pump(socket: WebSocket, mut session: ExecSession) {
-    let (mut sink, mut stream) = socket.split();
-    loop {
-        tokio::select! {
-            frame = stream.next() => match frame {
-                Some(Ok(Message::Text(t))) => {
-                    match serde_json::from_str::<ClientMessage>(t.as_str()) {
-                        Ok(m) => {
-                            if session.to_agent.send(m).await.is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            let m = ServerMessage::Error { data: format!("bad message: {e}") };
-                            let _ = sink.send(Message::Text(event_text(&m).into())).await;
-                        }
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            },
-            event = session.from_agent.recv() => match event {
-                Some(m) => {
-                    let last = matches!(m, ServerMessage::Exit { .. });
-                    if sink.send(Message::Text(event_text(&m).into())).await.is_err() {
-                        break;
-                    }
-                    if last {
-                        let _ = sink.send(Message::Close(None)).await;
-                        break;
-                    }
-                }
-                None => {
-                    let _ = sink.send(Message::Close(None)).await;
-                    break;
-                }
-            },
-        }
-    }
-}
-
-fn event_text(m: &ServerMessage) -> String {
-    serde_json::to_string(m).unwrap_or_else(|_| r#"{"type":"error","data":"encode"}"#.into())
+    Ok(ws.on_upgrade(move |socket| relay_exec(socket, session)))
 }
 
 async fn write_file(
@@ -184,7 +152,7 @@ async fn write_file(
     Path(id): Path<String>,
     Query(q): Query<FileQuery>,
     body: Body,
-) -> Answer<StatusCode> {
+) -> AgentResult<StatusCode> {
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     a.write_file(&id, &q.path, Box::pin(stream)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -194,7 +162,7 @@ async fn read_file(
     State(a): Agent,
     Path(id): Path<String>,
     Query(q): Query<FileQuery>,
-) -> Answer<Response> {
+) -> AgentResult<Response> {
     let file = a.read_file_body(&id, &q.path).await?;
     let mut resp = Body::from_stream(file.stream).into_response();
     let headers = resp.headers_mut();
@@ -208,11 +176,11 @@ async fn read_file(
     Ok(resp)
 }
 
-async fn list_templates(State(a): Agent) -> Answer<impl IntoResponse> {
+async fn list_templates(State(a): Agent) -> AgentResult<impl IntoResponse> {
     Ok(Json(a.list_templates().await?))
 }
 
-async fn delete_template(State(a): Agent, Path(name): Path<String>) -> Answer<StatusCode> {
+async fn delete_template(State(a): Agent, Path(name): Path<String>) -> AgentResult<StatusCode> {
     a.delete_template(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -220,7 +188,7 @@ async fn delete_template(State(a): Agent, Path(name): Path<String>) -> Answer<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ByteStream, FileBody};
+    use crate::{ByteStream, ExecSession, FileBody};
     use async_trait::async_trait;
     use tower::ServiceExt;
     use wrenn_types::agent::{Accel, HostInfo, SandboxInfo, TemplateInfo};
@@ -235,7 +203,7 @@ mod tests {
 
     #[async_trait]
     impl HostAgent for Empty {
-        async fn host_info(&self) -> Result<HostInfo, AgentApiError> {
+        async fn host_info(&self) -> AgentResult<HostInfo> {
             Ok(HostInfo {
                 accel: Accel::Tcg,
                 cpus: 1,
@@ -246,47 +214,43 @@ mod tests {
                 templates: vec![],
             })
         }
-        async fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, AgentApiError> {
+        async fn list_sandboxes(&self) -> AgentResult<Vec<SandboxInfo>> {
             Ok(vec![])
         }
-        async fn create(&self, _: &CreateSandbox) -> Result<SandboxInfo, AgentApiError> {
+        async fn create(&self, _: &CreateSandbox) -> AgentResult<SandboxInfo> {
             Err(AgentApiError::new(AgentErrorCode::Capacity, "full"))
         }
-        async fn get_sandbox(&self, _: &str) -> Result<SandboxInfo, AgentApiError> {
+        async fn get_sandbox(&self, _: &str) -> AgentResult<SandboxInfo> {
             Err(missing())
         }
-        async fn destroy(&self, _: &str) -> Result<(), AgentApiError> {
+        async fn destroy(&self, _: &str) -> AgentResult<()> {
             Err(missing())
         }
-        async fn pause(&self, _: &str) -> Result<SandboxInfo, AgentApiError> {
+        async fn pause(&self, _: &str) -> AgentResult<SandboxInfo> {
             Err(missing())
         }
-        async fn resume(&self, _: &str) -> Result<SandboxInfo, AgentApiError> {
+        async fn resume(&self, _: &str) -> AgentResult<SandboxInfo> {
             Err(missing())
         }
-        async fn snapshot(
-            &self,
-            _: &str,
-            _: &SnapshotRequest,
-        ) -> Result<TemplateInfo, AgentApiError> {
+        async fn snapshot(&self, _: &str, _: &SnapshotRequest) -> AgentResult<TemplateInfo> {
             Err(missing())
         }
-        async fn exec(&self, _: &str, _: &ExecRequest) -> Result<ExecResponse, AgentApiError> {
+        async fn exec(&self, _: &str, _: &ExecRequest) -> AgentResult<ExecResponse> {
             Err(AgentApiError::Transport("envd gone".into()))
         }
-        async fn exec_stream(&self, _: &str) -> Result<ExecSession, AgentApiError> {
+        async fn exec_stream(&self, _: &str) -> AgentResult<ExecSession> {
             Err(missing())
         }
-        async fn write_file(&self, _: &str, _: &str, _: ByteStream) -> Result<(), AgentApiError> {
+        async fn write_file(&self, _: &str, _: &str, _: ByteStream) -> AgentResult<()> {
             Err(missing())
         }
-        async fn read_file_body(&self, _: &str, _: &str) -> Result<FileBody, AgentApiError> {
+        async fn read_file_body(&self, _: &str, _: &str) -> AgentResult<FileBody> {
             Err(missing())
         }
-        async fn list_templates(&self) -> Result<Vec<TemplateInfo>, AgentApiError> {
+        async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>> {
             Ok(vec![])
         }
-        async fn delete_template(&self, _: &str) -> Result<(), AgentApiError> {
+        async fn delete_template(&self, _: &str) -> AgentResult<()> {
             Err(missing())
         }
     }
@@ -319,9 +283,12 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_exact_token_passes() {
-        assert_eq!(call("GET", paths::HOST, Some("abc"), "").await.0, 200);
+        assert_eq!(
+            call("GET", paths::HOST_INFO.path, Some("abc"), "").await.0,
+            200
+        );
         for wrong in [Some("abd"), Some("abcd"), Some("ab"), None] {
-            let (status, body) = call("GET", paths::HOST, wrong, "").await;
+            let (status, body) = call("GET", paths::HOST_INFO.path, wrong, "").await;
             assert_eq!((status, code_of(&body).as_str()), (401, "unauthorized"));
         }
         let (status, body) = call("GET", "/v1/nowhere", None, "").await;
@@ -332,16 +299,16 @@ mod tests {
     async fn errors_are_written_with_their_status_and_code() {
         let (status, body) = call("GET", "/v1/nowhere", Some(TOKEN), "").await;
         assert_eq!((status, code_of(&body).as_str()), (404, "not_found"));
-        let (status, body) = call("POST", paths::SANDBOXES, Some(TOKEN), "{").await;
+        let (status, body) = call("POST", paths::CREATE_SANDBOX.path, Some(TOKEN), "{").await;
         assert_eq!((status, code_of(&body).as_str()), (400, "bad_request"));
         let create = r#"{"id":"a","template":"t","vcpus":1,"memory_mb":128}"#;
-        let (status, body) = call("POST", paths::SANDBOXES, Some(TOKEN), create).await;
+        let (status, body) = call("POST", paths::CREATE_SANDBOX.path, Some(TOKEN), create).await;
         assert_eq!((status, code_of(&body).as_str()), (503, "capacity"));
         let exec = r#"{"cmd":"true"}"#;
-        let (status, body) = call("POST", &paths::fill(paths::EXEC, "a"), Some(TOKEN), exec).await;
+        let (status, body) = call("POST", &paths::EXEC.fill("a"), Some(TOKEN), exec).await;
         assert_eq!((status, code_of(&body).as_str()), (500, "internal"));
         let (status, body) =
-            call("DELETE", &paths::fill(paths::SANDBOX, "x"), Some(TOKEN), "").await;
+            call("DELETE", &paths::DESTROY_SANDBOX.fill("x"), Some(TOKEN), "").await;
         assert_eq!(status, 404);
         assert_eq!(
             body,

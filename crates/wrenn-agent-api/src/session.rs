@@ -1,7 +1,10 @@
-//! [`ws_session`]: the client end of a streamed exec over a WebSocket, as an [`ExecSession`].
-//! The control plane uses it towards an agent, an agent towards envd.
+//! The two ends of a streamed exec over WebSocket: [`ws_session`], the client end as an
+//! [`ExecSession`] (the control plane towards an agent, an agent towards envd), and
+//! [`relay_exec`], which serves an `ExecSession` to a client's socket (the agent API's route,
+//! and the public API's).
 
 use crate::ExecSession;
+use axum::extract::ws::{self, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -66,4 +69,56 @@ where
         to_agent,
         from_agent,
     }
+}
+
+/// Moves a client's messages into `session` and its events out, until the `exit` event (then
+/// the socket is closed), or either side ends. A message that is not a client message is
+/// answered with an `error` event.
+pub async fn relay_exec(socket: WebSocket, mut session: ExecSession) {
+    let (mut sink, mut stream) = socket.split();
+    loop {
+        tokio::select! {
+            frame = stream.next() => match frame {
+                Some(Ok(ws::Message::Text(t))) => {
+                    match serde_json::from_str::<ClientMessage>(t.as_str()) {
+                        Ok(m) => {
+                            if session.to_agent.send(m).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let m = ServerMessage::Error { data: format!("invalid message: {e}") };
+                            if sink.send(event_frame(&m)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Some(Ok(ws::Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+            event = session.from_agent.recv() => match event {
+                Some(m) => {
+                    let exited = matches!(m, ServerMessage::Exit { .. });
+                    if sink.send(event_frame(&m)).await.is_err() {
+                        break;
+                    }
+                    if exited {
+                        let _ = sink.send(ws::Message::Close(None)).await;
+                        break;
+                    }
+                }
+                None => {
+                    let _ = sink.send(ws::Message::Close(None)).await;
+                    break;
+                }
+            },
+        }
+    }
+}
+
+fn event_frame(m: &ServerMessage) -> ws::Message {
+    let text = serde_json::to_string(m)
+        .unwrap_or_else(|_| r#"{"type":"error","data":"unencodable event"}"#.into());
+    ws::Message::Text(text.into())
 }

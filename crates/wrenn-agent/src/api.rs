@@ -7,9 +7,10 @@
 use crate::envd_client::EnvdError;
 use crate::sandbox::{Manager, SandboxError};
 use async_trait::async_trait;
-use futures_util::TryStreamExt;
 use std::sync::Arc;
-use wrenn_agent_api::{ws_session, AgentApiError, ByteStream, ExecSession, FileBody, HostAgent};
+use wrenn_agent_api::{
+    ws_session, AgentApiError, AgentResult, ByteStream, ExecSession, FileBody, HostAgent,
+};
 use wrenn_types::agent::{
     AgentErrorCode, CreateSandbox, HostInfo, SandboxInfo, SnapshotRequest, TemplateInfo,
 };
@@ -33,80 +34,71 @@ pub struct ManagerAgent(pub Arc<Manager>);
 
 #[async_trait]
 impl HostAgent for ManagerAgent {
-    async fn host_info(&self) -> Result<HostInfo, AgentApiError> {
+    async fn host_info(&self) -> AgentResult<HostInfo> {
         Ok(self.0.host_info().await)
     }
 
-    async fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, AgentApiError> {
+    async fn list_sandboxes(&self) -> AgentResult<Vec<SandboxInfo>> {
         Ok(self.0.list().await)
     }
 
-    async fn create(&self, req: &CreateSandbox) -> Result<SandboxInfo, AgentApiError> {
+    async fn create(&self, req: &CreateSandbox) -> AgentResult<SandboxInfo> {
         let m = &self.0;
         Ok(m.create(&req.id, &req.template, req.vcpus, req.memory_mb)
             .await?)
     }
 
-    async fn get_sandbox(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
+    async fn get_sandbox(&self, id: &str) -> AgentResult<SandboxInfo> {
         Ok(self.0.get(id).await?)
     }
 
-    async fn destroy(&self, id: &str) -> Result<(), AgentApiError> {
+    async fn destroy(&self, id: &str) -> AgentResult<()> {
         Ok(self.0.destroy(id).await?)
     }
 
-    async fn pause(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
+    async fn pause(&self, id: &str) -> AgentResult<SandboxInfo> {
         Ok(self.0.pause(id).await?)
     }
 
-    async fn resume(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
+    async fn resume(&self, id: &str) -> AgentResult<SandboxInfo> {
         Ok(self.0.resume(id).await?)
     }
 
-    async fn snapshot(
-        &self,
-        id: &str,
-        req: &SnapshotRequest,
-    ) -> Result<TemplateInfo, AgentApiError> {
+    async fn snapshot(&self, id: &str, req: &SnapshotRequest) -> AgentResult<TemplateInfo> {
         Ok(self.0.snapshot(id, &req.name, req.overwrite).await?)
     }
 
-    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentApiError> {
+    async fn exec(&self, id: &str, req: &ExecRequest) -> AgentResult<ExecResponse> {
         let envd = self.0.envd(id).await?;
         Ok(envd.exec(req).await?)
     }
 
-    async fn exec_stream(&self, id: &str) -> Result<ExecSession, AgentApiError> {
+    async fn exec_stream(&self, id: &str) -> AgentResult<ExecSession> {
         let envd = self.0.envd(id).await?;
         Ok(ws_session(envd.exec_stream().await?, "envd"))
     }
 
-    async fn write_file(
-        &self,
-        id: &str,
-        path: &str,
-        body: ByteStream,
-    ) -> Result<(), AgentApiError> {
+    async fn write_file(&self, id: &str, path: &str, body: ByteStream) -> AgentResult<()> {
         let envd = self.0.envd(id).await?;
         Ok(envd
             .write_file(path, reqwest::Body::wrap_stream(body))
             .await?)
     }
 
-    async fn read_file_body(&self, id: &str, path: &str) -> Result<FileBody, AgentApiError> {
+    async fn read_file_body(&self, id: &str, path: &str) -> AgentResult<FileBody> {
         let envd = self.0.envd(id).await?;
         let resp = envd.read_file(path).await?;
-        Ok(FileBody {
-            len: resp.content_length(),
-            stream: Box::pin(resp.bytes_stream().map_err(std::io::Error::other)),
-        })
+        Ok(FileBody::from_stream(
+            resp.content_length(),
+            resp.bytes_stream(),
+        ))
     }
 
-    async fn list_templates(&self) -> Result<Vec<TemplateInfo>, AgentApiError> {
+    async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>> {
         Ok(self.0.templates())
     }
 
-    async fn delete_template(&self, name: &str) -> Result<(), AgentApiError> {
+    async fn delete_template(&self, name: &str) -> AgentResult<()> {
         Ok(self.0.delete_template(name).await?)
     }
 }
@@ -196,18 +188,21 @@ mod tests {
 
     #[test]
     fn envd_errors_keep_client_statuses_only() {
-        let e = envd_error(&EnvdError::Api {
-            status: 403,
-            code: EnvdErrorCode::Forbidden,
-            message: "denied".into(),
-        });
-        assert_eq!(answer(e), (403, AgentErrorCode::BadRequest));
-        let e = envd_error(&EnvdError::Api {
-            status: 500,
-            code: EnvdErrorCode::Internal,
-            message: "broken".into(),
-        });
-        assert_eq!(answer(e), (502, AgentErrorCode::Internal));
+        use AgentErrorCode as A;
+        use EnvdErrorCode as E;
+        let check = |status, code, want| {
+            let message = "m".to_string();
+            let e = EnvdError::Api {
+                status,
+                code,
+                message,
+            };
+            assert_eq!(answer(envd_error(&e)), want, "{code}");
+        };
+        check(403, E::Forbidden, (403, A::BadRequest));
+        check(500, E::Internal, (502, A::Internal));
+        check(507, E::NoSpace, (502, A::BadRequest));
+        check(413, E::PayloadTooLarge, (413, A::TooLarge));
     }
 
     #[test]

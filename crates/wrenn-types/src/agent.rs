@@ -7,42 +7,27 @@ use crate::wire_enum::wire_enum;
 use serde::{Deserialize, Serialize};
 
 wire_enum! {
-    /// The `code` of the agent's error body.
+    /// The `code` of the agent's error body, with the status it is answered with (an envd
+    /// error passed through keeps envd's client-error status instead).
     pub enum AgentErrorCode {
-        BadRequest = "bad_request",
-        Unauthorized = "unauthorized",
+        BadRequest = "bad_request" (400),
+        Unauthorized = "unauthorized" (401),
         /// No such sandbox, or no such route.
-        NotFound = "not_found",
-        TemplateNotFound = "template_not_found",
+        NotFound = "not_found" (404),
+        TemplateNotFound = "template_not_found" (404),
         /// Wrong state for the operation (e.g. exec on a paused sandbox).
-        Conflict = "conflict",
+        Conflict = "conflict" (409),
         /// A template with that name exists and overwrite was not asked for.
-        AlreadyExists = "already_exists",
+        AlreadyExists = "already_exists" (409),
         /// Not enough memory or slots on this host.
-        Capacity = "capacity",
+        Capacity = "capacity" (503),
         /// The file does not exist in the sandbox.
-        FileNotFound = "file_not_found",
-        TooLarge = "too_large",
-        Internal = "internal",
+        FileNotFound = "file_not_found" (404),
+        TooLarge = "too_large" (413),
+        Internal = "internal" (500),
         /// A code this build does not know (from an agent of another version); never sent.
         #[serde(other)]
-        Unknown = "unknown",
-    }
-}
-
-impl AgentErrorCode {
-    /// The HTTP status the agent answers this code with, unless the error says otherwise
-    /// (an envd failure passed through keeps envd's client-error status).
-    pub const fn status(self) -> u16 {
-        match self {
-            Self::BadRequest => 400,
-            Self::Unauthorized => 401,
-            Self::NotFound | Self::TemplateNotFound | Self::FileNotFound => 404,
-            Self::Conflict | Self::AlreadyExists => 409,
-            Self::TooLarge => 413,
-            Self::Internal | Self::Unknown => 500,
-            Self::Capacity => 503,
-        }
+        Unknown = "unknown" (500),
     }
 }
 
@@ -151,20 +136,18 @@ mod tests {
 
     #[test]
     fn enums_keep_their_wire_names() {
-        for &code in AgentErrorCode::ALL {
-            let json = serde_json::to_string(&code).unwrap();
-            assert_eq!(json, format!("\"{code}\""));
-            assert_eq!(serde_json::from_str::<AgentErrorCode>(&json).unwrap(), code);
-        }
+        crate::wire_enum::assert_wire_names(AgentErrorCode::ALL, |c| c.as_str());
+        crate::wire_enum::assert_wire_names(SandboxStatus::ALL, |s| s.as_str());
         assert_eq!(codes::FILE_NOT_FOUND.as_str(), "file_not_found");
-        assert_eq!(
-            serde_json::from_str::<AgentErrorCode>(r#""brand_new""#).unwrap(),
-            AgentErrorCode::Unknown
-        );
+        assert_eq!(AgentErrorCode::Capacity.status(), 503);
         assert_eq!(SandboxStatus::Paused.as_str(), "paused");
         assert_eq!(
             serde_json::to_string(&SandboxStatus::ALL).unwrap(),
             r#"["pending","running","paused","stopped","error"]"#
+        );
+        assert_eq!(
+            serde_json::from_str::<AgentErrorCode>(r#""brand_new""#).unwrap(),
+            AgentErrorCode::Unknown
         );
     }
 }

@@ -23,49 +23,29 @@ pub const ENVD_PORT: u16 = 49983;
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
 
 wire_enum! {
-    /// The `code` of envd's error body. Each code has one HTTP status ([`Self::status`]).
+    /// The `code` of envd's error body, with the HTTP status it is answered with.
     pub enum EnvdErrorCode {
         /// Malformed body or query, relative path, bad cwd.
-        BadRequest = "bad_request",
+        BadRequest = "bad_request" (400),
         /// The command could not be started (e.g. it does not exist).
-        ExecFailed = "exec_failed",
+        ExecFailed = "exec_failed" (400),
         /// The user named in the request is not in the guest's /etc/passwd.
-        UnknownUser = "unknown_user",
+        UnknownUser = "unknown_user" (400),
         /// No such file, or no such route.
-        NotFound = "not_found",
-        IsADirectory = "is_a_directory",
+        NotFound = "not_found" (404),
+        IsADirectory = "is_a_directory" (400),
         /// A parent of the path is a file.
-        NotADirectory = "not_a_directory",
-        Forbidden = "forbidden",
-        PayloadTooLarge = "payload_too_large",
+        NotADirectory = "not_a_directory" (400),
+        Forbidden = "forbidden" (403),
+        PayloadTooLarge = "payload_too_large" (413),
         /// The upload's body broke off.
-        UploadIncomplete = "upload_incomplete",
-        NoSpace = "no_space",
-        MethodNotAllowed = "method_not_allowed",
-        Internal = "internal",
+        UploadIncomplete = "upload_incomplete" (400),
+        NoSpace = "no_space" (507),
+        MethodNotAllowed = "method_not_allowed" (405),
+        Internal = "internal" (500),
         /// A code this build does not know (from an envd of another version); never sent.
         #[serde(other)]
-        Unknown = "unknown",
-    }
-}
-
-impl EnvdErrorCode {
-    /// The HTTP status envd answers this code with.
-    pub const fn status(self) -> u16 {
-        match self {
-            Self::BadRequest
-            | Self::ExecFailed
-            | Self::UnknownUser
-            | Self::IsADirectory
-            | Self::NotADirectory
-            | Self::UploadIncomplete => 400,
-            Self::Forbidden => 403,
-            Self::NotFound => 404,
-            Self::MethodNotAllowed => 405,
-            Self::PayloadTooLarge => 413,
-            Self::Internal | Self::Unknown => 500,
-            Self::NoSpace => 507,
-        }
+        Unknown = "unknown" (500),
     }
 }
 
@@ -149,12 +129,9 @@ mod tests {
 
     #[test]
     fn error_codes_keep_their_wire_names() {
-        for &code in EnvdErrorCode::ALL {
-            let json = serde_json::to_string(&code).unwrap();
-            assert_eq!(json, format!("\"{code}\""));
-            assert_eq!(serde_json::from_str::<EnvdErrorCode>(&json).unwrap(), code);
-        }
+        crate::wire_enum::assert_wire_names(EnvdErrorCode::ALL, |c| c.as_str());
         assert_eq!(EnvdErrorCode::IsADirectory.as_str(), "is_a_directory");
+        assert_eq!(EnvdErrorCode::NoSpace.status(), 507);
         let body: crate::ErrorBody<EnvdErrorCode> =
             serde_json::from_str(r#"{"error":{"code":"brand_new","message":"m"}}"#).unwrap();
         assert_eq!(body.error.code, EnvdErrorCode::Unknown);

@@ -3,17 +3,16 @@
 //! request. URLs are built from the routes of [`paths`]. File bodies are streamed both ways
 //! and never collected here.
 
-use super::{AgentApiError, ByteStream, ExecSession, FileBody, HostAgent};
+use super::{AgentApiError, AgentResult, ByteStream, ExecSession, FileBody, HostAgent};
 use async_trait::async_trait;
-use futures_util::TryStreamExt;
-use reqwest::{Method, RequestBuilder, Response};
+use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
-use wrenn_agent_api::{paths, ws_session};
+use wrenn_agent_api::paths::{self, Route};
+use wrenn_agent_api::ws_session;
 use wrenn_types::agent::{
-    AgentErrorCode, CreateSandbox, FileQuery, HostInfo, SandboxInfo, SnapshotRequest,
-    TemplateInfo,
+    AgentErrorCode, CreateSandbox, FileQuery, HostInfo, SandboxInfo, SnapshotRequest, TemplateInfo,
 };
 use wrenn_types::envd::{ExecRequest, ExecResponse};
 use wrenn_types::ErrorBody;
@@ -49,7 +48,7 @@ fn transport(e: reqwest::Error) -> AgentApiError {
 
 impl HttpAgent {
     /// A client for the agent at `base` (e.g. `http://127.0.0.1:7070`).
-    pub fn new(base: &str, token: &str) -> Result<Self, AgentApiError> {
+    pub fn new(base: &str, token: &str) -> AgentResult<Self> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))
@@ -62,14 +61,18 @@ impl HttpAgent {
         })
     }
 
-    fn req(&self, method: Method, path: &str) -> RequestBuilder {
+    /// A request for `route`, its parameter (if it has one) filled with `param`.
+    fn req(&self, route: Route, param: &str) -> RequestBuilder {
         self.client
-            .request(method, format!("{}{}", self.base, path))
+            .request(
+                route.method.clone(),
+                format!("{}{}", self.base, route.fill(param)),
+            )
             .bearer_auth(&self.token)
     }
 
     /// Sends and turns any non-success answer into [`AgentApiError::Api`].
-    async fn send(&self, rb: RequestBuilder) -> Result<Response, AgentApiError> {
+    async fn send(&self, rb: RequestBuilder) -> AgentResult<Response> {
         let resp = rb.send().await.map_err(transport)?;
         if resp.status().is_success() {
             return Ok(resp);
@@ -77,7 +80,7 @@ impl HttpAgent {
         Err(error_from_response(resp).await)
     }
 
-    async fn json<T: DeserializeOwned>(&self, rb: RequestBuilder) -> Result<T, AgentApiError> {
+    async fn json<T: DeserializeOwned>(&self, rb: RequestBuilder) -> AgentResult<T> {
         let resp = self.send(rb).await?;
         resp.json::<T>()
             .await
@@ -109,85 +112,65 @@ fn error_from_body(status: u16, text: &str) -> AgentApiError {
 
 #[async_trait]
 impl HostAgent for HttpAgent {
-    async fn host_info(&self) -> Result<HostInfo, AgentApiError> {
-        self.json(self.req(Method::GET, paths::HOST).timeout(QUICK_TIMEOUT))
+    async fn host_info(&self) -> AgentResult<HostInfo> {
+        self.json(self.req(paths::HOST_INFO, "").timeout(QUICK_TIMEOUT))
             .await
     }
 
-    async fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, AgentApiError> {
-        self.json(
-            self.req(Method::GET, paths::SANDBOXES)
-                .timeout(QUICK_TIMEOUT),
-        )
-        .await
+    async fn list_sandboxes(&self) -> AgentResult<Vec<SandboxInfo>> {
+        self.json(self.req(paths::LIST_SANDBOXES, "").timeout(QUICK_TIMEOUT))
+            .await
     }
 
-    async fn create(&self, req: &CreateSandbox) -> Result<SandboxInfo, AgentApiError> {
+    async fn create(&self, req: &CreateSandbox) -> AgentResult<SandboxInfo> {
         self.json(
-            self.req(Method::POST, paths::SANDBOXES)
+            self.req(paths::CREATE_SANDBOX, "")
                 .json(req)
                 .timeout(LIFECYCLE_TIMEOUT),
         )
         .await
     }
 
-    async fn get_sandbox(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
-        self.json(
-            self.req(Method::GET, &paths::fill(paths::SANDBOX, id))
-                .timeout(QUICK_TIMEOUT),
-        )
-        .await
+    async fn get_sandbox(&self, id: &str) -> AgentResult<SandboxInfo> {
+        self.json(self.req(paths::GET_SANDBOX, id).timeout(QUICK_TIMEOUT))
+            .await
     }
 
-    async fn destroy(&self, id: &str) -> Result<(), AgentApiError> {
+    async fn destroy(&self, id: &str) -> AgentResult<()> {
         self.send(
-            self.req(Method::DELETE, &paths::fill(paths::SANDBOX, id))
+            self.req(paths::DESTROY_SANDBOX, id)
                 .timeout(LIFECYCLE_TIMEOUT),
         )
         .await?;
         Ok(())
     }
 
-    async fn pause(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
-        self.json(
-            self.req(Method::POST, &paths::fill(paths::PAUSE, id))
-                .timeout(LIFECYCLE_TIMEOUT),
-        )
-        .await
+    async fn pause(&self, id: &str) -> AgentResult<SandboxInfo> {
+        self.json(self.req(paths::PAUSE, id).timeout(LIFECYCLE_TIMEOUT))
+            .await
     }
 
-    async fn resume(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
-        self.json(
-            self.req(Method::POST, &paths::fill(paths::RESUME, id))
-                .timeout(LIFECYCLE_TIMEOUT),
-        )
-        .await
+    async fn resume(&self, id: &str) -> AgentResult<SandboxInfo> {
+        self.json(self.req(paths::RESUME, id).timeout(LIFECYCLE_TIMEOUT))
+            .await
     }
 
-    async fn snapshot(
-        &self,
-        id: &str,
-        req: &SnapshotRequest,
-    ) -> Result<TemplateInfo, AgentApiError> {
+    async fn snapshot(&self, id: &str, req: &SnapshotRequest) -> AgentResult<TemplateInfo> {
         self.json(
-            self.req(Method::POST, &paths::fill(paths::SNAPSHOT, id))
+            self.req(paths::SNAPSHOT, id)
                 .json(req)
                 .timeout(LIFECYCLE_TIMEOUT),
         )
         .await
     }
 
-    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentApiError> {
+    async fn exec(&self, id: &str, req: &ExecRequest) -> AgentResult<ExecResponse> {
         let limit = Duration::from_secs(req.timeout_sec.unwrap_or(0)) + EXEC_SLACK;
-        self.json(
-            self.req(Method::POST, &paths::fill(paths::EXEC, id))
-                .json(req)
-                .timeout(limit),
-        )
-        .await
+        self.json(self.req(paths::EXEC, id).json(req).timeout(limit))
+            .await
     }
 
-    async fn exec_stream(&self, id: &str) -> Result<ExecSession, AgentApiError> {
+    async fn exec_stream(&self, id: &str) -> AgentResult<ExecSession> {
         let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
             format!("wss://{rest}")
         } else if let Some(rest) = self.base.strip_prefix("http://") {
@@ -198,7 +181,7 @@ impl HostAgent for HttpAgent {
                 self.base
             )));
         };
-        let mut request = format!("{ws_base}{}", paths::fill(paths::EXEC_STREAM, id))
+        let mut request = format!("{ws_base}{}", paths::EXEC_STREAM.fill(id))
             .into_client_request()
             .map_err(|e| AgentApiError::Protocol(e.to_string()))?;
         let auth = format!("Bearer {}", self.token)
@@ -221,14 +204,9 @@ impl HostAgent for HttpAgent {
         Ok(ws_session(ws, "agent"))
     }
 
-    async fn write_file(
-        &self,
-        id: &str,
-        path: &str,
-        body: ByteStream,
-    ) -> Result<(), AgentApiError> {
+    async fn write_file(&self, id: &str, path: &str, body: ByteStream) -> AgentResult<()> {
         self.send(
-            self.req(Method::PUT, &paths::fill(paths::FILES, id))
+            self.req(paths::WRITE_FILE, id)
                 .query(&file_query(path))
                 .header("content-type", "application/octet-stream")
                 .body(reqwest::Body::wrap_stream(body)),
@@ -237,30 +215,23 @@ impl HostAgent for HttpAgent {
         Ok(())
     }
 
-    async fn read_file_body(&self, id: &str, path: &str) -> Result<FileBody, AgentApiError> {
-        let resp = self
-            .send(
-                self.req(Method::GET, &paths::fill(paths::FILES, id))
-                    .query(&file_query(path)),
-            )
-            .await?;
-        Ok(FileBody {
-            len: resp.content_length(),
-            stream: Box::pin(resp.bytes_stream().map_err(std::io::Error::other)),
-        })
+    async fn read_file_body(&self, id: &str, path: &str) -> AgentResult<FileBody> {
+        let req = self.req(paths::READ_FILE, id).query(&file_query(path));
+        let resp = self.send(req).await?;
+        Ok(FileBody::from_stream(
+            resp.content_length(),
+            resp.bytes_stream(),
+        ))
     }
 
-    async fn list_templates(&self) -> Result<Vec<TemplateInfo>, AgentApiError> {
-        self.json(
-            self.req(Method::GET, paths::TEMPLATES)
-                .timeout(QUICK_TIMEOUT),
-        )
-        .await
+    async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>> {
+        self.json(self.req(paths::LIST_TEMPLATES, "").timeout(QUICK_TIMEOUT))
+            .await
     }
 
-    async fn delete_template(&self, name: &str) -> Result<(), AgentApiError> {
+    async fn delete_template(&self, name: &str) -> AgentResult<()> {
         self.send(
-            self.req(Method::DELETE, &paths::fill(paths::TEMPLATE, name))
+            self.req(paths::DELETE_TEMPLATE, name)
                 .timeout(LIFECYCLE_TIMEOUT),
         )
         .await?;

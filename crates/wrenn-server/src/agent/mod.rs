@@ -8,4 +8,6 @@ pub mod http;
 pub mod sim;
 pub mod sim_server;
 
-pub use wrenn_agent_api::{AgentApiError, ByteStream, ExecSession, FileBody, HostAgent};
+pub use wrenn_agent_api::{
+    AgentApiError, AgentResult, ByteStream, ExecSession, FileBody, HostAgent,
+};

@@ -7,7 +7,7 @@
 //! `sh -c` of one simple command of those (quoted words, no operators). Anything else exits
 //! 127. It runs no VM.
 
-use super::{AgentApiError, ByteStream, ExecSession, FileBody, HostAgent};
+use super::{AgentApiError, AgentResult, ByteStream, ExecSession, FileBody, HostAgent};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -114,7 +114,7 @@ impl SimAgent {
     fn copy_files(
         &self,
         files: &HashMap<String, PathBuf>,
-    ) -> Result<HashMap<String, PathBuf>, AgentApiError> {
+    ) -> AgentResult<HashMap<String, PathBuf>> {
         let mut out = HashMap::new();
         for (guest, real) in files {
             let dst = self.new_file();
@@ -125,7 +125,7 @@ impl SimAgent {
     }
 
     /// Checks the sandbox exists and is running; returns a copy of its file map.
-    fn running_files(&self, id: &str) -> Result<HashMap<String, PathBuf>, AgentApiError> {
+    fn running_files(&self, id: &str) -> AgentResult<HashMap<String, PathBuf>> {
         let st = self.lock();
         let sb = st.sandboxes.get(id).ok_or_else(|| not_found(id))?;
         if sb.info.status != SandboxStatus::Running {
@@ -342,7 +342,7 @@ impl IntExpr<'_> {
 
 #[async_trait]
 impl HostAgent for SimAgent {
-    async fn host_info(&self) -> Result<HostInfo, AgentApiError> {
+    async fn host_info(&self) -> AgentResult<HostInfo> {
         let st = self.lock();
         let running: Vec<&SimSandbox> = st
             .sandboxes
@@ -367,7 +367,7 @@ impl HostAgent for SimAgent {
         })
     }
 
-    async fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, AgentApiError> {
+    async fn list_sandboxes(&self) -> AgentResult<Vec<SandboxInfo>> {
         Ok(self
             .lock()
             .sandboxes
@@ -376,7 +376,7 @@ impl HostAgent for SimAgent {
             .collect())
     }
 
-    async fn create(&self, req: &CreateSandbox) -> Result<SandboxInfo, AgentApiError> {
+    async fn create(&self, req: &CreateSandbox) -> AgentResult<SandboxInfo> {
         if self.fail_creates.load(Ordering::SeqCst) {
             return Err(internal("simulated VM boot failure"));
         }
@@ -419,13 +419,13 @@ impl HostAgent for SimAgent {
         Ok(info)
     }
 
-    async fn get_sandbox(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
+    async fn get_sandbox(&self, id: &str) -> AgentResult<SandboxInfo> {
         let st = self.lock();
         let sb = st.sandboxes.get(id).ok_or_else(|| not_found(id))?;
         Ok(sb.info.clone())
     }
 
-    async fn destroy(&self, id: &str) -> Result<(), AgentApiError> {
+    async fn destroy(&self, id: &str) -> AgentResult<()> {
         let sb = self
             .lock()
             .sandboxes
@@ -437,7 +437,7 @@ impl HostAgent for SimAgent {
         Ok(())
     }
 
-    async fn pause(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
+    async fn pause(&self, id: &str) -> AgentResult<SandboxInfo> {
         let mut st = self.lock();
         let sb = st.sandboxes.get_mut(id).ok_or_else(|| not_found(id))?;
         if sb.info.status != SandboxStatus::Running {
@@ -448,7 +448,7 @@ impl HostAgent for SimAgent {
         Ok(sb.info.clone())
     }
 
-    async fn resume(&self, id: &str) -> Result<SandboxInfo, AgentApiError> {
+    async fn resume(&self, id: &str) -> AgentResult<SandboxInfo> {
         let mut st = self.lock();
         let sb = st.sandboxes.get_mut(id).ok_or_else(|| not_found(id))?;
         if sb.info.status != SandboxStatus::Paused {
@@ -460,11 +460,7 @@ impl HostAgent for SimAgent {
         Ok(sb.info.clone())
     }
 
-    async fn snapshot(
-        &self,
-        id: &str,
-        req: &SnapshotRequest,
-    ) -> Result<TemplateInfo, AgentApiError> {
+    async fn snapshot(&self, id: &str, req: &SnapshotRequest) -> AgentResult<TemplateInfo> {
         let files = self.running_files(id)?;
         if !req.overwrite && self.lock().templates.contains_key(&req.name) {
             return Err(AgentApiError::new(
@@ -501,7 +497,7 @@ impl HostAgent for SimAgent {
         Ok(info)
     }
 
-    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResponse, AgentApiError> {
+    async fn exec(&self, id: &str, req: &ExecRequest) -> AgentResult<ExecResponse> {
         let files = self.running_files(id)?;
         let started = Instant::now();
         if req.cmd == "sleep" {
@@ -533,7 +529,7 @@ impl HostAgent for SimAgent {
         })
     }
 
-    async fn exec_stream(&self, id: &str) -> Result<ExecSession, AgentApiError> {
+    async fn exec_stream(&self, id: &str) -> AgentResult<ExecSession> {
         let files = self.running_files(id)?;
         let (to_agent, mut rx) = mpsc::channel::<ClientMessage>(16);
         let (tx, from_agent) = mpsc::channel::<ServerMessage>(16);
@@ -583,12 +579,7 @@ impl HostAgent for SimAgent {
         })
     }
 
-    async fn write_file(
-        &self,
-        id: &str,
-        path: &str,
-        mut body: ByteStream,
-    ) -> Result<(), AgentApiError> {
+    async fn write_file(&self, id: &str, path: &str, mut body: ByteStream) -> AgentResult<()> {
         if !path.starts_with('/') {
             return Err(AgentApiError::new(
                 AgentErrorCode::BadRequest,
@@ -611,7 +602,7 @@ impl HostAgent for SimAgent {
         Ok(())
     }
 
-    async fn read_file_body(&self, id: &str, path: &str) -> Result<FileBody, AgentApiError> {
+    async fn read_file_body(&self, id: &str, path: &str) -> AgentResult<FileBody> {
         let files = self.running_files(id)?;
         let real = files.get(path).ok_or_else(|| {
             AgentApiError::new(AgentErrorCode::FileNotFound, format!("{path} not found"))
@@ -624,7 +615,7 @@ impl HostAgent for SimAgent {
         })
     }
 
-    async fn list_templates(&self) -> Result<Vec<TemplateInfo>, AgentApiError> {
+    async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>> {
         let mut v: Vec<TemplateInfo> = self
             .lock()
             .templates
@@ -635,7 +626,7 @@ impl HostAgent for SimAgent {
         Ok(v)
     }
 
-    async fn delete_template(&self, name: &str) -> Result<(), AgentApiError> {
+    async fn delete_template(&self, name: &str) -> AgentResult<()> {
         let t = self.lock().templates.remove(name).ok_or_else(|| {
             AgentApiError::new(
                 AgentErrorCode::TemplateNotFound,
