@@ -3,10 +3,12 @@
 //! state in a [`store::Store`] and drives VMs only through host agents ([`agent::HostAgent`]);
 //! it never touches a VM itself and never links the agent's code.
 //!
-//! Code map: `config` (settings and limits) → `server` (entry points) → `api` (HTTP) →
-//! `app` (domain operations) → `store` (SQL) and `hosts` (placement) → `agent` (agent
-//! clients). `auth` holds the credential primitives, `error` the one error→HTTP mapping,
-//! `metrics` the `/metrics` registry and the request-id/logging middleware.
+//! Code map: `config` (settings and limits) → `server` (entry points) → `api` (HTTP: the
+//! router, handlers, OAuth routes, `/metrics` and the request middleware) → `app` (domain
+//! operations, one file per job) → `store` (SQL) and `placement` (host registry and
+//! placement) → `agent` (agent clients). `auth` holds the credential primitives, `error`
+//! the one error→code→status mapping, `metrics` the metrics registry and the request-id
+//! rules.
 
 pub mod agent;
 pub mod api;
@@ -14,8 +16,8 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
-pub mod hosts;
 pub mod metrics;
+pub mod placement;
 pub mod reaper;
 pub mod server;
 pub mod store;

@@ -21,8 +21,8 @@ pub use snapshots::valid_template_name;
 
 use crate::auth::JwtKeys;
 use crate::config::ServerConfig;
-use crate::hosts::Hosts;
 use crate::metrics::Metrics;
+use crate::placement::Hosts;
 use crate::store::Store;
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::collections::HashMap;

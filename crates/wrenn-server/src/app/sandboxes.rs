@@ -9,6 +9,7 @@ use crate::auth;
 use crate::config::limits;
 use crate::error::ApiError;
 use crate::metrics::SandboxOp;
+use crate::placement::NoPlacement;
 use crate::store::{self, SandboxRecord};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -130,10 +131,8 @@ impl App {
                         .place_base(&template, memory_mb)
                         .await
                         .map_err(|e| match e {
-                            crate::hosts::NoPlacement::NoTemplate => {
-                                ApiError::TemplateNotFound(template.clone())
-                            }
-                            crate::hosts::NoPlacement::NoLiveHost => ApiError::NoHost,
+                            NoPlacement::NoTemplate => ApiError::TemplateNotFound(template.clone()),
+                            NoPlacement::NoLiveHost => ApiError::NoHost,
                         })?;
                     (host.id, host.agent, template.clone())
                 }
