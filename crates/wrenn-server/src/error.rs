@@ -1,14 +1,91 @@
-//! [`ApiError`], the domain errors of the public API, and the one place that maps each to an
-//! HTTP status and a stable error `code` in the `{"error":{"code","message"}}` body.
-//! Internal details (database errors, panics) are logged, never sent to the client.
+//! [`ApiError`], the domain errors of the public API, and the one place that maps each to a
+//! stable [`ErrorCode`] (and through it an HTTP status) in the
+//! `{"error":{"code","message"}}` body. Internal details (database errors, panics) are
+//! logged, never sent to the client.
 
-use crate::agent::AgentApiError as AgentError;
+use crate::agent::AgentApiError;
 use crate::store::StoreError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use wrenn_types::agent::codes;
+use serde::{Deserialize, Serialize};
+use wrenn_types::agent::AgentErrorCode;
 use wrenn_types::ErrorBody;
+
+/// The `code` of the public API's error body; its serde name is the string on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    #[serde(rename = "bad_request")]
+    BadRequest,
+    #[serde(rename = "invalid_json")]
+    InvalidJson,
+    #[serde(rename = "unsupported_media_type")]
+    UnsupportedMediaType,
+    #[serde(rename = "unauthorized")]
+    Unauthorized,
+    #[serde(rename = "invalid_credentials")]
+    InvalidCredentials,
+    #[serde(rename = "email_taken")]
+    EmailTaken,
+    #[serde(rename = "sandbox_not_found")]
+    SandboxNotFound,
+    #[serde(rename = "template_not_found")]
+    TemplateNotFound,
+    #[serde(rename = "api_key_not_found")]
+    ApiKeyNotFound,
+    #[serde(rename = "file_not_found")]
+    FileNotFound,
+    #[serde(rename = "oauth_provider_not_configured")]
+    OAuthProviderNotConfigured,
+    /// No such route.
+    #[serde(rename = "not_found")]
+    NotFound,
+    #[serde(rename = "method_not_allowed")]
+    MethodNotAllowed,
+    #[serde(rename = "sandbox_not_running")]
+    SandboxNotRunning,
+    #[serde(rename = "sandbox_not_paused")]
+    SandboxNotPaused,
+    #[serde(rename = "conflict")]
+    Conflict,
+    #[serde(rename = "snapshot_exists")]
+    SnapshotExists,
+    #[serde(rename = "name_reserved")]
+    NameReserved,
+    #[serde(rename = "payload_too_large")]
+    PayloadTooLarge,
+    #[serde(rename = "no_capacity")]
+    NoCapacity,
+    #[serde(rename = "agent_error")]
+    AgentError,
+    #[serde(rename = "internal_error")]
+    InternalError,
+}
+
+impl ErrorCode {
+    /// The HTTP status answered with this code.
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            BadRequest | InvalidJson => StatusCode::BAD_REQUEST,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Unauthorized | InvalidCredentials => StatusCode::UNAUTHORIZED,
+            SandboxNotFound
+            | TemplateNotFound
+            | ApiKeyNotFound
+            | FileNotFound
+            | OAuthProviderNotConfigured
+            | NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            EmailTaken | SandboxNotRunning | SandboxNotPaused | Conflict | SnapshotExists
+            | NameReserved => StatusCode::CONFLICT,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            NoCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            AgentError => StatusCode::BAD_GATEWAY,
+            InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
 
 /// Everything a public API request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +152,7 @@ pub enum ApiError {
     NoCapacity,
     /// A host agent failed or could not be reached.
     #[error("host agent error: {0}")]
-    Agent(AgentError),
+    Agent(AgentApiError),
     /// No host agent answered, so the sandbox could not be placed.
     #[error("host agent error: no host agent is reachable")]
     NoHost,
@@ -87,17 +164,25 @@ pub enum ApiError {
     Internal(String),
 }
 
-impl From<AgentError> for ApiError {
+impl From<AgentApiError> for ApiError {
     /// Agent errors that mean something to the user keep their meaning; the rest are 502.
-    fn from(e: AgentError) -> Self {
+    fn from(e: AgentApiError) -> Self {
         match &e {
-            AgentError::Api { code, message, .. } => match *code {
-                codes::FILE_NOT_FOUND => ApiError::FileNotFound(message.clone()),
-                codes::CONFLICT => ApiError::Conflict(message.clone()),
-                codes::BAD_REQUEST => ApiError::BadRequest(message.clone()),
-                codes::CAPACITY => ApiError::NoCapacity,
-                codes::TOO_LARGE => ApiError::PayloadTooLarge(message.clone()),
-                _ => ApiError::Agent(e),
+            AgentApiError::Api { code, message, .. } => match code {
+                AgentErrorCode::FileNotFound => ApiError::FileNotFound(message.clone()),
+                AgentErrorCode::Conflict => ApiError::Conflict(message.clone()),
+                AgentErrorCode::BadRequest => ApiError::BadRequest(message.clone()),
+                AgentErrorCode::Capacity => ApiError::NoCapacity,
+                AgentErrorCode::TooLarge => ApiError::PayloadTooLarge(message.clone()),
+                // The host's own business (its token, ids and names are ours, not the
+                // user's): a 502. Unknown sandboxes and templates are caught by the callers
+                // that expect them.
+                AgentErrorCode::Unauthorized
+                | AgentErrorCode::NotFound
+                | AgentErrorCode::TemplateNotFound
+                | AgentErrorCode::AlreadyExists
+                | AgentErrorCode::Internal
+                | AgentErrorCode::Unknown => ApiError::Agent(e),
             },
             _ => ApiError::Agent(e),
         }
@@ -110,41 +195,39 @@ impl ApiError {
         ApiError::PayloadTooLarge(format!("payload too large (limit {limit} bytes)"))
     }
 
-    /// HTTP status and stable error code.
-    pub fn status_code(&self) -> (StatusCode, &'static str) {
+    /// The stable error code (the status follows from it: [`ErrorCode::status`]).
+    pub fn code(&self) -> ErrorCode {
         use ApiError::*;
         match self {
-            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
-            UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
-            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
-            EmailTaken => (StatusCode::CONFLICT, "email_taken"),
-            SandboxNotFound(_) => (StatusCode::NOT_FOUND, "sandbox_not_found"),
-            TemplateNotFound(_) => (StatusCode::NOT_FOUND, "template_not_found"),
-            ApiKeyNotFound(_) => (StatusCode::NOT_FOUND, "api_key_not_found"),
-            FileNotFound(_) => (StatusCode::NOT_FOUND, "file_not_found"),
-            OAuthNotConfigured(_) => (StatusCode::NOT_FOUND, "oauth_provider_not_configured"),
-            RouteNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            NotRunning { .. } => (StatusCode::CONFLICT, "sandbox_not_running"),
-            NotPaused { .. } => (StatusCode::CONFLICT, "sandbox_not_paused"),
-            Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            SnapshotExists(_) => (StatusCode::CONFLICT, "snapshot_exists"),
-            ReservedName(_) => (StatusCode::CONFLICT, "name_reserved"),
-            PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            NoCapacity => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
-            Agent(_) | NoHost => (StatusCode::BAD_GATEWAY, "agent_error"),
-            Store(_) | Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            BadRequest(_) => ErrorCode::BadRequest,
+            InvalidJson(_) => ErrorCode::InvalidJson,
+            UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            Unauthorized(_) => ErrorCode::Unauthorized,
+            InvalidCredentials => ErrorCode::InvalidCredentials,
+            EmailTaken => ErrorCode::EmailTaken,
+            SandboxNotFound(_) => ErrorCode::SandboxNotFound,
+            TemplateNotFound(_) => ErrorCode::TemplateNotFound,
+            ApiKeyNotFound(_) => ErrorCode::ApiKeyNotFound,
+            FileNotFound(_) => ErrorCode::FileNotFound,
+            OAuthNotConfigured(_) => ErrorCode::OAuthProviderNotConfigured,
+            RouteNotFound(_) => ErrorCode::NotFound,
+            MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            NotRunning { .. } => ErrorCode::SandboxNotRunning,
+            NotPaused { .. } => ErrorCode::SandboxNotPaused,
+            Conflict(_) => ErrorCode::Conflict,
+            SnapshotExists(_) => ErrorCode::SnapshotExists,
+            ReservedName(_) => ErrorCode::NameReserved,
+            PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            NoCapacity => ErrorCode::NoCapacity,
+            Agent(_) | NoHost => ErrorCode::AgentError,
+            Store(_) | Internal(_) => ErrorCode::InternalError,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_code();
+        let code = self.code();
         let message = match &self {
             ApiError::Store(_) | ApiError::Internal(_) => {
                 tracing::error!(error = %self, "internal error");
@@ -156,6 +239,96 @@ impl IntoResponse for ApiError {
             }
             _ => self.to_string(),
         };
-        (status, Json(ErrorBody::new(code, message))).into_response()
+        (code.status(), Json(ErrorBody::with_code(code, message))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every code with its wire name and status, as the spec's clients know them.
+    const CODES: [(ErrorCode, &str, u16); 22] = [
+        (ErrorCode::BadRequest, "bad_request", 400),
+        (ErrorCode::InvalidJson, "invalid_json", 400),
+        (
+            ErrorCode::UnsupportedMediaType,
+            "unsupported_media_type",
+            415,
+        ),
+        (ErrorCode::Unauthorized, "unauthorized", 401),
+        (ErrorCode::InvalidCredentials, "invalid_credentials", 401),
+        (ErrorCode::EmailTaken, "email_taken", 409),
+        (ErrorCode::SandboxNotFound, "sandbox_not_found", 404),
+        (ErrorCode::TemplateNotFound, "template_not_found", 404),
+        (ErrorCode::ApiKeyNotFound, "api_key_not_found", 404),
+        (ErrorCode::FileNotFound, "file_not_found", 404),
+        (
+            ErrorCode::OAuthProviderNotConfigured,
+            "oauth_provider_not_configured",
+            404,
+        ),
+        (ErrorCode::NotFound, "not_found", 404),
+        (ErrorCode::MethodNotAllowed, "method_not_allowed", 405),
+        (ErrorCode::SandboxNotRunning, "sandbox_not_running", 409),
+        (ErrorCode::SandboxNotPaused, "sandbox_not_paused", 409),
+        (ErrorCode::Conflict, "conflict", 409),
+        (ErrorCode::SnapshotExists, "snapshot_exists", 409),
+        (ErrorCode::NameReserved, "name_reserved", 409),
+        (ErrorCode::PayloadTooLarge, "payload_too_large", 413),
+        (ErrorCode::NoCapacity, "no_capacity", 503),
+        (ErrorCode::AgentError, "agent_error", 502),
+        (ErrorCode::InternalError, "internal_error", 500),
+    ];
+
+    #[test]
+    fn codes_keep_their_wire_names_and_statuses() {
+        for (code, wire, status) in CODES {
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{wire}\""));
+            assert_eq!(
+                serde_json::from_str::<ErrorCode>(&format!("\"{wire}\"")).unwrap(),
+                code
+            );
+            assert_eq!(code.status().as_u16(), status, "{wire}");
+        }
+    }
+
+    #[test]
+    fn body_is_the_plain_error_body() {
+        let typed = ErrorBody::with_code(
+            ErrorCode::SandboxNotRunning,
+            "sandbox sb-1 is paused, not running",
+        );
+        let plain = ErrorBody::new("sandbox_not_running", "sandbox sb-1 is paused, not running");
+        assert_eq!(
+            serde_json::to_string(&typed).unwrap(),
+            serde_json::to_string(&plain).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_string(&typed).unwrap(),
+            r#"{"error":{"code":"sandbox_not_running","message":"sandbox sb-1 is paused, not running"}}"#
+        );
+    }
+
+    #[test]
+    fn each_error_has_its_code() {
+        assert_eq!(ApiError::NoHost.code(), ErrorCode::AgentError);
+        assert_eq!(
+            ApiError::Internal("x".into()).code(),
+            ErrorCode::InternalError
+        );
+        assert_eq!(
+            ApiError::OAuthNotConfigured("gitlab".into()).code(),
+            ErrorCode::OAuthProviderNotConfigured
+        );
+        assert_eq!(
+            ApiError::NotPaused {
+                id: "sb".into(),
+                status: "running".into()
+            }
+            .code()
+            .status(),
+            StatusCode::CONFLICT
+        );
     }
 }
