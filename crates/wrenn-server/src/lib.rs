@@ -23,5 +23,5 @@ pub mod server;
 pub mod store;
 
 pub use config::{limits, ConfigError, GithubConfig, OAuthConfig, ServerConfig};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 pub use server::{build, serve, BuildError, Server};

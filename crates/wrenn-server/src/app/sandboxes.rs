@@ -1,7 +1,7 @@
 //! Sandboxes: create (a team snapshot or a base template on the least-loaded host), get,
 //! list, destroy, pause, resume, exec (buffered and streamed), file transfers, and the
-//! activity marks the idle reaper reads. It must not touch accounts, keys or snapshot
-//! records.
+//! activity marks the idle reaper reads. It must not touch accounts or keys, and only reads
+//! snapshot records (to create from one).
 
 use super::{ts, App};
 use crate::agent::{ByteStream, ExecSession, HostAgent};
