@@ -11,7 +11,7 @@ use crate::store::{self, HostCapacity, HostRecord, Store};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use wrenn_types::agent::{HostInfo, TemplateInfo};
+use wrenn_types::agent::{HostInfo, TemplateInfo, TemplateKind};
 
 /// How long a health probe may take before the host counts as unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -165,7 +165,11 @@ impl Hosts {
     pub async fn base_templates(&self) -> Vec<TemplateInfo> {
         let mut by_name: HashMap<String, TemplateInfo> = HashMap::new();
         for h in self.probe().await {
-            for t in h.templates.into_iter().filter(|t| t.kind == "base") {
+            for t in h
+                .templates
+                .into_iter()
+                .filter(|t| t.kind == TemplateKind::Base)
+            {
                 by_name.entry(t.name.clone()).or_insert(t);
             }
         }
@@ -196,7 +200,7 @@ impl Hosts {
             .filter(|h| {
                 h.templates
                     .iter()
-                    .any(|t| t.name == template && t.kind == "base")
+                    .any(|t| t.name == template && t.kind == TemplateKind::Base)
             })
             .collect();
         candidates.sort_by(|a, b| {

@@ -118,11 +118,20 @@ pub struct FileQuery {
     pub path: String,
 }
 
+wire_enum! {
+    /// Where a template comes from.
+    pub enum TemplateKind {
+        /// An image built by the image builder.
+        Base = "base",
+        /// A snapshot of a sandbox.
+        Snapshot = "snapshot",
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TemplateInfo {
     pub name: String,
-    /// `base` for images built by the image builder, `snapshot` for snapshots of sandboxes.
-    pub kind: String,
+    pub kind: TemplateKind,
     pub vcpus: Option<u32>,
     pub memory_mb: Option<u32>,
     pub size_bytes: u64,
@@ -138,6 +147,7 @@ mod tests {
     fn enums_keep_their_wire_names() {
         crate::wire_enum::assert_wire_names(AgentErrorCode::ALL, |c| c.as_str());
         crate::wire_enum::assert_wire_names(SandboxStatus::ALL, |s| s.as_str());
+        crate::wire_enum::assert_wire_names(TemplateKind::ALL, |k| k.as_str());
         assert_eq!(codes::FILE_NOT_FOUND.as_str(), "file_not_found");
         assert_eq!(AgentErrorCode::Capacity.status(), 503);
         assert_eq!(SandboxStatus::Paused.as_str(), "paused");

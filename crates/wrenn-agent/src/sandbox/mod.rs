@@ -198,7 +198,7 @@ pub struct Manager {
 }
 
 fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    wrenn_types::time::Timestamp::now().to_string()
 }
 
 /// Ids and template names: short, lowercase, safe in paths and in QEMU's `exec:` URIs.

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::vmm::Vm;
 use std::path::{Path, PathBuf};
-use wrenn_types::agent::{SandboxStatus, TemplateInfo};
+use wrenn_types::agent::{SandboxStatus, TemplateInfo, TemplateKind};
 
 impl Manager {
     /// Turns a sandbox into a template named `name` (its RAM, device state and disk) and
@@ -155,7 +155,7 @@ impl Manager {
             .iter()
             .map(|t| TemplateInfo {
                 name: t.name.clone(),
-                kind: "base".into(),
+                kind: TemplateKind::Base,
                 vcpus: None,
                 memory_mb: None,
                 size_bytes: std::fs::metadata(&t.rootfs)
@@ -201,7 +201,7 @@ impl Manager {
 fn template_info(meta: &ImageMeta, dir: &Path) -> TemplateInfo {
     TemplateInfo {
         name: meta.name.clone(),
-        kind: "snapshot".into(),
+        kind: TemplateKind::Snapshot,
         vcpus: Some(meta.vcpus),
         memory_mb: Some(meta.memory_mb),
         size_bytes: records::dir_allocated_bytes(dir),

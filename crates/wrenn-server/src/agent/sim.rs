@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use wrenn_types::agent::{
     Accel, AgentErrorCode, CreateSandbox, HostInfo, SandboxInfo, SandboxStatus, SnapshotRequest,
-    TemplateInfo,
+    TemplateInfo, TemplateKind,
 };
 use wrenn_types::envd::{Encoding, ExecRequest, ExecResponse};
 use wrenn_types::stream::{ClientMessage, ServerMessage};
@@ -65,7 +65,7 @@ impl SimAgent {
                 SimTemplate {
                     info: TemplateInfo {
                         name: name.to_string(),
-                        kind: "base".into(),
+                        kind: TemplateKind::Base,
                         vcpus: None,
                         memory_mb: None,
                         size_bytes: 512 * 1024 * 1024,
@@ -481,7 +481,7 @@ impl HostAgent for SimAgent {
             .sum();
         let info = TemplateInfo {
             name: req.name.clone(),
-            kind: "snapshot".into(),
+            kind: TemplateKind::Snapshot,
             vcpus: Some(sb.info.vcpus),
             memory_mb: Some(sb.info.memory_mb),
             size_bytes: u64::from(sb.info.memory_mb) * 1024 * 1024 + size,

@@ -24,7 +24,7 @@ use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::placement::Hosts;
 use crate::store::Store;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -44,7 +44,7 @@ pub struct App {
 
 /// RFC 3339 with milliseconds, UTC, as every timestamp of the public API.
 pub fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    wrenn_types::time::Timestamp::from(t).to_string()
 }
 
 impl App {
