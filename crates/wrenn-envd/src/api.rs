@@ -75,13 +75,16 @@ impl IntoResponse for EnvdApiError {
     }
 }
 
+fn user_code(e: &UserError) -> EnvdErrorCode {
+    match e {
+        UserError::Unknown(_) => EnvdErrorCode::UnknownUser,
+        UserError::Read { .. } => EnvdErrorCode::Internal,
+    }
+}
+
 impl From<UserError> for EnvdApiError {
     fn from(e: UserError) -> Self {
-        let code = match e {
-            UserError::Unknown(_) => EnvdErrorCode::UnknownUser,
-            UserError::Read { .. } => EnvdErrorCode::Internal,
-        };
-        Self::new(code, e.to_string())
+        Self::new(user_code(&e), e.to_string())
     }
 }
 
@@ -112,8 +115,7 @@ impl From<FileError> for EnvdApiError {
             FileError::IsADirectory(_) => EnvdErrorCode::IsADirectory,
             FileError::NotADirectory(_) => EnvdErrorCode::NotADirectory,
             FileError::PermissionDenied(_) => EnvdErrorCode::Forbidden,
-            FileError::User(UserError::Unknown(_)) => EnvdErrorCode::UnknownUser,
-            FileError::User(UserError::Read { .. }) => EnvdErrorCode::Internal,
+            FileError::User(u) => user_code(u),
             FileError::TooLarge { .. } => EnvdErrorCode::PayloadTooLarge,
             FileError::NoSpace(_) => EnvdErrorCode::NoSpace,
             FileError::Upload(_) => EnvdErrorCode::UploadIncomplete,

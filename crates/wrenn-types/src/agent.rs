@@ -78,6 +78,16 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// Where a template comes from.
+    pub enum TemplateKind {
+        /// An image built by the image builder.
+        Base = "base",
+        /// A snapshot of a sandbox.
+        Snapshot = "snapshot",
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateSandbox {
     /// Chosen by the caller (the control plane); unique on the host.
@@ -116,16 +126,6 @@ pub struct SnapshotRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileQuery {
     pub path: String,
-}
-
-wire_enum! {
-    /// Where a template comes from.
-    pub enum TemplateKind {
-        /// An image built by the image builder.
-        Base = "base",
-        /// A snapshot of a sandbox.
-        Snapshot = "snapshot",
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

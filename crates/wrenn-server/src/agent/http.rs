@@ -86,6 +86,22 @@ impl HttpAgent {
             .await
             .map_err(|e| AgentApiError::Protocol(e.to_string()))
     }
+
+    /// A call without a body whose answer is JSON.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        route: Route,
+        param: &str,
+        timeout: Duration,
+    ) -> AgentResult<T> {
+        self.json(self.req(route, param).timeout(timeout)).await
+    }
+
+    /// A call without a body whose answer is empty.
+    async fn call_empty(&self, route: Route, param: &str, timeout: Duration) -> AgentResult<()> {
+        self.send(self.req(route, param).timeout(timeout)).await?;
+        Ok(())
+    }
 }
 
 fn file_query(path: &str) -> FileQuery {
@@ -113,13 +129,11 @@ fn error_from_body(status: u16, text: &str) -> AgentApiError {
 #[async_trait]
 impl HostAgent for HttpAgent {
     async fn host_info(&self) -> AgentResult<HostInfo> {
-        self.json(self.req(paths::HOST_INFO, "").timeout(QUICK_TIMEOUT))
-            .await
+        self.call(paths::HOST_INFO, "", QUICK_TIMEOUT).await
     }
 
     async fn list_sandboxes(&self) -> AgentResult<Vec<SandboxInfo>> {
-        self.json(self.req(paths::LIST_SANDBOXES, "").timeout(QUICK_TIMEOUT))
-            .await
+        self.call(paths::LIST_SANDBOXES, "", QUICK_TIMEOUT).await
     }
 
     async fn create(&self, req: &CreateSandbox) -> AgentResult<SandboxInfo> {
@@ -132,27 +146,20 @@ impl HostAgent for HttpAgent {
     }
 
     async fn get_sandbox(&self, id: &str) -> AgentResult<SandboxInfo> {
-        self.json(self.req(paths::GET_SANDBOX, id).timeout(QUICK_TIMEOUT))
-            .await
+        self.call(paths::GET_SANDBOX, id, QUICK_TIMEOUT).await
     }
 
     async fn destroy(&self, id: &str) -> AgentResult<()> {
-        self.send(
-            self.req(paths::DESTROY_SANDBOX, id)
-                .timeout(LIFECYCLE_TIMEOUT),
-        )
-        .await?;
-        Ok(())
+        self.call_empty(paths::DESTROY_SANDBOX, id, LIFECYCLE_TIMEOUT)
+            .await
     }
 
     async fn pause(&self, id: &str) -> AgentResult<SandboxInfo> {
-        self.json(self.req(paths::PAUSE, id).timeout(LIFECYCLE_TIMEOUT))
-            .await
+        self.call(paths::PAUSE, id, LIFECYCLE_TIMEOUT).await
     }
 
     async fn resume(&self, id: &str) -> AgentResult<SandboxInfo> {
-        self.json(self.req(paths::RESUME, id).timeout(LIFECYCLE_TIMEOUT))
-            .await
+        self.call(paths::RESUME, id, LIFECYCLE_TIMEOUT).await
     }
 
     async fn snapshot(&self, id: &str, req: &SnapshotRequest) -> AgentResult<TemplateInfo> {
@@ -225,16 +232,11 @@ impl HostAgent for HttpAgent {
     }
 
     async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>> {
-        self.json(self.req(paths::LIST_TEMPLATES, "").timeout(QUICK_TIMEOUT))
-            .await
+        self.call(paths::LIST_TEMPLATES, "", QUICK_TIMEOUT).await
     }
 
     async fn delete_template(&self, name: &str) -> AgentResult<()> {
-        self.send(
-            self.req(paths::DELETE_TEMPLATE, name)
-                .timeout(LIFECYCLE_TIMEOUT),
-        )
-        .await?;
-        Ok(())
+        self.call_empty(paths::DELETE_TEMPLATE, name, LIFECYCLE_TIMEOUT)
+            .await
     }
 }

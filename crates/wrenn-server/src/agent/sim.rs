@@ -126,13 +126,37 @@ impl SimAgent {
 
     /// Checks the sandbox exists and is running; returns a copy of its file map.
     fn running_files(&self, id: &str) -> AgentResult<HashMap<String, PathBuf>> {
-        let st = self.lock();
-        let sb = st.sandboxes.get(id).ok_or_else(|| not_found(id))?;
-        if sb.info.status != SandboxStatus::Running {
-            return Err(conflict(id, sb.info.status));
-        }
-        Ok(sb.files.clone())
+        let mut st = self.lock();
+        Ok(in_status(&mut st, id, SandboxStatus::Running)?
+            .files
+            .clone())
     }
+
+    /// Applies `change` to a sandbox in status `from`; the sandbox as it is afterwards.
+    fn transition(
+        &self,
+        id: &str,
+        from: SandboxStatus,
+        change: impl FnOnce(&mut SandboxInfo),
+    ) -> AgentResult<SandboxInfo> {
+        let mut st = self.lock();
+        let sb = in_status(&mut st, id, from)?;
+        change(&mut sb.info);
+        Ok(sb.info.clone())
+    }
+}
+
+/// The sandbox `id`, if it is in `status`.
+fn in_status<'a>(
+    st: &'a mut SimState,
+    id: &str,
+    status: SandboxStatus,
+) -> AgentResult<&'a mut SimSandbox> {
+    let sb = st.sandboxes.get_mut(id).ok_or_else(|| not_found(id))?;
+    if sb.info.status != status {
+        return Err(conflict(id, sb.info.status));
+    }
+    Ok(sb)
 }
 
 fn now() -> String {
@@ -438,26 +462,19 @@ impl HostAgent for SimAgent {
     }
 
     async fn pause(&self, id: &str) -> AgentResult<SandboxInfo> {
-        let mut st = self.lock();
-        let sb = st.sandboxes.get_mut(id).ok_or_else(|| not_found(id))?;
-        if sb.info.status != SandboxStatus::Running {
-            return Err(conflict(id, sb.info.status));
-        }
-        sb.info.status = SandboxStatus::Paused;
-        sb.info.host_ip = String::new();
-        Ok(sb.info.clone())
+        self.transition(id, SandboxStatus::Running, |info| {
+            info.status = SandboxStatus::Paused;
+            info.host_ip = String::new();
+        })
     }
 
     async fn resume(&self, id: &str) -> AgentResult<SandboxInfo> {
-        let mut st = self.lock();
-        let sb = st.sandboxes.get_mut(id).ok_or_else(|| not_found(id))?;
-        if sb.info.status != SandboxStatus::Paused {
-            return Err(conflict(id, sb.info.status));
-        }
-        sb.info.status = SandboxStatus::Running;
-        sb.info.host_ip = format!("10.{}.9.{}", 200 + self.host_index, id.len());
-        sb.info.started_at = Some(now());
-        Ok(sb.info.clone())
+        let host_ip = format!("10.{}.9.{}", 200 + self.host_index, id.len());
+        self.transition(id, SandboxStatus::Paused, |info| {
+            info.status = SandboxStatus::Running;
+            info.host_ip = host_ip;
+            info.started_at = Some(now());
+        })
     }
 
     async fn snapshot(&self, id: &str, req: &SnapshotRequest) -> AgentResult<TemplateInfo> {
