@@ -5,7 +5,7 @@
 //!   `wrenn_types::agent`. The real agent (`wrenn-agent`, over its sandbox manager), the
 //!   simulated agent of the control plane's tests and the control plane's HTTP client all
 //!   implement it.
-//! - [`paths`]: the routes, used by the router and by the client.
+//! - [`paths`]: the routes (method and path), used by the router and by the client.
 //! - [`router`]: serves any `HostAgent` over HTTP: one constant-time bearer check, request
 //!   parsing, one trait call per route, and one mapping of [`AgentApiError`] to a status and
 //!   an error body.
@@ -68,36 +68,37 @@ pub struct ExecSession {
     pub from_agent: mpsc::Receiver<ServerMessage>,
 }
 
-/// The operations of one host agent; the route of each is in [`paths`].
+/// The operations of one host agent; the route of each is the [`paths`] constant named beside
+/// it.
 #[async_trait]
 pub trait HostAgent: Send + Sync + 'static {
-    /// `GET` [`paths::HOST`]: capacity, accelerator and the templates it can create from.
+    /// [`paths::HOST_INFO`]: capacity, accelerator and the templates it can create from.
     async fn host_info(&self) -> AgentResult<HostInfo>;
-    /// `GET` [`paths::SANDBOXES`].
+    /// [`paths::LIST_SANDBOXES`].
     async fn list_sandboxes(&self) -> AgentResult<Vec<SandboxInfo>>;
-    /// `POST` [`paths::SANDBOXES`] → 201.
+    /// [`paths::CREATE_SANDBOX`].
     async fn create(&self, req: &CreateSandbox) -> AgentResult<SandboxInfo>;
-    /// `GET` [`paths::SANDBOX`].
+    /// [`paths::GET_SANDBOX`].
     async fn get_sandbox(&self, id: &str) -> AgentResult<SandboxInfo>;
-    /// `DELETE` [`paths::SANDBOX`] → 204.
+    /// [`paths::DESTROY_SANDBOX`].
     async fn destroy(&self, id: &str) -> AgentResult<()>;
-    /// `POST` [`paths::PAUSE`].
+    /// [`paths::PAUSE`].
     async fn pause(&self, id: &str) -> AgentResult<SandboxInfo>;
-    /// `POST` [`paths::RESUME`].
+    /// [`paths::RESUME`].
     async fn resume(&self, id: &str) -> AgentResult<SandboxInfo>;
-    /// `POST` [`paths::SNAPSHOT`] → 201; the sandbox is gone afterwards.
+    /// [`paths::SNAPSHOT`]; the sandbox is gone afterwards.
     async fn snapshot(&self, id: &str, req: &SnapshotRequest) -> AgentResult<TemplateInfo>;
-    /// `POST` [`paths::EXEC`]: one command run to completion.
+    /// [`paths::EXEC`]: one command run to completion.
     async fn exec(&self, id: &str, req: &ExecRequest) -> AgentResult<ExecResponse>;
-    /// `GET` [`paths::EXEC_STREAM`] (WebSocket, messages of `wrenn_types::stream`).
+    /// [`paths::EXEC_STREAM`]: a session of `wrenn_types::stream` messages.
     async fn exec_stream(&self, id: &str) -> AgentResult<ExecSession>;
-    /// `PUT` [`paths::FILES`]`?path=`, the body streamed in → 204.
+    /// [`paths::WRITE_FILE`]: `body` streamed into the file `path`.
     async fn write_file(&self, id: &str, path: &str, body: ByteStream) -> AgentResult<()>;
-    /// `GET` [`paths::FILES`]`?path=`, the answer streamed out.
+    /// [`paths::READ_FILE`]: the file `path` streamed out.
     async fn read_file_body(&self, id: &str, path: &str) -> AgentResult<FileBody>;
-    /// `GET` [`paths::TEMPLATES`].
+    /// [`paths::LIST_TEMPLATES`].
     async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>>;
-    /// `DELETE` [`paths::TEMPLATE`] → 204.
+    /// [`paths::DELETE_TEMPLATE`].
     async fn delete_template(&self, name: &str) -> AgentResult<()>;
 
     /// [`Self::read_file_body`] without the length.
