@@ -136,11 +136,16 @@ pub struct EgressPolicy {
 }
 
 impl EgressPolicy {
-    /// The default policy with the given resolvers, or with the host's ([`host_resolvers`]).
+    /// The default policy with the given resolvers (each once), or with the host's
+    /// ([`host_resolvers`]).
     pub fn new(resolvers: Option<&[Ipv4Addr]>) -> EgressPolicy {
-        EgressPolicy {
-            resolvers: resolvers.map_or_else(host_resolvers, <[Ipv4Addr]>::to_vec),
+        let mut unique = Vec::new();
+        for ip in resolvers.map_or_else(host_resolvers, <[Ipv4Addr]>::to_vec) {
+            if !unique.contains(&ip) {
+                unique.push(ip);
+            }
         }
+        EgressPolicy { resolvers: unique }
     }
 
     /// Why a resolver address cannot work, if it cannot.
@@ -376,9 +381,7 @@ mod unit {
         assert!(EgressPolicy::check_resolver(Ipv4Addr::new(127, 0, 0, 53)).is_err());
         assert!(EgressPolicy::check_resolver(Ipv4Addr::UNSPECIFIED).is_err());
         assert!(EgressPolicy::check_resolver(Ipv4Addr::new(10, 0, 0, 2)).is_ok());
-        assert_eq!(
-            EgressPolicy::new(Some(&[Ipv4Addr::new(9, 9, 9, 9)])).resolvers,
-            [Ipv4Addr::new(9, 9, 9, 9)]
-        );
+        let quad9 = Ipv4Addr::new(9, 9, 9, 9);
+        assert_eq!(EgressPolicy::new(Some(&[quad9, quad9])).resolvers, [quad9]);
     }
 }
