@@ -64,6 +64,21 @@ pub struct ServerConfig {
     pub oauth: OAuthConfig,
     /// How often the auto-pause reaper looks for idle sandboxes.
     pub reaper_interval: Duration,
+    /// How often the reconciler compares the database with every agent (it also runs once
+    /// at start).
+    pub reconcile_interval: Duration,
+    /// How long a VM or snapshot template that no record owns must stay unowned on its agent
+    /// before the reconciler removes it (covers the moment between an agent creating a thing
+    /// and the database recording it).
+    pub orphan_grace: Duration,
+    /// After how long an operation started by another control plane counts as abandoned (its
+    /// control plane died) and is settled by the reconciler; longer than any agent call.
+    /// With SQLite (one control plane) an operation this process is not running is abandoned
+    /// at once.
+    pub op_stale_after: Duration,
+    /// Failure points to arm (`crate::failpoints`, for tests); `None` reads
+    /// `WRENN_FAILPOINTS` from the environment at build.
+    pub failpoints: Option<String>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -78,6 +93,10 @@ impl std::fmt::Debug for ServerConfig {
             .field("public_url", &self.public_url)
             .field("oauth", &self.oauth)
             .field("reaper_interval", &self.reaper_interval)
+            .field("reconcile_interval", &self.reconcile_interval)
+            .field("orphan_grace", &self.orphan_grace)
+            .field("op_stale_after", &self.op_stale_after)
+            .field("failpoints", &self.failpoints)
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +114,10 @@ impl ServerConfig {
             public_url: None,
             oauth: OAuthConfig::default(),
             reaper_interval: Duration::from_secs(5),
+            reconcile_interval: Duration::from_secs(30),
+            orphan_grace: Duration::from_secs(60),
+            op_stale_after: Duration::from_secs(15 * 60),
+            failpoints: None,
         }
     }
 
@@ -110,6 +133,9 @@ impl ServerConfig {
         }
         if self.reaper_interval.is_zero() {
             return Err(ConfigError::ZeroReaperInterval);
+        }
+        if self.reconcile_interval.is_zero() {
+            return Err(ConfigError::ZeroReconcileInterval);
         }
         self.oauth.validate(self.public_url.as_deref())?;
         Ok(())
@@ -153,6 +179,12 @@ pub enum ConfigError {
     /// The reaper cannot run every zero seconds.
     #[error("reaper interval must be greater than zero")]
     ZeroReaperInterval,
+    /// Nor can the reconciler.
+    #[error("reconcile interval must be greater than zero")]
+    ZeroReconcileInterval,
+    /// `WRENN_FAILPOINTS` (or `failpoints`) names an unknown point or action.
+    #[error(transparent)]
+    Failpoints(#[from] crate::failpoints::FailpointError),
     /// The OAuth settings are incomplete or inconsistent (e.g. a provider without
     /// `CP_PUBLIC_URL`).
     #[error(transparent)]

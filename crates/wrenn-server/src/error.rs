@@ -141,6 +141,9 @@ pub enum ApiError {
     /// A snapshot with that name exists and overwrite was not asked for.
     #[error("snapshot {0} already exists (use ?overwrite=true)")]
     SnapshotExists(String),
+    /// Another snapshot of that name is being taken.
+    #[error("a snapshot named {0} is being taken; try again when it is done")]
+    SnapshotInProgress(String),
     /// The name is a base template's and cannot be used for a snapshot.
     #[error("{0} is a base template name and cannot be used for a snapshot")]
     ReservedName(String),
@@ -215,13 +218,22 @@ impl ApiError {
             NotRunning { .. } => ErrorCode::SandboxNotRunning,
             NotPaused { .. } => ErrorCode::SandboxNotPaused,
             Conflict(_) => ErrorCode::Conflict,
-            SnapshotExists(_) => ErrorCode::SnapshotExists,
+            SnapshotExists(_) | SnapshotInProgress(_) => ErrorCode::SnapshotExists,
             ReservedName(_) => ErrorCode::NameReserved,
             PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             NoCapacity => ErrorCode::NoCapacity,
             Agent(_) | NoHost => ErrorCode::AgentError,
             Store(_) | Internal(_) => ErrorCode::InternalError,
         }
+    }
+}
+
+/// What a tenant is told of an agent failure: its kind, never the agent's address or words.
+fn tenant_agent_message(e: &AgentApiError) -> String {
+    match e {
+        AgentApiError::Api { code, .. } => format!("host agent error: {}", code.as_str()),
+        AgentApiError::Transport(_) => "host agent error: the sandbox's host is unreachable".into(),
+        AgentApiError::Protocol(_) => "host agent error: unexpected answer from the host".into(),
     }
 }
 
@@ -234,8 +246,9 @@ impl IntoResponse for ApiError {
                 "internal error".to_string()
             }
             ApiError::Agent(e) => {
+                // The agent's own words may name its addresses and paths: logged, not sent.
                 tracing::warn!(error = %e, "host agent error");
-                self.to_string()
+                tenant_agent_message(e)
             }
             _ => self.to_string(),
         };
@@ -308,6 +321,23 @@ mod tests {
             serde_json::to_string(&typed).unwrap(),
             r#"{"error":{"code":"sandbox_not_running","message":"sandbox sb-1 is paused, not running"}}"#
         );
+    }
+
+    #[test]
+    fn agent_errors_do_not_tell_tenants_where_the_host_is() {
+        let e = ApiError::Agent(AgentApiError::Transport(
+            "error sending request for url (http://10.0.0.7:7070/v1/sandboxes)".into(),
+        ));
+        let msg = tenant_agent_message(match &e {
+            ApiError::Agent(a) => a,
+            _ => unreachable!(),
+        });
+        assert!(
+            !msg.contains("10.0.0.7") && msg.contains("unreachable"),
+            "{msg}"
+        );
+        let e = AgentApiError::new(AgentErrorCode::Internal, "qemu failed: /var/lib/wrenn/x");
+        assert_eq!(tenant_agent_message(&e), "host agent error: internal");
     }
 
     #[test]

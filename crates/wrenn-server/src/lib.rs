@@ -1,5 +1,6 @@
 //! The Wrenn control plane: the public API of `spec/openapi.yaml` (accounts, teams, API
-//! keys, sandboxes, snapshots), host placement and the idle auto-pause reaper. It keeps its
+//! keys, sandboxes, snapshots), host placement, the idle auto-pause reaper and the
+//! reconciler that keeps the database and the agents in agreement. It keeps its
 //! state in a [`store::Store`] and drives VMs only through host agents ([`agent::HostAgent`]);
 //! it never touches a VM itself and never links the agent's code.
 //!
@@ -8,7 +9,8 @@
 //! operations, one file per job) → `store` (SQL) and `placement` (host registry and
 //! placement) → `agent` (agent clients). `auth` holds the credential primitives, `error`
 //! the one error→code→status mapping, `metrics` the metrics registry and the request-id
-//! rules.
+//! rules, `failpoints` the named failure points for tests; `reaper` and `reconciler` are the
+//! background loops.
 
 pub mod agent;
 pub mod api;
@@ -16,9 +18,11 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod failpoints;
 pub mod metrics;
 pub mod placement;
 pub mod reaper;
+pub mod reconciler;
 pub mod server;
 pub mod store;
 

@@ -103,17 +103,23 @@ impl Hosts {
             })
     }
 
-    /// Probes every host (concurrently, with a timeout), records health and capacity, and
-    /// returns the ones that answered.
-    pub async fn probe(&self) -> Vec<LiveHost> {
-        let agents: Vec<(String, Arc<dyn HostAgent>)> = self
+    /// Every registered host's id and client, by id.
+    pub fn all(&self) -> Vec<(String, Arc<dyn HostAgent>)> {
+        let mut all: Vec<(String, Arc<dyn HostAgent>)> = self
             .agents
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let probes = agents.into_iter().map(|(id, agent)| async move {
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Probes every host (concurrently, with a timeout), records health and capacity, and
+    /// returns the ones that answered.
+    pub async fn probe(&self) -> Vec<LiveHost> {
+        let probes = self.all().into_iter().map(|(id, agent)| async move {
             let res = tokio::time::timeout(PROBE_TIMEOUT, async {
                 let info = agent.host_info().await?;
                 let templates = agent.list_templates().await?;

@@ -1,11 +1,13 @@
 //! The entry points for the `wrenn` binary: [`build`] a [`Server`] from a [`ServerConfig`]
-//! (opens the store, loads known hosts, starts the auto-pause reaper), register host
-//! agents, get the [`axum::Router`], and [`serve`] it on a listener.
+//! (opens the store, loads known hosts, arms failure points, starts the auto-pause reaper
+//! and the reconciler), register host agents, get the [`axum::Router`], and [`serve`] it on
+//! a listener.
 
 use crate::agent::HostAgent;
-use crate::app::App;
+use crate::app::{App, ReconcileReport};
 use crate::config::{ConfigError, ServerConfig};
 use crate::error::ApiError;
+use crate::failpoints::Failpoints;
 use crate::store::{self, HostRecord, Store, StoreError};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -34,16 +36,21 @@ pub enum BuildError {
 pub struct Server {
     app: Arc<App>,
     reaper: JoinHandle<()>,
+    reconciler: JoinHandle<()>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Operations under way finish in their own tasks.
         self.reaper.abort();
+        self.reconciler.abort();
     }
 }
 
 /// Validates the config, opens the store (SQLite in `data_dir` unless `database_url` says
-/// PostgreSQL), loads registered hosts and starts the reaper.
+/// PostgreSQL), loads registered hosts, arms the failure points of `cfg.failpoints` (else of
+/// `WRENN_FAILPOINTS`), and starts the reaper and the reconciler (whose first pass is at
+/// once).
 pub async fn build(cfg: ServerConfig) -> Result<Server, BuildError> {
     cfg.validate()?;
     if cfg
@@ -59,11 +66,21 @@ pub async fn build(cfg: ServerConfig) -> Result<Server, BuildError> {
     let oauth =
         crate::auth::oauth::OAuth::new(&cfg.oauth, cfg.public_url.as_deref(), &cfg.jwt_secret)
             .map_err(ConfigError::from)?;
+    let spec = match &cfg.failpoints {
+        Some(s) => s.clone(),
+        None => std::env::var("WRENN_FAILPOINTS").unwrap_or_default(),
+    };
+    let failpoints = Failpoints::parse(&spec).map_err(ConfigError::from)?;
     let store = store::open(&cfg.effective_database_url()).await?;
-    let app = Arc::new(App::new(store, cfg, oauth));
+    let app = Arc::new(App::new(store, cfg, oauth, failpoints));
     app.hosts.load().await.map_err(BuildError::Hosts)?;
     let reaper = tokio::spawn(crate::reaper::run(Arc::downgrade(&app)));
-    Ok(Server { app, reaper })
+    let reconciler = tokio::spawn(crate::reconciler::run(Arc::downgrade(&app)));
+    Ok(Server {
+        app,
+        reaper,
+        reconciler,
+    })
 }
 
 impl Server {
@@ -95,6 +112,16 @@ impl Server {
     /// Runs one reaper pass now; returns the ids of the sandboxes it paused.
     pub async fn reap_idle_now(&self) -> Result<Vec<String>, ApiError> {
         self.app.reap_idle().await
+    }
+
+    /// Runs one reconciler pass now.
+    pub async fn reconcile_now(&self) -> Result<ReconcileReport, ApiError> {
+        self.app.reconcile().await
+    }
+
+    /// The failure points (`crate::failpoints`), to arm and disarm in tests.
+    pub fn failpoints(&self) -> &Failpoints {
+        &self.app.failpoints
     }
 }
 

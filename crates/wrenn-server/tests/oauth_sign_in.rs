@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use wrenn_server::auth::oauth::{sign_in, CallbackError, Profile};
 use wrenn_server::store::{
-    self, ApiKeyRecord, HostCapacity, HostRecord, NewAccount, SandboxRecord, Store, StoreError,
-    TeamRecord, TemplateRecord, UserRecord,
+    self, ApiKeyRecord, HostCapacity, HostRecord, NewAccount, SandboxRecord, SnapshotReservation,
+    Store, StoreError, TeamRecord, TemplateRecord, UserRecord,
 };
 
 const RACERS: usize = 8;
@@ -112,7 +112,7 @@ impl Store for GatedStore {
     async fn list_sandboxes(&self, team_id: &str) -> Result<Vec<SandboxRecord>, StoreError> {
         self.inner.list_sandboxes(team_id).await
     }
-    async fn update_sandbox(&self, sb: &SandboxRecord) -> Result<(), StoreError> {
+    async fn update_sandbox(&self, sb: &SandboxRecord) -> Result<bool, StoreError> {
         self.inner.update_sandbox(sb).await
     }
     async fn touch_sandbox(
@@ -123,8 +123,13 @@ impl Store for GatedStore {
     ) -> Result<bool, StoreError> {
         self.inner.touch_sandbox(team_id, id, at).await
     }
-    async fn delete_sandbox(&self, team_id: &str, id: &str) -> Result<bool, StoreError> {
-        self.inner.delete_sandbox(team_id, id).await
+    async fn delete_sandbox(
+        &self,
+        team_id: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<bool, StoreError> {
+        self.inner.delete_sandbox(team_id, id, version).await
     }
     async fn list_running_with_timeout(&self) -> Result<Vec<SandboxRecord>, StoreError> {
         self.inner.list_running_with_timeout().await
@@ -144,15 +149,30 @@ impl Store for GatedStore {
     async fn list_templates(&self, team_id: &str) -> Result<Vec<TemplateRecord>, StoreError> {
         self.inner.list_templates(team_id).await
     }
+    async fn find_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
+        self.inner.find_sandbox(id).await
+    }
+    async fn list_host_sandboxes(&self, host_id: &str) -> Result<Vec<SandboxRecord>, StoreError> {
+        self.inner.list_host_sandboxes(host_id).await
+    }
+    async fn reserve_snapshot(&self, r: &SnapshotReservation) -> Result<(), StoreError> {
+        self.inner.reserve_snapshot(r).await
+    }
+    async fn snapshot_reservation(
+        &self,
+        sandbox_id: &str,
+    ) -> Result<Option<SnapshotReservation>, StoreError> {
+        self.inner.snapshot_reservation(sandbox_id).await
+    }
+    async fn release_snapshot(&self, team_id: &str, name: &str) -> Result<bool, StoreError> {
+        self.inner.release_snapshot(team_id, name).await
+    }
     async fn commit_snapshot(
         &self,
         template: &TemplateRecord,
         sandbox_id: &str,
-        overwrite: bool,
     ) -> Result<Option<TemplateRecord>, StoreError> {
-        self.inner
-            .commit_snapshot(template, sandbox_id, overwrite)
-            .await
+        self.inner.commit_snapshot(template, sandbox_id).await
     }
     async fn delete_template(
         &self,
@@ -160,6 +180,15 @@ impl Store for GatedStore {
         name: &str,
     ) -> Result<Option<TemplateRecord>, StoreError> {
         self.inner.delete_template(team_id, name).await
+    }
+    async fn host_template_names(&self, host_id: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.host_template_names(host_id).await
+    }
+    async fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.inner.try_lease(name, holder, ttl).await
+    }
+    fn single_writer(&self) -> bool {
+        self.inner.single_writer()
     }
 }
 

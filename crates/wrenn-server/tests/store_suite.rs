@@ -6,8 +6,8 @@ mod support;
 use chrono::Duration;
 use std::sync::Arc;
 use wrenn_server::store::{
-    self, now, ApiKeyRecord, HostCapacity, HostRecord, NewAccount, SandboxRecord, Store,
-    StoreError, TemplateRecord,
+    self, now, ApiKeyRecord, HostCapacity, HostRecord, Intent, NewAccount, Operation,
+    SandboxRecord, SnapshotReservation, Store, StoreError, TemplateRecord,
 };
 use wrenn_types::agent::SandboxStatus;
 
@@ -39,6 +39,8 @@ fn sandbox(id: &str, team: &str, host: &str, timeout: i64) -> SandboxRecord {
         started_at: Some(t),
         last_active_at: Some(t),
         last_updated: t,
+        intent: None,
+        version: 0,
     }
 }
 
@@ -238,11 +240,20 @@ async fn sandboxes(s: &dyn Store, host: &str) {
     assert!(!s.touch_sandbox("team-s2", "sb-a", later).await.unwrap());
     a = s.get_sandbox("team-s1", "sb-a").await.unwrap().unwrap();
     assert_eq!(a.last_active_at, Some(later));
+    // Every write bumps the version, a touch too.
+    assert_eq!(a.version, 1);
 
     a.status = SandboxStatus::Paused;
     a.host_ip = String::new();
     a.last_updated = later;
-    s.update_sandbox(&a).await.unwrap();
+    assert!(s.update_sandbox(&a).await.unwrap());
+    a.version += 1;
+    assert_eq!(s.get_sandbox("team-s1", "sb-a").await.unwrap().unwrap(), a);
+    // A write on a version read before another write is refused and changes nothing.
+    let mut stale = a.clone();
+    stale.version -= 1;
+    stale.status = SandboxStatus::Error;
+    assert!(!s.update_sandbox(&stale).await.unwrap());
     assert_eq!(s.get_sandbox("team-s1", "sb-a").await.unwrap().unwrap(), a);
     // Counts span every team.
     assert_eq!(
@@ -252,11 +263,21 @@ async fn sandboxes(s: &dyn Store, host: &str) {
     // A paused sandbox is not touched.
     assert!(!s.touch_sandbox("team-s1", "sb-a", now()).await.unwrap());
 
-    assert!(!s.delete_sandbox("team-s2", "sb-a").await.unwrap());
-    assert!(s.delete_sandbox("team-s1", "sb-a").await.unwrap());
+    assert!(!s
+        .delete_sandbox("team-s2", "sb-a", a.version)
+        .await
+        .unwrap());
+    assert!(!s
+        .delete_sandbox("team-s1", "sb-a", a.version - 1)
+        .await
+        .unwrap());
+    assert!(s
+        .delete_sandbox("team-s1", "sb-a", a.version)
+        .await
+        .unwrap());
     assert!(s.get_sandbox("team-s1", "sb-a").await.unwrap().is_none());
     b.status = SandboxStatus::Paused;
-    s.update_sandbox(&b).await.unwrap();
+    assert!(s.update_sandbox(&b).await.unwrap());
     let timed: Vec<String> = s
         .list_running_with_timeout()
         .await
@@ -265,6 +286,149 @@ async fn sandboxes(s: &dyn Store, host: &str) {
         .map(|x| x.id)
         .collect();
     assert_eq!(timed, ["sb-c"]);
+}
+
+/// A sandbox with an operation under way: stored and read back, not touched, not offered to
+/// the reaper; found across teams by the reconciler's queries.
+async fn intents(s: &dyn Store, host: &str) {
+    s.create_account(&account("i1")).await.unwrap();
+    let mut sb = sandbox("sb-i", "team-i1", host, 5);
+    sb.last_active_at = Some(now() - Duration::seconds(60));
+    sb.intent = Some(Intent {
+        op: Operation::Pausing,
+        owner: "cp-test".into(),
+        since: now(),
+    });
+    s.insert_sandbox(&sb).await.unwrap();
+    assert_eq!(s.get_sandbox("team-i1", "sb-i").await.unwrap().unwrap(), sb);
+    assert_eq!(s.find_sandbox("sb-i").await.unwrap().unwrap(), sb);
+    assert!(s.find_sandbox("sb-none").await.unwrap().is_none());
+    assert!(!s.touch_sandbox("team-i1", "sb-i", now()).await.unwrap());
+    let listed = |v: Vec<SandboxRecord>| v.into_iter().any(|x| x.id == "sb-i");
+    assert!(!listed(s.list_running_with_timeout().await.unwrap()));
+    assert!(listed(s.list_host_sandboxes(host).await.unwrap()));
+    assert!(!listed(s.list_host_sandboxes("host-other").await.unwrap()));
+
+    for op in Operation::ALL {
+        sb.intent = Some(Intent {
+            op,
+            owner: "cp-test".into(),
+            since: now(),
+        });
+        assert!(s.update_sandbox(&sb).await.unwrap());
+        sb.version += 1;
+        assert_eq!(s.find_sandbox("sb-i").await.unwrap().unwrap(), sb);
+    }
+    sb.intent = None;
+    assert!(s.update_sandbox(&sb).await.unwrap());
+    assert!(listed(s.list_running_with_timeout().await.unwrap()));
+    assert!(s.touch_sandbox("team-i1", "sb-i", now()).await.unwrap());
+}
+
+/// Snapshot names held before the agent is called.
+async fn reservations(s: &dyn Store, host: &str) {
+    s.create_account(&account("r1")).await.unwrap();
+    for id in ["sb-r1", "sb-r2", "sb-r3"] {
+        s.insert_sandbox(&sandbox(id, "team-r1", host, 0))
+            .await
+            .unwrap();
+    }
+    let res = |sandbox: &str, name: &str, agent: &str, overwrite: bool| SnapshotReservation {
+        team_id: "team-r1".into(),
+        name: name.into(),
+        agent_name: agent.into(),
+        sandbox_id: sandbox.into(),
+        host_id: host.into(),
+        overwrite,
+        created_at: now(),
+    };
+    let tpl = |name: &str, agent: &str| TemplateRecord {
+        id: format!("tp-{agent}"),
+        team_id: "team-r1".into(),
+        name: name.into(),
+        agent_name: agent.into(),
+        host_id: host.into(),
+        vcpus: 1,
+        memory_mb: 512,
+        size_bytes: 1,
+        created_at: now(),
+    };
+    let first = res("sb-r1", "py", "t-r-1", false);
+    s.reserve_snapshot(&first).await.unwrap();
+    // A held name is held, with or without overwrite.
+    for overwrite in [false, true] {
+        assert!(matches!(
+            s.reserve_snapshot(&res("sb-r2", "py", "t-r-2", overwrite))
+                .await,
+            Err(StoreError::Duplicate)
+        ));
+    }
+    assert_eq!(
+        s.snapshot_reservation("sb-r1").await.unwrap().unwrap(),
+        first
+    );
+    assert!(s
+        .host_template_names(host)
+        .await
+        .unwrap()
+        .contains(&"t-r-1".to_string()));
+
+    // Committing records the template, removes the sandbox and ends the reservation.
+    assert_eq!(
+        s.commit_snapshot(&tpl("py", "t-r-1"), "sb-r1")
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(s.snapshot_reservation("sb-r1").await.unwrap().is_none());
+    assert!(s.get_sandbox("team-r1", "sb-r1").await.unwrap().is_none());
+    assert!(s.get_template("team-r1", "py").await.unwrap().is_some());
+
+    // An existing template's name is reserved only to overwrite it.
+    assert!(matches!(
+        s.reserve_snapshot(&res("sb-r2", "py", "t-r-2", false))
+            .await,
+        Err(StoreError::Duplicate)
+    ));
+    s.reserve_snapshot(&res("sb-r2", "py", "t-r-2", true))
+        .await
+        .unwrap();
+    let old = s
+        .commit_snapshot(&tpl("py", "t-r-2"), "sb-r2")
+        .await
+        .unwrap();
+    assert_eq!(old.unwrap().agent_name, "t-r-1");
+    let names = s.host_template_names(host).await.unwrap();
+    assert!(names.contains(&"t-r-2".to_string()) && !names.contains(&"t-r-1".to_string()));
+
+    // A name given up is free again.
+    s.reserve_snapshot(&res("sb-r3", "node", "t-r-3", false))
+        .await
+        .unwrap();
+    assert!(s.release_snapshot("team-r1", "node").await.unwrap());
+    assert!(!s.release_snapshot("team-r1", "node").await.unwrap());
+    assert!(s.snapshot_reservation("sb-r3").await.unwrap().is_none());
+    s.reserve_snapshot(&res("sb-r3", "node", "t-r-4", false))
+        .await
+        .unwrap();
+}
+
+/// Leases for singleton work.
+async fn leases(s: &dyn Store) {
+    let minute = std::time::Duration::from_secs(60);
+    assert!(s.try_lease("reconciler", "cp-a", minute).await.unwrap());
+    // The holder renews; another waits for the end.
+    assert!(s.try_lease("reconciler", "cp-a", minute).await.unwrap());
+    assert!(!s.try_lease("reconciler", "cp-b", minute).await.unwrap());
+    assert!(s.try_lease("other-work", "cp-b", minute).await.unwrap());
+    // An expired lease goes to whoever asks next.
+    assert!(s
+        .try_lease("short", "cp-a", std::time::Duration::ZERO)
+        .await
+        .unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert!(s.try_lease("short", "cp-b", minute).await.unwrap());
+    assert!(!s.try_lease("short", "cp-a", minute).await.unwrap());
 }
 
 async fn templates(s: &dyn Store, host: &str) {
@@ -285,10 +449,7 @@ async fn templates(s: &dyn Store, host: &str) {
         .await
         .unwrap();
     let first = tpl("tp-1", "team-t1", "py", "t-agent-1");
-    assert_eq!(
-        s.commit_snapshot(&first, "sb-t1", false).await.unwrap(),
-        None
-    );
+    assert_eq!(s.commit_snapshot(&first, "sb-t1").await.unwrap(), None);
     assert!(s.get_sandbox("team-t1", "sb-t1").await.unwrap().is_none());
     assert_eq!(
         s.get_template("team-t1", "py").await.unwrap().unwrap(),
@@ -296,19 +457,13 @@ async fn templates(s: &dyn Store, host: &str) {
     );
     assert!(s.get_template("team-t2", "py").await.unwrap().is_none());
 
-    // Same name without overwrite: duplicate, and the sandbox survives.
+    // The same name again: the row now points at the new agent name and the old record
+    // comes back (so its agent template can be deleted).
     s.insert_sandbox(&sandbox("sb-t2", "team-t1", host, 0))
         .await
         .unwrap();
     let second = tpl("tp-2", "team-t1", "py", "t-agent-2");
-    assert!(matches!(
-        s.commit_snapshot(&second, "sb-t2", false).await,
-        Err(StoreError::Duplicate)
-    ));
-    assert!(s.get_sandbox("team-t1", "sb-t2").await.unwrap().is_some());
-
-    // With overwrite: the old record comes back, the row now points at the new agent name.
-    let old = s.commit_snapshot(&second, "sb-t2", true).await.unwrap();
+    let old = s.commit_snapshot(&second, "sb-t2").await.unwrap();
     assert_eq!(old.unwrap().agent_name, "t-agent-1");
     let now_row = s.get_template("team-t1", "py").await.unwrap().unwrap();
     assert_eq!(now_row.agent_name, "t-agent-2");
@@ -318,13 +473,13 @@ async fn templates(s: &dyn Store, host: &str) {
     s.insert_sandbox(&sandbox("sb-t3", "team-t2", host, 0))
         .await
         .unwrap();
-    s.commit_snapshot(&tpl("tp-3", "team-t2", "py", "t-agent-3"), "sb-t3", false)
+    s.commit_snapshot(&tpl("tp-3", "team-t2", "py", "t-agent-3"), "sb-t3")
         .await
         .unwrap();
     s.insert_sandbox(&sandbox("sb-t4", "team-t2", host, 0))
         .await
         .unwrap();
-    s.commit_snapshot(&tpl("tp-4", "team-t2", "node", "t-agent-4"), "sb-t4", false)
+    s.commit_snapshot(&tpl("tp-4", "team-t2", "node", "t-agent-4"), "sb-t4")
         .await
         .unwrap();
     let names: Vec<String> = s
@@ -355,7 +510,10 @@ async fn suite(s: Arc<dyn Store>) {
     api_keys(&*s).await;
     let host = hosts(&*s).await;
     sandboxes(&*s, &host).await;
+    intents(&*s, &host).await;
     templates(&*s, &host).await;
+    reservations(&*s, &host).await;
+    leases(&*s).await;
 }
 
 #[tokio::test]
@@ -363,6 +521,7 @@ async fn sqlite_store_suite() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wrenn.db");
     let s = store::open(path.to_str().unwrap()).await.unwrap();
+    assert!(s.single_writer());
     suite(s).await;
     // Reopening runs the migrations again without harm and keeps the data.
     let s = store::open(&format!("sqlite:{}", path.display()))
@@ -380,6 +539,7 @@ async fn postgres_store_suite() {
     let pg = support::pg::PgServer::start();
     let url = pg.create_database("wrenn_suite").await;
     let s = store::open(&url).await.unwrap();
+    assert!(!s.single_writer());
     suite(s.clone()).await;
     let s = store::open(&url).await.unwrap();
     assert!(s

@@ -4,23 +4,32 @@
 //! it knows nothing of HTTP requests, headers or JSON extraction (that is `api`).
 //!
 //! The jobs: `accounts` (signup, login, OAuth login, sessions), `keys` (API keys: issue,
-//! list, revoke, check), `sandboxes` (life, exec, files, activity), `snapshots` (snapshot
-//! templates) and `reaper` (the idle reaper's pass). This file owns the shared state
-//! ([`App`] and its construction) and what belongs to no job (timestamps on the wire, the
-//! `/metrics` page); it must not hold a job's operations.
+//! list, revoke, check), `sandboxes` (reads, exec, files, activity), `lifecycle` (create,
+//! pause, resume, destroy), `snapshots` (snapshot templates), `reaper` (the idle reaper's
+//! pass) and `reconcile` (the reconciler's pass). Beside them, `ops` runs a lifecycle
+//! operation to completion in a task of its own, one at a time per sandbox, and records its
+//! intent; `settle` finishes or undoes an operation that was cut short, from what the agent
+//! says. This file owns the shared state ([`App`] and its construction) and what belongs to
+//! no job (timestamps on the wire, the `/metrics` page); it must not hold a job's operations.
 
 mod accounts;
 mod keys;
+mod lifecycle;
+mod ops;
 mod reaper;
+mod reconcile;
 mod sandboxes;
+mod settle;
 mod snapshots;
 
 pub use accounts::OAuthFinish;
+pub use reconcile::ReconcileReport;
 pub use sandboxes::check_command;
 pub use snapshots::valid_template_name;
 
 use crate::auth::JwtKeys;
 use crate::config::ServerConfig;
+use crate::failpoints::Failpoints;
 use crate::metrics::Metrics;
 use crate::placement::Hosts;
 use crate::store::Store;
@@ -38,6 +47,14 @@ pub struct App {
     pub(crate) oauth: crate::auth::oauth::OAuth,
     /// Counters and histograms served at `/metrics`.
     pub(crate) metrics: Metrics,
+    /// Failure points for tests (`crate::failpoints`).
+    pub(crate) failpoints: Failpoints,
+    /// This control plane's name in the intents it records (random per process).
+    pub(crate) instance: String,
+    /// The lifecycle operations this process is running, one per sandbox.
+    ops: ops::Ops,
+    /// When the reconciler first saw each VM or template no record owns.
+    orphans: Mutex<HashMap<String, Instant>>,
     jwt: JwtKeys,
     key_touches: Mutex<HashMap<String, Instant>>,
 }
@@ -52,6 +69,7 @@ impl App {
         store: Arc<dyn Store>,
         cfg: ServerConfig,
         oauth: crate::auth::oauth::OAuth,
+        failpoints: Failpoints,
     ) -> Self {
         Self {
             hosts: Hosts::new(store.clone()),
@@ -61,6 +79,10 @@ impl App {
             cfg,
             key_touches: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
+            failpoints,
+            instance: format!("cp-{}", crate::auth::random_id(12)),
+            ops: ops::Ops::default(),
+            orphans: Mutex::new(HashMap::new()),
         }
     }
 

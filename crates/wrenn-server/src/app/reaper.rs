@@ -1,15 +1,19 @@
 //! The idle reaper's pass: pause every running sandbox idle past its `timeout_sec`. The
-//! loop that runs it is `crate::reaper`; the pause itself is the sandboxes' (`pause_record`).
-//! It must not decide anything else about sandboxes.
+//! loop that runs it is `crate::reaper`; the pause itself is the lifecycle's
+//! (`pause_claimed`). A sandbox is claimed compare-and-set on the version the pass listed:
+//! any activity mark (an exec or transfer that just started), operation or change since the
+//! list makes the claim fail and the sandbox is left running. It must not decide anything
+//! else about sandboxes.
 
 use super::App;
 use crate::error::ApiError;
-use crate::store;
+use crate::store::{self, Operation, SandboxRecord};
+use std::sync::Arc;
 
 impl App {
     /// One pass of the idle reaper: pauses every running sandbox whose `timeout_sec` has
     /// passed since its last activity. Returns the ids it paused.
-    pub async fn reap_idle(&self) -> Result<Vec<String>, ApiError> {
+    pub async fn reap_idle(self: &Arc<Self>) -> Result<Vec<String>, ApiError> {
         let now = store::now();
         let mut paused = Vec::new();
         for sb in self.store.list_running_with_timeout().await? {
@@ -17,12 +21,30 @@ impl App {
             if last + chrono::Duration::seconds(sb.timeout_sec) > now {
                 continue;
             }
+            self.failpoints.hit("reaper.before_claim").await?;
             let id = sb.id.clone();
-            match self.pause_record(sb).await {
-                Ok(_) => paused.push(id),
-                Err(e) => tracing::warn!(sandbox = %id, error = %e, "auto-pause failed"),
+            let reaped = self
+                .try_run(&id, Some(Operation::Pausing), move |app| async move {
+                    app.reap_one(sb).await
+                })
+                .await;
+            match reaped {
+                // Busy with another operation, or claimed by someone else: not idle.
+                None | Some(Ok(false)) => {}
+                Some(Ok(true)) => paused.push(id),
+                Some(Err(e)) => tracing::warn!(sandbox = %id, error = %e, "auto-pause failed"),
             }
         }
         Ok(paused)
+    }
+
+    /// Claims a sandbox as listed and pauses it; false if it changed since the list.
+    async fn reap_one(&self, mut sb: SandboxRecord) -> Result<bool, ApiError> {
+        sb.intent = Some(self.intent(Operation::Pausing));
+        sb.last_updated = store::now();
+        if !self.save(&mut sb).await? {
+            return Ok(false);
+        }
+        self.pause_claimed(sb).await.map(|_| true)
     }
 }

@@ -1,11 +1,20 @@
 //! Snapshots: turn a running sandbox into a team's named snapshot template (the agent's
-//! name stays opaque and unique), list base and snapshot templates, delete a snapshot. It
-//! must not touch accounts, keys or sandboxes other than the one being snapshotted.
+//! name stays opaque and unique), list base and snapshot templates, delete a snapshot. A
+//! snapshot runs to completion like the other lifecycle operations (`ops`): the sandbox is
+//! claimed (`snapshotting`) and the name reserved in the database before the agent is called,
+//! and the template, the sandbox's removal and the reservation's end are one transaction
+//! after. It must not touch accounts, keys or sandboxes other than the one being snapshotted.
 
+use super::lifecycle::require_running;
+use super::ops::Ran;
+use super::settle::template_record;
 use super::{ts, App};
 use crate::auth;
 use crate::error::ApiError;
-use crate::store::{self, StoreError, TemplateRecord};
+use crate::store::{
+    self, Operation, SandboxRecord, SnapshotReservation, StoreError, TemplateRecord,
+};
+use std::sync::Arc;
 use wrenn_types::agent::{codes, SnapshotRequest};
 use wrenn_types::api;
 
@@ -20,6 +29,18 @@ fn template_view(t: &TemplateRecord) -> api::Template {
     }
 }
 
+/// The agent's name for a new snapshot of a team: opaque and unique.
+fn agent_template_name(team_id: &str) -> String {
+    let team_short: String = team_id
+        .trim_start_matches("team-")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(8)
+        .collect::<String>()
+        .to_lowercase();
+    format!("t-{team_short}-{}", auth::random_id(12))
+}
+
 /// Snapshot names: `[a-z0-9][a-z0-9._-]{0,62}`.
 pub fn valid_template_name(name: &str) -> bool {
     let b = name.as_bytes();
@@ -32,7 +53,7 @@ pub fn valid_template_name(name: &str) -> bool {
 
 impl App {
     pub async fn create_snapshot(
-        &self,
+        self: &Arc<Self>,
         team_id: &str,
         req: api::CreateSnapshotRequest,
         overwrite: bool,
@@ -52,61 +73,104 @@ impl App {
         if !overwrite && self.store.get_template(team_id, &name).await?.is_some() {
             return Err(ApiError::SnapshotExists(name));
         }
-        let sb = self.running(team_id, &req.sandbox_id).await?;
-        let agent = self.hosts.agent(&sb.host_id)?;
-        let team_short: String = team_id
-            .trim_start_matches("team-")
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .take(8)
-            .collect::<String>()
-            .to_lowercase();
-        let agent_name = format!("t-{team_short}-{}", auth::random_id(12));
-        let info = agent
-            .snapshot(
-                &sb.id,
-                &SnapshotRequest {
-                    name: agent_name.clone(),
-                    overwrite: false,
-                },
+        let (team, sid) = (team_id.to_string(), req.sandbox_id.clone());
+        let ran = self
+            .run_op(
+                &req.sandbox_id,
+                Operation::Snapshotting,
+                move |app| async move { app.snapshot_body(&team, &sid, name, overwrite).await },
             )
             .await?;
-        let rec = TemplateRecord {
-            id: format!("tpl-{}", uuid::Uuid::new_v4().simple()),
+        match ran {
+            Ran::Done(t) => Ok(template_view(&t)),
+            Ran::Joined => Err(ApiError::Internal("a snapshot joined another".into())),
+        }
+    }
+
+    /// Claims the sandbox, reserves the name, has the agent take the snapshot, records it.
+    async fn snapshot_body(
+        &self,
+        team_id: &str,
+        sandbox_id: &str,
+        name: String,
+        overwrite: bool,
+    ) -> Result<TemplateRecord, ApiError> {
+        let sb = self
+            .claim(
+                team_id,
+                sandbox_id,
+                Operation::Snapshotting,
+                require_running,
+            )
+            .await?;
+        let r = SnapshotReservation {
             team_id: team_id.into(),
-            name: name.clone(),
-            agent_name: agent_name.clone(),
+            name,
+            agent_name: agent_template_name(team_id),
+            sandbox_id: sb.id.clone(),
             host_id: sb.host_id.clone(),
-            vcpus: info.vcpus.map(i64::from).unwrap_or(sb.vcpus),
-            memory_mb: info.memory_mb.map(i64::from).unwrap_or(sb.memory_mb),
-            size_bytes: info.size_bytes as i64,
+            overwrite,
             created_at: store::now(),
         };
-        match self.store.commit_snapshot(&rec, &sb.id, overwrite).await {
-            Ok(Some(old)) => {
-                // The agent keeps the files alive for sandboxes still using the old one.
-                match self.hosts.agent(&old.host_id) {
-                    Ok(a) => {
-                        if let Err(e) = a.delete_template(&old.agent_name).await {
-                            tracing::warn!(template = %old.agent_name, error = %e,
-                                "deleting replaced agent template failed");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "replaced template's host is gone"),
-                }
-            }
-            Ok(None) => {}
-            Err(StoreError::Duplicate) => {
-                // Another request took the name meanwhile.
-                let _ = agent.delete_template(&agent_name).await;
-                return Err(ApiError::SnapshotExists(name));
-            }
+        // The name is held before the agent is called: of two snapshots racing for one name,
+        // the second is refused here, before its sandbox is touched.
+        if let Err(e) = self.store.reserve_snapshot(&r).await {
+            self.release(sb).await;
+            return Err(match e {
+                StoreError::Duplicate => self.name_taken(team_id, r.name, overwrite).await,
+                e => e.into(),
+            });
+        }
+        let agent = match self.hosts.agent(&sb.host_id) {
+            Ok(a) => a,
             Err(e) => {
-                let _ = agent.delete_template(&agent_name).await;
+                self.give_up_snapshot(sb, &r).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.failpoints.hit("snapshot.before_agent").await {
+            self.give_up_snapshot(sb, &r).await;
+            return Err(e);
+        }
+        let request = SnapshotRequest {
+            name: r.agent_name.clone(),
+            overwrite: false,
+        };
+        let info = match agent.snapshot(&sb.id, &request).await {
+            Ok(info) => info,
+            Err(e) => {
+                self.settle_after_failure(sb).await;
                 return Err(e.into());
             }
+        };
+        // From here a failure leaves the sandbox `snapshotting`: the reconciler commits the
+        // template the agent made.
+        self.failpoints.hit("snapshot.after_agent").await?;
+        let rec = template_record(&r, &info, &sb);
+        if let Some(old) = self.store.commit_snapshot(&rec, &sb.id).await? {
+            // The agent keeps the files alive for sandboxes still using the old one.
+            self.delete_agent_template(&old.host_id, &old.agent_name)
+                .await;
         }
-        Ok(template_view(&rec))
+        Ok(rec)
+    }
+
+    /// Why a name could not be reserved: a snapshot of that name exists, or one is being
+    /// taken.
+    async fn name_taken(&self, team_id: &str, name: String, overwrite: bool) -> ApiError {
+        match self.store.get_template(team_id, &name).await {
+            Ok(Some(_)) if !overwrite => ApiError::SnapshotExists(name),
+            _ => ApiError::SnapshotInProgress(name),
+        }
+    }
+
+    /// Gives up a snapshot before the agent was called: the name and the sandbox are free.
+    async fn give_up_snapshot(&self, sb: SandboxRecord, r: &SnapshotReservation) {
+        if let Err(e) = self.store.release_snapshot(&r.team_id, &r.name).await {
+            tracing::warn!(sandbox = %sb.id, error = %e,
+                "releasing a snapshot name failed; the reconciler will");
+        }
+        self.release(sb).await;
     }
 
     pub async fn list_templates(

@@ -5,10 +5,16 @@
 //! PostgreSQL, `$N` placeholders, runtime-bound queries only): [`sqlite::SqliteStore`] (the
 //! default, one file in the data directory) and [`postgres::PgStore`]. Each backend has its own
 //! migrations folder (`migrations/sqlite`, `migrations/postgres`). This module knows nothing of
-//! HTTP, hosts or agents; every user-visible query is scoped by team.
+//! HTTP, hosts or agents; every user-visible query is scoped by team (the reconciler's queries
+//! across teams say so in their names).
+//!
+//! Sandbox rows are written compare-and-set: every write bumps [`SandboxRecord::version`] and
+//! only succeeds on the version the writer read, so two writers (an operation, the reaper, the
+//! reconciler, another control plane) never overwrite each other unseen.
 
 pub mod postgres;
 mod sql;
+mod sql_lifecycle;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -123,6 +129,69 @@ pub struct HostCapacity {
     pub running: i64,
 }
 
+/// A lifecycle operation under way on a sandbox. It is recorded (as the sandbox's
+/// [`Intent`]) before the host agent is called and cleared when the result is recorded, so an
+/// operation cut short by a crash is found and settled afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Creating,
+    Pausing,
+    Resuming,
+    Snapshotting,
+    Destroying,
+}
+
+impl Operation {
+    /// Every operation.
+    pub const ALL: [Operation; 5] = [
+        Self::Creating,
+        Self::Pausing,
+        Self::Resuming,
+        Self::Snapshotting,
+        Self::Destroying,
+    ];
+
+    /// The stored name (also the word in error messages: "sandbox … is pausing").
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Pausing => "pausing",
+            Self::Resuming => "resuming",
+            Self::Snapshotting => "snapshotting",
+            Self::Destroying => "destroying",
+        }
+    }
+
+    /// The public status a sandbox shows while the operation runs (the API's statuses are
+    /// fixed): a create is `pending`, a pause or snapshot still `running`, a resume still
+    /// `paused`, a destroy `stopped`.
+    pub fn shown_as(self) -> SandboxStatus {
+        match self {
+            Self::Creating => SandboxStatus::Pending,
+            Self::Pausing | Self::Snapshotting => SandboxStatus::Running,
+            Self::Resuming => SandboxStatus::Paused,
+            Self::Destroying => SandboxStatus::Stopped,
+        }
+    }
+}
+
+/// Parses a stored operation name.
+pub(crate) fn parse_operation(s: &str) -> Result<Operation, StoreError> {
+    Operation::ALL
+        .into_iter()
+        .find(|o| o.as_str() == s)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown sandbox operation {s:?}")))
+}
+
+/// The operation a sandbox is in, who runs it and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    pub op: Operation,
+    /// The control plane instance that runs it (empty for rows of older versions).
+    pub owner: String,
+    pub since: DateTime<Utc>,
+}
+
 /// The control plane's record of one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxRecord {
@@ -141,6 +210,42 @@ pub struct SandboxRecord {
     pub started_at: Option<DateTime<Utc>>,
     pub last_active_at: Option<DateTime<Utc>>,
     pub last_updated: DateTime<Utc>,
+    /// The operation under way, if any; `status` is the state before it.
+    pub intent: Option<Intent>,
+    /// Bumped by every write; a write succeeds only on the version it read.
+    pub version: i64,
+}
+
+impl SandboxRecord {
+    /// The status the public API shows: the stored one, or the one an operation under way
+    /// shows ([`Operation::shown_as`]).
+    pub fn public_status(&self) -> SandboxStatus {
+        self.intent
+            .as_ref()
+            .map_or(self.status, |i| i.op.shown_as())
+    }
+
+    /// The word for the sandbox's state in messages: the operation under way, else the status.
+    pub fn state_word(&self) -> &'static str {
+        self.intent
+            .as_ref()
+            .map_or(self.status.as_str(), |i| i.op.as_str())
+    }
+}
+
+/// A snapshot name held for a snapshot being taken: written before the agent is called, so
+/// two snapshots cannot both take one name; gone when the snapshot is committed or given up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotReservation {
+    pub team_id: String,
+    pub name: String,
+    /// The opaque name the agent is asked to create.
+    pub agent_name: String,
+    pub sandbox_id: String,
+    pub host_id: String,
+    /// Whether an existing snapshot of the name is to be replaced.
+    pub overwrite: bool,
+    pub created_at: DateTime<Utc>,
 }
 
 /// A team's snapshot template. `agent_name` is the opaque, globally unique name the host
@@ -238,22 +343,34 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<SandboxRecord>, StoreError>;
     /// The team's sandboxes, oldest first.
     async fn list_sandboxes(&self, team_id: &str) -> Result<Vec<SandboxRecord>, StoreError>;
-    /// Writes status, addresses and timestamps of an existing sandbox.
-    async fn update_sandbox(&self, sb: &SandboxRecord) -> Result<(), StoreError>;
-    /// Sets last_active_at (and last_updated) of a running sandbox; false if not running
-    /// or unknown to the team.
+    /// Writes status, addresses, timestamps and intent of a sandbox if its stored version is
+    /// still `sb.version`, and stores `sb.version + 1`; false (nothing written) otherwise.
+    async fn update_sandbox(&self, sb: &SandboxRecord) -> Result<bool, StoreError>;
+    /// Sets last_active_at (and last_updated) of a running sandbox with no operation under
+    /// way, bumping its version; false if it is not such a sandbox of the team.
     async fn touch_sandbox(
         &self,
         team_id: &str,
         id: &str,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
-    async fn delete_sandbox(&self, team_id: &str, id: &str) -> Result<bool, StoreError>;
-    /// Running sandboxes with an idle timeout, across all teams (for the reaper).
+    /// Deletes the team's sandbox if its stored version is still `version`.
+    async fn delete_sandbox(
+        &self,
+        team_id: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<bool, StoreError>;
+    /// Running sandboxes with an idle timeout and no operation under way, across all teams
+    /// (for the reaper).
     async fn list_running_with_timeout(&self) -> Result<Vec<SandboxRecord>, StoreError>;
     /// How many sandboxes are in each status, across all teams (for `/metrics`); statuses
     /// with no sandbox are absent. One `GROUP BY` query.
     async fn count_sandboxes_by_status(&self) -> Result<Vec<(SandboxStatus, i64)>, StoreError>;
+    /// A sandbox of any team (for the reconciler).
+    async fn find_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError>;
+    /// Every sandbox placed on a host, of any team (for the reconciler).
+    async fn list_host_sandboxes(&self, host_id: &str) -> Result<Vec<SandboxRecord>, StoreError>;
 
     // --- templates ---
 
@@ -264,15 +381,24 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<TemplateRecord>, StoreError>;
     /// The team's snapshot templates, by name.
     async fn list_templates(&self, team_id: &str) -> Result<Vec<TemplateRecord>, StoreError>;
-    /// Records a new snapshot template and removes the sandbox it was taken from, in one
-    /// transaction. With `overwrite`, an existing template of the same team and name is
-    /// replaced and returned (so its agent template can be deleted); without it, an existing
-    /// one is `Duplicate`.
+    /// Holds a snapshot name for a snapshot about to be taken, in one transaction:
+    /// `Duplicate` if the name is already held, or (without `overwrite`) already a template.
+    async fn reserve_snapshot(&self, r: &SnapshotReservation) -> Result<(), StoreError>;
+    /// The reservation held for a snapshot of this sandbox, if any.
+    async fn snapshot_reservation(
+        &self,
+        sandbox_id: &str,
+    ) -> Result<Option<SnapshotReservation>, StoreError>;
+    /// Gives a reserved name up; false if it was not held.
+    async fn release_snapshot(&self, team_id: &str, name: &str) -> Result<bool, StoreError>;
+    /// Records a snapshot template taken under a reservation and removes the sandbox it was
+    /// taken from and the reservation, in one transaction. An existing template of the same
+    /// team and name (the reservation allowed overwriting it) is replaced and returned, so
+    /// its agent template can be deleted.
     async fn commit_snapshot(
         &self,
         template: &TemplateRecord,
         sandbox_id: &str,
-        overwrite: bool,
     ) -> Result<Option<TemplateRecord>, StoreError>;
     /// Deletes one of the team's templates and returns it.
     async fn delete_template(
@@ -280,6 +406,24 @@ pub trait Store: Send + Sync + 'static {
         team_id: &str,
         name: &str,
     ) -> Result<Option<TemplateRecord>, StoreError>;
+    /// The agent names of every template and reservation on a host, of any team (what the
+    /// reconciler must not delete there).
+    async fn host_template_names(&self, host_id: &str) -> Result<Vec<String>, StoreError>;
+
+    // --- singleton work ---
+
+    /// Takes or renews the lease `name` for `holder` until `ttl` from now; false while
+    /// another holder's lease has not expired. With several control planes on one database
+    /// this is what makes the reconciler run on one of them at a time.
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+    /// Whether only one control plane can use this database (SQLite): then an operation that
+    /// this process is not running has been abandoned.
+    fn single_writer(&self) -> bool;
 }
 
 /// Opens the store for a database URL: `postgres://` / `postgresql://` → PostgreSQL,

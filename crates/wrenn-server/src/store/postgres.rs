@@ -24,4 +24,4 @@ impl PgStore {
     }
 }
 
-super::sql::impl_store!(PgStore, sqlx::Postgres);
+super::sql::impl_store!(PgStore, sqlx::Postgres, single_writer = false);

@@ -2,26 +2,25 @@
 //! type holding a `pool` of the given sqlx database. The statements use only the common
 //! subset of SQLite and PostgreSQL (`$N` placeholders, `ON CONFLICT`, `RETURNING`), so the
 //! two implementations cannot drift apart. Connection setup and migrations are not here.
+//! Accounts, keys and hosts are written here; sandboxes, templates, reservations and leases
+//! in [`super::sql_lifecycle`], whose functions the `Store` methods call.
 
 macro_rules! impl_store {
-    ($store:ident, $db:ty) => {
+    ($store:ident, $db:ty, single_writer = $single:expr) => {
         mod sql_impl {
         use super::$store;
-        const SANDBOX_COLS: &str = "id, team_id, host_id, status, template, vcpus, memory_mb, \
-             timeout_sec, guest_ip, host_ip, created_at, started_at, last_active_at, last_updated";
+        $crate::store::sql_lifecycle::lifecycle_queries!($db);
         const USER_COLS: &str = "u.id, u.email, u.password_hash, u.team_id, u.created_at";
         const KEY_COLS: &str =
             "id, team_id, name, key_hash, key_prefix, created_by, created_at, last_used";
         const HOST_COLS: &str = "id, url, token, status, cpus, total_memory_mb, free_memory_mb, \
              running, last_seen, created_at";
-        const TEMPLATE_COLS: &str =
-            "id, team_id, name, agent_name, host_id, vcpus, memory_mb, size_bytes, created_at";
 
         type DbRow = <$db as sqlx::Database>::Row;
         use sqlx::Row as _;
         use $crate::store::{
-            ApiKeyRecord, HostCapacity, HostRecord, NewAccount, SandboxRecord, StoreError,
-            TeamRecord, TemplateRecord, UserRecord,
+            ApiKeyRecord, HostCapacity, HostRecord, NewAccount, SandboxRecord,
+            SnapshotReservation, StoreError, TeamRecord, TemplateRecord, UserRecord,
         };
         use chrono::{DateTime, Utc};
 
@@ -63,39 +62,7 @@ macro_rules! impl_store {
             })
         }
 
-        fn sandbox_row(r: &DbRow) -> Result<SandboxRecord, StoreError> {
-            let status: String = r.try_get(3)?;
-            Ok(SandboxRecord {
-                id: r.try_get(0)?,
-                team_id: r.try_get(1)?,
-                host_id: r.try_get(2)?,
-                status: $crate::store::parse_status(&status)?,
-                template: r.try_get(4)?,
-                vcpus: r.try_get(5)?,
-                memory_mb: r.try_get(6)?,
-                timeout_sec: r.try_get(7)?,
-                guest_ip: r.try_get(8)?,
-                host_ip: r.try_get(9)?,
-                created_at: r.try_get(10)?,
-                started_at: r.try_get(11)?,
-                last_active_at: r.try_get(12)?,
-                last_updated: r.try_get(13)?,
-            })
-        }
 
-        fn template_row(r: &DbRow) -> Result<TemplateRecord, StoreError> {
-            Ok(TemplateRecord {
-                id: r.try_get(0)?,
-                team_id: r.try_get(1)?,
-                name: r.try_get(2)?,
-                agent_name: r.try_get(3)?,
-                host_id: r.try_get(4)?,
-                vcpus: r.try_get(5)?,
-                memory_mb: r.try_get(6)?,
-                size_bytes: r.try_get(7)?,
-                created_at: r.try_get(8)?,
-            })
-        }
 
         async fn insert_team_and_user(
             tx: &mut sqlx::Transaction<'_, $db>,
@@ -312,28 +279,7 @@ macro_rules! impl_store {
             }
 
             async fn insert_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
-                let q = format!(
-                    "INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES \
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-                );
-                sqlx::query(&q)
-                    .bind(&s.id)
-                    .bind(&s.team_id)
-                    .bind(&s.host_id)
-                    .bind(s.status.as_str())
-                    .bind(&s.template)
-                    .bind(s.vcpus)
-                    .bind(s.memory_mb)
-                    .bind(s.timeout_sec)
-                    .bind(&s.guest_ip)
-                    .bind(&s.host_ip)
-                    .bind(s.created_at)
-                    .bind(s.started_at)
-                    .bind(s.last_active_at)
-                    .bind(s.last_updated)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
+                lifecycle::insert_sandbox(&self.pool, s).await
             }
 
             async fn get_sandbox(
@@ -341,39 +287,15 @@ macro_rules! impl_store {
                 team_id: &str,
                 id: &str,
             ) -> Result<Option<SandboxRecord>, StoreError> {
-                let q = format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND id = $2");
-                let row = sqlx::query(&q)
-                    .bind(team_id)
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                row.as_ref().map(sandbox_row).transpose()
+                lifecycle::get_sandbox(&self.pool, team_id, id).await
             }
 
             async fn list_sandboxes(&self, team_id: &str) -> Result<Vec<SandboxRecord>, StoreError> {
-                let q = format!(
-                    "SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 ORDER BY created_at, id"
-                );
-                let rows = sqlx::query(&q).bind(team_id).fetch_all(&self.pool).await?;
-                rows.iter().map(sandbox_row).collect()
+                lifecycle::list_sandboxes(&self.pool, team_id).await
             }
 
-            async fn update_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
-                sqlx::query(
-                    "UPDATE sandboxes SET status = $1, guest_ip = $2, host_ip = $3, started_at = $4, \
-                     last_active_at = $5, last_updated = $6 WHERE id = $7 AND team_id = $8",
-                )
-                .bind(s.status.as_str())
-                .bind(&s.guest_ip)
-                .bind(&s.host_ip)
-                .bind(s.started_at)
-                .bind(s.last_active_at)
-                .bind(s.last_updated)
-                .bind(&s.id)
-                .bind(&s.team_id)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
+            async fn update_sandbox(&self, s: &SandboxRecord) -> Result<bool, StoreError> {
+                lifecycle::update_sandbox(&self.pool, s).await
             }
 
             async fn touch_sandbox(
@@ -382,50 +304,37 @@ macro_rules! impl_store {
                 id: &str,
                 at: DateTime<Utc>,
             ) -> Result<bool, StoreError> {
-                let r = sqlx::query(
-                    "UPDATE sandboxes SET last_active_at = $1, last_updated = $1 \
-                     WHERE team_id = $2 AND id = $3 AND status = 'running'",
-                )
-                .bind(at)
-                .bind(team_id)
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
-                Ok(r.rows_affected() > 0)
+                lifecycle::touch_sandbox(&self.pool, team_id, id, at).await
             }
 
-            async fn delete_sandbox(&self, team_id: &str, id: &str) -> Result<bool, StoreError> {
-                let r = sqlx::query("DELETE FROM sandboxes WHERE team_id = $1 AND id = $2")
-                    .bind(team_id)
-                    .bind(id)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(r.rows_affected() > 0)
+            async fn delete_sandbox(
+                &self,
+                team_id: &str,
+                id: &str,
+                version: i64,
+            ) -> Result<bool, StoreError> {
+                lifecycle::delete_sandbox(&self.pool, team_id, id, version).await
             }
 
             async fn list_running_with_timeout(&self) -> Result<Vec<SandboxRecord>, StoreError> {
-                let q = format!(
-                    "SELECT {SANDBOX_COLS} FROM sandboxes WHERE status = 'running' AND timeout_sec > 0"
-                );
-                let rows = sqlx::query(&q).fetch_all(&self.pool).await?;
-                rows.iter().map(sandbox_row).collect()
+                lifecycle::list_running_with_timeout(&self.pool).await
             }
 
             async fn count_sandboxes_by_status(
                 &self,
             ) -> Result<Vec<(wrenn_types::agent::SandboxStatus, i64)>, StoreError> {
-                let rows = sqlx::query(
-                    "SELECT status, COUNT(*) FROM sandboxes GROUP BY status ORDER BY status",
-                )
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|r| {
-                        let status: String = r.try_get(0)?;
-                        let n: i64 = r.try_get(1)?;
-                        Ok(($crate::store::parse_status(&status)?, n))
-                    })
-                    .collect()
+                lifecycle::count_sandboxes_by_status(&self.pool).await
+            }
+
+            async fn find_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
+                lifecycle::find_sandbox(&self.pool, id).await
+            }
+
+            async fn list_host_sandboxes(
+                &self,
+                host_id: &str,
+            ) -> Result<Vec<SandboxRecord>, StoreError> {
+                lifecycle::list_host_sandboxes(&self.pool, host_id).await
             }
 
             async fn get_template(
@@ -433,84 +342,34 @@ macro_rules! impl_store {
                 team_id: &str,
                 name: &str,
             ) -> Result<Option<TemplateRecord>, StoreError> {
-                let q = format!(
-                    "SELECT {TEMPLATE_COLS} FROM templates WHERE team_id = $1 AND name = $2"
-                );
-                let row = sqlx::query(&q)
-                    .bind(team_id)
-                    .bind(name)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                row.as_ref().map(template_row).transpose()
+                lifecycle::get_template(&self.pool, team_id, name).await
             }
 
             async fn list_templates(&self, team_id: &str) -> Result<Vec<TemplateRecord>, StoreError> {
-                let q = format!(
-                    "SELECT {TEMPLATE_COLS} FROM templates WHERE team_id = $1 ORDER BY name"
-                );
-                let rows = sqlx::query(&q).bind(team_id).fetch_all(&self.pool).await?;
-                rows.iter().map(template_row).collect()
+                lifecycle::list_templates(&self.pool, team_id).await
+            }
+
+            async fn reserve_snapshot(&self, r: &SnapshotReservation) -> Result<(), StoreError> {
+                lifecycle::reserve_snapshot(&self.pool, r).await
+            }
+
+            async fn snapshot_reservation(
+                &self,
+                sandbox_id: &str,
+            ) -> Result<Option<SnapshotReservation>, StoreError> {
+                lifecycle::snapshot_reservation(&self.pool, sandbox_id).await
+            }
+
+            async fn release_snapshot(&self, team_id: &str, name: &str) -> Result<bool, StoreError> {
+                lifecycle::release_snapshot(&self.pool, team_id, name).await
             }
 
             async fn commit_snapshot(
                 &self,
                 t: &TemplateRecord,
                 sandbox_id: &str,
-                overwrite: bool,
             ) -> Result<Option<TemplateRecord>, StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let q = format!(
-                    "SELECT {TEMPLATE_COLS} FROM templates WHERE team_id = $1 AND name = $2"
-                );
-                let old = sqlx::query(&q)
-                    .bind(&t.team_id)
-                    .bind(&t.name)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let old = old.as_ref().map(template_row).transpose()?;
-                match &old {
-                    Some(_) if !overwrite => return Err(StoreError::Duplicate),
-                    Some(o) => {
-                        sqlx::query(
-                            "UPDATE templates SET agent_name = $1, host_id = $2, vcpus = $3, \
-                             memory_mb = $4, size_bytes = $5, created_at = $6 WHERE id = $7",
-                        )
-                        .bind(&t.agent_name)
-                        .bind(&t.host_id)
-                        .bind(t.vcpus)
-                        .bind(t.memory_mb)
-                        .bind(t.size_bytes)
-                        .bind(t.created_at)
-                        .bind(&o.id)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    None => {
-                        let q = format!(
-                            "INSERT INTO templates ({TEMPLATE_COLS}) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-                        );
-                        sqlx::query(&q)
-                            .bind(&t.id)
-                            .bind(&t.team_id)
-                            .bind(&t.name)
-                            .bind(&t.agent_name)
-                            .bind(&t.host_id)
-                            .bind(t.vcpus)
-                            .bind(t.memory_mb)
-                            .bind(t.size_bytes)
-                            .bind(t.created_at)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
-                sqlx::query("DELETE FROM sandboxes WHERE team_id = $1 AND id = $2")
-                    .bind(&t.team_id)
-                    .bind(sandbox_id)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(old)
+                lifecycle::commit_snapshot(&self.pool, t, sandbox_id).await
             }
 
             async fn delete_template(
@@ -518,15 +377,24 @@ macro_rules! impl_store {
                 team_id: &str,
                 name: &str,
             ) -> Result<Option<TemplateRecord>, StoreError> {
-                let q = format!(
-                    "DELETE FROM templates WHERE team_id = $1 AND name = $2 RETURNING {TEMPLATE_COLS}"
-                );
-                let row = sqlx::query(&q)
-                    .bind(team_id)
-                    .bind(name)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                row.as_ref().map(template_row).transpose()
+                lifecycle::delete_template(&self.pool, team_id, name).await
+            }
+
+            async fn host_template_names(&self, host_id: &str) -> Result<Vec<String>, StoreError> {
+                lifecycle::host_template_names(&self.pool, host_id).await
+            }
+
+            async fn try_lease(
+                &self,
+                name: &str,
+                holder: &str,
+                ttl: std::time::Duration,
+            ) -> Result<bool, StoreError> {
+                lifecycle::try_lease(&self.pool, name, holder, ttl).await
+            }
+
+            fn single_writer(&self) -> bool {
+                $single
             }
         }
         }

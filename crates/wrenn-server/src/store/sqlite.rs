@@ -128,4 +128,4 @@ mod tests {
     }
 }
 
-super::sql::impl_store!(SqliteStore, sqlx::Sqlite);
+super::sql::impl_store!(SqliteStore, sqlx::Sqlite, single_writer = true);

@@ -1,0 +1,337 @@
+//! Sandbox life: create (a team snapshot or a base template on the least-loaded host), pause,
+//! resume and destroy. Each runs to completion in a task of its own (`ops`) and follows one
+//! pattern: record the intent (the create row, or a claim on the row) before the agent is
+//! called; call the agent; record the result. A step that fails before the agent call undoes
+//! the intent; an agent call that fails is settled from what the agent says (`settle`); a
+//! failure after the agent answered leaves the intent for the reconciler, which settles it.
+//! It must not touch accounts, keys or snapshots.
+
+use super::ops::Ran;
+use super::sandboxes::sandbox_view;
+use super::settle::take_agent_state;
+use super::App;
+use crate::agent::HostAgent;
+use crate::auth;
+use crate::config::limits;
+use crate::error::ApiError;
+use crate::metrics::SandboxOp;
+use crate::placement::NoPlacement;
+use crate::store::{self, Operation, SandboxRecord};
+use std::sync::Arc;
+use std::time::Instant;
+use wrenn_types::agent::{codes, CreateSandbox, SandboxStatus};
+use wrenn_types::api;
+
+/// 409 unless the sandbox runs with no operation under way.
+pub(super) fn require_running(sb: &SandboxRecord) -> Result<(), ApiError> {
+    if sb.intent.is_some() || sb.status != SandboxStatus::Running {
+        return Err(ApiError::NotRunning {
+            id: sb.id.clone(),
+            status: sb.state_word().into(),
+        });
+    }
+    Ok(())
+}
+
+/// 409 unless the sandbox is paused with no operation under way.
+fn require_paused(sb: &SandboxRecord) -> Result<(), ApiError> {
+    if sb.intent.is_some() || sb.status != SandboxStatus::Paused {
+        return Err(ApiError::NotPaused {
+            id: sb.id.clone(),
+            status: sb.state_word().into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_create(req: &api::CreateSandboxRequest) -> Result<(i64, i64, i64), ApiError> {
+    let vcpus = req.vcpus.unwrap_or(limits::DEFAULT_VCPUS);
+    let memory_mb = req.memory_mb.unwrap_or(limits::DEFAULT_MEMORY_MB);
+    let timeout_sec = req.timeout_sec.unwrap_or(0);
+    if !(limits::MIN_VCPUS..=limits::MAX_VCPUS).contains(&vcpus) {
+        return Err(ApiError::BadRequest(format!(
+            "vcpus must be between {} and {}",
+            limits::MIN_VCPUS,
+            limits::MAX_VCPUS
+        )));
+    }
+    if !(limits::MIN_MEMORY_MB..=limits::MAX_MEMORY_MB).contains(&memory_mb) {
+        return Err(ApiError::BadRequest(format!(
+            "memory_mb must be between {} and {}",
+            limits::MIN_MEMORY_MB,
+            limits::MAX_MEMORY_MB
+        )));
+    }
+    if !(0..=limits::MAX_TIMEOUT_SEC).contains(&timeout_sec) {
+        return Err(ApiError::BadRequest(format!(
+            "timeout_sec must be between 0 and {}",
+            limits::MAX_TIMEOUT_SEC
+        )));
+    }
+    Ok((vcpus, memory_mb, timeout_sec))
+}
+
+impl App {
+    pub async fn create_sandbox(
+        self: &Arc<Self>,
+        team_id: &str,
+        req: api::CreateSandboxRequest,
+    ) -> Result<api::Sandbox, ApiError> {
+        let (vcpus, memory_mb, timeout_sec) = check_create(&req)?;
+        let template = req
+            .template
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| limits::DEFAULT_TEMPLATE.into());
+        if template.len() > 63 {
+            return Err(ApiError::TemplateNotFound(template));
+        }
+        // A team snapshot first, then a base template on the least-loaded host.
+        let (host_id, agent, agent_template) =
+            match self.store.get_template(team_id, &template).await? {
+                Some(t) => (
+                    t.host_id.clone(),
+                    self.hosts.agent(&t.host_id)?,
+                    t.agent_name,
+                ),
+                None => {
+                    let host = self
+                        .hosts
+                        .place_base(&template, memory_mb)
+                        .await
+                        .map_err(|e| match e {
+                            NoPlacement::NoTemplate => ApiError::TemplateNotFound(template.clone()),
+                            NoPlacement::NoLiveHost => ApiError::NoHost,
+                        })?;
+                    (host.id, host.agent, template.clone())
+                }
+            };
+        let now = store::now();
+        let rec = SandboxRecord {
+            id: format!("sb-{}", auth::random_id(12)),
+            team_id: team_id.into(),
+            host_id,
+            status: SandboxStatus::Pending,
+            template,
+            vcpus,
+            memory_mb,
+            timeout_sec,
+            guest_ip: String::new(),
+            host_ip: String::new(),
+            created_at: now,
+            started_at: None,
+            last_active_at: None,
+            last_updated: now,
+            intent: Some(self.intent(Operation::Creating)),
+            version: 0,
+        };
+        let req = CreateSandbox {
+            id: rec.id.clone(),
+            template: agent_template,
+            vcpus: vcpus as u32,
+            memory_mb: memory_mb as u32,
+        };
+        let id = rec.id.clone();
+        let ran = self
+            .run_op(&id, Operation::Creating, move |app| async move {
+                app.create_body(rec, agent, req).await
+            })
+            .await?;
+        match ran {
+            Ran::Done(rec) => Ok(sandbox_view(&rec)),
+            Ran::Joined => self.get_sandbox(team_id, &id).await,
+        }
+    }
+
+    async fn create_body(
+        &self,
+        mut rec: SandboxRecord,
+        agent: Arc<dyn HostAgent>,
+        req: CreateSandbox,
+    ) -> Result<SandboxRecord, ApiError> {
+        self.store.insert_sandbox(&rec).await?;
+        if let Err(e) = self.failpoints.hit("create.before_agent").await {
+            self.undo_create(rec, agent.as_ref()).await;
+            return Err(e);
+        }
+        let started = Instant::now();
+        let info = match agent.create(&req).await {
+            Ok(info) => {
+                self.metrics.observe_create(started.elapsed());
+                info
+            }
+            Err(e) => {
+                self.metrics.operation_failed(SandboxOp::Create);
+                self.undo_create(rec.clone(), agent.as_ref()).await;
+                return Err(match e.code() {
+                    Some(codes::TEMPLATE_NOT_FOUND) => ApiError::TemplateNotFound(rec.template),
+                    _ => e.into(),
+                });
+            }
+        };
+        // From here a failure leaves the row `creating`: the reconciler takes the agent's
+        // sandbox into it.
+        self.failpoints.hit("create.after_agent").await?;
+        take_agent_state(&mut rec, info);
+        self.record(rec).await
+    }
+
+    /// Undoes a create that failed: the VM (if the agent made one) is destroyed and the row
+    /// deleted; what cannot be done now stays `destroying` for the reconciler.
+    async fn undo_create(&self, mut rec: SandboxRecord, agent: &dyn HostAgent) {
+        rec.intent = Some(self.intent(Operation::Destroying));
+        rec.last_updated = store::now();
+        let undone = async {
+            if !self.save(&mut rec).await? {
+                return Err(ApiError::Conflict("the sandbox changed meanwhile".into()));
+            }
+            match agent.destroy(&rec.id).await {
+                Ok(()) => {}
+                Err(e) if e.code() == Some(codes::NOT_FOUND) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.forget(&rec).await
+        };
+        if let Err(e) = undone.await {
+            tracing::warn!(sandbox = %rec.id, error = %e,
+                "undoing a failed create failed; the reconciler will finish it");
+        }
+    }
+
+    pub async fn destroy_sandbox(
+        self: &Arc<Self>,
+        team_id: &str,
+        id: &str,
+    ) -> Result<(), ApiError> {
+        let (team, sid) = (team_id.to_string(), id.to_string());
+        self.run_op(id, Operation::Destroying, move |app| async move {
+            let sb = app
+                .claim(&team, &sid, Operation::Destroying, |_| Ok(()))
+                .await?;
+            app.destroy_claimed(sb).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn destroy_claimed(&self, sb: SandboxRecord) -> Result<(), ApiError> {
+        let agent = match self.hosts.agent(&sb.host_id) {
+            Ok(a) => a,
+            Err(e) => {
+                self.release(sb).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.failpoints.hit("destroy.before_agent").await {
+            self.release(sb).await;
+            return Err(e);
+        }
+        match agent.destroy(&sb.id).await {
+            Ok(()) => {}
+            // Already gone on the host: forgetting the record is all that is left.
+            Err(e) if e.code() == Some(codes::NOT_FOUND) => {}
+            // The intent stays `destroying`: the reconciler finishes the destroy.
+            Err(e) => return Err(ApiError::Agent(e)),
+        }
+        self.failpoints.hit("destroy.after_agent").await?;
+        self.forget(&sb).await
+    }
+
+    pub async fn pause(
+        self: &Arc<Self>,
+        team_id: &str,
+        id: &str,
+    ) -> Result<api::Sandbox, ApiError> {
+        let (team, sid) = (team_id.to_string(), id.to_string());
+        let ran = self
+            .run_op(id, Operation::Pausing, move |app| async move {
+                let sb = app
+                    .claim(&team, &sid, Operation::Pausing, require_running)
+                    .await?;
+                app.pause_claimed(sb).await
+            })
+            .await?;
+        match ran {
+            Ran::Done(sb) => Ok(sandbox_view(&sb)),
+            Ran::Joined => self.get_sandbox(team_id, id).await,
+        }
+    }
+
+    /// Pauses a sandbox whose row holds this process's `pausing` intent (the API's pause and
+    /// the reaper's share this).
+    pub(super) async fn pause_claimed(
+        &self,
+        mut sb: SandboxRecord,
+    ) -> Result<SandboxRecord, ApiError> {
+        let agent = match self.hosts.agent(&sb.host_id) {
+            Ok(a) => a,
+            Err(e) => {
+                self.release(sb).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.failpoints.hit("pause.before_agent").await {
+            self.release(sb).await;
+            return Err(e);
+        }
+        let info = match agent.pause(&sb.id).await {
+            Ok(info) => info,
+            Err(e) => {
+                self.metrics.operation_failed(SandboxOp::Pause);
+                self.settle_after_failure(sb).await;
+                return Err(e.into());
+            }
+        };
+        self.failpoints.hit("pause.after_agent").await?;
+        take_agent_state(&mut sb, info);
+        self.record(sb).await
+    }
+
+    pub async fn resume(
+        self: &Arc<Self>,
+        team_id: &str,
+        id: &str,
+    ) -> Result<api::Sandbox, ApiError> {
+        let (team, sid) = (team_id.to_string(), id.to_string());
+        let ran = self
+            .run_op(id, Operation::Resuming, move |app| async move {
+                let sb = app
+                    .claim(&team, &sid, Operation::Resuming, require_paused)
+                    .await?;
+                app.resume_claimed(sb).await
+            })
+            .await?;
+        match ran {
+            Ran::Done(sb) => Ok(sandbox_view(&sb)),
+            Ran::Joined => self.get_sandbox(team_id, id).await,
+        }
+    }
+
+    async fn resume_claimed(&self, mut sb: SandboxRecord) -> Result<SandboxRecord, ApiError> {
+        let agent = match self.hosts.agent(&sb.host_id) {
+            Ok(a) => a,
+            Err(e) => {
+                self.release(sb).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.failpoints.hit("resume.before_agent").await {
+            self.release(sb).await;
+            return Err(e);
+        }
+        let started = Instant::now();
+        let info = match agent.resume(&sb.id).await {
+            Ok(info) => {
+                self.metrics.observe_resume(started.elapsed());
+                info
+            }
+            Err(e) => {
+                self.metrics.operation_failed(SandboxOp::Resume);
+                self.settle_after_failure(sb).await;
+                return Err(e.into());
+            }
+        };
+        self.failpoints.hit("resume.after_agent").await?;
+        take_agent_state(&mut sb, info);
+        self.record(sb).await
+    }
+}
