@@ -93,6 +93,7 @@ pub async fn run_agent(args: AgentArgs) -> Result<()> {
     let cfg = args.config()?;
     crate::doctor::check_before_start(doctor::Options::from(&cfg)).await?;
     let agent = host::start(cfg, Box::new(StderrProgress::new())).await?;
+    create_files_owner_only();
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
@@ -136,6 +137,14 @@ pub async fn shutdown_signal() {
 pub fn secure_data_dir(dir: &std::path::Path) -> Result<()> {
     host::secure_data_dir(dir)
         .with_context(|| format!("making the data directory {} private", dir.display()))
+}
+
+/// From here on, files this process and the programs it starts (QEMU, `qemu-img`) create are
+/// readable by their owner only (umask 077): sandbox disks, memory and state files, snapshot
+/// templates. Set once the guest images are ready, since their trees keep ordinary modes.
+fn create_files_owner_only() {
+    use nix::sys::stat::{umask, Mode};
+    umask(Mode::from_bits_truncate(0o077));
 }
 
 /// Reads a secret kept in the data directory, creating it (random, mode 0600) on first use.
@@ -240,6 +249,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
     };
     eprintln!("==> preparing the host agent (guest images are built on first start)");
     let agent = host::start(agent_args.config()?, Box::new(StderrProgress::new())).await?;
+    create_files_owner_only();
     let agent_listener = tokio::net::TcpListener::bind(&args.agent_listen)
         .await
         .with_context(|| format!("listen on {} (agent)", args.agent_listen))?;

@@ -933,6 +933,84 @@ fn big_file_streams_through_with_bounded_memory() {
     });
 }
 
+/// Every file under `dir`, symlinks not followed.
+fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            files_under(&entry.path(), out);
+        } else if meta.is_file() {
+            out.push(entry.path());
+        }
+    }
+}
+
+#[test]
+fn data_dir_secrets_disks_and_memory_are_private() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    rt().block_on(async {
+        let t = enter().await;
+        let s = t.suite;
+        let api = s.api(&s.alice);
+        let (sb, _) = api.create(json!({"memory_mb": 256})).await;
+        let id = sb["id"].as_str().unwrap().to_string();
+        // A pause leaves the memory and device state in files too.
+        api.pause(&id).await;
+
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&s.data_dir), 0o700, "{}", s.data_dir.display());
+        // Directly in it: the agent token, the JWT secret, the SQLite database and its journals.
+        let mut top = Vec::new();
+        for entry in std::fs::read_dir(&s.data_dir).unwrap().flatten() {
+            let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+            if meta.is_file() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                assert_eq!(mode(&entry.path()) & 0o077, 0, "{name} is open to others");
+                top.push(name);
+            }
+        }
+        for secret in ["agent_token", "jwt_secret", "wrenn.db"] {
+            assert!(top.iter().any(|n| n == secret), "no {secret} in {top:?}");
+        }
+
+        // The sandbox's own files (disk layers, memory, device state, console) are closed to
+        // others (what QEMU writes itself gets its daemon umask, 027: group root may read); the
+        // base image it links to is the public one.
+        let mut files = Vec::new();
+        files_under(&s.data_dir.join("sandboxes").join(&id), &mut files);
+        assert!(files.len() > 2, "{files:?}");
+        let base = std::fs::metadata(s.data_dir.join("images/templates/minimal/rootfs.ext4"))
+            .map(|m| (m.dev(), m.ino()))
+            .unwrap();
+        for file in &files {
+            let meta = std::fs::metadata(file).unwrap();
+            if (meta.dev(), meta.ino()) != base {
+                assert_eq!(
+                    mode(file) & 0o007,
+                    0,
+                    "{} is open to others",
+                    file.display()
+                );
+            }
+        }
+
+        // Another user reads none of it: not the database, not the sandbox's disk or memory.
+        files.push(s.data_dir.join("wrenn.db"));
+        for file in &files {
+            let out = std::process::Command::new("cat")
+                .arg(file)
+                .uid(65534)
+                .gid(65534)
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "user nobody read {}", file.display());
+        }
+        api.resume(&id).await;
+        api.destroy(&id).await;
+    });
+}
+
 #[test]
 fn zz_teardown_leaves_nothing_behind() {
     rt().block_on(async {
