@@ -1,11 +1,14 @@
 //! The control plane's side of the host agents. The operations are the [`HostAgent`] trait of
 //! `wrenn-agent-api` (re-exported here with its types), implemented by [`http::HttpAgent`]
 //! (a real agent over HTTP/WebSocket) and [`sim::SimAgent`] (an in-memory simulation for
-//! tests, with [`sim_server`] serving it over the agent API's own router).
+//! tests, with its command interpreter in `sim_exec`, the faults a test can set in
+//! [`sim_faults`], and [`sim_server`] serving it over the agent API's own router).
 //! This module moves requests and bytes; it knows nothing of teams, the store or placement.
 
 pub mod http;
 pub mod sim;
+mod sim_exec;
+pub mod sim_faults;
 pub mod sim_server;
 
 pub use wrenn_agent_api::{

@@ -5,14 +5,17 @@
 //! understands a handful of commands: `echo`, `true`, `false`, `pwd`, `env`, `cat FILE`,
 //! `seq N`, `sleep SECS`, `python3 -c 'print(INTEGER EXPRESSION)'`, `sh -c 'exit N'` and
 //! `sh -c` of one simple command of those (quoted words, no operators). Anything else exits
-//! 127. It runs no VM.
+//! 127 (the interpreter is `sim_exec`). Tests can make it slow, failing or forgetful
+//! (`sim_faults`). It runs no VM.
 
+use super::sim_exec::run_command;
+use super::sim_faults::{Faults, SimOp};
 use super::{AgentApiError, AgentResult, ByteStream, ExecSession, FileBody, HostAgent};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -28,21 +31,21 @@ use wrenn_types::time::Timestamp;
 /// Memory the simulated host pretends to have.
 const SIM_TOTAL_MEMORY_MB: u64 = 16 * 1024;
 
-struct SimSandbox {
-    info: SandboxInfo,
+pub(super) struct SimSandbox {
+    pub(super) info: SandboxInfo,
     /// Guest path → file in the scratch directory.
-    files: HashMap<String, PathBuf>,
+    pub(super) files: HashMap<String, PathBuf>,
 }
 
-struct SimTemplate {
-    info: TemplateInfo,
-    files: HashMap<String, PathBuf>,
+pub(super) struct SimTemplate {
+    pub(super) info: TemplateInfo,
+    pub(super) files: HashMap<String, PathBuf>,
 }
 
 #[derive(Default)]
-struct SimState {
-    sandboxes: HashMap<String, SimSandbox>,
-    templates: HashMap<String, SimTemplate>,
+pub(super) struct SimState {
+    pub(super) sandboxes: HashMap<String, SimSandbox>,
+    pub(super) templates: HashMap<String, SimTemplate>,
 }
 
 /// The simulated agent.
@@ -51,7 +54,7 @@ pub struct SimAgent {
     scratch: tempfile::TempDir,
     next_file: AtomicU64,
     host_index: u8,
-    fail_creates: AtomicBool,
+    pub(super) faults: Faults,
 }
 
 impl SimAgent {
@@ -80,13 +83,13 @@ impl SimAgent {
             scratch: tempfile::Builder::new().prefix("wrenn-sim-").tempdir()?,
             next_file: AtomicU64::new(0),
             host_index,
-            fail_creates: AtomicBool::new(false),
+            faults: Faults::default(),
         })
     }
 
     /// Makes every following create fail with an internal error (to test error paths).
     pub fn set_fail_creates(&self, fail: bool) {
-        self.fail_creates.store(fail, Ordering::SeqCst);
+        self.set_fail(SimOp::Create, fail);
     }
 
     /// Status of a sandbox as the simulated host sees it.
@@ -101,7 +104,7 @@ impl SimAgent {
         v
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -132,6 +135,41 @@ impl SimAgent {
             .clone())
     }
 
+    /// Turns a sandbox into the template `name` holding `files` (the sandbox is gone).
+    fn make_template(
+        &self,
+        id: &str,
+        name: &str,
+        files: HashMap<String, PathBuf>,
+    ) -> AgentResult<TemplateInfo> {
+        let mut st = self.lock();
+        let sb = st.sandboxes.remove(id).ok_or_else(|| not_found(id))?;
+        for f in sb.files.values() {
+            let _ = std::fs::remove_file(f);
+        }
+        let size: u64 = files
+            .values()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        let info = TemplateInfo {
+            name: name.to_string(),
+            kind: TemplateKind::Snapshot,
+            vcpus: Some(sb.info.vcpus),
+            memory_mb: Some(sb.info.memory_mb),
+            size_bytes: u64::from(sb.info.memory_mb) * 1024 * 1024 + size,
+            created_at: now(),
+        };
+        st.templates.insert(
+            name.to_string(),
+            SimTemplate {
+                info: info.clone(),
+                files,
+            },
+        );
+        Ok(info)
+    }
+
     /// Applies `change` to a sandbox in status `from`; the sandbox as it is afterwards.
     fn transition(
         &self,
@@ -159,7 +197,7 @@ fn in_status<'a>(
     Ok(sb)
 }
 
-fn now() -> String {
+pub(super) fn now() -> String {
     Timestamp::now().to_string()
 }
 
@@ -176,192 +214,6 @@ fn conflict(id: &str, status: SandboxStatus) -> AgentApiError {
         AgentErrorCode::Conflict,
         format!("sandbox {id} is {}", status.as_str()),
     )
-}
-
-/// The simulated command interpreter: `(stdout, stderr, exit_code)`.
-fn run_command(
-    cmd: &str,
-    args: &[String],
-    env: &std::collections::BTreeMap<String, String>,
-    cwd: Option<&str>,
-    files: &HashMap<String, PathBuf>,
-) -> (String, String, i32) {
-    match cmd {
-        "echo" => (format!("{}\n", args.join(" ")), String::new(), 0),
-        "true" => (String::new(), String::new(), 0),
-        "false" => (String::new(), String::new(), 1),
-        "pwd" => (
-            format!("{}\n", cwd.unwrap_or("/home/user")),
-            String::new(),
-            0,
-        ),
-        "env" => {
-            let out: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-            (out, String::new(), 0)
-        }
-        "cat" => {
-            let mut out = String::new();
-            for a in args {
-                match files.get(a).map(std::fs::read) {
-                    Some(Ok(bytes)) => out.push_str(&String::from_utf8_lossy(&bytes)),
-                    _ => return (out, format!("cat: {a}: No such file or directory\n"), 1),
-                }
-            }
-            (out, String::new(), 0)
-        }
-        "seq" => match args.first().and_then(|n| n.parse::<u32>().ok()) {
-            Some(n) => (
-                (1..=n).map(|i| format!("{i}\n")).collect(),
-                String::new(),
-                0,
-            ),
-            None => (String::new(), "seq: missing operand\n".into(), 1),
-        },
-        "sh" if args.len() == 2 && args[0] == "-c" => {
-            let script = args[1].trim();
-            match script
-                .strip_prefix("exit ")
-                .map(|n| n.trim().parse::<i32>())
-            {
-                Some(Ok(code)) => (String::new(), String::new(), code),
-                _ => match split_simple_command(script) {
-                    Some(words) if words[0] != "sh" => {
-                        run_command(&words[0], &words[1..], env, cwd, files)
-                    }
-                    _ => (
-                        String::new(),
-                        format!("sim: unsupported script {script:?}\n"),
-                        2,
-                    ),
-                },
-            }
-        }
-        "python3" if args.len() == 2 && args[0] == "-c" => {
-            let value = args[1]
-                .trim()
-                .strip_prefix("print(")
-                .and_then(|r| r.strip_suffix(')'))
-                .and_then(|e| IntExpr(e.as_bytes(), 0).eval());
-            match value {
-                Some(v) => (format!("{v}\n"), String::new(), 0),
-                None => (
-                    String::new(),
-                    format!("sim: unsupported python {:?}\n", args[1]),
-                    1,
-                ),
-            }
-        }
-        other => (
-            String::new(),
-            format!("sim: {other}: command not found\n"),
-            127,
-        ),
-    }
-}
-
-/// Splits one simple command into words (single and double quotes, no escapes); `None` when
-/// the script uses shell syntax the simulation does not interpret.
-fn split_simple_command(script: &str) -> Option<Vec<String>> {
-    let (mut words, mut word, mut quote, mut in_word) = (Vec::new(), String::new(), None, false);
-    for c in script.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), c) => word.push(c),
-            (None, '\'' | '"') => (quote, in_word) = (Some(c), true),
-            (None, c) if c.is_whitespace() => {
-                if std::mem::take(&mut in_word) {
-                    words.push(std::mem::take(&mut word));
-                }
-            }
-            (None, ';' | '&' | '|' | '<' | '>' | '$' | '`' | '(' | ')' | '\\' | '*' | '?') => {
-                return None
-            }
-            (None, c) => (word, in_word) = (word + &c.to_string(), true),
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    (quote.is_none() && !words.is_empty()).then_some(words)
-}
-
-/// Integer arithmetic as Python prints it: `+ - * // %` and parentheses, checked.
-struct IntExpr<'a>(&'a [u8], usize);
-
-impl IntExpr<'_> {
-    fn eval(mut self) -> Option<i64> {
-        let v = self.sum()?;
-        self.skip_ws();
-        (self.1 == self.0.len()).then_some(v)
-    }
-    fn skip_ws(&mut self) {
-        while self.0.get(self.1).is_some_and(|c| c.is_ascii_whitespace()) {
-            self.1 += 1;
-        }
-    }
-    fn eat(&mut self, op: &str) -> bool {
-        self.skip_ws();
-        let hit = self.0[self.1..].starts_with(op.as_bytes());
-        if hit {
-            self.1 += op.len();
-        }
-        hit
-    }
-    fn sum(&mut self) -> Option<i64> {
-        let mut v = self.product()?;
-        loop {
-            if self.eat("+") {
-                v = v.checked_add(self.product()?)?;
-            } else if self.eat("-") {
-                v = v.checked_sub(self.product()?)?;
-            } else {
-                return Some(v);
-            }
-        }
-    }
-    fn product(&mut self) -> Option<i64> {
-        let mut v = self.atom()?;
-        loop {
-            if self.eat("*") {
-                v = v.checked_mul(self.atom()?)?;
-            } else if self.eat("//") {
-                let d = self.atom()?;
-                let (q, r) = (v.checked_div(d)?, v.checked_rem(d)?);
-                v = if r != 0 && (r < 0) != (d < 0) {
-                    q - 1
-                } else {
-                    q
-                };
-            } else if self.eat("%") {
-                let d = self.atom()?;
-                let r = v.checked_rem(d)?;
-                v = if r != 0 && (r < 0) != (d < 0) {
-                    r + d
-                } else {
-                    r
-                };
-            } else {
-                return Some(v);
-            }
-        }
-    }
-    fn atom(&mut self) -> Option<i64> {
-        if self.eat("(") {
-            let v = self.sum()?;
-            return self.eat(")").then_some(v);
-        }
-        if self.eat("-") {
-            return self.atom()?.checked_neg();
-        }
-        let start = self.1;
-        while self.0.get(self.1).is_some_and(|c| c.is_ascii_digit()) {
-            self.1 += 1;
-        }
-        std::str::from_utf8(&self.0[start..self.1])
-            .ok()?
-            .parse()
-            .ok()
-    }
 }
 
 #[async_trait]
@@ -401,9 +253,7 @@ impl HostAgent for SimAgent {
     }
 
     async fn create(&self, req: &CreateSandbox) -> AgentResult<SandboxInfo> {
-        if self.fail_creates.load(Ordering::SeqCst) {
-            return Err(internal("simulated VM boot failure"));
-        }
+        self.faults.fail_if_set(SimOp::Create)?;
         let template_files = {
             let st = self.lock();
             if st.sandboxes.contains_key(&req.id) {
@@ -440,6 +290,7 @@ impl HostAgent for SimAgent {
                 files,
             },
         );
+        self.faults.answer(SimOp::Create).await;
         Ok(info)
     }
 
@@ -450,6 +301,7 @@ impl HostAgent for SimAgent {
     }
 
     async fn destroy(&self, id: &str) -> AgentResult<()> {
+        self.faults.fail_if_set(SimOp::Destroy)?;
         let sb = self
             .lock()
             .sandboxes
@@ -458,26 +310,34 @@ impl HostAgent for SimAgent {
         for f in sb.files.values() {
             let _ = std::fs::remove_file(f);
         }
+        self.faults.answer(SimOp::Destroy).await;
         Ok(())
     }
 
     async fn pause(&self, id: &str) -> AgentResult<SandboxInfo> {
-        self.transition(id, SandboxStatus::Running, |info| {
+        self.faults.fail_if_set(SimOp::Pause)?;
+        let info = self.transition(id, SandboxStatus::Running, |info| {
             info.status = SandboxStatus::Paused;
             info.host_ip = String::new();
-        })
+        })?;
+        self.faults.answer(SimOp::Pause).await;
+        Ok(info)
     }
 
     async fn resume(&self, id: &str) -> AgentResult<SandboxInfo> {
+        self.faults.fail_if_set(SimOp::Resume)?;
         let host_ip = format!("10.{}.9.{}", 200 + self.host_index, id.len());
-        self.transition(id, SandboxStatus::Paused, |info| {
+        let info = self.transition(id, SandboxStatus::Paused, |info| {
             info.status = SandboxStatus::Running;
             info.host_ip = host_ip;
             info.started_at = Some(now());
-        })
+        })?;
+        self.faults.answer(SimOp::Resume).await;
+        Ok(info)
     }
 
     async fn snapshot(&self, id: &str, req: &SnapshotRequest) -> AgentResult<TemplateInfo> {
+        self.faults.fail_if_set(SimOp::Snapshot)?;
         let files = self.running_files(id)?;
         if !req.overwrite && self.lock().templates.contains_key(&req.name) {
             return Err(AgentApiError::new(
@@ -486,31 +346,8 @@ impl HostAgent for SimAgent {
             ));
         }
         let copied = self.copy_files(&files)?;
-        let mut st = self.lock();
-        let sb = st.sandboxes.remove(id).ok_or_else(|| not_found(id))?;
-        for f in sb.files.values() {
-            let _ = std::fs::remove_file(f);
-        }
-        let size: u64 = copied
-            .values()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
-        let info = TemplateInfo {
-            name: req.name.clone(),
-            kind: TemplateKind::Snapshot,
-            vcpus: Some(sb.info.vcpus),
-            memory_mb: Some(sb.info.memory_mb),
-            size_bytes: u64::from(sb.info.memory_mb) * 1024 * 1024 + size,
-            created_at: now(),
-        };
-        st.templates.insert(
-            req.name.clone(),
-            SimTemplate {
-                info: info.clone(),
-                files: copied,
-            },
-        );
+        let info = self.make_template(id, &req.name, copied)?;
+        self.faults.answer(SimOp::Snapshot).await;
         Ok(info)
     }
 
@@ -522,6 +359,8 @@ impl HostAgent for SimAgent {
             let limit = req.timeout_sec.filter(|t| *t > 0).map(|t| t as f64);
             let wait = limit.map_or(secs, |l| secs.min(l));
             tokio::time::sleep(Duration::from_secs_f64(wait.clamp(0.0, 3600.0))).await;
+            // A sandbox paused or destroyed under a running command cuts it off.
+            self.running_files(id)?;
             let timed_out = limit.is_some_and(|l| secs > l);
             return Ok(ExecResponse {
                 stdout: String::new(),
@@ -654,35 +493,5 @@ impl HostAgent for SimAgent {
             let _ = std::fs::remove_file(f);
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(cmd: &str, args: &[&str]) -> (String, String, i32) {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        run_command(cmd, &args, &Default::default(), None, &HashMap::new())
-    }
-
-    #[test]
-    fn python_prints_integer_expressions_like_python() {
-        assert_eq!(run("python3", &["-c", "print(6*7)"]).0, "42\n");
-        assert_eq!(run("python3", &["-c", "print((1 + 2) * -3)"]).0, "-9\n");
-        assert_eq!(run("python3", &["-c", "print(-7 // 2, )"]).2, 1);
-        assert_eq!(run("python3", &["-c", "print(-7 // 2)"]).0, "-4\n");
-        assert_eq!(run("python3", &["-c", "print(-7 % 3)"]).0, "2\n");
-        assert_eq!(run("python3", &["-c", "print(1 // 0)"]).2, 1);
-        assert_eq!(run("python3", &["-c", "import os"]).2, 1);
-    }
-
-    #[test]
-    fn sh_runs_one_simple_command() {
-        assert_eq!(run("sh", &["-c", "echo 'a  b' c"]).0, "a  b c\n");
-        assert_eq!(run("sh", &["-c", "python3 -c 'print(2+3)'"]).0, "5\n");
-        assert_eq!(run("sh", &["-c", "exit 3"]).2, 3);
-        assert_eq!(run("sh", &["-c", "echo a; echo b"]).2, 2);
-        assert_eq!(run("sh", &["-c", "echo 'open"]).2, 2);
     }
 }
