@@ -125,6 +125,85 @@ impl TestServer {
         v
     }
 
+    /// The sandbox's JSON, or `None` once it is gone (404).
+    pub async fn get(&self, key: &str, id: &str) -> Option<Value> {
+        let r = self
+            .keyed(Method::GET, &format!("/v1/sandboxes/{id}"), key)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            return None;
+        }
+        assert_eq!(r.status(), 200);
+        Some(r.json().await.unwrap())
+    }
+
+    /// The sandbox's public status (`gone` once it is 404).
+    pub async fn status(&self, key: &str, id: &str) -> String {
+        match self.get(key, id).await {
+            Some(v) => v["status"].as_str().unwrap().to_string(),
+            None => "gone".into(),
+        }
+    }
+
+    /// Waits (up to 5 s) for the sandbox's public status to be `want` (`gone`: 404).
+    pub async fn wait_status(&self, key: &str, id: &str, want: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let now = self.status(key, id).await;
+            if now == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sandbox {id} is {now}, not {want}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A lifecycle request (`pause`, `resume`) on a sandbox.
+    pub async fn op(&self, key: &str, id: &str, op: &str) -> Response {
+        self.keyed(Method::POST, &format!("/v1/sandboxes/{id}/{op}"), key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Runs `cat path` in the sandbox and returns its stdout (asserting a 200).
+    pub async fn cat(&self, key: &str, id: &str, path: &str) -> String {
+        let r = self
+            .exec(key, id, serde_json::json!({"cmd": "cat", "args": [path]}))
+            .await;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "cat {path} in {id}: {v}");
+        v["stdout"].as_str().unwrap().to_string()
+    }
+
+    /// Writes a small file into the sandbox (asserting a 204).
+    pub async fn write(&self, key: &str, id: &str, path: &str, data: &str) {
+        let r = self
+            .keyed(
+                Method::POST,
+                &format!("/v1/sandboxes/{id}/files/write"),
+                key,
+            )
+            .multipart(
+                reqwest::multipart::Form::new()
+                    .text("path", path.to_string())
+                    .part(
+                        "file",
+                        reqwest::multipart::Part::bytes(data.as_bytes().to_vec()),
+                    ),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "write {path} in {id}");
+    }
+
     pub async fn exec(&self, key: &str, id: &str, body: Value) -> Response {
         self.keyed(Method::POST, &format!("/v1/sandboxes/{id}/exec"), key)
             .json(&body)
