@@ -126,10 +126,16 @@ fn doctor_passes_on_this_host_and_says_what_it_found() {
     assert!(summary.contains(" 0 failed ("), "{summary}");
     // The doctor looks, it does not create the data dir; its namespace is gone.
     assert!(!data_dir.exists());
+    let name = ns
+        .split_whitespace()
+        .find(|w| w.starts_with("wrenn-doctor-"))
+        .unwrap();
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(
-        !String::from_utf8_lossy(&netns.stdout).contains("wrenn-doctor-"),
-        "the doctor left its namespace"
+        !String::from_utf8_lossy(&netns.stdout)
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(name)),
+        "the doctor left its namespace {name}"
     );
 }
 
