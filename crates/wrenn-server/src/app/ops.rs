@@ -7,6 +7,7 @@
 //! compare-and-set before the agent is called, and a row with another control plane's intent
 //! is busy. It must not call agents itself; the bodies do.
 
+use super::settle::Settled;
 use super::App;
 use crate::error::ApiError;
 use crate::store::{self, Intent, Operation, SandboxRecord};
@@ -229,8 +230,12 @@ impl App {
                     return Err(busy(&sb));
                 }
                 if op != Operation::Destroying {
-                    self.settle(sb).await?;
-                    continue;
+                    let seen = busy(&sb);
+                    match self.settle(sb).await? {
+                        // The agent is still at it: busy until it is done.
+                        Settled::Pending => return Err(seen),
+                        Settled::Recorded | Settled::Removed => continue,
+                    }
                 }
             } else {
                 allowed(&sb)?;

@@ -277,17 +277,9 @@ macro_rules! lifecycle_queries {
             pool: &Pool,
             r: &SnapshotReservation,
         ) -> Result<(), StoreError> {
+            // Each transaction writes first: a SQLite transaction that reads first cannot
+            // take the write lock once another writer has committed, and fails at once.
             let mut tx = pool.begin().await?;
-            if !r.overwrite {
-                let taken = sqlx::query("SELECT id FROM templates WHERE team_id = $1 AND name = $2")
-                    .bind(&r.team_id)
-                    .bind(&r.name)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if taken.is_some() {
-                    return Err(StoreError::Duplicate);
-                }
-            }
             let q = format!(
                 "INSERT INTO snapshot_reservations ({RESERVATION_COLS}) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7)"
@@ -302,6 +294,16 @@ macro_rules! lifecycle_queries {
                 .bind(r.created_at)
                 .execute(&mut *tx)
                 .await?;
+            if !r.overwrite {
+                let taken = sqlx::query("SELECT id FROM templates WHERE team_id = $1 AND name = $2")
+                    .bind(&r.team_id)
+                    .bind(&r.name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if taken.is_some() {
+                    return Err(StoreError::Duplicate);
+                }
+            }
             tx.commit().await?;
             Ok(())
         }
@@ -336,6 +338,12 @@ macro_rules! lifecycle_queries {
             sandbox_id: &str,
         ) -> Result<Option<TemplateRecord>, StoreError> {
             let mut tx = pool.begin().await?;
+            // A write first (see reserve_snapshot).
+            sqlx::query("DELETE FROM snapshot_reservations WHERE team_id = $1 AND name = $2")
+                .bind(&t.team_id)
+                .bind(&t.name)
+                .execute(&mut *tx)
+                .await?;
             let q = format!("SELECT {TEMPLATE_COLS} FROM templates WHERE team_id = $1 AND name = $2");
             let old = sqlx::query(&q)
                 .bind(&t.team_id)
@@ -381,11 +389,6 @@ macro_rules! lifecycle_queries {
             sqlx::query("DELETE FROM sandboxes WHERE team_id = $1 AND id = $2")
                 .bind(&t.team_id)
                 .bind(sandbox_id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM snapshot_reservations WHERE team_id = $1 AND name = $2")
-                .bind(&t.team_id)
-                .bind(&t.name)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;

@@ -1,4 +1,6 @@
-//! The SQLite backend (the default): one database file, WAL journal, foreign keys on,
+//! The SQLite backend (the default): one database file, WAL journal synced at every commit
+//! (a write reported done survives a power loss: the reconciler trusts the database to
+//! know every sandbox it was told of, and destroys VMs it does not know), foreign keys on,
 //! migrations from `migrations/sqlite`. The queries themselves live in [`super::sql`].
 //! The file holds password hashes, API key hashes and agent tokens: it and its `-wal` and
 //! `-shm` files are readable by their owner only.
@@ -24,7 +26,7 @@ impl SqliteStore {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
