@@ -29,6 +29,15 @@ async fn server() -> TestServer {
     .await
 }
 
+/// Waits (up to 5 s) until `cond` holds.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cond().await {
+        assert!(std::time::Instant::now() < deadline, "waited for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A running sandbox holding `/data` = `content`.
 async fn sandbox_with_file(t: &TestServer, key: &str, content: &str) -> String {
     let id = t.sandbox(key, json!({})).await["id"]
@@ -93,15 +102,19 @@ async fn a_client_that_drops_mid_create_leaves_a_running_sandbox() {
         .await;
     assert!(r.is_err());
     // The client never learnt the id; the list has it, and it finishes as a usable sandbox.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let list: Vec<Value> = t
-        .keyed(Method::GET, "/v1/sandboxes", &k)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = || async {
+        let v: Vec<Value> = t
+            .keyed(Method::GET, "/v1/sandboxes", &k)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v
+    };
+    until("the create's row", || async { !list().await.is_empty() }).await;
+    let list = list().await;
     assert_eq!(list.len(), 1, "{list:?}");
     let id = list[0]["id"].as_str().unwrap().to_string();
     t.wait_status(&k, &id, "running").await;
@@ -136,7 +149,10 @@ async fn a_second_pause_joins_the_first() {
     let id = sandbox_with_file(&t, &k, "x").await;
     t.sim.set_delay(SimOp::Pause, SLOW);
     let (a, b) = tokio::join!(t.op(&k, &id, "pause"), async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        until("the agent to pause", || async {
+            t.sim.sandbox_status(&id) == Some(SandboxStatus::Paused)
+        })
+        .await;
         t.op(&k, &id, "pause").await
     });
     for r in [a, b] {
@@ -160,7 +176,10 @@ async fn a_pause_during_a_destroy_waits_for_it() {
         t.keyed(Method::DELETE, &format!("/v1/sandboxes/{id}"), &k)
             .send(),
         async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            until("the destroy to start", || async {
+                t.status(&k, &id).await == "stopped"
+            })
+            .await;
             t.op(&k, &id, "pause").await
         }
     );
@@ -176,7 +195,10 @@ async fn a_destroy_during_a_pause_waits_for_it() {
     let id = sandbox_with_file(&t, &k, "x").await;
     t.sim.set_delay(SimOp::Pause, SLOW);
     let (paused, destroyed) = tokio::join!(t.op(&k, &id, "pause"), async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        until("the agent to pause", || async {
+            t.sim.sandbox_status(&id) == Some(SandboxStatus::Paused)
+        })
+        .await;
         t.keyed(Method::DELETE, &format!("/v1/sandboxes/{id}"), &k)
             .send()
             .await
@@ -189,6 +211,47 @@ async fn a_destroy_during_a_pause_waits_for_it() {
         (200, Some("paused"))
     );
     assert_eq!(destroyed.status(), 204);
+    assert_eq!(t.status(&k, &id).await, "gone");
+    assert_eq!(t.sim.sandbox_status(&id), None);
+}
+
+#[tokio::test]
+async fn a_destroy_during_a_slow_create_leaves_no_vm() {
+    let t = server().await;
+    let k = t.account("create-destroy@example.com").await.key;
+    t.sim.set_delay(SimOp::Create, SLOW);
+    let (created, destroyed) = tokio::join!(
+        t.keyed(Method::POST, "/v1/sandboxes", &k)
+            .json(&json!({}))
+            .send(),
+        async {
+            let list = || async {
+                let v: Vec<Value> = t
+                    .keyed(Method::GET, "/v1/sandboxes", &k)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                v
+            };
+            until("the create's row", || async { !list().await.is_empty() }).await;
+            let list = list().await;
+            assert_eq!(list.len(), 1, "{list:?}");
+            let id = list[0]["id"].as_str().unwrap().to_string();
+            let r = t
+                .keyed(Method::DELETE, &format!("/v1/sandboxes/{id}"), &k)
+                .send()
+                .await
+                .unwrap();
+            (id, r)
+        }
+    );
+    // The create finishes first; the destroy then removes what it made.
+    assert_eq!(created.unwrap().status(), 201);
+    let (id, r) = destroyed;
+    assert_eq!(r.status(), 204);
     assert_eq!(t.status(&k, &id).await, "gone");
     assert_eq!(t.sim.sandbox_status(&id), None);
 }
