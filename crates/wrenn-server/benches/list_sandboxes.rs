@@ -19,7 +19,9 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = ServerConfig::new(dir.path(), vec![b's'; 32]);
+    let mut cfg = ServerConfig::new(dir.path(), vec![b's'; 32]);
+    // 200 running sandboxes in one team: far over the default quotas.
+    cfg.quotas = wrenn_server::config::Quotas::UNLIMITED;
     let server = build(cfg).await.expect("build server");
     let sim = Arc::new(SimAgent::new(&["minimal"], 0).expect("sim agent"));
     server

@@ -79,6 +79,50 @@ pub struct ServerConfig {
     /// Failure points to arm (`crate::failpoints`, for tests); `None` reads
     /// `WRENN_FAILPOINTS` from the environment at build.
     pub failpoints: Option<String>,
+    /// Per-team limits on what a team may hold at once ([`Quotas`]).
+    pub quotas: Quotas,
+}
+
+/// Per-team limits, checked atomically in the store when a sandbox is created or resumed and
+/// when a snapshot name is reserved, so concurrent requests cannot overshoot them. A sandbox
+/// counts against the running limits while it is pending or running, or being created or
+/// resumed; a paused, stopped or failed one does not. Over a limit is `429 quota_exceeded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// Sandboxes running (or being created or resumed) at once.
+    pub running_sandboxes: i64,
+    /// Sum of the vCPUs of those sandboxes.
+    pub vcpus: i64,
+    /// Sum of their memory, in MiB.
+    pub memory_mb: i64,
+    /// Snapshot templates the team keeps (names being taken included).
+    pub templates: i64,
+    /// Creates under way at once.
+    pub concurrent_creates: i64,
+}
+
+impl Default for Quotas {
+    /// 20 running sandboxes, 32 vCPUs, 32 GiB, 50 snapshot templates, 5 creates at once.
+    fn default() -> Self {
+        Self {
+            running_sandboxes: 20,
+            vcpus: 32,
+            memory_mb: 32 * 1024,
+            templates: 50,
+            concurrent_creates: 5,
+        }
+    }
+}
+
+impl Quotas {
+    /// No limit at all (for tests and single-tenant installs).
+    pub const UNLIMITED: Quotas = Quotas {
+        running_sandboxes: i64::MAX,
+        vcpus: i64::MAX,
+        memory_mb: i64::MAX,
+        templates: i64::MAX,
+        concurrent_creates: i64::MAX,
+    };
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -97,6 +141,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("orphan_grace", &self.orphan_grace)
             .field("op_stale_after", &self.op_stale_after)
             .field("failpoints", &self.failpoints)
+            .field("quotas", &self.quotas)
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +163,7 @@ impl ServerConfig {
             orphan_grace: Duration::from_secs(60),
             op_stale_after: Duration::from_secs(15 * 60),
             failpoints: None,
+            quotas: Quotas::default(),
         }
     }
 

@@ -4,7 +4,7 @@
 //! logged, never sent to the client.
 
 use crate::agent::AgentApiError;
-use crate::store::StoreError;
+use crate::store::{QuotaExceeded, StoreError};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -56,6 +56,9 @@ pub enum ErrorCode {
     PayloadTooLarge,
     #[serde(rename = "no_capacity")]
     NoCapacity,
+    /// A per-team quota would be exceeded (additive to the seed spec).
+    #[serde(rename = "quota_exceeded")]
+    QuotaExceeded,
     #[serde(rename = "agent_error")]
     AgentError,
     #[serde(rename = "internal_error")]
@@ -81,6 +84,7 @@ impl ErrorCode {
             | NameReserved => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             NoCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             AgentError => StatusCode::BAD_GATEWAY,
             InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -159,12 +163,25 @@ pub enum ApiError {
     /// No host agent answered, so the sandbox could not be placed.
     #[error("host agent error: no host agent is reachable")]
     NoHost,
+    /// The team is at one of its quotas; the message names it.
+    #[error("team quota exceeded: {0}")]
+    QuotaExceeded(QuotaExceeded),
     /// The database failed.
     #[error("storage error: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// Anything else that should not happen (including a caught panic).
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    /// A refused admission is the tenant's quota; any other store error is internal.
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::OverQuota(q) => ApiError::QuotaExceeded(q),
+            e => ApiError::Store(e),
+        }
+    }
 }
 
 impl From<AgentApiError> for ApiError {
@@ -222,6 +239,7 @@ impl ApiError {
             ReservedName(_) => ErrorCode::NameReserved,
             PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             NoCapacity => ErrorCode::NoCapacity,
+            QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             Agent(_) | NoHost => ErrorCode::AgentError,
             Store(_) | Internal(_) => ErrorCode::InternalError,
         }
@@ -261,7 +279,7 @@ mod tests {
     use super::*;
 
     /// Every code with its wire name and status, as the spec's clients know them.
-    const CODES: [(ErrorCode, &str, u16); 22] = [
+    const CODES: [(ErrorCode, &str, u16); 23] = [
         (ErrorCode::BadRequest, "bad_request", 400),
         (ErrorCode::InvalidJson, "invalid_json", 400),
         (
@@ -290,6 +308,7 @@ mod tests {
         (ErrorCode::NameReserved, "name_reserved", 409),
         (ErrorCode::PayloadTooLarge, "payload_too_large", 413),
         (ErrorCode::NoCapacity, "no_capacity", 503),
+        (ErrorCode::QuotaExceeded, "quota_exceeded", 429),
         (ErrorCode::AgentError, "agent_error", 502),
         (ErrorCode::InternalError, "internal_error", 500),
     ];

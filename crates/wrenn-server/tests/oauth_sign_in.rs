@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wrenn_server::auth::oauth::{sign_in, CallbackError, Profile};
+use wrenn_server::config::Quotas;
 use wrenn_server::store::{
     self, ApiKeyRecord, HostCapacity, HostRecord, NewAccount, SandboxRecord, SnapshotReservation,
     Store, StoreError, TeamRecord, TemplateRecord, UserRecord,
@@ -102,6 +103,20 @@ impl Store for GatedStore {
     async fn insert_sandbox(&self, sb: &SandboxRecord) -> Result<(), StoreError> {
         self.inner.insert_sandbox(sb).await
     }
+    async fn insert_sandbox_within(
+        &self,
+        sb: &SandboxRecord,
+        q: &Quotas,
+    ) -> Result<(), StoreError> {
+        self.inner.insert_sandbox_within(sb, q).await
+    }
+    async fn update_sandbox_within(
+        &self,
+        sb: &SandboxRecord,
+        q: &Quotas,
+    ) -> Result<bool, StoreError> {
+        self.inner.update_sandbox_within(sb, q).await
+    }
     async fn get_sandbox(
         &self,
         team_id: &str,
@@ -157,6 +172,13 @@ impl Store for GatedStore {
     }
     async fn reserve_snapshot(&self, r: &SnapshotReservation) -> Result<(), StoreError> {
         self.inner.reserve_snapshot(r).await
+    }
+    async fn reserve_snapshot_within(
+        &self,
+        r: &SnapshotReservation,
+        max_templates: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.reserve_snapshot_within(r, max_templates).await
     }
     async fn snapshot_reservation(
         &self,

@@ -148,7 +148,9 @@ impl App {
         agent: Arc<dyn HostAgent>,
         req: CreateSandbox,
     ) -> Result<SandboxRecord, ApiError> {
-        self.store.insert_sandbox(&rec).await?;
+        self.store
+            .insert_sandbox_within(&rec, &self.cfg.quotas)
+            .await?;
         if let Err(e) = self.failpoints.hit("create.before_agent").await {
             self.undo_create(rec, agent.as_ref()).await;
             return Err(e);

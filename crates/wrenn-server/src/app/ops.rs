@@ -242,7 +242,16 @@ impl App {
             }
             sb.intent = Some(self.intent(op));
             sb.last_updated = store::now();
-            if self.save(&mut sb).await? {
+            // A resume brings a sandbox back into the team's running quotas: admitted.
+            let written = if op == Operation::Resuming {
+                self.store
+                    .update_sandbox_within(&sb, &self.cfg.quotas)
+                    .await?
+            } else {
+                self.store.update_sandbox(&sb).await?
+            };
+            if written {
+                sb.version += 1;
                 return Ok(sb);
             }
         }

@@ -114,7 +114,11 @@ impl App {
         };
         // The name is held before the agent is called: of two snapshots racing for one name,
         // the second is refused here, before its sandbox is touched.
-        if let Err(e) = self.store.reserve_snapshot(&r).await {
+        let reserved = self
+            .store
+            .reserve_snapshot_within(&r, self.cfg.quotas.templates)
+            .await;
+        if let Err(e) = reserved {
             self.release(sb).await;
             return Err(match e {
                 StoreError::Duplicate => self.name_taken(team_id, r.name, overwrite).await,

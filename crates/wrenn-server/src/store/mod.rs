@@ -15,8 +15,10 @@
 pub mod postgres;
 mod sql;
 mod sql_lifecycle;
+mod sql_quota;
 pub mod sqlite;
 
+use crate::config::Quotas;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use std::sync::Arc;
@@ -40,6 +42,36 @@ pub enum StoreError {
     /// Any other database error (connection, I/O, syntax).
     #[error("database error: {0}")]
     Db(sqlx::Error),
+    /// Admitting the row would take the team over one of its quotas; nothing was written.
+    #[error("team quota exceeded: {0}")]
+    OverQuota(QuotaExceeded),
+}
+
+/// Which per-team limit ([`crate::config::Quotas`]) an admission would exceed, and its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaExceeded {
+    RunningSandboxes(i64),
+    Vcpus(i64),
+    MemoryMb(i64),
+    Templates(i64),
+    ConcurrentCreates(i64),
+}
+
+impl std::fmt::Display for QuotaExceeded {
+    /// Names the limit, as the tenant is told it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::RunningSandboxes(n) => write!(f, "at most {n} running sandboxes per team"),
+            Self::Vcpus(n) => write!(f, "at most {n} vCPUs in running sandboxes per team"),
+            Self::MemoryMb(n) => {
+                write!(f, "at most {n} MiB of memory in running sandboxes per team")
+            }
+            Self::Templates(n) => write!(f, "at most {n} snapshot templates per team"),
+            Self::ConcurrentCreates(n) => {
+                write!(f, "at most {n} sandbox creates under way at once per team")
+            }
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -336,6 +368,22 @@ pub trait Store: Send + Sync + 'static {
     // --- sandboxes ---
 
     async fn insert_sandbox(&self, sb: &SandboxRecord) -> Result<(), StoreError>;
+    /// Inserts a sandbox (being created) if the team stays within `quotas` with it, counting
+    /// in one transaction that holds the team's admission lock, so concurrent creates cannot
+    /// overshoot; `OverQuota` (nothing written) otherwise.
+    async fn insert_sandbox_within(
+        &self,
+        sb: &SandboxRecord,
+        quotas: &Quotas,
+    ) -> Result<(), StoreError>;
+    /// [`Store::update_sandbox`] for a sandbox about to run again (a resume's claim), if the
+    /// team stays within `quotas` with it (the same admission as a create, without the
+    /// creates-under-way limit); `OverQuota` otherwise.
+    async fn update_sandbox_within(
+        &self,
+        sb: &SandboxRecord,
+        quotas: &Quotas,
+    ) -> Result<bool, StoreError>;
     async fn get_sandbox(
         &self,
         team_id: &str,
@@ -384,6 +432,14 @@ pub trait Store: Send + Sync + 'static {
     /// Holds a snapshot name for a snapshot about to be taken, in one transaction:
     /// `Duplicate` if the name is already held, or (without `overwrite`) already a template.
     async fn reserve_snapshot(&self, r: &SnapshotReservation) -> Result<(), StoreError>;
+    /// [`Store::reserve_snapshot`], refused with `OverQuota` when the team's templates and
+    /// reserved names would number more than `max_templates` (a name already a template,
+    /// overwritten, adds none). Holds the team's admission lock.
+    async fn reserve_snapshot_within(
+        &self,
+        r: &SnapshotReservation,
+        max_templates: i64,
+    ) -> Result<(), StoreError>;
     /// The reservation held for a snapshot of this sandbox, if any.
     async fn snapshot_reservation(
         &self,

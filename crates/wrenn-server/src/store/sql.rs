@@ -10,6 +10,7 @@ macro_rules! impl_store {
         mod sql_impl {
         use super::$store;
         $crate::store::sql_lifecycle::lifecycle_queries!($db);
+        $crate::store::sql_quota::quota_queries!($db);
         const USER_COLS: &str = "u.id, u.email, u.password_hash, u.team_id, u.created_at";
         const KEY_COLS: &str =
             "id, team_id, name, key_hash, key_prefix, created_by, created_at, last_used";
@@ -282,6 +283,22 @@ macro_rules! impl_store {
                 lifecycle::insert_sandbox(&self.pool, s).await
             }
 
+            async fn insert_sandbox_within(
+                &self,
+                s: &SandboxRecord,
+                q: &$crate::config::Quotas,
+            ) -> Result<(), StoreError> {
+                quota::insert_sandbox_within(&self.pool, s, q).await
+            }
+
+            async fn update_sandbox_within(
+                &self,
+                s: &SandboxRecord,
+                q: &$crate::config::Quotas,
+            ) -> Result<bool, StoreError> {
+                quota::update_sandbox_within(&self.pool, s, q).await
+            }
+
             async fn get_sandbox(
                 &self,
                 team_id: &str,
@@ -350,7 +367,15 @@ macro_rules! impl_store {
             }
 
             async fn reserve_snapshot(&self, r: &SnapshotReservation) -> Result<(), StoreError> {
-                lifecycle::reserve_snapshot(&self.pool, r).await
+                lifecycle::reserve_snapshot(&self.pool, r, i64::MAX).await
+            }
+
+            async fn reserve_snapshot_within(
+                &self,
+                r: &SnapshotReservation,
+                max_templates: i64,
+            ) -> Result<(), StoreError> {
+                lifecycle::reserve_snapshot(&self.pool, r, max_templates).await
             }
 
             async fn snapshot_reservation(

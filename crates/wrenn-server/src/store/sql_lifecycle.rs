@@ -97,7 +97,10 @@ macro_rules! lifecycle_queries {
             rows.iter().map(sandbox_row).collect()
         }
 
-        pub async fn insert_sandbox(pool: &Pool, s: &SandboxRecord) -> Result<(), StoreError> {
+        pub async fn insert_sandbox<'e>(
+            ex: impl sqlx::Executor<'e, Database = $db>,
+            s: &SandboxRecord,
+        ) -> Result<(), StoreError> {
             let q = format!(
                 "INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
                  $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
@@ -121,7 +124,7 @@ macro_rules! lifecycle_queries {
                 .bind(s.intent.as_ref().map(|i| i.owner.as_str()))
                 .bind(s.intent.as_ref().map(|i| i.since))
                 .bind(s.version)
-                .execute(pool)
+                .execute(ex)
                 .await?;
             Ok(())
         }
@@ -172,7 +175,10 @@ macro_rules! lifecycle_queries {
             .await
         }
 
-        pub async fn update_sandbox(pool: &Pool, s: &SandboxRecord) -> Result<bool, StoreError> {
+        pub async fn update_sandbox<'e>(
+            ex: impl sqlx::Executor<'e, Database = $db>,
+            s: &SandboxRecord,
+        ) -> Result<bool, StoreError> {
             let r = sqlx::query(
                 "UPDATE sandboxes SET status = $1, guest_ip = $2, host_ip = $3, started_at = $4, \
                  last_active_at = $5, last_updated = $6, op = $7, op_owner = $8, \
@@ -191,7 +197,7 @@ macro_rules! lifecycle_queries {
             .bind(&s.id)
             .bind(&s.team_id)
             .bind(s.version)
-            .execute(pool)
+            .execute(ex)
             .await?;
             Ok(r.rows_affected() > 0)
         }
@@ -276,10 +282,13 @@ macro_rules! lifecycle_queries {
         pub async fn reserve_snapshot(
             pool: &Pool,
             r: &SnapshotReservation,
+            max_templates: i64,
         ) -> Result<(), StoreError> {
             // Each transaction writes first: a SQLite transaction that reads first cannot
             // take the write lock once another writer has committed, and fails at once.
+            // The first write is the team's admission lock (`quota`).
             let mut tx = pool.begin().await?;
+            super::quota::lock_team(&mut tx, &r.team_id).await?;
             let q = format!(
                 "INSERT INTO snapshot_reservations ({RESERVATION_COLS}) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7)"
@@ -304,6 +313,7 @@ macro_rules! lifecycle_queries {
                     return Err(StoreError::Duplicate);
                 }
             }
+            super::quota::check_templates(&mut tx, r, max_templates).await?;
             tx.commit().await?;
             Ok(())
         }
