@@ -81,6 +81,30 @@ pub struct ServerConfig {
     pub failpoints: Option<String>,
     /// Per-team limits on what a team may hold at once ([`Quotas`]).
     pub quotas: Quotas,
+    /// Bounds of one sandbox's size and idle timeout ([`SandboxBounds`]).
+    pub sandbox_bounds: SandboxBounds,
+}
+
+/// The largest sandbox a create may ask for, and its longest idle timeout; a request outside
+/// them (or below [`limits::MIN_VCPUS`] / [`limits::MIN_MEMORY_MB`]) is a 400. Each may be
+/// lowered, never raised above the fixed ceiling in [`limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxBounds {
+    pub max_vcpus: i64,
+    pub max_memory_mb: i64,
+    /// Longest idle auto-pause timeout, in seconds.
+    pub max_timeout_sec: i64,
+}
+
+impl Default for SandboxBounds {
+    /// The ceilings of [`limits`]: 8 vCPUs, 8192 MiB, one day.
+    fn default() -> Self {
+        Self {
+            max_vcpus: limits::MAX_VCPUS,
+            max_memory_mb: limits::MAX_MEMORY_MB,
+            max_timeout_sec: limits::MAX_TIMEOUT_SEC,
+        }
+    }
 }
 
 /// Per-team limits, checked atomically in the store when a sandbox is created or resumed and
@@ -142,6 +166,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("op_stale_after", &self.op_stale_after)
             .field("failpoints", &self.failpoints)
             .field("quotas", &self.quotas)
+            .field("sandbox_bounds", &self.sandbox_bounds)
             .finish_non_exhaustive()
     }
 }
@@ -164,6 +189,7 @@ impl ServerConfig {
             op_stale_after: Duration::from_secs(15 * 60),
             failpoints: None,
             quotas: Quotas::default(),
+            sandbox_bounds: SandboxBounds::default(),
         }
     }
 
@@ -182,6 +208,13 @@ impl ServerConfig {
         }
         if self.reconcile_interval.is_zero() {
             return Err(ConfigError::ZeroReconcileInterval);
+        }
+        let b = &self.sandbox_bounds;
+        if !(limits::MIN_VCPUS..=limits::MAX_VCPUS).contains(&b.max_vcpus)
+            || !(limits::MIN_MEMORY_MB..=limits::MAX_MEMORY_MB).contains(&b.max_memory_mb)
+            || !(0..=limits::MAX_TIMEOUT_SEC).contains(&b.max_timeout_sec)
+        {
+            return Err(ConfigError::SandboxBounds);
         }
         self.oauth.validate(self.public_url.as_deref())?;
         Ok(())
@@ -228,6 +261,16 @@ pub enum ConfigError {
     /// Nor can the reconciler.
     #[error("reconcile interval must be greater than zero")]
     ZeroReconcileInterval,
+    /// A sandbox bound is below the smallest sandbox or above the fixed ceiling.
+    #[error(
+        "sandbox bounds must be within {}..={} vCPUs, {}..={} MiB and 0..={} s",
+        limits::MIN_VCPUS,
+        limits::MAX_VCPUS,
+        limits::MIN_MEMORY_MB,
+        limits::MAX_MEMORY_MB,
+        limits::MAX_TIMEOUT_SEC
+    )]
+    SandboxBounds,
     /// `WRENN_FAILPOINTS` (or `failpoints`) names an unknown point or action.
     #[error(transparent)]
     Failpoints(#[from] crate::failpoints::FailpointError),

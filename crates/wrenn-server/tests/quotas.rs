@@ -225,3 +225,46 @@ async fn postgres_quotas() {
     vcpus_and_memory(Some(pg.create_database("wrenn_quota_size").await)).await;
     templates(Some(pg.create_database("wrenn_quota_snap").await)).await;
 }
+
+/// A create outside the configured bounds is a 400 naming the bound.
+#[tokio::test]
+async fn sizes_outside_the_configured_bounds_are_bad_requests() {
+    let t = TestServer::start_with(|c| {
+        c.sandbox_bounds.max_vcpus = 2;
+        c.sandbox_bounds.max_memory_mb = 1024;
+        c.sandbox_bounds.max_timeout_sec = 600;
+    })
+    .await;
+    let k = t.account("bounds@example.com").await.key;
+    for (body, names) in [
+        (json!({"vcpus": 3}), "between 1 and 2"),
+        (json!({"vcpus": 0}), "between 1 and 2"),
+        (json!({"memory_mb": 2048}), "between 128 and 1024"),
+        (json!({"timeout_sec": 601}), "between 0 and 600"),
+        (json!({"timeout_sec": -1}), "between 0 and 600"),
+    ] {
+        let r = t
+            .keyed(Method::POST, "/v1/sandboxes", &k)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let v = assert_error(r, 400, "bad_request").await;
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(names),
+            "{v}"
+        );
+    }
+    t.sandbox(
+        &k,
+        json!({"vcpus": 2, "memory_mb": 1024, "timeout_sec": 600}),
+    )
+    .await;
+}
+
+#[test]
+fn bounds_above_the_ceiling_are_refused_at_start() {
+    let mut c = wrenn_server::ServerConfig::new("/tmp/x", support::JWT_SECRET);
+    c.sandbox_bounds.max_vcpus = 64;
+    assert!(c.validate().is_err());
+}

@@ -12,7 +12,7 @@ use super::settle::take_agent_state;
 use super::App;
 use crate::agent::HostAgent;
 use crate::auth;
-use crate::config::limits;
+use crate::config::{limits, SandboxBounds};
 use crate::error::ApiError;
 use crate::metrics::SandboxOp;
 use crate::placement::NoPlacement;
@@ -44,28 +44,31 @@ fn require_paused(sb: &SandboxRecord) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_create(req: &api::CreateSandboxRequest) -> Result<(i64, i64, i64), ApiError> {
+fn check_create(
+    req: &api::CreateSandboxRequest,
+    b: &SandboxBounds,
+) -> Result<(i64, i64, i64), ApiError> {
     let vcpus = req.vcpus.unwrap_or(limits::DEFAULT_VCPUS);
     let memory_mb = req.memory_mb.unwrap_or(limits::DEFAULT_MEMORY_MB);
     let timeout_sec = req.timeout_sec.unwrap_or(0);
-    if !(limits::MIN_VCPUS..=limits::MAX_VCPUS).contains(&vcpus) {
+    if !(limits::MIN_VCPUS..=b.max_vcpus).contains(&vcpus) {
         return Err(ApiError::BadRequest(format!(
             "vcpus must be between {} and {}",
             limits::MIN_VCPUS,
-            limits::MAX_VCPUS
+            b.max_vcpus
         )));
     }
-    if !(limits::MIN_MEMORY_MB..=limits::MAX_MEMORY_MB).contains(&memory_mb) {
+    if !(limits::MIN_MEMORY_MB..=b.max_memory_mb).contains(&memory_mb) {
         return Err(ApiError::BadRequest(format!(
             "memory_mb must be between {} and {}",
             limits::MIN_MEMORY_MB,
-            limits::MAX_MEMORY_MB
+            b.max_memory_mb
         )));
     }
-    if !(0..=limits::MAX_TIMEOUT_SEC).contains(&timeout_sec) {
+    if !(0..=b.max_timeout_sec).contains(&timeout_sec) {
         return Err(ApiError::BadRequest(format!(
             "timeout_sec must be between 0 and {}",
-            limits::MAX_TIMEOUT_SEC
+            b.max_timeout_sec
         )));
     }
     Ok((vcpus, memory_mb, timeout_sec))
@@ -77,7 +80,7 @@ impl App {
         team_id: &str,
         req: api::CreateSandboxRequest,
     ) -> Result<api::Sandbox, ApiError> {
-        let (vcpus, memory_mb, timeout_sec) = check_create(&req)?;
+        let (vcpus, memory_mb, timeout_sec) = check_create(&req, &self.cfg.sandbox_bounds)?;
         let template = req
             .template
             .filter(|t| !t.is_empty())
