@@ -83,6 +83,91 @@ pub struct ServerConfig {
     pub quotas: Quotas,
     /// Bounds of one sandbox's size and idle timeout ([`SandboxBounds`]).
     pub sandbox_bounds: SandboxBounds,
+    /// Whether anyone may sign up (`open`, the default) or only an administrator creates
+    /// accounts (`closed`: `POST /v1/auth/signup` and OAuth sign-ins of unknown users are
+    /// refused; [`crate::add_account`] still works).
+    pub signup: SignupMode,
+    /// Rate limits of login and signup and the cap on concurrent password hashing.
+    pub auth_limits: AuthLimits,
+    /// Addresses of reverse proxies in front of the control plane: for a connection from one
+    /// of them, the client address is the last one of `X-Forwarded-For`. Empty by default
+    /// (the socket peer is the client).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+/// Who may create accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignupMode {
+    /// Anyone, through signup or an OAuth login.
+    #[default]
+    Open,
+    /// Only an administrator ([`crate::add_account`]); signup answers `403 signup_closed`.
+    Closed,
+}
+
+impl std::str::FromStr for SignupMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "open" => Ok(Self::Open),
+            "closed" => Ok(Self::Closed),
+            other => Err(format!("signup mode must be open or closed, not {other:?}")),
+        }
+    }
+}
+
+pub use crate::auth::limiter::Rate;
+
+/// Limits on login and signup attempts (each answered `429 rate_limited` with `Retry-After`
+/// when over) and on password hashing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthLimits {
+    /// Logins from one client address (default 10 at once, then 10 a minute).
+    pub login_per_addr: Rate,
+    /// Failed logins for one email (default 5 at once, then 5 a minute); a success costs none.
+    pub login_per_email: Rate,
+    /// Signups from one client address (default 5 at once, then 5 a minute).
+    pub signup_per_addr: Rate,
+    /// Signups for one email (default 3 at once, then 3 a minute).
+    pub signup_per_email: Rate,
+    /// Keys each limiter tracks at most (default 100 000: a few MiB).
+    pub max_tracked: usize,
+    /// Password hashes computed at once (default: the number of CPUs); others wait.
+    pub hash_concurrency: usize,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        let rate = |n| Rate {
+            burst: n,
+            per_minute: n,
+        };
+        Self {
+            login_per_addr: rate(10),
+            login_per_email: rate(5),
+            signup_per_addr: rate(5),
+            signup_per_email: rate(3),
+            max_tracked: 100_000,
+            hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+impl AuthLimits {
+    /// No rate limit (for tests that sign up many accounts from one address).
+    pub fn unlimited() -> Self {
+        let rate = Rate {
+            burst: u32::MAX,
+            per_minute: u32::MAX,
+        };
+        Self {
+            login_per_addr: rate,
+            login_per_email: rate,
+            signup_per_addr: rate,
+            signup_per_email: rate,
+            ..Self::default()
+        }
+    }
 }
 
 /// The largest sandbox a create may ask for, and its longest idle timeout; a request outside
@@ -167,6 +252,9 @@ impl std::fmt::Debug for ServerConfig {
             .field("failpoints", &self.failpoints)
             .field("quotas", &self.quotas)
             .field("sandbox_bounds", &self.sandbox_bounds)
+            .field("signup", &self.signup)
+            .field("auth_limits", &self.auth_limits)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish_non_exhaustive()
     }
 }
@@ -190,6 +278,9 @@ impl ServerConfig {
             failpoints: None,
             quotas: Quotas::default(),
             sandbox_bounds: SandboxBounds::default(),
+            signup: SignupMode::Open,
+            auth_limits: AuthLimits::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 

@@ -59,6 +59,12 @@ pub enum ErrorCode {
     /// A per-team quota would be exceeded (additive to the seed spec).
     #[serde(rename = "quota_exceeded")]
     QuotaExceeded,
+    /// Too many login or signup attempts (additive to the seed spec).
+    #[serde(rename = "rate_limited")]
+    RateLimited,
+    /// Signup is closed on this control plane (additive to the seed spec).
+    #[serde(rename = "signup_closed")]
+    SignupClosed,
     #[serde(rename = "agent_error")]
     AgentError,
     #[serde(rename = "internal_error")]
@@ -84,7 +90,8 @@ impl ErrorCode {
             | NameReserved => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             NoCapacity => StatusCode::SERVICE_UNAVAILABLE,
-            QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            QuotaExceeded | RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            SignupClosed => StatusCode::FORBIDDEN,
             AgentError => StatusCode::BAD_GATEWAY,
             InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -163,6 +170,12 @@ pub enum ApiError {
     /// No host agent answered, so the sandbox could not be placed.
     #[error("host agent error: no host agent is reachable")]
     NoHost,
+    /// Too many attempts from this client or for this email; retry after the duration.
+    #[error("too many attempts; try again in {} s", retry_after_secs(*.0))]
+    RateLimited(std::time::Duration),
+    /// Signup is closed: accounts are created by an administrator.
+    #[error("signup is closed on this server; ask its administrator for an account")]
+    SignupClosed,
     /// The team is at one of its quotas; the message names it.
     #[error("team quota exceeded: {0}")]
     QuotaExceeded(QuotaExceeded),
@@ -240,10 +253,17 @@ impl ApiError {
             PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             NoCapacity => ErrorCode::NoCapacity,
             QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+            RateLimited(_) => ErrorCode::RateLimited,
+            SignupClosed => ErrorCode::SignupClosed,
             Agent(_) | NoHost => ErrorCode::AgentError,
             Store(_) | Internal(_) => ErrorCode::InternalError,
         }
     }
+}
+
+/// Whole seconds of a `Retry-After`, rounded up (at least 1).
+fn retry_after_secs(d: std::time::Duration) -> u64 {
+    (d.as_secs_f64().ceil() as u64).max(1)
 }
 
 /// What a tenant is told of an agent failure: its kind, never the agent's address or words.
@@ -270,7 +290,14 @@ impl IntoResponse for ApiError {
             }
             _ => self.to_string(),
         };
-        (code.status(), Json(ErrorBody::with_code(code, message))).into_response()
+        let mut res = (code.status(), Json(ErrorBody::with_code(code, message))).into_response();
+        if let ApiError::RateLimited(d) = &self {
+            res.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after_secs(*d)),
+            );
+        }
+        res
     }
 }
 
@@ -279,7 +306,7 @@ mod tests {
     use super::*;
 
     /// Every code with its wire name and status, as the spec's clients know them.
-    const CODES: [(ErrorCode, &str, u16); 23] = [
+    const CODES: [(ErrorCode, &str, u16); 25] = [
         (ErrorCode::BadRequest, "bad_request", 400),
         (ErrorCode::InvalidJson, "invalid_json", 400),
         (
@@ -309,6 +336,8 @@ mod tests {
         (ErrorCode::PayloadTooLarge, "payload_too_large", 413),
         (ErrorCode::NoCapacity, "no_capacity", 503),
         (ErrorCode::QuotaExceeded, "quota_exceeded", 429),
+        (ErrorCode::RateLimited, "rate_limited", 429),
+        (ErrorCode::SignupClosed, "signup_closed", 403),
         (ErrorCode::AgentError, "agent_error", 502),
         (ErrorCode::InternalError, "internal_error", 500),
     ];

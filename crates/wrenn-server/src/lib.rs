@@ -28,4 +28,4 @@ pub mod store;
 
 pub use config::{limits, ConfigError, GithubConfig, OAuthConfig, ServerConfig};
 pub use error::{ApiError, ErrorCode};
-pub use server::{build, serve, BuildError, Server};
+pub use server::{add_account, build, serve, AddedAccount, BuildError, Server};

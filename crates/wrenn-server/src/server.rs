@@ -125,7 +125,55 @@ impl Server {
     }
 }
 
-/// Serves `router` on `listener` until the process ends.
+/// Serves `router` on `listener` until the process ends. Each request knows its
+/// connection's peer address (the client address of login and signup rate limits).
 pub async fn serve(listener: tokio::net::TcpListener, router: axum::Router) -> std::io::Result<()> {
-    axum::serve(listener, router).await
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .await
+}
+
+/// An account created by an administrator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedAccount {
+    pub user_id: String,
+    pub team_id: String,
+    /// As stored: trimmed and lowercase.
+    pub email: String,
+}
+
+/// Creates an account (a user with a password and their own team) in the database of `cfg`,
+/// whatever `cfg.signup` says: the administrator's way to add users when signup is closed
+/// (`wrenn accounts add --email …`). Opens the store (running its migrations) and nothing
+/// else: no agent is called and no background work starts, so it may run beside a running
+/// control plane on the same database. Errors: `BadRequest` (email or password),
+/// `EmailTaken`, `Store`.
+pub async fn add_account(
+    cfg: &ServerConfig,
+    email: &str,
+    password: &str,
+) -> Result<AddedAccount, ApiError> {
+    if cfg
+        .database_url
+        .as_deref()
+        .is_none_or(|u| !u.contains("://"))
+    {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| ApiError::Internal(format!("cannot create the data dir: {e}")))?;
+    }
+    let store = crate::store::open(&cfg.effective_database_url()).await?;
+    let (user_id, team_id) =
+        crate::app::add_password_account(store.as_ref(), None, email, password.to_string()).await?;
+    let email = store
+        .user_by_id(&user_id)
+        .await?
+        .map(|u| u.email)
+        .unwrap_or_default();
+    Ok(AddedAccount {
+        user_id,
+        team_id,
+        email,
+    })
 }

@@ -118,3 +118,35 @@ impl FromRequestParts<Arc<App>> for Team {
         Ok(Team(app.verify_api_key(key.trim()).await?))
     }
 }
+
+/// The client's address: the socket peer, or, when the peer is a configured trusted proxy,
+/// the last address of its `X-Forwarded-For`. `None` when the router is served without
+/// connection info (then no per-address limit applies).
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl FromRequestParts<Arc<App>> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        use axum::extract::ConnectInfo;
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let Some(peer) = peer else {
+            return Ok(ClientAddr(None));
+        };
+        if !app.cfg.trusted_proxies.contains(&peer) {
+            return Ok(ClientAddr(Some(peer)));
+        }
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+            .next_back();
+        Ok(ClientAddr(Some(forwarded.unwrap_or(peer))))
+    }
+}

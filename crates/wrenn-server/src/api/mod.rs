@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use extract::{JsonBody, OptionalJson, QueryArgs, Team, User};
+use extract::{ClientAddr, JsonBody, OptionalJson, QueryArgs, Team, User};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -134,16 +134,18 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
 
 async fn signup(
     State(app): State<Arc<App>>,
+    ClientAddr(client): ClientAddr,
     JsonBody(req): JsonBody<api::SignupRequest>,
 ) -> Res<impl IntoResponse> {
-    Ok((StatusCode::CREATED, Json(app.signup(req).await?)))
+    Ok((StatusCode::CREATED, Json(app.signup(req, client).await?)))
 }
 
 async fn login(
     State(app): State<Arc<App>>,
+    ClientAddr(client): ClientAddr,
     JsonBody(req): JsonBody<api::LoginRequest>,
 ) -> Res<impl IntoResponse> {
-    Ok(Json(app.login(req).await?))
+    Ok(Json(app.login(req, client).await?))
 }
 
 // ----- API keys -----

@@ -4,12 +4,14 @@
 //! touch API keys, sandboxes or snapshots.
 
 use super::App;
+use crate::auth::limiter::RateLimiter;
 use crate::auth::oauth::state::MAX_STATE_LEN;
 use crate::auth::oauth::{sign_in, Callback, CallbackError, OAuthStart};
 use crate::auth::{self, Claims};
-use crate::config::limits;
+use crate::config::{limits, AuthLimits, SignupMode};
 use crate::error::ApiError;
-use crate::store::{self, NewAccount, StoreError};
+use crate::store::{self, NewAccount, Store, StoreError};
+use std::net::IpAddr;
 use std::sync::OnceLock;
 use wrenn_types::api;
 
@@ -48,12 +50,106 @@ fn dummy_hash() -> &'static str {
     H.get_or_init(|| auth::hash_password("wrenn-timing-equaliser").unwrap_or_default())
 }
 
-async fn blocking<T: Send + 'static>(
+/// The limits of login and signup ([`AuthLimits`]): one rate limiter per key kind, and the
+/// permits for password hashing (each hash or check runs on a blocking thread holding one).
+pub(super) struct AuthGuards {
+    login_addr: RateLimiter,
+    login_email: RateLimiter,
+    signup_addr: RateLimiter,
+    signup_email: RateLimiter,
+    hashing: tokio::sync::Semaphore,
+}
+
+impl AuthGuards {
+    pub(super) fn new(l: &AuthLimits) -> Self {
+        let limiter = |rate| RateLimiter::new(rate, l.max_tracked);
+        Self {
+            login_addr: limiter(l.login_per_addr),
+            login_email: limiter(l.login_per_email),
+            signup_addr: limiter(l.signup_per_addr),
+            signup_email: limiter(l.signup_per_email),
+            hashing: tokio::sync::Semaphore::new(l.hash_concurrency.max(1)),
+        }
+    }
+
+    /// Runs a password hash or check on a blocking thread once a hashing permit is free.
+    async fn hash<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        hash_with(Some(&self.hashing), f).await
+    }
+}
+
+/// Runs `f` on a blocking thread, holding a permit of `hashing` if given.
+async fn hash_with<T: Send + 'static>(
+    hashing: Option<&tokio::sync::Semaphore>,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
+    let _permit = match hashing {
+        Some(h) => Some(
+            h.acquire()
+                .await
+                .map_err(|_| ApiError::Internal("password hashing is shut down".into()))?,
+        ),
+        None => None,
+    };
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::Internal(format!("worker failed: {e}")))
+}
+
+/// Creates a user with a password and their team, whatever the signup mode: signup's work
+/// after its limits, and an administrator's ([`crate::add_account`]). Checks the email and
+/// the password. Returns the user and team ids.
+pub(crate) async fn add_password_account(
+    db: &dyn Store,
+    hashing: Option<&tokio::sync::Semaphore>,
+    email: &str,
+    password: String,
+) -> Result<(String, String), ApiError> {
+    let email = normalize_email(email)?;
+    let n = password.chars().count();
+    if n < limits::MIN_PASSWORD {
+        return Err(ApiError::BadRequest(format!(
+            "password must be at least {} characters",
+            limits::MIN_PASSWORD
+        )));
+    }
+    if password.len() > limits::MAX_PASSWORD {
+        return Err(ApiError::BadRequest(format!(
+            "password must be at most {} bytes",
+            limits::MAX_PASSWORD
+        )));
+    }
+    if db.user_by_email(&email).await?.is_some() {
+        return Err(ApiError::EmailTaken);
+    }
+    let hash = hash_with(hashing, move || auth::hash_password(&password))
+        .await?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let account = NewAccount {
+        user_id: format!("usr-{}", uuid::Uuid::new_v4().simple()),
+        team_id: format!("team-{}", uuid::Uuid::new_v4().simple()),
+        team_name: format!("{email}'s team"),
+        email: email.clone(),
+        password_hash: Some(hash),
+        created_at: store::now(),
+    };
+    match db.create_account(&account).await {
+        Ok(()) => {}
+        Err(StoreError::Duplicate) => return Err(ApiError::EmailTaken),
+        Err(e) => return Err(e.into()),
+    }
+    Ok((account.user_id, account.team_id))
+}
+
+/// Takes a token of `limiter` for the client address, if known.
+fn take_addr(limiter: &RateLimiter, client: Option<IpAddr>) -> Result<(), ApiError> {
+    match client {
+        Some(ip) => limiter.take(&ip.to_string()).map_err(ApiError::RateLimited),
+        None => Ok(()),
+    }
 }
 
 impl App {
@@ -75,63 +171,64 @@ impl App {
         })
     }
 
-    /// Creates a user and their team; returns a session.
-    pub async fn signup(&self, req: api::SignupRequest) -> Result<api::AuthResponse, ApiError> {
+    /// Creates a user and their team; returns a session. Refused when signup is closed, and
+    /// rate-limited per client address and per email.
+    pub async fn signup(
+        &self,
+        req: api::SignupRequest,
+        client: Option<IpAddr>,
+    ) -> Result<api::AuthResponse, ApiError> {
+        if self.cfg.signup == SignupMode::Closed {
+            return Err(ApiError::SignupClosed);
+        }
+        take_addr(&self.guards.signup_addr, client)?;
         let email = normalize_email(&req.email)?;
-        let n = req.password.chars().count();
-        if n < limits::MIN_PASSWORD {
-            return Err(ApiError::BadRequest(format!(
-                "password must be at least {} characters",
-                limits::MIN_PASSWORD
-            )));
-        }
-        if req.password.len() > limits::MAX_PASSWORD {
-            return Err(ApiError::BadRequest(format!(
-                "password must be at most {} bytes",
-                limits::MAX_PASSWORD
-            )));
-        }
-        if self.store.user_by_email(&email).await?.is_some() {
-            return Err(ApiError::EmailTaken);
-        }
-        let password = req.password;
-        let hash = blocking(move || auth::hash_password(&password))
-            .await?
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let account = NewAccount {
-            user_id: format!("usr-{}", uuid::Uuid::new_v4().simple()),
-            team_id: format!("team-{}", uuid::Uuid::new_v4().simple()),
-            team_name: format!("{email}'s team"),
-            email: email.clone(),
-            password_hash: Some(hash),
-            created_at: store::now(),
-        };
-        match self.store.create_account(&account).await {
-            Ok(()) => {}
-            Err(StoreError::Duplicate) => return Err(ApiError::EmailTaken),
-            Err(e) => return Err(e.into()),
-        }
-        self.auth_response(&account.user_id, &account.team_id, &email)
+        self.guards
+            .signup_email
+            .take(&email)
+            .map_err(ApiError::RateLimited)?;
+        let hashing = &self.guards.hashing;
+        let (user_id, team_id) =
+            add_password_account(self.store.as_ref(), Some(hashing), &email, req.password).await?;
+        self.auth_response(&user_id, &team_id, &email)
     }
 
-    /// Checks email and password; returns a session.
-    pub async fn login(&self, req: api::LoginRequest) -> Result<api::AuthResponse, ApiError> {
+    /// Checks email and password; returns a session. Rate-limited per client address (every
+    /// attempt) and per email (failed attempts).
+    pub async fn login(
+        &self,
+        req: api::LoginRequest,
+        client: Option<IpAddr>,
+    ) -> Result<api::AuthResponse, ApiError> {
+        take_addr(&self.guards.login_addr, client)?;
         let email = req.email.trim().to_lowercase();
         if email.len() > limits::MAX_EMAIL || req.password.len() > limits::MAX_PASSWORD {
             return Err(ApiError::InvalidCredentials);
         }
+        self.guards
+            .login_email
+            .check(&email)
+            .map_err(ApiError::RateLimited)?;
         let user = self.store.user_by_email(&email).await?;
-        let hash = user
-            .as_ref()
-            .and_then(|u| u.password_hash.clone())
-            .unwrap_or_else(|| dummy_hash().to_string());
+        let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         let password = req.password;
-        let ok = blocking(move || auth::verify_password(&password, &hash)).await?;
+        // The dummy hash is made (once) on the hashing thread too.
+        let ok = self
+            .guards
+            .hash(move || match &hash {
+                Some(h) => auth::verify_password(&password, h),
+                None => auth::verify_password(&password, dummy_hash()),
+            })
+            .await?;
         match user {
             Some(u) if ok && u.password_hash.is_some() => {
                 self.auth_response(&u.id, &u.team_id, &u.email)
             }
-            _ => Err(ApiError::InvalidCredentials),
+            _ => {
+                // A failure costs the email a token (an empty bucket was refused above).
+                let _ = self.guards.login_email.take(&email);
+                Err(ApiError::InvalidCredentials)
+            }
         }
     }
 
@@ -206,6 +303,20 @@ impl App {
                 tracing::warn!(provider = name, error = %e, "OAuth code exchange failed");
                 fail(CallbackError::ExchangeFailed)
             })?;
+        if self.cfg.signup == SignupMode::Closed {
+            // Only identities already linked to an account sign in.
+            let known = self
+                .store
+                .user_by_oauth(name, &profile.provider_user_id)
+                .await
+                .map_err(|e| {
+                    tracing::error!(provider = name, error = %e, "OAuth sign-in: storage error");
+                    fail(CallbackError::Internal)
+                })?;
+            if known.is_none() {
+                return Err(fail(CallbackError::SignupClosed));
+            }
+        }
         let user = sign_in(self.store.as_ref(), name, &profile)
             .await
             .map_err(fail)?;

@@ -22,6 +22,7 @@ mod sandboxes;
 mod settle;
 mod snapshots;
 
+pub(crate) use accounts::add_password_account;
 pub use accounts::OAuthFinish;
 pub use reconcile::ReconcileReport;
 pub use sandboxes::check_command;
@@ -56,6 +57,8 @@ pub struct App {
     /// When the reconciler first saw each VM or template no record owns.
     orphans: Mutex<HashMap<String, Instant>>,
     jwt: JwtKeys,
+    /// Login and signup rate limits and the password hashing cap.
+    guards: accounts::AuthGuards,
     key_touches: Mutex<HashMap<String, Instant>>,
 }
 
@@ -75,6 +78,7 @@ impl App {
             hosts: Hosts::new(store.clone()),
             oauth,
             jwt: JwtKeys::new(&cfg.jwt_secret),
+            guards: accounts::AuthGuards::new(&cfg.auth_limits),
             store,
             cfg,
             key_touches: Mutex::new(HashMap::new()),

@@ -3,6 +3,7 @@
 //! Pure functions and small types; no HTTP and no storage here. The OAuth login flow (its
 //! providers, state cookie and account upsert) lives in [`oauth`].
 
+pub mod limiter;
 pub mod oauth;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};

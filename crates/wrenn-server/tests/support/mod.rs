@@ -43,6 +43,8 @@ impl TestServer {
         let mut cfg = ServerConfig::new(dir.path().join("data"), JWT_SECRET);
         cfg.max_upload_bytes = 1024 * 1024;
         cfg.public_url = Some(base.clone());
+        // Tests sign up many accounts from one address; `tests/auth_abuse.rs` sets limits.
+        cfg.auth_limits = wrenn_server::config::AuthLimits::unlimited();
         tweak(&mut cfg);
         let server = build(cfg).await.expect("build server");
 

@@ -182,6 +182,8 @@ pub enum CallbackError {
     ExchangeFailed,
     /// A new identity's email already belongs to another account.
     EmailTaken,
+    /// An unknown identity while signup is closed: no account is created.
+    SignupClosed,
     /// Storage or token signing failed.
     Internal,
 }
@@ -195,6 +197,7 @@ impl CallbackError {
             CallbackError::MissingCode => "missing_code",
             CallbackError::ExchangeFailed => "exchange_failed",
             CallbackError::EmailTaken => "email_taken",
+            CallbackError::SignupClosed => "signup_closed",
             CallbackError::Internal => "internal_error",
         }
     }
