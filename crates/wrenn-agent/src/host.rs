@@ -1,11 +1,13 @@
 //! Starting a host agent: data directory private, images present (built if missing),
 //! accelerator chosen, sandboxes of a previous run found again, and the internal API ready to
-//! serve. The `wrenn agent` and `wrenn up` commands run the [`crate::doctor`] checks first and
+//! serve; then, once the caller has set up what its files need, the warm snapshots it names
+//! prepared in the background ([`Agent::prewarm`]), so the first create restores instead of
+//! booting. The `wrenn agent` and `wrenn up` commands run the [`crate::doctor`] checks first and
 //! then call [`start`]; tests call it too.
 
 use crate::images::{self, ImageConfig, Progress};
 use crate::net::NetConfig;
-use crate::sandbox::{Manager, ManagerConfig, SandboxError};
+use crate::sandbox::{Manager, ManagerConfig, SandboxError, WarmOutcome, WarmSpec};
 use crate::vmm::{self, Accel, AccelChoice};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -57,12 +59,77 @@ pub enum AgentError {
     /// Recovering sandboxes or setting up networking failed.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// A warm snapshot named to be prepared at start could not be made.
+    #[error("{0}")]
+    Prewarm(String),
 }
 
 /// A started agent: its manager and its internal API.
 pub struct Agent {
     pub manager: Arc<Manager>,
     pub router: axum::Router,
+}
+
+impl Agent {
+    /// Prepares the warm snapshots of `specs`, one after the other, in a task of its own, and
+    /// returns at once; [`Prewarm::done`] waits for the end. Progress goes to the log: each
+    /// snapshot's start, its cold boot, envd ready, the warm-up commands, saved (or found
+    /// already there). A create of the same template and size arriving meanwhile waits for
+    /// its snapshot instead of booting a second time. Stops at the first failure.
+    pub fn prewarm(&self, specs: Vec<WarmSpec>) -> Prewarm {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let manager = self.manager.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut result = Ok(());
+            for spec in &specs {
+                tracing::info!("preparing the warm snapshot of {spec}");
+                match manager.prepare_warm(spec).await {
+                    Ok(WarmOutcome::Found) => {
+                        tracing::info!("warm snapshot of {spec}: ready (made before)")
+                    }
+                    Ok(WarmOutcome::Made(took)) => tracing::info!(
+                        "warm snapshot of {spec}: ready (made in {:.1}s)",
+                        took.as_secs_f64()
+                    ),
+                    Err(e) => {
+                        tracing::error!("warm snapshot of {spec}: {e}");
+                        result = Err(format!("preparing the warm snapshot of {spec}: {e}"));
+                        break;
+                    }
+                }
+            }
+            if result.is_ok() && !specs.is_empty() {
+                tracing::info!(
+                    "warm snapshots prepared in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            let _ = tx.send(Some(result));
+        });
+        Prewarm(rx)
+    }
+}
+
+/// The preparation started by [`Agent::prewarm`]; clones watch the same one.
+#[derive(Clone)]
+pub struct Prewarm(tokio::sync::watch::Receiver<Option<Result<(), String>>>);
+
+impl Prewarm {
+    /// Waits until every warm snapshot is prepared; the first failure, if one failed.
+    pub async fn done(&self) -> Result<(), AgentError> {
+        let mut rx = self.0.clone();
+        let outcome = match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone(),
+            Err(_) => Some(Err("the warm-up task ended without an answer".into())),
+        };
+        outcome.unwrap_or(Ok(())).map_err(AgentError::Prewarm)
+    }
+
+    /// True once every warm snapshot is prepared (false while under way or after a failure).
+    pub fn is_ready(&self) -> bool {
+        matches!(*self.0.borrow(), Some(Ok(())))
+    }
 }
 
 /// Starts an agent; builds missing images first, reporting progress to `progress`.

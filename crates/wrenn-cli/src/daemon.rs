@@ -1,13 +1,51 @@
 //! The long-running roles of the binary: image building, the agent (and, with the control
 //! plane, `up`). The agent's roles run the host checks ([`crate::doctor`]) first and refuse to
-//! start on a failing one. Errors end here as one clear line.
+//! start on a failing one; then they prepare the warm snapshots of `--prewarm` while their APIs
+//! already answer, and say they are ready only once those are made (a create arriving earlier
+//! waits for its snapshot). Errors end here as one clear line.
 
 use anyhow::{anyhow, Context, Result};
+use std::future::IntoFuture;
 use std::path::PathBuf;
 use wrenn_agent::doctor;
 use wrenn_agent::host::{self, AgentConfig};
 use wrenn_agent::images::{self, ImageConfig, StderrProgress};
 use wrenn_agent::net::NetConfig;
+use wrenn_agent::sandbox::WarmSpec;
+
+/// The warm snapshot prepared at start unless told otherwise: the control plane's default
+/// create (`minimal`, 1 vCPU, 512 MB; a test checks they agree).
+pub const DEFAULT_PREWARM: &str = "minimal:1:512";
+
+/// Which warm snapshots an agent prepares at start.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PrewarmArgs {
+    /// Warm snapshots to prepare at start, as TEMPLATE:VCPUS:MEMORY_MB (repeatable; in the
+    /// environment, comma-separated). The first create of each restores from it instead of
+    /// cold-booting; the start is reported ready once they are made.
+    #[arg(
+        long = "prewarm",
+        value_name = "TEMPLATE:VCPUS:MEMORY_MB",
+        env = "WRENN_PREWARM",
+        value_delimiter = ',',
+        default_value = DEFAULT_PREWARM
+    )]
+    pub prewarm: Vec<WarmSpec>,
+    /// Prepare no warm snapshot at start (the first create of each size cold-boots one).
+    #[arg(long, env = "WRENN_NO_PREWARM", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_prewarm: bool,
+}
+
+impl PrewarmArgs {
+    /// The snapshots to prepare: none with `--no-prewarm`.
+    pub fn specs(&self) -> Vec<WarmSpec> {
+        if self.no_prewarm {
+            Vec::new()
+        } else {
+            self.prewarm.clone()
+        }
+    }
+}
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
 pub fn init_logging() {
@@ -71,6 +109,8 @@ pub struct AgentArgs {
     /// Static wrenn-envd for building missing images.
     #[arg(long, env = "WRENN_ENVD_BIN")]
     pub envd_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub prewarm: PrewarmArgs,
 }
 
 impl AgentArgs {
@@ -97,17 +137,35 @@ pub async fn run_agent(args: AgentArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
     tracing::info!(
-        "agent listening on http://{} ({:?})",
-        listener.local_addr()?,
+        "agent listening on http://{addr} ({:?} guests)",
         agent.manager.accel()
     );
-    axum::serve(listener, agent.router.clone())
+    // The API answers while the warm snapshots are made: a create waits for its snapshot.
+    let prewarm = agent.prewarm(args.prewarm.specs());
+    let serve = axum::serve(listener, agent.router.clone())
         .with_graceful_shutdown(shutdown_signal())
-        .await?;
+        .into_future();
+    tokio::pin!(serve);
+    let outcome = tokio::select! {
+        r = &mut serve => Some(r),
+        r = prewarm.done() => match r {
+            Ok(()) => None,
+            Err(e) => Some(Err(std::io::Error::other(e))),
+        },
+    };
+    let served = match outcome {
+        // Stopped, or failed, before the warm snapshots were ready.
+        Some(r) => r,
+        None => {
+            tracing::info!("agent ready at http://{addr}");
+            serve.await
+        }
+    };
     // Running VMs stay up: the next agent finds them again.
     release_agent(&agent).await;
-    Ok(())
+    served.context("agent")
 }
 
 /// A clean agent stop: running VMs stay up (the next agent finds them again) with their
@@ -217,6 +275,8 @@ pub struct UpArgs {
     /// Root the service files go under (for tests).
     #[arg(long, default_value = "/", hide = true)]
     pub install_root: PathBuf,
+    #[command(flatten)]
+    pub prewarm: PrewarmArgs,
 }
 
 /// `wrenn up`: the control plane and one agent in this process, SQLite in the data directory.
@@ -234,6 +294,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         first_slot: args.first_slot,
         max_slots: 1024,
         envd_bin: args.envd_bin.clone(),
+        prewarm: args.prewarm.clone(),
     };
     crate::doctor::check_before_start(doctor::Options::from(&agent_args.config()?)).await?;
     secure_data_dir(&args.data_dir)?;
@@ -271,6 +332,36 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
+    let serve = wrenn_server::serve(listener, server.router());
+    tokio::pin!(serve);
+    let mut agent_task = agent_task;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    // The API answers from here on; "running" is said once the default create would restore
+    // from a warm snapshot. A create arriving meanwhile waits for that snapshot.
+    let specs = args.prewarm.specs();
+    if !specs.is_empty() {
+        let names: Vec<String> = specs.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "==> preparing the warm snapshot of {} (one cold boot; first creates start from it)",
+            names.join(", ")
+        );
+    }
+    let prewarm = agent.prewarm(specs);
+    let early: Option<Result<()>> = tokio::select! {
+        r = prewarm.done() => r.err().map(|e| Err(e.into())),
+        r = &mut serve => Some(r.context("public API")),
+        r = &mut agent_task => Some(r.context("agent task").and_then(|r| r.context("agent API"))),
+        _ = &mut shutdown => {
+            eprintln!("shutting down; running sandboxes keep running");
+            Some(Ok(()))
+        }
+    };
+    if let Some(r) = early {
+        release_agent(&agent).await;
+        return r;
+    }
     println!(
         "Wrenn is running at {url} ({:?} guests)",
         agent.manager.accel()
@@ -280,11 +371,10 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         "  wrenn signup --email you@example.com      (or: curl -X POST {url}/v1/auth/signup ...)"
     );
     println!("  wrenn keys create --name first --save");
-    let serve = wrenn_server::serve(listener, server.router());
     tokio::select! {
         r = serve => r.context("public API")?,
         r = agent_task => r.context("agent task")?.context("agent API")?,
-        _ = shutdown_signal() => eprintln!("shutting down; running sandboxes keep running"),
+        _ = shutdown => eprintln!("shutting down; running sandboxes keep running"),
     }
     release_agent(&agent).await;
     Ok(())
@@ -347,4 +437,61 @@ pub async fn run_server(args: ServerArgs) -> Result<()> {
         _ = shutdown_signal() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        prewarm: PrewarmArgs,
+    }
+
+    fn specs(args: &[&str]) -> Vec<String> {
+        let cli = Cli::try_parse_from(std::iter::once("wrenn").chain(args.iter().copied()))
+            .expect("parses");
+        cli.prewarm.specs().iter().map(WarmSpec::arg).collect()
+    }
+
+    #[test]
+    fn the_default_prewarm_is_the_default_create() {
+        use wrenn_server::config::limits;
+        let want = format!(
+            "{}:{}:{}",
+            limits::DEFAULT_TEMPLATE,
+            limits::DEFAULT_VCPUS,
+            limits::DEFAULT_MEMORY_MB
+        );
+        assert_eq!(DEFAULT_PREWARM, want);
+        assert_eq!(specs(&[]), [want]);
+    }
+
+    #[test]
+    fn prewarm_is_a_list_and_can_be_turned_off() {
+        assert_eq!(
+            specs(&["--prewarm", "minimal:2:1024", "--prewarm", "minimal:1:256"]),
+            ["minimal:2:1024", "minimal:1:256"]
+        );
+        assert_eq!(
+            specs(&["--prewarm", "minimal:1:512,minimal:4:2048"]).len(),
+            2
+        );
+        assert!(specs(&["--no-prewarm"]).is_empty());
+        assert!(specs(&["--no-prewarm", "--prewarm", "minimal:1:512"]).is_empty());
+        for bad in [
+            "minimal",
+            "minimal:1",
+            "minimal:0:512",
+            "minimal:1:64",
+            "Big:1:512",
+        ] {
+            assert!(
+                Cli::try_parse_from(["wrenn", "--prewarm", bad]).is_err(),
+                "{bad} accepted"
+            );
+        }
+    }
 }

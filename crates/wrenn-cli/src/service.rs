@@ -48,6 +48,11 @@ pub fn up_env(args: &UpArgs) -> String {
     if let Some(envd) = &args.envd_bin {
         var("WRENN_ENVD_BIN", &envd.display().to_string());
     }
+    let prewarm: Vec<String> = args.prewarm.prewarm.iter().map(|w| w.arg()).collect();
+    var("WRENN_PREWARM", &prewarm.join(","));
+    if args.prewarm.no_prewarm {
+        var("WRENN_NO_PREWARM", "true");
+    }
     s
 }
 

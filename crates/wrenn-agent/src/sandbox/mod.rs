@@ -32,6 +32,8 @@ mod recover;
 mod templates;
 mod warm;
 
+pub use warm::{WarmOutcome, WarmSpec};
+
 use crate::envd_client::EnvdClient;
 use crate::images::Images;
 use crate::net::{Slot, SlotPool};
