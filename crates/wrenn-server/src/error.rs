@@ -4,6 +4,7 @@
 //! logged, never sent to the client.
 
 use crate::agent::AgentApiError;
+use crate::metrics::request::current_request_id;
 use crate::store::{QuotaExceeded, StoreError};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -202,11 +203,11 @@ impl From<AgentApiError> for ApiError {
     fn from(e: AgentApiError) -> Self {
         match &e {
             AgentApiError::Api { code, message, .. } => match code {
-                AgentErrorCode::FileNotFound => ApiError::FileNotFound(message.clone()),
-                AgentErrorCode::Conflict => ApiError::Conflict(message.clone()),
-                AgentErrorCode::BadRequest => ApiError::BadRequest(message.clone()),
+                AgentErrorCode::FileNotFound => ApiError::FileNotFound(tenant_words(message)),
+                AgentErrorCode::Conflict => ApiError::Conflict(tenant_words(message)),
+                AgentErrorCode::BadRequest => ApiError::BadRequest(tenant_words(message)),
                 AgentErrorCode::Capacity => ApiError::NoCapacity,
-                AgentErrorCode::TooLarge => ApiError::PayloadTooLarge(message.clone()),
+                AgentErrorCode::TooLarge => ApiError::PayloadTooLarge(tenant_words(message)),
                 // The host's own business (its token, ids and names are ours, not the
                 // user's): a 502. Unknown sandboxes and templates are caught by the callers
                 // that expect them.
@@ -261,6 +262,15 @@ impl ApiError {
     }
 }
 
+/// An agent's message for a tenant ([`crate::redact::for_tenant`]); the full text is logged.
+fn tenant_words(message: &str) -> String {
+    let shown = crate::redact::for_tenant(message);
+    if shown != message {
+        tracing::info!(agent_message = %message, "host details removed from an agent message");
+    }
+    shown
+}
+
 /// Whole seconds of a `Retry-After`, rounded up (at least 1).
 fn retry_after_secs(d: std::time::Duration) -> u64 {
     (d.as_secs_f64().ceil() as u64).max(1)
@@ -278,16 +288,23 @@ fn tenant_agent_message(e: &AgentApiError) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code();
+        // A 5xx says what kind of failure it was and the request id under which the detail
+        // is logged (the request's span carries the id), never the detail itself.
+        let with_id = |m: String| match current_request_id() {
+            Some(id) => format!("{m} (request id {id})"),
+            None => m,
+        };
         let message = match &self {
             ApiError::Store(_) | ApiError::Internal(_) => {
                 tracing::error!(error = %self, "internal error");
-                "internal error".to_string()
+                with_id("internal error".to_string())
             }
             ApiError::Agent(e) => {
                 // The agent's own words may name its addresses and paths: logged, not sent.
                 tracing::warn!(error = %e, "host agent error");
-                tenant_agent_message(e)
+                with_id(tenant_agent_message(e))
             }
+            ApiError::NoHost | ApiError::NoCapacity => with_id(self.to_string()),
             _ => self.to_string(),
         };
         let mut res = (code.status(), Json(ErrorBody::with_code(code, message))).into_response();

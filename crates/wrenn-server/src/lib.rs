@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod placement;
 pub mod reaper;
 pub mod reconciler;
+pub mod redact;
 pub mod server;
 pub mod store;
 

@@ -7,7 +7,7 @@
 
 use super::sim::{now, SimAgent, SimSandbox, SimTemplate};
 use super::{AgentApiError, AgentResult};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use wrenn_types::agent::{AgentErrorCode, SandboxInfo, SandboxStatus, TemplateInfo, TemplateKind};
@@ -26,24 +26,17 @@ pub enum SimOp {
 #[derive(Default)]
 pub(super) struct Faults {
     delays: Mutex<HashMap<SimOp, Duration>>,
-    failing: Mutex<HashSet<SimOp>>,
+    failing: Mutex<HashMap<SimOp, (AgentErrorCode, String)>>,
 }
 
 impl Faults {
-    /// An internal error if `op` is set to fail (before any work is done).
+    /// The error `op` is set to fail with, if any (before any work is done).
     pub(super) fn fail_if_set(&self, op: SimOp) -> AgentResult<()> {
-        if self
-            .failing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&op)
-        {
-            return Err(AgentApiError::new(
-                AgentErrorCode::Internal,
-                format!("simulated {op:?} failure"),
-            ));
+        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        match failing.get(&op) {
+            Some((code, message)) => Err(AgentApiError::new(*code, message.clone())),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Waits the delay set for `op` (the work is done; the answer is late).
@@ -79,10 +72,26 @@ impl SimAgent {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if fail {
-            failing.insert(op);
+            failing.insert(
+                op,
+                (
+                    AgentErrorCode::Internal,
+                    format!("simulated {op:?} failure"),
+                ),
+            );
         } else {
             failing.remove(&op);
         }
+    }
+
+    /// Makes every following `op` fail with `code` and `message`, doing nothing (a message
+    /// of the host's own, such as a real agent's with its paths and addresses).
+    pub fn set_fail_with(&self, op: SimOp, code: AgentErrorCode, message: &str) {
+        self.faults
+            .failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(op, (code, message.to_string()));
     }
 
     /// Loses a sandbox (its VM and files), as a host that lost its disk would; false if the

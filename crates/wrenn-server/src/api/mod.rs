@@ -287,6 +287,13 @@ async fn proxy_exec(socket: WebSocket, mut session: ExecSession, app: Arc<App>, 
             event = session.from_agent.recv() => match event {
                 Some(m) => {
                     let exited = matches!(m, ServerMessage::Exit { .. });
+                    // An error event is the agent's words: stripped of the host's details.
+                    let m = match m {
+                        ServerMessage::Error { data } => ServerMessage::Error {
+                            data: crate::redact::for_tenant(&data),
+                        },
+                        m => m,
+                    };
                     if sink.send(event_frame(&m)).await.is_err() {
                         break;
                     }

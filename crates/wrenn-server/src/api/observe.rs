@@ -10,7 +10,8 @@
 
 use crate::app::App;
 use crate::metrics::request::{
-    method_label, valid_request_id, RequestId, LOG_TARGET, REQUEST_ID_HEADER, UNMATCHED_ROUTE,
+    method_label, valid_request_id, RequestId, CURRENT_REQUEST_ID, LOG_TARGET, REQUEST_ID_HEADER,
+    UNMATCHED_ROUTE,
 };
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
@@ -50,7 +51,9 @@ pub async fn observe(State(app): State<Arc<App>>, mut req: Request, next: Next) 
         status = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
     );
-    let mut res = next.run(req).instrument(span.clone()).await;
+    let mut res = CURRENT_REQUEST_ID
+        .scope(id.clone(), next.run(req).instrument(span.clone()))
+        .await;
     let elapsed = started.elapsed();
     let status = res.status().as_u16();
     app.metrics.observe_request(method, route, status, elapsed);

@@ -24,6 +24,17 @@ pub const LOG_TARGET: &str = "wrenn_server::metrics::request";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub String);
 
+tokio::task_local! {
+    /// The id of the request being answered, set by `api::observe` around the handler, so
+    /// an error answer can name it (`ApiError`'s response) without being handed it.
+    pub static CURRENT_REQUEST_ID: String;
+}
+
+/// The id of the request this task is answering, if any.
+pub fn current_request_id() -> Option<String> {
+    CURRENT_REQUEST_ID.try_with(Clone::clone).ok()
+}
+
 /// A client-supplied id is kept when it is 1–64 characters of `[A-Za-z0-9._-]`.
 pub fn valid_request_id(id: &str) -> bool {
     !id.is_empty()
