@@ -5,8 +5,9 @@
 //! No VM, network or disk work happens here.
 
 use crate::envd_client::EnvdError;
-use crate::sandbox::{Manager, SandboxError};
+use crate::sandbox::{Activity, Manager, SandboxError};
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use std::sync::Arc;
 use wrenn_agent_api::{
     ws_session, AgentApiError, AgentResult, ByteStream, ExecSession, FileBody, HostAgent,
@@ -68,30 +69,37 @@ impl HostAgent for ManagerAgent {
         Ok(self.0.snapshot(id, &req.name, req.overwrite).await?)
     }
 
+    // Exec and file transfers hold the sandbox's `Activity` until they end, so a pause waits
+    // for them instead of cutting them off.
+
     async fn exec(&self, id: &str, req: &ExecRequest) -> AgentResult<ExecResponse> {
-        let envd = self.0.envd(id).await?;
+        let (envd, _active) = self.0.envd(id).await?;
         Ok(envd.exec(req).await?)
     }
 
     async fn exec_stream(&self, id: &str) -> AgentResult<ExecSession> {
-        let envd = self.0.envd(id).await?;
-        Ok(ws_session(envd.exec_stream().await?, "envd"))
+        let (envd, active) = self.0.envd(id).await?;
+        let session = ws_session(envd.exec_stream().await?, "envd");
+        Ok(held_while_open(session, active))
     }
 
     async fn write_file(&self, id: &str, path: &str, body: ByteStream) -> AgentResult<()> {
-        let envd = self.0.envd(id).await?;
+        let (envd, _active) = self.0.envd(id).await?;
         Ok(envd
             .write_file(path, reqwest::Body::wrap_stream(body))
             .await?)
     }
 
     async fn read_file_body(&self, id: &str, path: &str) -> AgentResult<FileBody> {
-        let envd = self.0.envd(id).await?;
+        let (envd, active) = self.0.envd(id).await?;
         let resp = envd.read_file(path).await?;
-        Ok(FileBody::from_stream(
-            resp.content_length(),
-            resp.bytes_stream(),
-        ))
+        let len = resp.content_length();
+        // The mark goes when the body has been read or dropped.
+        let stream = resp.bytes_stream().map(move |chunk| {
+            let _ = &active;
+            chunk
+        });
+        Ok(FileBody::from_stream(len, stream))
     }
 
     async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>> {
@@ -100,6 +108,27 @@ impl HostAgent for ManagerAgent {
 
     async fn delete_template(&self, name: &str) -> AgentResult<()> {
         Ok(self.0.delete_template(name).await?)
+    }
+}
+
+/// An exec session whose events pass through a task holding `active` until the session ends.
+fn held_while_open(session: ExecSession, active: Activity) -> ExecSession {
+    let ExecSession {
+        to_agent,
+        mut from_agent,
+    } = session;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let _active = active;
+        while let Some(m) = from_agent.recv().await {
+            if tx.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    ExecSession {
+        to_agent,
+        from_agent: rx,
     }
 }
 
@@ -114,7 +143,7 @@ impl From<SandboxError> for AgentApiError {
             E::AlreadyExists(_) => AgentErrorCode::AlreadyExists,
             E::Capacity(_) => AgentErrorCode::Capacity,
             E::Envd(inner) => return envd_error(inner),
-            E::Vm(_) | E::Net(_) | E::Disk(_) | E::Io { .. } => {
+            E::Vm(_) | E::Net(_) | E::Disk(_) | E::Io { .. } | E::Internal(_) => {
                 tracing::error!("{e}");
                 AgentErrorCode::Internal
             }

@@ -4,12 +4,14 @@
 //! - [`guest`]: facts about the guest every other module agrees on (addresses, paths, port).
 //! - [`envd_client`]: the typed client of envd, the daemon inside every guest.
 //! - [`cmd`]: the one place external commands are run, with their stderr kept on failure.
+//! - [`failpoints`]: named failure points in the sandbox operations, for tests.
 //! - [`doctor`]: the host checks of `wrenn doctor`, run by `wrenn up` and `wrenn agent` at start.
 
 pub mod api;
 pub mod cmd;
 pub mod doctor;
 pub mod envd_client;
+pub mod failpoints;
 pub mod guest;
 pub mod host;
 pub mod images;

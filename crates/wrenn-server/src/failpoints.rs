@@ -12,7 +12,8 @@
 //! recorded and right before the host agent is called, `<op>.after_agent` right after the agent
 //! answered success and before the result is recorded, for each op of `create`, `pause`,
 //! `resume`, `snapshot` and `destroy`; and `reaper.before_claim`, between the reaper's list of
-//! idle sandboxes and its claim of one. This module knows nothing of what the points guard.
+//! idle sandboxes and its claim of one. Names starting with `agent.` are the host agent's
+//! (`wrenn_agent::failpoints`) and are left to it. This module knows nothing of what the points guard.
 
 use crate::error::ApiError;
 use std::collections::HashMap;
@@ -98,6 +99,9 @@ impl Failpoints {
             let (name, action) = item
                 .split_once('=')
                 .ok_or_else(|| FailpointError(item.to_string()))?;
+            if name.trim().starts_with("agent.") {
+                continue; // the host agent's points, armed by the same variable
+            }
             let name = known(name.trim())?;
             match parse_action(action.trim())? {
                 Some(a) => fp.set(name, a)?,
@@ -180,6 +184,8 @@ mod tests {
         assert!(fp.armed.load(Ordering::Relaxed));
         assert!(!Failpoints::parse("").unwrap().armed.load(Ordering::Relaxed));
         let off = Failpoints::parse("pause.after_agent=panic;pause.after_agent=off").unwrap();
+        assert!(!off.armed.load(Ordering::Relaxed));
+        let off = Failpoints::parse("agent.pause.after_save=kill").unwrap();
         assert!(!off.armed.load(Ordering::Relaxed));
         for bad in [
             "pause.after=kill",

@@ -1,27 +1,43 @@
 //! The life of a sandbox: create (a copy-on-write clone of a snapshot image), pause to files,
 //! resume into any free slot, destroy; and noticing a QEMU that went away unasked. Each
-//! operation holds the sandbox's lock and releases on its error path what it acquired (slot,
-//! QEMU, files). It must not publish or delete templates or warm snapshots (see
+//! operation runs to its end in a task of its own ([`Manager::run_to_end`]), holds the
+//! sandbox's lock, records its intent ([`Op`]) before its first step that cannot be taken back
+//! and its result after its last, and releases on its error path what it acquired (slot, QEMU,
+//! files). It must not publish or delete templates or warm snapshots (see
 //! [`super::templates`], [`super::warm`]); it only links their files.
 
 use super::capacity::check_capacity;
-use super::records::{self, ImageMeta, RamMode, SandboxOnDisk, OWN_RAM_FILE, TEMPLATE_RAM_FILE};
-use super::{
-    blocking, disk, envd_for, expect_status, info, io, mark_error, now_rfc3339, pre_exec_in,
-    spec_for, valid_name, Entry, Inner, Manager, SandboxError, MAX_MEMORY_MB, MAX_VCPUS,
-    MIN_MEMORY_MB,
+use super::records::{
+    self, ImageMeta, Op, RamMode, SandboxOnDisk, NEXT_STATE_FILE, OWN_RAM_FILE, TEMPLATE_RAM_FILE,
 };
-use crate::vmm::Vm;
-use std::path::Path;
+use super::templates::temp_dir_in;
+use super::{
+    blocking, disk, ensure_present, envd_for, expect_status, info, io, mark_error,
+    mark_error_keep_files, now_rfc3339, pre_exec_in, spec_for, valid_name, Entry, Inner, Manager,
+    SandboxError, MAX_MEMORY_MB, MAX_VCPUS, MIN_MEMORY_MB, PAUSE_WAITS_FOR_ACTIVITY,
+};
+use crate::vmm::{self, Vm};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use wrenn_types::agent::{SandboxInfo, SandboxStatus};
 
 /// How long envd may take to answer after a restore.
 const RESTORE_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The failure points of a VM start: after the state is loaded (guest stopped), after the
+/// guest runs again.
+struct StartPoints {
+    after_load: Option<&'static str>,
+    after_cont: &'static str,
+}
+
 impl Manager {
     /// Creates a sandbox from a template: a copy-on-write clone of the template's snapshot
-    /// (booting a base template once first if it has no warm snapshot yet).
+    /// (booting a base template once first if it has no warm snapshot yet). The id is taken
+    /// before any slow work, so a destroy arriving meanwhile waits for the create and then
+    /// removes what it made.
     pub async fn create(
         &self,
         id: &str,
@@ -47,32 +63,45 @@ impl Manager {
                 "memory_mb must be between {MIN_MEMORY_MB} and {MAX_MEMORY_MB}"
             )));
         }
-        let (image_dir, meta) = self.snapshot_image(template, vcpus, memory_mb).await?;
-        check_capacity(meta.memory_mb)?;
+        let (id, template) = (id.to_string(), template.to_string());
+        self.run_to_end("create", move |m| async move {
+            m.create_now(&id, &template, vcpus, memory_mb).await
+        })
+        .await
+    }
 
+    async fn create_now(
+        &self,
+        id: &str,
+        template: &str,
+        vcpus: u32,
+        memory_mb: u32,
+    ) -> Result<SandboxInfo, SandboxError> {
         let dir = self.sandbox_dir(id);
-        let rec = SandboxOnDisk {
-            id: id.to_string(),
-            template: template.to_string(),
-            vcpus: meta.vcpus,
-            memory_mb: meta.memory_mb,
-            status: SandboxStatus::Pending,
-            slot: None,
-            host_ip: String::new(),
-            ram: RamMode::TemplateFile,
-            layers: Vec::new(),
-            created_at: now_rfc3339(),
-            started_at: None,
-            error: None,
-        };
         let entry = Entry::new(Inner {
-            rec,
+            rec: SandboxOnDisk {
+                id: id.to_string(),
+                template: template.to_string(),
+                vcpus,
+                memory_mb,
+                status: SandboxStatus::Pending,
+                slot: None,
+                host_ip: String::new(),
+                ram: RamMode::TemplateFile,
+                layers: Vec::new(),
+                created_at: now_rfc3339(),
+                started_at: None,
+                error: None,
+                op: Some(Op::Creating),
+            },
             vm: None,
             slot: None,
             envd: None,
         });
+        // Locked before it is listed: an operation that finds it waits for the create.
+        let mut inner = entry.lock().await;
         {
-            let mut map = self.sandboxes.lock().expect("sandboxes lock");
+            let mut map = self.map();
             if map.contains_key(id) || dir.exists() {
                 return Err(SandboxError::AlreadyExists(format!(
                     "sandbox {id} already exists"
@@ -80,15 +109,32 @@ impl Manager {
             }
             map.insert(id.to_string(), entry.clone());
         }
-        let mut inner = entry.lock().await;
-        match self.clone_into(&mut inner, &dir, &image_dir, &meta).await {
+        let made = async {
+            self.fail("agent.create.after_register").await?;
+            let (image_dir, meta) = self.snapshot_image(template, vcpus, memory_mb).await?;
+            check_capacity(meta.memory_mb)?;
+            inner.rec.vcpus = meta.vcpus;
+            inner.rec.memory_mb = meta.memory_mb;
+            self.clone_into(&mut inner, &dir, &image_dir, &meta).await
+        }
+        .await;
+        match made {
             Ok(()) => Ok(info(&inner.rec)),
             Err(e) => {
                 self.teardown(&mut inner).await;
                 let _ = std::fs::remove_dir_all(&dir);
-                self.sandboxes.lock().expect("sandboxes lock").remove(id);
+                inner.rec.status = SandboxStatus::Stopped;
+                self.forget(id, &entry);
                 Err(e)
             }
+        }
+    }
+
+    /// Removes `entry` from the listing (if it is still the one listed under `id`).
+    pub(super) fn forget(&self, id: &str, entry: &Arc<Entry>) {
+        let mut map = self.map();
+        if map.get(id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            map.remove(id);
         }
     }
 
@@ -122,13 +168,25 @@ impl Manager {
         inner.rec.layers = meta.layers.clone();
         inner.rec.layers.push(top);
         tracing::debug!(sandbox = %inner.rec.id, "files ready in {:?}", t0.elapsed());
-        self.start_vm(inner, dir).await
+        self.fail("agent.create.after_files").await?;
+        let points = StartPoints {
+            after_load: None,
+            after_cont: "agent.create.after_start",
+        };
+        self.start_vm(inner, dir, points).await
     }
 
-    /// Restores the sandbox's VM from `dir/state` into a fresh slot and waits for envd. The
-    /// RAM mode says which RAM file is mapped and whether the state carries the RAM
-    /// ([`RamMode::start`]); the record then holds the mode the VM runs in.
-    async fn start_vm(&self, inner: &mut Inner, dir: &Path) -> Result<(), SandboxError> {
+    /// Starts the sandbox's VM from `dir/state` in a fresh slot and waits for envd. The RAM
+    /// mode says which RAM file is mapped and whether the state carries the RAM
+    /// ([`RamMode::start`]). Just before the guest runs again the record says `running` (with
+    /// the intent still set): from then on the RAM file and disk move on from the saved state,
+    /// and a failure can no longer go back to it. At the end the intent is cleared.
+    async fn start_vm(
+        &self,
+        inner: &mut Inner,
+        dir: &Path,
+        points: StartPoints,
+    ) -> Result<(), SandboxError> {
         let t0 = std::time::Instant::now();
         let ram = inner.rec.ram.start();
         let slot = self.pool.acquire().await?;
@@ -136,18 +194,29 @@ impl Manager {
         inner.rec.slot = Some(slot.index);
         inner.rec.host_ip = slot.host_ip.to_string();
         let spec = spec_for(&self.cfg, dir, &inner.rec, &slot.tap);
-        inner.slot = Some(slot);
-        let slot = inner.slot.as_ref().expect("slot just set");
-        let vm = Vm::restore(
+        let envd = envd_for(&slot);
+        let loaded = Vm::load(
             spec,
             &dir.join("state"),
             ram.state_saved_with,
-            Some(pre_exec_in(slot)),
+            Some(pre_exec_in(&slot)),
         )
-        .await?;
+        .await;
+        inner.slot = Some(slot);
+        inner.vm = Some(loaded?);
+        let envd = envd?;
+        if let Some(p) = points.after_load {
+            self.fail(p).await?;
+        }
         let t_vm = t0.elapsed();
-        let envd = envd_for(inner.slot.as_ref().expect("slot just set"))?;
-        inner.vm = Some(vm);
+        inner.rec.status = SandboxStatus::Running;
+        inner.rec.ram = ram.running;
+        records::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
+        match &inner.vm {
+            Some(vm) => vm.cont().await?,
+            None => return Err(SandboxError::Internal("the VM went away".into())),
+        }
+        self.fail(points.after_cont).await?;
         envd.wait_ready(RESTORE_READY_TIMEOUT).await?;
         let t_ready = t0.elapsed();
         envd.set_clock(SystemTime::now()).await?;
@@ -157,8 +226,7 @@ impl Manager {
             t0.elapsed()
         );
         inner.envd = Some(envd);
-        inner.rec.ram = ram.running;
-        inner.rec.status = SandboxStatus::Running;
+        inner.rec.op = None;
         inner.rec.started_at = Some(now_rfc3339());
         inner.rec.error = None;
         records::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
@@ -169,25 +237,58 @@ impl Manager {
     }
 
     /// Pauses a running sandbox to files: device state (and RAM, for a clone that has never
-    /// been paused) saved, QEMU ended, slot released.
+    /// been paused) saved, QEMU ended, slot released, files durable. Waits up to
+    /// [`PAUSE_WAITS_FOR_ACTIVITY`] for execs and file transfers under way to end, else refuses.
     pub async fn pause(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        let id = id.to_string();
+        self.run_to_end("pause", move |m| async move { m.pause_now(&id).await })
+            .await
+    }
+
+    async fn pause_now(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
         let e = self.entry(id)?;
         let mut inner = e.lock().await;
+        ensure_present(&inner.rec)?;
         expect_status(&inner.rec, SandboxStatus::Running)?;
+        wait_idle(&e).await?;
         self.save_and_stop(&mut inner).await?;
         Ok(info(&inner.rec))
     }
 
+    /// The pause itself (also a snapshot's first step): intent, save, QEMU ended, files synced,
+    /// `paused` recorded, the new state put in place. Before QEMU ends a failure lets the guest
+    /// run on; after, the saved state is the sandbox: a failure there leaves it in `error` with
+    /// its files kept (a restart finds the pause finished, see `recover.rs`).
     pub(super) async fn save_and_stop(&self, inner: &mut Inner) -> Result<(), SandboxError> {
         let dir = self.sandbox_dir(&inner.rec.id);
-        let vm = inner.vm.take().expect("running sandbox has a VM");
-        inner.envd = None;
-        if let Err(e) = vm.save(&dir.join("state")).await {
-            // The guest is stopped but intact: let it run on.
+        let Some(vm) = inner.vm.take() else {
+            return Err(SandboxError::Internal(format!(
+                "running sandbox {} has no VM",
+                inner.rec.id
+            )));
+        };
+        let envd = inner.envd.take();
+        let next = dir.join(NEXT_STATE_FILE);
+        let saved = async {
+            inner.rec.op = Some(Op::Pausing);
+            records::write_json(&dir.join("sandbox.json"), &inner.rec)
+                .map_err(io("write record"))?;
+            self.fail("agent.pause.after_intent").await?;
+            vm.save(&next).await?;
+            self.fail("agent.pause.after_save").await
+        }
+        .await;
+        if let Err(e) = saved {
+            // The guest is stopped (or was never stopped) but intact: let it run on.
             let _ = vm.cont().await;
+            let _ = std::fs::remove_file(&next);
             inner.vm = Some(vm);
-            inner.envd = inner.slot.as_ref().and_then(|s| envd_for(s).ok());
-            return Err(e.into());
+            inner.envd = envd;
+            inner.rec.op = None;
+            if let Err(w) = records::write_json(&dir.join("sandbox.json"), &inner.rec) {
+                tracing::warn!(sandbox = %inner.rec.id, "recording the pause undone: {w}");
+            }
+            return Err(e);
         }
         vm.quit().await?;
         if let Some(slot) = inner.slot.take() {
@@ -195,41 +296,65 @@ impl Manager {
                 tracing::warn!(sandbox = %inner.rec.id, "releasing network slot: {e}");
             }
         }
+        if let Err(e) = self.finish_pause(inner, &dir).await {
+            mark_error_keep_files(
+                &dir,
+                &mut inner.rec,
+                format!("pause failed after its VM ended: {e}"),
+            );
+            return Err(e);
+        }
+        self.fail("agent.pause.after_record").await
+    }
+
+    async fn finish_pause(&self, inner: &mut Inner, dir: &Path) -> Result<(), SandboxError> {
+        self.fail("agent.pause.after_stop").await?;
         inner.rec.slot = None;
         inner.rec.host_ip.clear();
         inner.rec.ram = inner.rec.ram.after_pause();
+        sync_paused_files(dir, &inner.rec).await?;
         inner.rec.status = SandboxStatus::Paused;
+        inner.rec.op = None;
         records::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
-        // Make the RAM and state durable without holding up the caller.
-        let mut files = vec![dir.join("state")];
-        if inner.rec.ram == RamMode::OwnFile {
-            files.push(dir.join(OWN_RAM_FILE));
-        }
-        tokio::task::spawn_blocking(move || {
-            for f in files {
-                if let Ok(f) = std::fs::File::open(f) {
-                    let _ = f.sync_all();
-                }
-            }
-        });
-        Ok(())
+        put_next_state_in_place(dir).map_err(io("put saved state in place"))
     }
 
     /// Resumes a paused sandbox in any free slot; its processes continue where they stopped.
+    /// A failure before the guest runs again leaves it paused as it was; after, in `error`
+    /// with its files kept (its RAM file and disk have moved on from the saved state).
     pub async fn resume(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        let id = id.to_string();
+        self.run_to_end("resume", move |m| async move { m.resume_now(&id).await })
+            .await
+    }
+
+    async fn resume_now(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
         let e = self.entry(id)?;
         let mut inner = e.lock().await;
+        ensure_present(&inner.rec)?;
         expect_status(&inner.rec, SandboxStatus::Paused)?;
         check_capacity(inner.rec.memory_mb)?;
         let dir = self.sandbox_dir(id);
         let before = inner.rec.clone();
-        if before.ram == RamMode::InState {
-            // The saved state carries the RAM: it is loaded into a RAM file of the sandbox's
-            // own, so later pauses only save device state.
-            disk::create_mem_file(&dir.join(OWN_RAM_FILE), inner.rec.memory_mb)
-                .map_err(io("create RAM file"))?;
+        let started = async {
+            inner.rec.op = Some(Op::Resuming);
+            records::write_json(&dir.join("sandbox.json"), &inner.rec)
+                .map_err(io("write record"))?;
+            self.fail("agent.resume.after_intent").await?;
+            if before.ram == RamMode::InState {
+                // The saved state carries the RAM: it is loaded into a RAM file of the
+                // sandbox's own, so later pauses only save device state.
+                disk::create_mem_file(&dir.join(OWN_RAM_FILE), inner.rec.memory_mb)
+                    .map_err(io("create RAM file"))?;
+            }
+            let points = StartPoints {
+                after_load: Some("agent.resume.after_load"),
+                after_cont: "agent.resume.after_cont",
+            };
+            self.start_vm(&mut inner, &dir, points).await
         }
-        match self.start_vm(&mut inner, &dir).await {
+        .await;
+        match started {
             Ok(()) => {
                 if before.ram == RamMode::InState {
                     // The template's RAM is no longer mapped.
@@ -238,21 +363,56 @@ impl Manager {
                 Ok(info(&inner.rec))
             }
             Err(e) => {
+                let ran = inner.rec.status == SandboxStatus::Running;
                 self.teardown(&mut inner).await;
-                inner.rec = before;
+                if ran {
+                    mark_error_keep_files(
+                        &dir,
+                        &mut inner.rec,
+                        format!("resume failed after the guest ran again: {e}"),
+                    );
+                } else {
+                    if before.ram == RamMode::InState {
+                        let _ = std::fs::remove_file(dir.join(OWN_RAM_FILE));
+                    }
+                    inner.rec = before;
+                    if let Err(w) = records::write_json(&dir.join("sandbox.json"), &inner.rec) {
+                        tracing::warn!(sandbox = id, "recording the resume undone: {w}");
+                    }
+                }
                 Err(e)
             }
         }
     }
 
-    /// Destroys a sandbox in any state and removes its files.
+    /// Destroys a sandbox in any state and removes its files. A destroy that finds an
+    /// operation under way (a slow first create, say) waits for it, then destroys what it
+    /// left; one that finds the sandbox already gone once it had the lock succeeds.
     pub async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
+        let id = id.to_string();
+        self.run_to_end("destroy", move |m| async move { m.destroy_now(&id).await })
+            .await
+    }
+
+    async fn destroy_now(&self, id: &str) -> Result<(), SandboxError> {
         let e = self.entry(id)?;
         let mut inner = e.lock().await;
+        if inner.rec.status == SandboxStatus::Stopped {
+            return Ok(());
+        }
+        let dir = self.sandbox_dir(id);
+        inner.rec.op = Some(Op::Destroying);
+        if dir.join("sandbox.json").exists() {
+            records::write_json(&dir.join("sandbox.json"), &inner.rec)
+                .map_err(io("write record"))?;
+        }
+        self.fail("agent.destroy.after_intent").await?;
         self.teardown(&mut inner).await;
+        kill_left_qemu(&dir).await;
+        self.fail("agent.destroy.after_kill").await?;
+        retire_sandbox_dir(&dir);
         inner.rec.status = SandboxStatus::Stopped;
-        let _ = std::fs::remove_dir_all(self.sandbox_dir(id));
-        self.sandboxes.lock().expect("sandboxes lock").remove(id);
+        self.forget(id, &e);
         Ok(())
     }
 
@@ -309,5 +469,81 @@ impl Manager {
         );
         self.teardown(&mut inner).await;
         mark_error(&dir, &mut inner.rec, "the VM stopped unexpectedly".into());
+    }
+}
+
+/// Waits until no exec or file transfer is under way on the sandbox, up to
+/// [`PAUSE_WAITS_FOR_ACTIVITY`]; a conflict if one still is. New ones wait for the lock the
+/// caller holds.
+pub(super) async fn wait_idle(e: &Entry) -> Result<(), SandboxError> {
+    let deadline = std::time::Instant::now() + PAUSE_WAITS_FOR_ACTIVITY;
+    while e.busy.load(Ordering::Acquire) > 0 {
+        if std::time::Instant::now() > deadline {
+            return Err(SandboxError::Conflict(
+                "the sandbox has an exec or file transfer under way".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Makes a paused sandbox's files durable before it is recorded paused: the saved state, its
+/// RAM file when the RAM is there, the disk overlay, and the directory.
+pub(super) async fn sync_paused_files(dir: &Path, rec: &SandboxOnDisk) -> Result<(), SandboxError> {
+    let mut files: Vec<PathBuf> = vec![dir.join(NEXT_STATE_FILE)];
+    if rec.ram == RamMode::OwnFile {
+        files.push(dir.join(OWN_RAM_FILE));
+    }
+    if let Some(top) = rec.layers.last() {
+        files.push(dir.join(top));
+    }
+    files.push(dir.to_path_buf());
+    blocking("sync paused files", move || {
+        for f in files {
+            match std::fs::File::open(&f) {
+                Ok(h) => h.sync_all().map_err(io("sync paused files"))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("sync paused files")(e)),
+            }
+        }
+        Ok::<(), SandboxError>(())
+    })
+    .await
+}
+
+/// Puts a finished pause's state (`state.next`) in place as `state`, if it is still there.
+pub(super) fn put_next_state_in_place(dir: &Path) -> std::io::Result<()> {
+    let next = dir.join(NEXT_STATE_FILE);
+    if !next.exists() {
+        return Ok(());
+    }
+    std::fs::rename(&next, dir.join("state"))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Kills the QEMU a sandbox's pid file names, if it still is that sandbox's QEMU (a reused pid
+/// is left alone).
+pub(super) async fn kill_left_qemu(dir: &Path) {
+    let Ok(pid) = std::fs::read_to_string(dir.join("qemu.pid")) else {
+        return;
+    };
+    if let Ok(pid) = pid.trim().parse() {
+        vmm::kill_stale(pid, &dir.join("qmp.sock")).await;
+    }
+}
+
+/// Removes a sandbox's directory: renamed aside in one step (so a crash never leaves half a
+/// sandbox under its own name), then deleted.
+pub(super) fn retire_sandbox_dir(dir: &Path) {
+    let Some(parent) = dir.parent() else { return };
+    let aside = temp_dir_in(parent);
+    match std::fs::rename(dir, &aside) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(aside);
+        }
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

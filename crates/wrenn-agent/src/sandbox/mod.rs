@@ -4,8 +4,13 @@
 //!
 //! It combines the VM layer ([`crate::vmm`]), network slots ([`crate::net`]), disk layers
 //! ([`disk`]) and envd ([`crate::envd_client`]); it holds no HTTP code (see [`crate::api`]).
-//! Each sandbox's operations are serialised by its own lock; every acquired resource (slot,
-//! QEMU, files) is released by the operation that acquired it when that operation fails.
+//! Each sandbox's operations are serialised by its own lock, and each runs to its end in a task
+//! of its own whatever happens to its caller (a client that gives up drops only its wait; a
+//! second request for the sandbox waits for the first and then finds its result). An operation
+//! records its intent ([`records::Op`]) in the sandbox's record before its first step that
+//! cannot be taken back and its result after its last, so `recover.rs` can finish or undo it
+//! after a crash. Every acquired resource (slot, QEMU, files) is released by the operation that
+//! acquired it when that operation fails.
 //!
 //! One [`Manager`], its methods spread over files by job, each an `impl Manager` block:
 //! - this file: the manager and its sandbox entries (lock and listing view), errors, lookups,
@@ -32,9 +37,8 @@ mod recover;
 mod templates;
 mod warm;
 
-pub use warm::{WarmOutcome, WarmSpec};
-
 use crate::envd_client::EnvdClient;
+use crate::failpoints::Failpoints;
 use crate::images::Images;
 use crate::net::{Slot, SlotPool};
 use crate::vmm::{self, Accel, Vm, VmSpec};
@@ -42,7 +46,9 @@ use records::SandboxOnDisk;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 use wrenn_types::agent::{SandboxInfo, SandboxStatus};
 use wrenn_types::envd::ENVD_PORT;
 
@@ -100,6 +106,15 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    /// The operation's task failed (panicked) or a failure point failed it.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<crate::failpoints::Injected> for SandboxError {
+    fn from(e: crate::failpoints::Injected) -> Self {
+        SandboxError::Internal(e.to_string())
+    }
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
@@ -134,11 +149,13 @@ struct Inner {
     envd: Option<EnvdClient>,
 }
 
-/// One sandbox: its live part behind an operation lock, and a copy of its public view that
-/// listing reads without waiting for an operation (a resume may take seconds) to finish.
+/// One sandbox: its live part behind an operation lock, a copy of its public view that
+/// listing reads without waiting for an operation (a resume may take seconds) to finish, and
+/// the number of execs and file transfers under way (a pause waits for them, bounded).
 struct Entry {
     inner: tokio::sync::Mutex<Inner>,
     view: Mutex<SandboxInfo>,
+    busy: AtomicUsize,
 }
 
 impl Entry {
@@ -146,6 +163,7 @@ impl Entry {
         Arc::new(Entry {
             view: Mutex::new(info(&inner.rec)),
             inner: tokio::sync::Mutex::new(inner),
+            busy: AtomicUsize::new(0),
         })
     }
 
@@ -158,9 +176,23 @@ impl Entry {
     }
 
     fn view(&self) -> SandboxInfo {
-        self.view.lock().expect("view lock").clone()
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
+
+/// An exec or file transfer under way on a sandbox: held by the caller until it ends, so a
+/// pause can wait for it ([`PAUSE_WAITS_FOR_ACTIVITY`]) instead of cutting it off.
+pub struct Activity(Arc<Entry>);
+
+impl Drop for Activity {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How long a pause waits for the execs and file transfers under way to end before it refuses
+/// with a conflict (the control plane's reaper then leaves the sandbox running).
+pub const PAUSE_WAITS_FOR_ACTIVITY: Duration = Duration::from_secs(5);
 
 /// The operation lock of a sandbox; publishes the sandbox's view when dropped.
 struct Locked<'a> {
@@ -183,7 +215,7 @@ impl std::ops::DerefMut for Locked<'_> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        *self.view.lock().expect("view lock") = info(&self.guard.rec);
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = info(&self.guard.rec);
     }
 }
 
@@ -196,6 +228,8 @@ pub struct Manager {
     warm_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Serialises template publication and deletion.
     template_lock: tokio::sync::Mutex<()>,
+    /// Named failure points for tests (`WRENN_FAILPOINTS`).
+    failpoints: Failpoints,
     me: Weak<Manager>,
 }
 
@@ -222,12 +256,43 @@ impl Manager {
     }
 
     fn entry(&self, id: &str) -> Result<Arc<Entry>, SandboxError> {
-        self.sandboxes
-            .lock()
-            .expect("sandboxes lock")
+        self.map()
             .get(id)
             .cloned()
             .ok_or_else(|| SandboxError::NotFound(id.to_string()))
+    }
+
+    /// The sandboxes; a panic elsewhere while it was held leaves the map as it was.
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Entry>>> {
+        self.sandboxes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The failure points of this agent (armed from `WRENN_FAILPOINTS` at start).
+    pub fn failpoints(&self) -> &Failpoints {
+        &self.failpoints
+    }
+
+    /// Reaches the failure point `name` (see [`crate::failpoints`]).
+    async fn fail(&self, name: &'static str) -> Result<(), SandboxError> {
+        Ok(self.failpoints.hit(name).await?)
+    }
+
+    /// Runs an operation in a task of its own, so it runs to its end even when the caller's
+    /// future is dropped (a client that gives up); the caller waits for its result.
+    async fn run_to_end<T, F, Fut>(&self, what: &str, op: F) -> Result<T, SandboxError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Manager>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, SandboxError>> + Send + 'static,
+    {
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| SandboxError::Internal("the agent is shutting down".into()))?;
+        match tokio::spawn(op(me)).await {
+            Ok(r) => r,
+            Err(e) => Err(SandboxError::Internal(format!("{what} failed: {e}"))),
+        }
     }
 
     /// The accelerator guests run with.
@@ -242,13 +307,7 @@ impl Manager {
 
     /// Lists every sandbox on this host.
     pub async fn list(&self) -> Vec<SandboxInfo> {
-        let entries: Vec<_> = self
-            .sandboxes
-            .lock()
-            .expect("sandboxes lock")
-            .values()
-            .cloned()
-            .collect();
+        let entries: Vec<_> = self.map().values().cloned().collect();
         let mut out: Vec<SandboxInfo> = entries.iter().map(|e| e.view()).collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
@@ -259,18 +318,31 @@ impl Manager {
         Ok(self.entry(id)?.view())
     }
 
-    /// The envd client of a running sandbox.
-    pub async fn envd(&self, id: &str) -> Result<EnvdClient, SandboxError> {
+    /// The envd client of a running sandbox with nothing under way, and the mark of an exec or
+    /// transfer about to use it: hold the [`Activity`] until that ends (a pause waits for it).
+    pub async fn envd(&self, id: &str) -> Result<(EnvdClient, Activity), SandboxError> {
         let e = self.entry(id)?;
         let inner = e.lock().await;
-        match (&inner.rec.status, &inner.envd) {
-            (SandboxStatus::Running, Some(c)) => Ok(c.clone()),
-            (s, _) => Err(SandboxError::Conflict(format!(
+        match (&inner.rec.status, &inner.envd, inner.rec.op) {
+            (SandboxStatus::Running, Some(c), None) => {
+                e.busy.fetch_add(1, Ordering::AcqRel);
+                Ok((c.clone(), Activity(e.clone())))
+            }
+            (s, _, _) => Err(SandboxError::Conflict(format!(
                 "sandbox {id} is {}, not running",
                 s.as_str()
             ))),
         }
     }
+}
+
+/// A sandbox an operation found gone once it had the lock (destroyed, snapshotted or a failed
+/// create while it waited).
+fn ensure_present(rec: &SandboxOnDisk) -> Result<(), SandboxError> {
+    if rec.status == SandboxStatus::Stopped {
+        return Err(SandboxError::NotFound(rec.id.clone()));
+    }
+    Ok(())
 }
 
 fn envd_for(slot: &Slot) -> Result<EnvdClient, SandboxError> {
@@ -323,12 +395,26 @@ fn expect_status(rec: &SandboxOnDisk, want: SandboxStatus) -> Result<(), Sandbox
     )))
 }
 
+/// Puts a sandbox in `error` keeping its files (disk, RAM, state): a guest that ran again after
+/// a resume and then failed, or one lost mid-operation. Its record says so; destroy removes it.
+fn mark_error_keep_files(dir: &Path, rec: &mut SandboxOnDisk, why: String) {
+    rec.status = SandboxStatus::Error;
+    rec.error = Some(why);
+    rec.slot = None;
+    rec.host_ip.clear();
+    rec.op = None;
+    if let Err(e) = records::write_json(&dir.join("sandbox.json"), rec) {
+        tracing::warn!(sandbox = %rec.id, "recording error: {e}");
+    }
+}
+
 /// Puts a sandbox in `error`, keeping only its record.
 fn mark_error(dir: &Path, rec: &mut SandboxOnDisk, why: String) {
     rec.status = SandboxStatus::Error;
     rec.error = Some(why);
     rec.slot = None;
     rec.host_ip.clear();
+    rec.op = None;
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             if e.file_name() != "sandbox.json" {
@@ -371,6 +457,7 @@ mod tests {
             created_at: now_rfc3339(),
             started_at: None,
             error: None,
+            op: None,
         }
     }
 

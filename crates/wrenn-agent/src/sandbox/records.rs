@@ -98,6 +98,30 @@ impl RamMode {
     }
 }
 
+/// The operation under way on a sandbox, recorded in `sandbox.json` before its first step
+/// that cannot be taken back and cleared with its result, so a restarted agent knows what to
+/// finish or undo (`recover.rs`). Internal to the agent: the wire status stays the nearest of
+/// the five (`pending` while creating, the status the operation started from otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// Files and VM being made; a crash removes what was made.
+    Creating,
+    /// Device state being saved (to `state.next`, see [`NEXT_STATE_FILE`]) and QEMU ended.
+    Pausing,
+    /// A VM being started from the saved state; with status `running` the guest has run again
+    /// (its RAM file and disk changed), so going back to the saved state is no longer possible.
+    Resuming,
+    /// A paused sandbox being turned into a template.
+    Snapshotting,
+    /// VM, slot and files being removed.
+    Destroying,
+}
+
+/// Where a pause saves device state; renamed to `state` once the sandbox is recorded paused.
+/// It only ever appears complete (the VM layer writes a `.partial` file and renames it).
+pub const NEXT_STATE_FILE: &str = "state.next";
+
 /// The persistent record of one sandbox on this host (`sandboxes/<id>/sandbox.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SandboxOnDisk {
@@ -119,6 +143,9 @@ pub struct SandboxOnDisk {
     pub started_at: Option<String>,
     #[serde(default)]
     pub error: Option<String>,
+    /// The operation under way, if any (absent in records of earlier agents and at rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<Op>,
 }
 
 /// `meta.json` of a snapshot image.
@@ -275,6 +302,7 @@ mod tests {
         assert_eq!(rec.ram, RamMode::InState);
         assert_eq!(rec.status, SandboxStatus::Paused);
         assert_eq!(rec.layers.len(), 3);
+        assert_eq!(rec.op, None);
         assert_eq!(rec.started_at.as_deref(), Some("2026-11-30T10:00:01.000Z"));
         // The other two combinations earlier agents wrote.
         for (json, want) in [

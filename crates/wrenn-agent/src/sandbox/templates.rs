@@ -5,9 +5,11 @@
 //! template removes its names only: sandboxes made from it keep their hard links. It must not
 //! change a sandbox other than the one being snapshotted, nor the base images.
 
-use super::records::{self, ImageMeta, RamMode, SandboxOnDisk};
+use super::lifecycle::{retire_sandbox_dir, wait_idle};
+use super::records::{self, ImageMeta, Op, RamMode, SandboxOnDisk};
 use super::{
-    blocking, disk, io, now_rfc3339, pre_exec_in, spec_for, valid_name, Manager, SandboxError,
+    blocking, disk, ensure_present, io, now_rfc3339, pre_exec_in, spec_for, valid_name, Manager,
+    SandboxError,
 };
 use crate::vmm::Vm;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,24 @@ use wrenn_types::agent::{SandboxStatus, TemplateInfo, TemplateKind};
 impl Manager {
     /// Turns a sandbox into a template named `name` (its RAM, device state and disk) and
     /// removes the sandbox. Sandboxes already made from an overwritten template keep working.
+    /// Runs to its end whatever happens to the caller; a running sandbox is paused first (as
+    /// a pause would, recorded paused), then the intent `snapshotting` is recorded; the
+    /// published template names its sandbox (`from-sandbox`), so a restart knows whether the
+    /// snapshot finished.
     pub async fn snapshot(
+        &self,
+        id: &str,
+        name: &str,
+        overwrite: bool,
+    ) -> Result<TemplateInfo, SandboxError> {
+        let (id, name) = (id.to_string(), name.to_string());
+        self.run_to_end("snapshot", move |m| async move {
+            m.snapshot_now(&id, &name, overwrite).await
+        })
+        .await
+    }
+
+    async fn snapshot_now(
         &self,
         id: &str,
         name: &str,
@@ -39,8 +58,12 @@ impl Manager {
         }
         let e = self.entry(id)?;
         let mut inner = e.lock().await;
+        ensure_present(&inner.rec)?;
         match inner.rec.status {
-            SandboxStatus::Running => self.save_and_stop(&mut inner).await?,
+            SandboxStatus::Running => {
+                wait_idle(&e).await?;
+                self.save_and_stop(&mut inner).await?
+            }
             SandboxStatus::Paused => {}
             s => {
                 return Err(SandboxError::Conflict(format!(
@@ -51,31 +74,45 @@ impl Manager {
         }
         let dir = self.sandbox_dir(id);
         let tmp = temp_dir_in(&self.cfg.data_dir.join("templates"));
-        std::fs::create_dir_all(&tmp).map_err(io("create template dir"))?;
-        let built = self.build_template(&inner.rec, &dir, &tmp, name).await;
-        let meta = match built {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e);
-            }
-        };
-        {
+        let published = async {
+            inner.rec.op = Some(Op::Snapshotting);
+            records::write_json(&dir.join("sandbox.json"), &inner.rec)
+                .map_err(io("write record"))?;
+            self.fail("agent.snapshot.after_intent").await?;
+            std::fs::create_dir_all(&tmp).map_err(io("create template dir"))?;
+            let meta = self.build_template(&inner.rec, &dir, &tmp, name).await?;
+            std::fs::write(tmp.join(FROM_SANDBOX_FILE), id).map_err(io("name the source"))?;
             let _g = self.template_lock.lock().await;
             let target = self.template_dir(name);
             if target.exists() && !overwrite {
-                let _ = std::fs::remove_dir_all(&tmp);
                 return Err(SandboxError::AlreadyExists(format!(
                     "template {name} already exists"
                 )));
             }
             publish_dir(&tmp, &target)?;
+            Ok(meta)
         }
-        // The sandbox has become the template.
+        .await;
+        let meta = match published {
+            Ok(m) => m,
+            Err(e) => {
+                // Still the paused sandbox it was.
+                let _ = std::fs::remove_dir_all(&tmp);
+                inner.rec.op = None;
+                if let Err(w) = records::write_json(&dir.join("sandbox.json"), &inner.rec) {
+                    tracing::warn!(sandbox = id, "recording the snapshot undone: {w}");
+                }
+                return Err(e);
+            }
+        };
+        // The sandbox has become the template: from here the snapshot is only finished.
+        if let Err(e) = self.fail("agent.snapshot.after_publish").await {
+            tracing::warn!(sandbox = id, "{e}; the snapshot is finished anyway");
+        }
         self.teardown(&mut inner).await;
         inner.rec.status = SandboxStatus::Stopped;
-        let _ = std::fs::remove_dir_all(&dir);
-        self.sandboxes.lock().expect("sandboxes lock").remove(id);
+        retire_sandbox_dir(&dir);
+        self.forget(id, &e);
         Ok(template_info(&meta, &self.template_dir(name)))
     }
 
@@ -93,7 +130,11 @@ impl Manager {
                 "flat-{}.qcow2",
                 &uuid::Uuid::new_v4().simple().to_string()[..12]
             );
-            let top = dir.join(layers.last().expect("layers"));
+            let Some(top) = layers.last().map(|l| dir.join(l)) else {
+                return Err(SandboxError::Internal(
+                    "a sandbox without disk layers".into(),
+                ));
+            };
             let out = tmp.join(&flat);
             blocking("flatten disk", move || disk::flatten(&top, &out)).await?;
             layers = vec![flat];
@@ -196,6 +237,23 @@ impl Manager {
         let _g = self.template_lock.lock().await;
         retire_dir(&dir)
     }
+}
+
+/// In a snapshot template made from a sandbox: that sandbox's id.
+pub(super) const FROM_SANDBOX_FILE: &str = "from-sandbox";
+
+/// True when the snapshot template of a sandbox with this id is published (a snapshot cut
+/// short after its publication finished).
+pub(super) fn template_from(templates: &Path, id: &str) -> bool {
+    std::fs::read_dir(templates)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with(".tmp-"))
+                .any(|e| {
+                    std::fs::read_to_string(e.path().join(FROM_SANDBOX_FILE)).is_ok_and(|s| s == id)
+                })
+        })
+        .unwrap_or(false)
 }
 
 fn template_info(meta: &ImageMeta, dir: &Path) -> TemplateInfo {
