@@ -37,6 +37,8 @@ mod recover;
 mod templates;
 mod warm;
 
+pub use warm::{WarmOutcome, WarmSpec};
+
 use crate::envd_client::EnvdClient;
 use crate::failpoints::Failpoints;
 use crate::images::Images;
