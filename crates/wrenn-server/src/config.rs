@@ -93,6 +93,14 @@ pub struct ServerConfig {
     /// of them, the client address is the last one of `X-Forwarded-For`. Empty by default
     /// (the socket peer is the client).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Connections the public listener serves at once (`Server::serve`; default 2048);
+    /// further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Longest time a quick request (auth, API keys, reads of sandboxes and snapshots, ping)
+    /// may take before it is answered `504 timeout` (default 30 s). Lifecycle operations run
+    /// to completion whatever their caller does and have the agent client's own deadlines;
+    /// exec has its own timeout; file transfers stream.
+    pub request_timeout: Duration,
 }
 
 /// Who may create accounts.
@@ -255,6 +263,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("signup", &self.signup)
             .field("auth_limits", &self.auth_limits)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("max_connections", &self.max_connections)
+            .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -281,6 +291,8 @@ impl ServerConfig {
             signup: SignupMode::Open,
             auth_limits: AuthLimits::default(),
             trusted_proxies: Vec::new(),
+            max_connections: crate::listener::DEFAULT_MAX_CONNECTIONS,
+            request_timeout: Duration::from_secs(30),
         }
     }
 

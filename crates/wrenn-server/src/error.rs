@@ -66,6 +66,9 @@ pub enum ErrorCode {
     /// Signup is closed on this control plane (additive to the seed spec).
     #[serde(rename = "signup_closed")]
     SignupClosed,
+    /// The request took longer than the server allows (additive to the seed spec).
+    #[serde(rename = "timeout")]
+    Timeout,
     #[serde(rename = "agent_error")]
     AgentError,
     #[serde(rename = "internal_error")]
@@ -93,6 +96,7 @@ impl ErrorCode {
             NoCapacity => StatusCode::SERVICE_UNAVAILABLE,
             QuotaExceeded | RateLimited => StatusCode::TOO_MANY_REQUESTS,
             SignupClosed => StatusCode::FORBIDDEN,
+            Timeout => StatusCode::GATEWAY_TIMEOUT,
             AgentError => StatusCode::BAD_GATEWAY,
             InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -177,6 +181,9 @@ pub enum ApiError {
     /// Signup is closed: accounts are created by an administrator.
     #[error("signup is closed on this server; ask its administrator for an account")]
     SignupClosed,
+    /// The request took longer than `request_timeout`.
+    #[error("the request took too long")]
+    Timeout,
     /// The team is at one of its quotas; the message names it.
     #[error("team quota exceeded: {0}")]
     QuotaExceeded(QuotaExceeded),
@@ -256,6 +263,7 @@ impl ApiError {
             QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             RateLimited(_) => ErrorCode::RateLimited,
             SignupClosed => ErrorCode::SignupClosed,
+            Timeout => ErrorCode::Timeout,
             Agent(_) | NoHost => ErrorCode::AgentError,
             Store(_) | Internal(_) => ErrorCode::InternalError,
         }
@@ -304,7 +312,9 @@ impl IntoResponse for ApiError {
                 tracing::warn!(error = %e, "host agent error");
                 with_id(tenant_agent_message(e))
             }
-            ApiError::NoHost | ApiError::NoCapacity => with_id(self.to_string()),
+            ApiError::NoHost | ApiError::NoCapacity | ApiError::Timeout => {
+                with_id(self.to_string())
+            }
             _ => self.to_string(),
         };
         let mut res = (code.status(), Json(ErrorBody::with_code(code, message))).into_response();
@@ -323,7 +333,7 @@ mod tests {
     use super::*;
 
     /// Every code with its wire name and status, as the spec's clients know them.
-    const CODES: [(ErrorCode, &str, u16); 25] = [
+    const CODES: [(ErrorCode, &str, u16); 26] = [
         (ErrorCode::BadRequest, "bad_request", 400),
         (ErrorCode::InvalidJson, "invalid_json", 400),
         (
@@ -355,6 +365,7 @@ mod tests {
         (ErrorCode::QuotaExceeded, "quota_exceeded", 429),
         (ErrorCode::RateLimited, "rate_limited", 429),
         (ErrorCode::SignupClosed, "signup_closed", 403),
+        (ErrorCode::Timeout, "timeout", 504),
         (ErrorCode::AgentError, "agent_error", 502),
         (ErrorCode::InternalError, "internal_error", 500),
     ];

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod failpoints;
+pub mod listener;
 pub mod metrics;
 pub mod placement;
 pub mod reaper;
@@ -29,4 +30,4 @@ pub mod store;
 
 pub use config::{limits, ConfigError, GithubConfig, OAuthConfig, ServerConfig};
 pub use error::{ApiError, ErrorCode};
-pub use server::{add_account, build, serve, AddedAccount, BuildError, Server};
+pub use server::{add_account, build, serve, serve_limited, AddedAccount, BuildError, Server};

@@ -104,6 +104,12 @@ impl Server {
         crate::api::router(self.app.clone())
     }
 
+    /// Serves the public API on `listener` with the configured connection limit
+    /// (`cfg.max_connections`) until the process ends.
+    pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        serve_limited(listener, self.router(), self.app.cfg.max_connections).await
+    }
+
     /// The store (for tools and tests).
     pub fn store(&self) -> Arc<dyn Store> {
         self.app.store.clone()
@@ -125,12 +131,23 @@ impl Server {
     }
 }
 
-/// Serves `router` on `listener` until the process ends. Each request knows its
-/// connection's peer address (the client address of login and signup rate limits).
+/// Serves `router` on `listener` until the process ends, with at most
+/// [`DEFAULT_MAX_CONNECTIONS`](crate::listener::DEFAULT_MAX_CONNECTIONS) connections open
+/// ([`Server::serve`] uses the configured limit). Each request knows its connection's peer
+/// address (the client address of login and signup rate limits).
 pub async fn serve(listener: tokio::net::TcpListener, router: axum::Router) -> std::io::Result<()> {
+    serve_limited(listener, router, crate::listener::DEFAULT_MAX_CONNECTIONS).await
+}
+
+/// [`serve`] with at most `max_connections` connections open at once.
+pub async fn serve_limited(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    max_connections: usize,
+) -> std::io::Result<()> {
     axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        crate::listener::Limited::new(listener, max_connections),
+        router.into_make_service_with_connect_info::<crate::listener::Peer>(),
     )
     .await
 }

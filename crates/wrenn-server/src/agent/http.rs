@@ -1,7 +1,9 @@
 //! [`HttpAgent`]: the [`HostAgent`] client for a real host agent at a base URL, over HTTP/JSON
 //! (reqwest) and WebSocket (tokio-tungstenite), with `Authorization: Bearer <token>` on every
 //! request. URLs are built from the routes of [`paths`]. File bodies are streamed both ways
-//! and never collected here.
+//! and never collected here; JSON answers and error bodies are read up to a limit
+//! ([`MAX_ANSWER_BYTES`], [`MAX_EXEC_ANSWER_BYTES`], [`MAX_ERROR_BYTES`]), so an agent cannot
+//! make the control plane hold an unbounded answer.
 
 use super::{AgentApiError, AgentResult, ByteStream, ExecSession, FileBody, HostAgent};
 use async_trait::async_trait;
@@ -24,6 +26,12 @@ const QUICK_TIMEOUT: Duration = Duration::from_secs(15);
 const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Slack added to an exec's own timeout.
 const EXEC_SLACK: Duration = Duration::from_secs(30);
+/// Largest JSON answer read from an agent (host info, lists, a sandbox, a template).
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+/// Largest exec answer read (its output, JSON-escaped or base64, is in it).
+pub const MAX_EXEC_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+/// Largest error body read from an agent.
+pub const MAX_ERROR_BYTES: usize = 64 * 1024;
 
 /// A client for one host agent.
 #[derive(Clone)]
@@ -81,10 +89,18 @@ impl HttpAgent {
     }
 
     async fn json<T: DeserializeOwned>(&self, rb: RequestBuilder) -> AgentResult<T> {
+        self.json_within(rb, MAX_ANSWER_BYTES).await
+    }
+
+    /// [`HttpAgent::json`] for an answer of at most `limit` bytes.
+    async fn json_within<T: DeserializeOwned>(
+        &self,
+        rb: RequestBuilder,
+        limit: usize,
+    ) -> AgentResult<T> {
         let resp = self.send(rb).await?;
-        resp.json::<T>()
-            .await
-            .map_err(|e| AgentApiError::Protocol(e.to_string()))
+        let body = read_limited(resp, limit).await?;
+        serde_json::from_slice(&body).map_err(|e| AgentApiError::Protocol(e.to_string()))
     }
 
     /// A call without a body whose answer is JSON.
@@ -110,10 +126,28 @@ fn file_query(path: &str) -> FileQuery {
     }
 }
 
+/// The answer's body, refused when over `limit` bytes (by its length, or as it arrives).
+async fn read_limited(mut resp: Response, limit: usize) -> AgentResult<Vec<u8>> {
+    let over = || AgentApiError::Protocol(format!("answer over {limit} bytes"));
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(over());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > limit {
+            return Err(over());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 async fn error_from_response(resp: Response) -> AgentApiError {
     let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    error_from_body(status, &text)
+    match read_limited(resp, MAX_ERROR_BYTES).await {
+        Ok(body) => error_from_body(status, &String::from_utf8_lossy(&body)),
+        Err(e) => e,
+    }
 }
 
 fn error_from_body(status: u16, text: &str) -> AgentApiError {
@@ -173,8 +207,8 @@ impl HostAgent for HttpAgent {
 
     async fn exec(&self, id: &str, req: &ExecRequest) -> AgentResult<ExecResponse> {
         let limit = Duration::from_secs(req.timeout_sec.unwrap_or(0)) + EXEC_SLACK;
-        self.json(self.req(paths::EXEC, id).json(req).timeout(limit))
-            .await
+        let rb = self.req(paths::EXEC, id).json(req).timeout(limit);
+        self.json_within(rb, MAX_EXEC_ANSWER_BYTES).await
     }
 
     async fn exec_stream(&self, id: &str) -> AgentResult<ExecSession> {

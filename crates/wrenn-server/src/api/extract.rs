@@ -131,8 +131,14 @@ impl FromRequestParts<Arc<App>> for ClientAddr {
         use axum::extract::ConnectInfo;
         let peer = parts
             .extensions
-            .get::<ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip());
+            .get::<ConnectInfo<crate::listener::Peer>>()
+            .map(|c| c.0 .0.ip())
+            .or_else(|| {
+                parts
+                    .extensions
+                    .get::<ConnectInfo<std::net::SocketAddr>>()
+                    .map(|c| c.0.ip())
+            });
         let Some(peer) = peer else {
             return Ok(ClientAddr(None));
         };

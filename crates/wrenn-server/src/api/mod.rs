@@ -21,6 +21,7 @@ use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Multipart, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -61,23 +62,34 @@ impl<S: Send + Sync> FromRequestParts<S> for PathArg {
 
 /// Builds the public API router over an [`App`].
 pub fn router(app: Arc<App>) -> Router {
+    // Quick requests are answered `504 timeout` after `cfg.request_timeout`.
+    let quick = axum::middleware::from_fn_with_state(app.clone(), deadline);
     Router::new()
         .route("/openapi.yaml", get(openapi))
         .route("/metrics", get(metrics))
-        .route("/v1/auth/signup", post(signup))
-        .route("/v1/auth/login", post(login))
+        .route("/v1/auth/signup", post(signup.layer(quick.clone())))
+        .route("/v1/auth/login", post(login.layer(quick.clone())))
         .route("/v1/auth/oauth/{provider}", get(oauth::start))
-        .route("/v1/auth/oauth/{provider}/callback", get(oauth::callback))
-        .route("/v1/api-keys", post(create_key).get(list_keys))
-        .route("/v1/api-keys/{id}", delete(delete_key))
-        .route("/v1/sandboxes", post(create_sandbox).get(list_sandboxes))
+        .route(
+            "/v1/auth/oauth/{provider}/callback",
+            get(oauth::callback.layer(quick.clone())),
+        )
+        .route(
+            "/v1/api-keys",
+            post(create_key.layer(quick.clone())).get(list_keys.layer(quick.clone())),
+        )
+        .route("/v1/api-keys/{id}", delete(delete_key.layer(quick.clone())))
+        .route(
+            "/v1/sandboxes",
+            post(create_sandbox).get(list_sandboxes.layer(quick.clone())),
+        )
         .route(
             "/v1/sandboxes/{id}",
-            get(get_sandbox).delete(destroy_sandbox),
+            get(get_sandbox.layer(quick.clone())).delete(destroy_sandbox),
         )
         .route("/v1/sandboxes/{id}/exec", post(exec))
         .route("/v1/sandboxes/{id}/exec/stream", get(exec_stream))
-        .route("/v1/sandboxes/{id}/ping", post(ping))
+        .route("/v1/sandboxes/{id}/ping", post(ping.layer(quick.clone())))
         .route("/v1/sandboxes/{id}/pause", post(pause))
         .route("/v1/sandboxes/{id}/resume", post(resume))
         .route(
@@ -90,7 +102,10 @@ pub fn router(app: Arc<App>) -> Router {
             post(files_stream_write).layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/sandboxes/{id}/files/stream/read", post(files_read))
-        .route("/v1/snapshots", post(create_snapshot).get(list_snapshots))
+        .route(
+            "/v1/snapshots",
+            post(create_snapshot).get(list_snapshots.layer(quick)),
+        )
         .route("/v1/snapshots/{name}", delete(delete_snapshot))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -109,6 +124,19 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 type Res<T> = Result<T, ApiError>;
+
+/// Answers `504 timeout` when the request takes longer than `cfg.request_timeout` (for the
+/// quick routes only).
+async fn deadline(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(app.cfg.request_timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}
 
 async fn route_not_found(uri: Uri) -> ApiError {
     ApiError::RouteNotFound(uri.path().chars().take(200).collect())
