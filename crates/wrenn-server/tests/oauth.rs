@@ -570,6 +570,38 @@ async fn new_user_is_created_and_returning_user_logs_in() {
 }
 
 #[tokio::test]
+async fn closed_signup_signs_in_linked_identities_only() {
+    let fake = Fake::start(GhUser::new(5150, "stranger@example.com")).await;
+    let ts = server_with(&fake, |c| {
+        c.signup = wrenn_server::config::SignupMode::Closed
+    })
+    .await;
+    assert_eq!(login(&ts).await.unwrap_err(), "signup_closed");
+    let store = ts.server.store();
+    assert!(store
+        .user_by_email("stranger@example.com")
+        .await
+        .unwrap()
+        .is_none());
+
+    // An identity an administrator linked still signs in.
+    let account = wrenn_server::store::NewAccount {
+        user_id: "usr-linked".into(),
+        team_id: "team-linked".into(),
+        team_name: "linked".into(),
+        email: "stranger@example.com".into(),
+        password_hash: None,
+        created_at: wrenn_server::store::now(),
+    };
+    store
+        .create_oauth_account(&account, "github", "5150")
+        .await
+        .unwrap();
+    let s = login(&ts).await.expect("linked identity");
+    assert_eq!(s.user_id, "usr-linked");
+}
+
+#[tokio::test]
 async fn email_comes_from_the_emails_endpoint_when_the_profile_has_none() {
     let mut u = GhUser::new(7, "unused@example.com");
     u.email = None;
