@@ -174,9 +174,16 @@ pub async fn start(
     if accel == Accel::Tcg {
         tracing::warn!(
             "no usable hardware virtualisation (KVM with vmx/svm): guests run under TCG \
-             emulation, which is much slower"
+             emulation, which is much slower; TCG is not a security boundary by QEMU's own \
+             account, so the VM jail (own uid, mount namespace, seccomp, cgroup) is what \
+             contains a guest that escapes into QEMU"
         );
     }
+    if !vmm::jail::config().enabled {
+        tracing::warn!("WRENN_JAIL=off: QEMU runs as root, unjailed (for measurements only)");
+    }
+    // Finds the per-VM cgroups now, so a host without them is told at start.
+    let _ = vmm::cgroup::cgroups();
     let manager = Manager::start(
         ManagerConfig {
             data_dir: cfg.data_dir.clone(),

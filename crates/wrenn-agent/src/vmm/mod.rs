@@ -14,13 +14,16 @@
 //! QMP client.
 
 mod accel;
+pub mod cgroup;
+pub mod jail;
 pub mod qmp;
 mod spec;
 
 pub use accel::{choose_accel, cpu_has_hw_virt, host_cpu_khz, AccelChoice};
 use qmp::{Qmp, QmpError};
 use serde_json::json;
-pub use spec::{kernel_cmdline, qemu_args, RamMapping, Start, VmSpec};
+pub use spec::{kernel_cmdline, qemu_args, Launch, RamMapping, Start, VmSpec};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,6 +63,8 @@ pub struct Vm {
     pub pid: u32,
     pub qmp: Arc<Qmp>,
     pub spec: VmSpec,
+    /// The inode of this QEMU's jail directory, so only its own jail is removed after it.
+    jail_ino: Option<u64>,
 }
 
 /// Prepares QEMU's command before it is started (e.g. to run it inside a network namespace).
@@ -103,11 +108,11 @@ impl Vm {
         let r = async {
             // The capability changes the stream's format: it must be what the saver used.
             vm.set_migration_caps(saved_with.ignore_shared()).await?;
+            let f = std::fs::File::open(state).map_err(io_err("open saved state"))?;
+            vm.qmp.send_fd("state", f.as_fd()).await?;
+            drop(f);
             vm.qmp
-                .execute(
-                    "migrate-incoming",
-                    json!({ "uri": format!("exec:cat {}", shell_path(state)?) }),
-                )
+                .execute("migrate-incoming", json!({ "uri": "fd:state" }))
                 .await?;
             vm.wait_migration("restore").await
         }
@@ -128,7 +133,14 @@ impl Vm {
             return Err(VmError::Gone(pid));
         }
         let qmp = Qmp::connect(&spec.qmp_path()).await?;
-        Ok(Vm { pid, qmp, spec })
+        let vm = Vm {
+            pid,
+            qmp,
+            jail_ino: dir_ino(&spec.jail_path()),
+            spec,
+        };
+        vm.clean_up_after_exit();
+        Ok(vm)
     }
 
     async fn spawn(
@@ -136,40 +148,120 @@ impl Vm {
         start: Start,
         pre_exec: Option<PreExec<'_>>,
     ) -> Result<Vm, VmError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let cfg = jail::config();
         std::fs::create_dir_all(&spec.run_dir).map_err(io_err("create run dir"))?;
         for p in [spec.qmp_path(), spec.pid_path()] {
             let _ = std::fs::remove_file(p);
         }
-        let mut std_cmd = std::process::Command::new(&spec.qemu_bin);
+        // Descriptors QEMU inherits: the listening QMP socket (only the agent can reach its
+        // path) and a placeholder whose number the TAP device takes in the child.
+        let listener = std::os::unix::net::UnixListener::bind(spec.qmp_path())
+            .map_err(io_err("bind QMP socket"))?;
+        let tap_slot = std::fs::File::open("/dev/null").map_err(io_err("open /dev/null"))?;
+        let console = std::fs::File::create(spec.console_path()).map_err(io_err("console log"))?;
+        let log = std::fs::File::create(spec.log_path()).map_err(io_err("QEMU log"))?;
+        let (qmp_fd, tap_fd) = (listener.as_raw_fd(), tap_slot.as_raw_fd());
+        let lease;
+        let (launch, jail_plan) = if cfg.enabled {
+            lease = jail::allocate_uid(cfg).map_err(io_err("VM uid"))?;
+            let files = jail::build(&spec.jail_path(), lease.0, cfg.shared_gid(), &spec)
+                .map_err(io_err("build jail"))?;
+            let plan = jail::JailPlan::new(&spec.jail_path(), lease.0, cfg.shared_gid())
+                .map_err(io_err("jail path"))?;
+            let launch = Launch {
+                kernel: files.kernel,
+                initrd: files.initrd,
+                mem: files.mem,
+                disk: files.disk,
+                tap_fd,
+                qmp_fd,
+                sandbox: true,
+            };
+            (launch, Some(plan))
+        } else {
+            (Launch::plain(&spec, tap_fd, qmp_fd), None)
+        };
+        let cgroup_procs = match cgroup::cgroups() {
+            Some(cg) => {
+                let overhead = match spec.accel {
+                    Accel::Tcg => cgroup::OVERHEAD_TCG_MB,
+                    Accel::Kvm => cgroup::OVERHEAD_KVM_MB,
+                };
+                let limits =
+                    cgroup::Limits::for_vm(spec.vcpus, spec.memory_mb, overhead, cg.cpu_ratio);
+                Some(
+                    cg.create(&spec.run_dir, &limits)
+                        .map_err(io_err("VM cgroup"))?,
+                )
+            }
+            None => None,
+        };
+        let plan = jail::ChildPlan {
+            cgroup_procs: cgroup_procs.as_ref().map(|f| f.as_raw_fd()),
+            tap: Some((
+                jail::ifname(&spec.tap).map_err(|e| VmError::Start(e.to_string()))?,
+                tap_fd,
+            )),
+            keep: vec![qmp_fd],
+            jail: jail_plan,
+        };
+        let qemu_bin = resolve_bin(&spec.qemu_bin)?;
+        let mut std_cmd = std::process::Command::new(&qemu_bin);
         std_cmd
-            .args(qemu_args(&spec, start))
+            .args(qemu_args(&spec, start, &launch))
+            .current_dir("/")
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
+            .stdout(console)
+            .stderr(log);
         if let Some(hook) = pre_exec {
             hook(&mut std_cmd).map_err(|e| VmError::Start(format!("prepare QEMU: {e}")))?;
         }
-        let out = tokio::process::Command::from(std_cmd)
-            .output()
-            .await
-            .map_err(|e| VmError::Start(format!("{}: {e}", spec.qemu_bin.display())))?;
-        if !out.status.success() {
-            return Err(VmError::Start(format!(
-                "{} ({}): {}",
-                spec.qemu_bin.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+        // SAFETY: `ChildPlan::run` only makes system calls on data prepared before the fork.
+        unsafe {
+            std_cmd.pre_exec(move || plan.run());
         }
-        let pid = read_pid(&spec.pid_path())?;
-        let qmp = match Qmp::connect_retry(&spec.qmp_path(), Duration::from_secs(5)).await {
-            Ok(q) => q,
-            Err(e) => {
-                kill_pid(pid);
-                return Err(e.into());
+        let mut child = tokio::process::Command::from(std_cmd)
+            .spawn()
+            .map_err(|e| VmError::Start(format!("{}: {e}", qemu_bin.display())))?;
+        drop((listener, tap_slot, cgroup_procs));
+        let pid = child
+            .id()
+            .ok_or_else(|| VmError::Start("QEMU exited at once".into()))?;
+        let failed = |why: String| {
+            let log = std::fs::read_to_string(spec.log_path()).unwrap_or_default();
+            let _ = std::fs::remove_dir_all(spec.jail_path());
+            VmError::Start(format!("{} {why}: {}", qemu_bin.display(), log.trim()))
+        };
+        let qmp_path = spec.qmp_path();
+        let qmp = tokio::select! {
+            q = Qmp::connect(&qmp_path) => match q {
+                Ok(q) => q,
+                Err(e) => {
+                    kill_pid(pid);
+                    let _ = child.wait().await;
+                    return Err(failed(e.to_string()));
+                }
+            },
+            st = child.wait() => {
+                return Err(failed(match st {
+                    Ok(st) => format!("exited ({st})"),
+                    Err(e) => e.to_string(),
+                }));
             }
         };
-        Ok(Vm { pid, qmp, spec })
+        std::fs::write(spec.pid_path(), format!("{pid}\n")).map_err(io_err("write pid file"))?;
+        // The child is left to run; tokio reaps it if it exits while this agent runs.
+        drop(child);
+        let vm = Vm {
+            pid,
+            qmp,
+            jail_ino: dir_ino(&spec.jail_path()),
+            spec,
+        };
+        vm.clean_up_after_exit();
+        Ok(vm)
     }
 
     /// `ignore_shared`: leave RAM that is a shared file out of the stream (and expect it left
@@ -225,11 +317,11 @@ impl Vm {
         self.qmp.execute("stop", serde_json::Value::Null).await?;
         let tmp = state.with_extension("partial");
         let _ = std::fs::remove_file(&tmp);
+        let f = std::fs::File::create(&tmp).map_err(io_err("create state file"))?;
+        self.qmp.send_fd("state", f.as_fd()).await?;
+        drop(f);
         self.qmp
-            .execute(
-                "migrate",
-                json!({ "uri": format!("exec:cat > {}", shell_path(&tmp)?) }),
-            )
+            .execute("migrate", json!({ "uri": "fd:state" }))
             .await?;
         self.wait_migration("save").await?;
         std::fs::rename(&tmp, state).map_err(io_err("rename saved state"))?;
@@ -252,6 +344,7 @@ impl Vm {
             kill_pid(self.pid);
             wait_gone(self.pid, Duration::from_secs(5)).await;
         }
+        release(&self.spec.run_dir, self.jail_ino).await;
         Ok(())
     }
 
@@ -259,22 +352,66 @@ impl Vm {
     pub async fn kill(&self) {
         kill_pid(self.pid);
         wait_gone(self.pid, Duration::from_secs(5)).await;
+        release(&self.spec.run_dir, self.jail_ino).await;
+    }
+
+    /// The cgroup this VM runs in, if the host has them.
+    pub fn cgroup_path(&self) -> Option<std::path::PathBuf> {
+        cgroup::cgroups().map(|c| c.path_for(&self.spec.run_dir))
+    }
+
+    /// Removes the jail and the cgroup when QEMU exits on its own (the QMP socket closes and
+    /// the process is gone; a session dropped while QEMU runs leaves both).
+    fn clean_up_after_exit(&self) {
+        let closed = self.qmp.closed_signal();
+        let (pid, run_dir, ino) = (self.pid, self.spec.run_dir.clone(), self.jail_ino);
+        tokio::spawn(async move {
+            closed.await;
+            if wait_gone(pid, Duration::from_secs(2)).await {
+                release(&run_dir, ino).await;
+            }
+        });
     }
 }
 
-/// Paths go into QEMU's `exec:` migration URI, which runs through `/bin/sh`; only plain paths
-/// are accepted so nothing in them can be interpreted by the shell.
-fn shell_path(p: &Path) -> Result<String, VmError> {
-    let s = p.display().to_string();
-    if s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
-    {
-        Ok(s)
-    } else {
-        Err(VmError::Migration(format!(
-            "path {s:?} has characters that are not allowed in a state path"
-        )))
+fn dir_ino(p: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| m.ino())
+}
+
+/// Removes what a QEMU that is gone leaves: its jail (when it is still the one with inode
+/// `jail_ino`: a newer QEMU of the same run dir may have made its own) and its cgroup.
+async fn release(run_dir: &Path, jail_ino: Option<u64>) {
+    let jail = run_dir.join("jail");
+    if jail_ino.is_some() && dir_ino(&jail) == jail_ino {
+        let _ = std::fs::remove_dir_all(&jail);
     }
+    if let Some(cg) = cgroup::cgroups() {
+        cg.remove(run_dir).await;
+    }
+}
+
+/// QEMU's program as an absolute path (it is executed inside the jail, where only `/usr` is).
+fn resolve_bin(bin: &Path) -> Result<std::path::PathBuf, VmError> {
+    let found = if bin.is_absolute() {
+        Some(bin.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(bin))
+                .find(|p| p.is_file())
+        })
+    };
+    let p = found
+        .and_then(|p| p.canonicalize().ok())
+        .ok_or_else(|| VmError::Start(format!("{} not found", bin.display())))?;
+    if jail::config().enabled && !p.starts_with("/usr") {
+        return Err(VmError::Start(format!(
+            "{}: the VM jail holds /usr only; install QEMU there",
+            p.display()
+        )));
+    }
+    Ok(p)
 }
 
 fn read_pid(path: &Path) -> Result<u32, VmError> {
@@ -343,13 +480,6 @@ async fn wait_gone(pid: u32, within: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn state_paths_are_shell_safe() {
-        assert!(shell_path(Path::new("/var/lib/wrenn/sb-1/state")).is_ok());
-        assert!(shell_path(Path::new("/tmp/a;rm -rf /")).is_err());
-        assert!(shell_path(Path::new("/tmp/a b")).is_err());
-    }
 
     #[test]
     fn pid_checks() {

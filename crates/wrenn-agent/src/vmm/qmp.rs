@@ -199,6 +199,68 @@ impl Qmp {
         }
     }
 
+    /// Hands QEMU an open file under `name` (QMP `getfd`, the descriptor sent with the
+    /// command as `SCM_RIGHTS`), for a migration URI `fd:<name>`. QEMU keeps its own copy.
+    pub async fn send_fd(
+        &self,
+        name: &str,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), QmpError> {
+        use std::os::fd::AsRawFd;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let line = format!(
+            "{}\n",
+            json!({ "execute": "getfd", "arguments": { "fdname": name }, "id": id })
+        );
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .expect("qmp pending lock")
+            .insert(id, tx);
+        let io_err = |source| QmpError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        {
+            let w = self.writer.lock().await;
+            let stream: &UnixStream = w.as_ref();
+            let raw = fd.as_raw_fd();
+            let sent = loop {
+                stream.writable().await.map_err(io_err)?;
+                match stream.try_io(tokio::io::Interest::WRITABLE, || {
+                    send_with_fd(stream.as_raw_fd(), line.as_bytes(), raw)
+                }) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    r => break r,
+                }
+            };
+            match sent {
+                Ok(n) if n == line.len() => {}
+                Ok(_) => {
+                    return Err(QmpError::Protocol("getfd command cut short".into()));
+                }
+                Err(e) => {
+                    self.pending.lock().expect("qmp pending lock").remove(&id);
+                    return Err(io_err(e));
+                }
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(QmpError::Command { class, desc, .. }))) => Err(QmpError::Command {
+                command: "getfd".into(),
+                class,
+                desc,
+            }),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(QmpError::Protocol("QMP reader ended".into())),
+            Err(_) => {
+                self.pending.lock().expect("qmp pending lock").remove(&id);
+                Err(QmpError::Timeout("getfd".into()))
+            }
+        }
+    }
+
     /// True once the socket has closed.
     pub fn is_closed(&self) -> bool {
         *self.closed.borrow()
@@ -213,6 +275,38 @@ impl Qmp {
     /// keep the session open.
     pub fn closed_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         wait_closed(self.closed.clone())
+    }
+}
+
+/// One `sendmsg` of `data` carrying `fd` as `SCM_RIGHTS`.
+fn send_with_fd(sock: i32, data: &[u8], fd: i32) -> std::io::Result<usize> {
+    // SAFETY: `msghdr` and the control buffer are plain C structs on the stack, laid out with
+    // the CMSG_* helpers for exactly one descriptor; the iovec points at `data`, alive for the
+    // call.
+    unsafe {
+        let space = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
+        let mut control = [0u64; 8];
+        assert!(space <= std::mem::size_of_val(&control));
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut i32, fd);
+        let n = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 }
 

@@ -44,6 +44,15 @@ impl RamMapping {
         }
     }
 
+    /// Extra backend options: a copy-on-write file is opened read-only (the jailed QEMU may
+    /// only read a template's RAM file), the guest's RAM still writable (`rom=off`).
+    fn open_flags(self) -> &'static str {
+        match self {
+            RamMapping::Shared => "",
+            RamMapping::CopyOnWrite => ",readonly=on,rom=off",
+        }
+    }
+
     /// The `x-ignore-shared` capability a save from a VM mapped like this uses, and a load of
     /// its state must use too.
     pub(super) fn ignore_shared(self) -> bool {
@@ -80,7 +89,7 @@ pub struct VmSpec {
     /// TAP device inside the VM's network namespace.
     pub tap: String,
     pub mac: String,
-    /// Directory for the QMP socket, pid file and console log.
+    /// Directory for the QMP socket, pid file, console log and the jail.
     pub run_dir: PathBuf,
 }
 
@@ -94,10 +103,66 @@ impl VmSpec {
     pub fn console_path(&self) -> PathBuf {
         self.run_dir.join("console.log")
     }
+    /// QEMU's own messages (its stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.run_dir.join("qemu.log")
+    }
+    /// The root QEMU sees: links to the VM's files (see `jail.rs`).
+    pub fn jail_path(&self) -> PathBuf {
+        self.run_dir.join("jail")
+    }
 }
 
-/// The QEMU command line for `spec`; [`Start::Incoming`] adds `-incoming defer` for a restore.
-pub fn qemu_args(spec: &VmSpec, start: Start) -> Vec<String> {
+/// How one QEMU process is wired up: where it finds its files (inside its jail when jailed),
+/// the descriptors it inherits, and whether its seccomp filter is on.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub mem: PathBuf,
+    pub disk: PathBuf,
+    /// The open TAP device.
+    pub tap_fd: i32,
+    /// The listening QMP socket.
+    pub qmp_fd: i32,
+    /// QEMU's own seccomp filter.
+    pub sandbox: bool,
+}
+
+impl Launch {
+    /// The spec's own paths (no jail).
+    pub fn plain(spec: &VmSpec, tap_fd: i32, qmp_fd: i32) -> Launch {
+        Launch {
+            kernel: spec.kernel.clone(),
+            initrd: spec.initrd.clone(),
+            mem: spec.mem_path.clone(),
+            disk: spec.disk.clone(),
+            tap_fd,
+            qmp_fd,
+            sandbox: false,
+        }
+    }
+}
+
+/// QEMU's seccomp filter: no obsolete system calls, no setuid/setgid, no fork or exec, no
+/// scheduler or affinity changes.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// `-name` of a VM: names its QMP socket's host path, which is how [`super::is_our_qemu`]
+/// recognises it (QEMU gets the socket as a descriptor, so no path of it is on the command
+/// line otherwise). Commas are doubled for QEMU's option parser.
+pub fn identity(spec: &VmSpec) -> String {
+    format!(
+        "guest={}",
+        spec.qmp_path().display().to_string().replace(',', ",,")
+    )
+}
+
+/// The QEMU command line for `spec` started as `launch` says; [`Start::Incoming`] adds
+/// `-incoming defer` for a restore. QEMU stays in the foreground (the agent starts it in a
+/// session of its own): `-daemonize` forks after the seccomp filter is on, which `spawn=deny`
+/// forbids. The console is its stdout.
+pub fn qemu_args(spec: &VmSpec, start: Start, launch: &Launch) -> Vec<String> {
     let (accel, cpu) = match spec.accel {
         Accel::Kvm => ("kvm", "host,-arch-capabilities"),
         Accel::Tcg => ("tcg", "max"),
@@ -120,40 +185,46 @@ pub fn qemu_args(spec: &VmSpec, start: Start) -> Vec<String> {
         "-no-reboot".into(),
         "-display".into(),
         "none".into(),
-        "-daemonize".into(),
-        "-pidfile".into(),
-        spec.pid_path().display().to_string(),
+        "-name".into(),
+        identity(spec),
         "-serial".into(),
-        format!("file:{}", spec.console_path().display()),
-        "-qmp".into(),
-        format!("unix:{},server=on,wait=off", spec.qmp_path().display()),
+        "stdio".into(),
+        "-chardev".into(),
+        format!("socket,id=qmp,fd={},server=on,wait=off", launch.qmp_fd),
+        "-mon".into(),
+        "chardev=qmp,mode=control".into(),
         "-kernel".into(),
-        spec.kernel.display().to_string(),
+        launch.kernel.display().to_string(),
         "-initrd".into(),
-        spec.initrd.display().to_string(),
+        launch.initrd.display().to_string(),
         "-append".into(),
         spec.cmdline.clone(),
         "-object".into(),
         format!(
-            "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
+            "memory-backend-file,id=mem,size={}M,mem-path={},share={}{}",
             spec.memory_mb,
-            spec.mem_path.display(),
-            spec.mem_mapping.share()
+            launch.mem.display(),
+            spec.mem_mapping.share(),
+            spec.mem_mapping.open_flags()
         ),
         "-drive".into(),
         format!(
             "id=root,file={},format=qcow2,if=none,discard=unmap",
-            spec.disk.display()
+            launch.disk.display()
         ),
         "-device".into(),
         "virtio-blk-device,drive=root".into(),
         "-netdev".into(),
-        format!("tap,id=net0,ifname={},script=no,downscript=no", spec.tap),
+        format!("tap,id=net0,fd={}", launch.tap_fd),
         "-device".into(),
         format!("virtio-net-device,netdev=net0,mac={}", spec.mac),
         "-device".into(),
         "virtio-rng-device".into(),
     ];
+    if launch.sandbox {
+        a.push("-sandbox".into());
+        a.push(SANDBOX.into());
+    }
     match start {
         Start::Boot => {}
         Start::Incoming => {
@@ -186,15 +257,33 @@ mod tests {
         }
     }
 
+    fn launch() -> Launch {
+        Launch {
+            sandbox: true,
+            ..Launch::plain(&spec(), 7, 8)
+        }
+    }
+
+    #[test]
+    fn jailed_command_line_takes_descriptors_and_names_its_socket() {
+        let a = qemu_args(&spec(), Start::Boot, &launch());
+        assert!(a.iter().any(|x| x == "tap,id=net0,fd=7"));
+        assert!(a.iter().any(|x| x.contains("socket,id=qmp,fd=8,server=on")));
+        assert!(a.iter().any(|x| x == "guest=/s/qmp.sock"));
+        assert!(a.windows(2).any(|w| w[0] == "-sandbox" && w[1] == SANDBOX));
+        assert!(!a.iter().any(|x| x == "-daemonize"));
+    }
+
     #[test]
     fn accel_differs_only_in_accel_and_cpu_flags() {
-        let tcg = qemu_args(&spec(), Start::Boot);
+        let tcg = qemu_args(&spec(), Start::Boot, &launch());
         let kvm = qemu_args(
             &VmSpec {
                 accel: Accel::Kvm,
                 ..spec()
             },
             Start::Boot,
+            &launch(),
         );
         let diff: Vec<_> = tcg.iter().zip(&kvm).filter(|(a, b)| a != b).collect();
         assert_eq!(diff.len(), 2, "{diff:?}");
@@ -206,7 +295,7 @@ mod tests {
 
     #[test]
     fn memory_backend_share_and_incoming() {
-        let a = qemu_args(&spec(), Start::Incoming);
+        let a = qemu_args(&spec(), Start::Incoming, &launch());
         assert!(a.iter().any(|x| x.contains("mem-path=/s/mem,share=off")));
         assert!(a.iter().any(|x| x == "512M"));
         assert_eq!(&a[a.len() - 2..], ["-incoming", "defer"]);
@@ -216,6 +305,7 @@ mod tests {
                 ..spec()
             },
             Start::Boot,
+            &launch(),
         );
         assert!(b.iter().any(|x| x.contains("share=on")));
         assert!(!b.iter().any(|x| x == "-incoming"));
