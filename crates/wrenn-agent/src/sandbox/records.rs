@@ -349,6 +349,21 @@ mod tests {
     }
 
     #[test]
+    fn the_operation_under_way_is_kept_and_absent_at_rest() {
+        let base: SandboxOnDisk = serde_json::from_str(EARLIER_AGENT_RECORD).unwrap();
+        let at_rest = serde_json::to_value(&base).unwrap();
+        assert!(at_rest.get("op").is_none(), "{at_rest}");
+        let pausing = SandboxOnDisk {
+            op: Some(Op::Pausing),
+            ..base
+        };
+        let json = serde_json::to_value(&pausing).unwrap();
+        assert_eq!(json["op"], "pausing");
+        let back: SandboxOnDisk = serde_json::from_value(json).unwrap();
+        assert_eq!(back.op, Some(Op::Pausing));
+    }
+
+    #[test]
     fn a_clones_first_pause_carries_its_ram_and_its_resume_owns_it() {
         let created = RamMode::TemplateFile;
         assert_eq!(created.start().mapping, RamMapping::CopyOnWrite);

@@ -1,0 +1,467 @@
+//! The agent never loses a sandbox: end-to-end with real microVMs, the agent's internal API
+//! served by a child process (this test binary run again, see [`serve_agent_for_durability`])
+//! that a client can give up on and that a failure point can kill with SIGKILL mid-operation.
+//! After each kill a new agent starts on the same data dir (as a restarted service would) and
+//! the sandbox must be usable (running: exec works and a file written before is there; paused:
+//! resume works and the file is there) or in `error` with its files kept, with no QEMU of the
+//! data dir that no running sandbox owns.
+//!
+//! One sandbox is carried through every step (a cold boot of the warm snapshot is paid once);
+//! the steps run in order in one test. Needs root and the guest images (`WRENN_DATA_DIR`,
+//! default `/var/lib/wrenn`), like `vm_e2e.rs`.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use wrenn_agent::host::{self, AgentConfig};
+use wrenn_agent::images::NoProgress;
+use wrenn_agent::net::NetConfig;
+
+const TOKEN: &str = "test-agent-token-0123456789";
+/// Fixed prefix and slots: a run cleans up whatever a killed earlier run left behind.
+const PREFIX: &str = "ed";
+const FIRST_SLOT: u32 = 9100;
+/// The child agent's data dir; set only in the child.
+const CHILD_DIR_VAR: &str = "WRENN_DURABILITY_AGENT_DIR";
+
+fn images_dir() -> PathBuf {
+    std::env::var_os("WRENN_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/wrenn".into())
+}
+
+/// A fresh data directory beside the images (same filesystem: templates are hard-linked).
+fn scratch_dir(tag: &str) -> PathBuf {
+    let d = images_dir().join("e2e").join(format!(
+        "{tag}-{}-{:06}",
+        std::process::id(),
+        rand::random::<u32>() % 1_000_000
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    std::os::unix::fs::symlink(images_dir().join("images"), d.join("images")).unwrap();
+    d
+}
+
+fn agent_config(dir: &Path) -> AgentConfig {
+    let mut cfg = AgentConfig::new(dir.to_path_buf(), TOKEN.into());
+    cfg.net = NetConfig {
+        prefix: PREFIX.into(),
+        first_slot: FIRST_SLOT,
+        max_slots: 40,
+        pool_size: 1,
+        ..NetConfig::default()
+    };
+    cfg
+}
+
+/// The child: an agent on the data dir named by [`CHILD_DIR_VAR`], serving on loopback until
+/// it is killed; its port goes to `agent.port` in the data dir. Does nothing in a normal run.
+#[test]
+#[ignore = "run by durability_e2e as its child agent"]
+fn serve_agent_for_durability() {
+    let Some(dir) = std::env::var_os(CHILD_DIR_VAR).map(PathBuf::from) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let agent = host::start(agent_config(&dir), Box::new(NoProgress))
+            .await
+            .expect("agent starts (are the images built? run scripts/test)");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tmp = dir.join("agent.port.tmp");
+        std::fs::write(&tmp, port.to_string()).unwrap();
+        std::fs::rename(&tmp, dir.join("agent.port")).unwrap();
+        axum::serve(listener, agent.router).await.unwrap();
+    });
+}
+
+/// The agent under test: a child process serving on loopback.
+struct ChildAgent {
+    proc: std::process::Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ChildAgent {
+    /// Starts an agent on `dir` with the failure points of `failpoints` armed.
+    async fn start(dir: &Path, failpoints: &str) -> ChildAgent {
+        let port_file = dir.join("agent.port");
+        let _ = std::fs::remove_file(&port_file);
+        let proc = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "serve_agent_for_durability",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD_DIR_VAR, dir)
+            .env("WRENN_FAILPOINTS", failpoints)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "the child agent never served");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        ChildAgent {
+            proc,
+            base: format!("http://127.0.0.1:{}", port.trim()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(180))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// Kills the agent as a crash would (its VMs stay).
+    fn kill(mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+
+    /// Waits until the agent has ended (a failure point killed it).
+    async fn wait_killed(mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.proc.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the failure point never killed it"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.request(method, path);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Sends a request and gives up on it after `after` (as an impatient client does).
+    async fn give_up(&self, method: reqwest::Method, path: &str, body: Option<Value>, after: u64) {
+        let mut req = self
+            .request(method, path)
+            .timeout(Duration::from_millis(after));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let _ = req.send().await;
+    }
+
+    async fn post(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, None).await
+    }
+
+    async fn status(&self, id: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, &format!("/v1/sandboxes/{id}"), None)
+            .await
+    }
+
+    /// Waits until the sandbox is `want` (an operation a client gave up on finishing).
+    async fn wait_status(&self, id: &str, want: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let (_, v) = self.status(id).await;
+            if v["status"] == want {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{id} never became {want}: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn sh(&self, id: &str, script: &str) -> String {
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/sandboxes/{id}/exec"),
+                Some(json!({"cmd": "sh", "args": ["-c", script], "timeout_sec": 60})),
+            )
+            .await;
+        assert_eq!(s, 200, "exec {script:?}: {v}");
+        assert_eq!(v["exit_code"], 0, "script {script:?} failed: {v}");
+        v["stdout"].as_str().unwrap().to_string()
+    }
+
+    async fn pause(&self, id: &str) {
+        let (s, v) = self.post(&format!("/v1/sandboxes/{id}/pause")).await;
+        assert_eq!(s, 200, "pause: {v}");
+    }
+
+    async fn resume(&self, id: &str) {
+        let (s, v) = self.post(&format!("/v1/sandboxes/{id}/resume")).await;
+        assert_eq!(s, 200, "resume: {v}");
+    }
+
+    /// The sandbox runs, answers exec and still has the file written at the start.
+    async fn assert_usable(&self, id: &str) {
+        assert_eq!(self.sh(id, "cat /root/kept").await, "kept\n");
+    }
+}
+
+fn create_body(id: &str) -> Value {
+    json!({"id": id, "template": "minimal", "vcpus": 1, "memory_mb": 256})
+}
+
+fn new_id() -> String {
+    format!("sb-d{:06}", rand::random::<u32>() % 1_000_000)
+}
+
+/// The sandboxes whose directory some live QEMU names on its command line.
+fn qemu_sandboxes(dir: &Path) -> Vec<String> {
+    let prefix = format!("{}/", dir.join("sandboxes").display());
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.first().is_some_and(|a| a.contains("qemu-system")) {
+            continue;
+        }
+        for a in &args {
+            if let Some(rest) = a.split_once(&prefix).map(|(_, r)| r) {
+                let id = rest.split('/').next().unwrap_or_default().to_string();
+                if !out.contains(&id) {
+                    out.push(id);
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every QEMU of the data dir belongs to a running sandbox, and every running one has one.
+async fn assert_no_orphan_qemu(a: &ChildAgent, dir: &Path) {
+    let (_, list) = a.call(reqwest::Method::GET, "/v1/sandboxes", None).await;
+    let mut running: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "running")
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    running.sort();
+    assert_eq!(
+        qemu_sandboxes(dir),
+        running,
+        "QEMUs against running sandboxes"
+    );
+}
+
+/// A failure point kills the agent during an operation on `id`; a new agent must find the
+/// sandbox in one of `allowed` states with nothing orphaned. Returns the new agent and the
+/// status found.
+async fn kill_at(
+    dir: &Path,
+    a: ChildAgent,
+    point: &str,
+    id: &str,
+    op: &str,
+    allowed: &[&str],
+) -> (ChildAgent, String) {
+    a.kill();
+    let a = ChildAgent::start(dir, &format!("{point}=kill")).await;
+    a.give_up(
+        reqwest::Method::POST,
+        &format!("/v1/sandboxes/{id}/{op}"),
+        None,
+        180_000,
+    )
+    .await;
+    a.wait_killed().await;
+    let a = ChildAgent::start(dir, "").await;
+    let (s, v) = a.status(id).await;
+    assert_eq!(s, 200, "after {point}: {v}");
+    let status = v["status"].as_str().unwrap().to_string();
+    assert!(
+        allowed.contains(&status.as_str()),
+        "after {point}: {v} (allowed {allowed:?})"
+    );
+    assert_no_orphan_qemu(&a, dir).await;
+    (a, status)
+}
+
+#[test]
+fn operations_survive_dropped_clients_and_agent_crashes() {
+    if std::env::var_os(CHILD_DIR_VAR).is_some() {
+        return; // in the child agent
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = scratch_dir("durability");
+        let a = ChildAgent::start(&dir, "").await;
+        let id = new_id();
+        // A client that gives up on a create (here the first, which boots the warm snapshot):
+        // the create runs on and the sandbox is usable.
+        a.give_up(
+            reqwest::Method::POST,
+            "/v1/sandboxes",
+            Some(create_body(&id)),
+            20,
+        )
+        .await;
+        a.wait_status(&id, "running").await;
+        a.sh(&id, "echo kept > /root/kept && sync").await;
+
+        // A client that gives up on a pause: the pause finishes; the sandbox is not wedged
+        // (a second pause is a conflict, not a failure), and it resumes with its file.
+        a.give_up(
+            reqwest::Method::POST,
+            &format!("/v1/sandboxes/{id}/pause"),
+            None,
+            20,
+        )
+        .await;
+        a.wait_status(&id, "paused").await;
+        let (s, v) = a.post(&format!("/v1/sandboxes/{id}/pause")).await;
+        assert_eq!(s, 409, "second pause: {v}");
+        a.resume(&id).await;
+        a.assert_usable(&id).await;
+
+        // A client that gives up on a resume: the resume finishes.
+        a.pause(&id).await;
+        a.give_up(
+            reqwest::Method::POST,
+            &format!("/v1/sandboxes/{id}/resume"),
+            None,
+            20,
+        )
+        .await;
+        a.wait_status(&id, "running").await;
+        a.assert_usable(&id).await;
+        assert_no_orphan_qemu(&a, &dir).await;
+
+        // A destroy during a slow create waits for it and leaves nothing behind.
+        a.kill();
+        let a = ChildAgent::start(&dir, "agent.create.after_register=sleep(3000)").await;
+        let other = new_id();
+        let creating = {
+            let req = a
+                .request(reqwest::Method::POST, "/v1/sandboxes")
+                .json(&create_body(&other));
+            tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (s, v) = a.status(&other).await;
+        assert_eq!((s, v["status"].as_str()), (200, Some("pending")), "{v}");
+        let (s, v) = a
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/sandboxes/{other}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 204, "destroy during create: {v}");
+        let _ = creating.await;
+        let (s, _) = a.status(&other).await;
+        assert_eq!(s, 404);
+        assert!(!dir.join("sandboxes").join(&other).exists());
+        assert!(!qemu_sandboxes(&dir).contains(&other));
+        assert_no_orphan_qemu(&a, &dir).await;
+
+        // Killed after the state is saved (QEMU still there, guest stopped): the restart
+        // finishes the pause.
+        let (a, status) =
+            kill_at(&dir, a, "agent.pause.after_save", &id, "pause", &["paused"]).await;
+        assert_eq!(status, "paused");
+        a.resume(&id).await;
+        a.assert_usable(&id).await;
+
+        // Killed between the end of QEMU and the record `paused`: the saved state is kept.
+        let (a, _) = kill_at(&dir, a, "agent.pause.after_stop", &id, "pause", &["paused"]).await;
+        a.resume(&id).await;
+        a.assert_usable(&id).await;
+
+        // Killed during a resume before the guest ran: still paused, no QEMU holding the
+        // disk, and it resumes.
+        a.pause(&id).await;
+        let (a, _) = kill_at(
+            &dir,
+            a,
+            "agent.resume.after_load",
+            &id,
+            "resume",
+            &["paused"],
+        )
+        .await;
+        a.resume(&id).await;
+        a.assert_usable(&id).await;
+
+        // Killed during a resume after the guest ran again: running (re-attached) or in
+        // `error` with its files kept, never back to paused.
+        a.pause(&id).await;
+        let (a, status) = kill_at(
+            &dir,
+            a,
+            "agent.resume.after_cont",
+            &id,
+            "resume",
+            &["running", "error"],
+        )
+        .await;
+        if status == "running" {
+            a.assert_usable(&id).await;
+        } else {
+            let sb = dir.join("sandboxes").join(&id);
+            assert!(sb.join("state").exists() && sb.join("mem").exists());
+        }
+
+        // Destroyed, nothing of it is left: no QEMU, no slot, no files.
+        let (s, v) = a
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/sandboxes/{id}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 204, "destroy: {v}");
+        a.kill();
+        assert!(qemu_sandboxes(&dir).is_empty());
+        let agent = host::start(agent_config(&dir), Box::new(NoProgress))
+            .await
+            .unwrap();
+        assert!(agent.manager.list().await.is_empty());
+        assert!(agent.manager.slot_pool().in_use().is_empty());
+        agent.manager.slot_pool().shutdown().unwrap();
+        let left = wrenn_agent::net::leftovers(PREFIX).unwrap();
+        assert!(left.is_empty(), "leaked: {left:?}");
+        assert!(!std::fs::read_dir(dir.join("sandboxes"))
+            .unwrap()
+            .any(|_| true));
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
