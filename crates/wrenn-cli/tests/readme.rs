@@ -211,7 +211,9 @@ impl Up {
                     .await
                     .is_ok_and(|r| r.status().is_success())
             });
-            if ok {
+            // Ready when it says so: its warm snapshot made, so the README's first create
+            // restores it.
+            if ok && self.log().contains("Wrenn is running at") {
                 return;
             }
             if Instant::now() > deadline {

@@ -74,6 +74,8 @@ pub struct Suite {
     /// An account of another team (isolation checks).
     pub bob: Account,
     daemon: Mutex<Option<Child>>,
+    /// Starts of the daemon so far (each prints one "running" line).
+    starts: AtomicUsize,
     lock: RwLock<()>,
     accounts: Mutex<Vec<Account>>,
 }
@@ -217,6 +219,7 @@ async fn start_suite() -> Suite {
         alice: placeholder_account(),
         bob: placeholder_account(),
         daemon: Mutex::new(Some(child)),
+        starts: AtomicUsize::new(0),
         lock: RwLock::new(()),
         accounts: Mutex::new(Vec::new()),
     };
@@ -357,9 +360,11 @@ impl Suite {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    /// Waits until the public API answers; fails early when the daemon exits.
+    /// Waits until the daemon says it is running (its warm snapshot made; every start adds a
+    /// line to the appended log) and the public API answers; fails early when it exits.
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + READY_TIMEOUT;
+        let starts = self.starts.fetch_add(1, Ordering::SeqCst) + 1;
         loop {
             if let Some(status) = self
                 .daemon
@@ -379,7 +384,10 @@ impl Suite {
                 .timeout(Duration::from_secs(5))
                 .send()
                 .await;
-            if matches!(probe, Ok(ref r) if r.status() == 200) {
+            let log =
+                std::fs::read_to_string(self.data_dir.join("wrenn-up.log")).unwrap_or_default();
+            let running = log.matches("Wrenn is running at").count() >= starts;
+            if running && matches!(probe, Ok(ref r) if r.status() == 200) {
                 return;
             }
             assert!(
