@@ -214,6 +214,9 @@ pub fn build(
     std::fs::create_dir(jail.join("usr"))?;
     std::fs::create_dir(jail.join("dev"))?;
     std::fs::File::create(jail.join("dev/null"))?;
+    if spec.accel == super::Accel::Kvm {
+        std::fs::File::create(jail.join("dev/kvm"))?;
+    }
     for (l, t) in [
         ("lib", "usr/lib"),
         ("lib64", "usr/lib64"),
@@ -273,19 +276,39 @@ pub struct JailPlan {
     pub root: CString,
     pub usr_in_root: CString,
     pub null_in_root: CString,
+    /// Under KVM: where `/dev/kvm` is bound in the jail, and the group that may open it
+    /// (the device's own group, so the host's `/dev/kvm` keeps its owner and mode).
+    pub kvm: Option<(CString, libc::gid_t)>,
     pub uid: u32,
     pub shared_gid: u32,
 }
 
 impl JailPlan {
-    pub fn new(root: &Path, uid: u32, shared_gid: u32) -> std::io::Result<JailPlan> {
+    pub fn new(
+        root: &Path,
+        uid: u32,
+        shared_gid: u32,
+        accel: super::Accel,
+    ) -> std::io::Result<JailPlan> {
         let c = |p: &Path| {
             CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::Error::other("NUL in path"))
+        };
+        let kvm = match accel {
+            super::Accel::Kvm => {
+                use std::os::unix::fs::MetadataExt;
+                // Never the root group: where `/dev/kvm` belongs to it, its mode must let
+                // others open it (0666, as udev sets it), and no group is granted.
+                let gid = std::fs::metadata("/dev/kvm")?.gid();
+                let gid = if gid == 0 { shared_gid } else { gid };
+                Some((c(&root.join("dev/kvm"))?, gid))
+            }
+            super::Accel::Tcg => None,
         };
         Ok(JailPlan {
             root: c(root)?,
             usr_in_root: c(&root.join("usr"))?,
             null_in_root: c(&root.join("dev/null"))?,
+            kvm,
             uid,
             shared_gid,
         })
@@ -406,6 +429,15 @@ impl ChildPlan {
                     libc::MS_BIND,
                     std::ptr::null(),
                 ))?;
+                if let Some((kvm_in_root, _)) = &j.kvm {
+                    check(libc::mount(
+                        c"/dev/kvm".as_ptr(),
+                        kvm_in_root.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ))?;
+                }
                 check(libc::chdir(j.root.as_ptr()))?;
                 check(
                     libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr())
@@ -413,8 +445,10 @@ impl ChildPlan {
                 )?;
                 check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
                 check(libc::chdir(c"/".as_ptr()))?;
-                let groups = [j.shared_gid as libc::gid_t];
-                check(libc::setgroups(1, groups.as_ptr()))?;
+                let kvm_gid = j.kvm.as_ref().map_or(j.shared_gid, |(_, g)| *g);
+                let groups = [j.shared_gid as libc::gid_t, kvm_gid];
+                let n = if kvm_gid == j.shared_gid { 1 } else { 2 };
+                check(libc::setgroups(n, groups.as_ptr()))?;
                 check(libc::setresgid(j.uid, j.uid, j.uid))?;
                 check(libc::setresuid(j.uid, j.uid, j.uid))?;
                 check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
@@ -456,5 +490,33 @@ mod tests {
         let first = a.0;
         drop(a);
         assert_eq!(allocate_uid(&c).unwrap().0, first);
+    }
+
+    #[test]
+    fn only_a_kvm_jail_gets_the_kvm_device() {
+        let d = tempfile::tempdir().unwrap();
+        let tcg = JailPlan::new(
+            d.path(),
+            4_000_000_001,
+            4_000_000_000,
+            super::super::Accel::Tcg,
+        )
+        .unwrap();
+        assert!(tcg.kvm.is_none());
+        if std::path::Path::new("/dev/kvm").exists() {
+            let kvm = JailPlan::new(
+                d.path(),
+                4_000_000_001,
+                4_000_000_000,
+                super::super::Accel::Kvm,
+            )
+            .unwrap();
+            let (path, gid) = kvm.kvm.expect("a KVM jail binds /dev/kvm");
+            assert_eq!(
+                path.to_str().unwrap(),
+                d.path().join("dev/kvm").to_str().unwrap()
+            );
+            assert_ne!(gid, 0, "the root group is never granted");
+        }
     }
 }

@@ -168,8 +168,9 @@ impl Vm {
             lease = jail::allocate_uid(cfg).map_err(io_err("VM uid"))?;
             let files = jail::build(&spec.jail_path(), lease.0, cfg.shared_gid(), &spec)
                 .map_err(io_err("build jail"))?;
-            let plan = jail::JailPlan::new(&spec.jail_path(), lease.0, cfg.shared_gid())
-                .map_err(io_err("jail path"))?;
+            let plan =
+                jail::JailPlan::new(&spec.jail_path(), lease.0, cfg.shared_gid(), spec.accel)
+                    .map_err(io_err("jail path"))?;
             let launch = Launch {
                 kernel: files.kernel,
                 initrd: files.initrd,
