@@ -20,7 +20,7 @@ use wrenn_agent::net::NetConfig;
 const TOKEN: &str = "test-agent-token-0123456789";
 /// Fixed prefix and slots: a run cleans up whatever a killed earlier run left behind.
 const PREFIX: &str = "ed";
-const FIRST_SLOT: u32 = 9100;
+const FIRST_SLOT: u32 = 9500;
 /// The child agent's data dir; set only in the child.
 const CHILD_DIR_VAR: &str = "WRENN_DURABILITY_AGENT_DIR";
 
@@ -87,6 +87,14 @@ struct ChildAgent {
     http: reqwest::Client,
 }
 
+/// A test that fails leaves no agent behind (its VMs are removed by the next run's start).
+impl Drop for ChildAgent {
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
 impl ChildAgent {
     /// Starts an agent on `dir` with the failure points of `failpoints` armed.
     async fn start(dir: &Path, failpoints: &str) -> ChildAgent {
@@ -125,9 +133,8 @@ impl ChildAgent {
     }
 
     /// Kills the agent as a crash would (its VMs stay).
-    fn kill(mut self) {
-        let _ = self.proc.kill();
-        let _ = self.proc.wait();
+    fn kill(self) {
+        drop(self);
     }
 
     /// Waits until the agent has ended (a failure point killed it).
@@ -162,15 +169,23 @@ impl ChildAgent {
         )
     }
 
-    /// Sends a request and gives up on it after `after` (as an impatient client does).
+    /// Sends a request over a connection of its own and gives up on it (closes the
+    /// connection) after `after` ms or when the answer ends, as an impatient client does. The
+    /// request is written whole before the wait, so the agent has it.
     async fn give_up(&self, method: reqwest::Method, path: &str, body: Option<Value>, after: u64) {
-        let mut req = self
-            .request(method, path)
-            .timeout(Duration::from_millis(after));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let _ = req.send().await;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.base.trim_start_matches("http://");
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_millis(after), conn.read_to_end(&mut answer)).await;
     }
 
     async fn post(&self, path: &str) -> (u16, Value) {
