@@ -23,7 +23,7 @@ mod session;
 
 pub use error::AgentApiError;
 pub use router::router;
-pub use session::{relay_exec, ws_session};
+pub use session::{relay_exec, relay_exec_mapped, ws_session};
 
 use async_trait::async_trait;
 use bytes::Bytes;

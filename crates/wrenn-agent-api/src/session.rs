@@ -1,7 +1,7 @@
 //! The two ends of a streamed exec over WebSocket: [`ws_session`], the client end as an
 //! [`ExecSession`] (the control plane towards an agent, an agent towards envd), and
 //! [`relay_exec`], which serves an `ExecSession` to a client's socket (the agent API's route,
-//! and the public API's).
+//! and, through [`relay_exec_mapped`], the public API's).
 
 use crate::ExecSession;
 use axum::extract::ws::{self, WebSocket};
@@ -74,7 +74,17 @@ where
 /// Moves a client's messages into `session` and its events out, until the `exit` event (then
 /// the socket is closed), or either side ends. A message that is not a client message is
 /// answered with an `error` event.
-pub async fn relay_exec(socket: WebSocket, mut session: ExecSession) {
+pub async fn relay_exec(socket: WebSocket, session: ExecSession) {
+    relay_exec_mapped(socket, session, |m| m).await
+}
+
+/// [`relay_exec`], with each event of `session` passed through `map` before it is sent (the
+/// public API strips host details from error events this way).
+pub async fn relay_exec_mapped(
+    socket: WebSocket,
+    mut session: ExecSession,
+    mut map: impl FnMut(ServerMessage) -> ServerMessage,
+) {
     let (mut sink, mut stream) = socket.split();
     loop {
         tokio::select! {
@@ -100,6 +110,7 @@ pub async fn relay_exec(socket: WebSocket, mut session: ExecSession) {
             event = session.from_agent.recv() => match event {
                 Some(m) => {
                     let exited = matches!(m, ServerMessage::Exit { .. });
+                    let m = map(m);
                     if sink.send(event_frame(&m)).await.is_err() {
                         break;
                     }

@@ -19,7 +19,7 @@ use crate::store::SandboxRecord;
 use axum::body::{Body, Bytes};
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::rejection::PathRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Multipart, State};
 use axum::handler::Handler;
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -27,13 +27,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use extract::{ClientAddr, JsonBody, OptionalJson, QueryArgs, Team, User};
-use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tower_http::catch_panic::CatchPanicLayer;
 use wrenn_types::api;
-use wrenn_types::stream::{ClientMessage, ServerMessage};
+use wrenn_types::stream::ServerMessage;
 
 /// The spec this router implements, served at `GET /openapi.yaml`.
 pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
@@ -287,64 +286,26 @@ async fn exec_stream(
         .on_upgrade(move |socket| proxy_exec(socket, session, app, sb)))
 }
 
-/// Forwards client messages to the agent and events back until the process exits or
-/// either side goes away; keeps the sandbox marked active meanwhile.
-async fn proxy_exec(socket: WebSocket, mut session: ExecSession, app: Arc<App>, sb: SandboxRecord) {
-    let (mut sink, mut stream) = socket.split();
+/// Forwards client messages to the agent and events back ([`wrenn_agent_api::relay_exec_mapped`])
+/// until the process exits or either side goes away; keeps the sandbox marked active meanwhile.
+async fn proxy_exec(socket: WebSocket, session: ExecSession, app: Arc<App>, sb: SandboxRecord) {
+    // An error event is the agent's words: stripped of the host's details.
+    let relay = wrenn_agent_api::relay_exec_mapped(socket, session, |m| match m {
+        ServerMessage::Error { data } => ServerMessage::Error {
+            data: crate::redact::for_tenant(&data),
+        },
+        m => m,
+    });
+    tokio::pin!(relay);
     let mut keepalive = tokio::time::interval(app.activity_period(&sb));
     keepalive.tick().await;
     loop {
         tokio::select! {
-            frame = stream.next() => match frame {
-                Some(Ok(Message::Text(t))) => match serde_json::from_str::<ClientMessage>(t.as_str()) {
-                    Ok(m) => {
-                        if session.to_agent.send(m).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        let m = ServerMessage::Error { data: format!("invalid message: {e}") };
-                        if sink.send(event_frame(&m)).await.is_err() {
-                            break;
-                        }
-                    }
-                },
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            },
-            event = session.from_agent.recv() => match event {
-                Some(m) => {
-                    let exited = matches!(m, ServerMessage::Exit { .. });
-                    // An error event is the agent's words: stripped of the host's details.
-                    let m = match m {
-                        ServerMessage::Error { data } => ServerMessage::Error {
-                            data: crate::redact::for_tenant(&data),
-                        },
-                        m => m,
-                    };
-                    if sink.send(event_frame(&m)).await.is_err() {
-                        break;
-                    }
-                    if exited {
-                        let _ = sink.send(Message::Close(None)).await;
-                        break;
-                    }
-                }
-                None => {
-                    let _ = sink.send(Message::Close(None)).await;
-                    break;
-                }
-            },
+            () = &mut relay => break,
             _ = keepalive.tick() => app.stream_activity(&sb).await,
         }
     }
     app.stream_activity(&sb).await;
-}
-
-fn event_frame(m: &ServerMessage) -> Message {
-    let text = serde_json::to_string(m)
-        .unwrap_or_else(|_| r#"{"type":"error","data":"unencodable event"}"#.into());
-    Message::Text(text.into())
 }
 
 // ----- files -----
