@@ -10,7 +10,7 @@
 //! placement) → `agent` (agent clients). `auth` holds the credential primitives, `error`
 //! the one error→code→status mapping, `metrics` the metrics registry and the request-id
 //! rules, `failpoints` the named failure points for tests; `reaper` and `reconciler` are the
-//! background loops.
+//! background loops, both run by `periodic`.
 
 pub mod agent;
 pub mod api;
@@ -21,6 +21,7 @@ pub mod error;
 pub mod failpoints;
 pub mod listener;
 pub mod metrics;
+mod periodic;
 pub mod placement;
 pub mod reaper;
 pub mod reconciler;

@@ -7,21 +7,18 @@ use std::sync::Weak;
 
 /// Runs until the [`App`] is gone.
 pub async fn run(app: Weak<App>) {
-    let interval = match app.upgrade() {
-        Some(a) => a.cfg.reaper_interval,
-        None => return,
-    };
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(app) = app.upgrade() else { return };
-        match app.reap_idle().await {
-            Ok(paused) if !paused.is_empty() => {
-                tracing::info!(count = paused.len(), "auto-paused idle sandboxes");
+    crate::periodic::every(
+        app,
+        |a| a.cfg.reaper_interval,
+        |app| async move {
+            match app.reap_idle().await {
+                Ok(paused) if !paused.is_empty() => {
+                    tracing::info!(count = paused.len(), "auto-paused idle sandboxes");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
-        }
-    }
+        },
+    )
+    .await
 }

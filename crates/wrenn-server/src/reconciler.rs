@@ -7,25 +7,21 @@ use std::sync::Weak;
 
 /// Runs until the [`App`] is gone.
 pub async fn run(app: Weak<App>) {
-    let interval = match app.upgrade() {
-        Some(a) => a.cfg.reconcile_interval,
-        None => return,
-    };
-    // The first tick is at once: a pass at start.
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(app) = app.upgrade() else { return };
-        match app.reconcile().await {
-            Ok(report) if report.changed_anything() => {
-                tracing::info!(
-                    ?report,
-                    "reconciler brought the database and agents together"
-                );
+    crate::periodic::every(
+        app,
+        |a| a.cfg.reconcile_interval,
+        |app| async move {
+            match app.reconcile().await {
+                Ok(report) if report.changed_anything() => {
+                    tracing::info!(
+                        ?report,
+                        "reconciler brought the database and agents together"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
-        }
-    }
+        },
+    )
+    .await
 }
