@@ -1,0 +1,470 @@
+//! [`SlotPool`]: the slots of one prefix. Hands slots out (ready ones first), takes them back
+//! (reset for reuse or removed), keeps `pool_size` ready from a background thread, claims the
+//! slots of VMs that outlived a restart, and removes everything of its prefix on shutdown.
+//! Building and removing one slot is [`super::slot`]'s; checking the rules is
+//! [`super::watch`]'s; finding what is on the host is [`super::leaks`]'s.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::leaks::list;
+use super::ruleset::RuleSet;
+use super::slot::{self, Names, Slot};
+use super::{host_rules, EgressPolicy, NetConfig, NetError};
+
+#[derive(Default)]
+pub(super) struct State {
+    /// Created slots waiting to be handed out.
+    ready: VecDeque<Slot>,
+    /// Every index that has resources or is being built (ready, in use, kept, being created).
+    reserved: BTreeSet<u32>,
+    /// Indices handed out (acquired or adopted) and not yet released.
+    in_use: BTreeSet<u32>,
+    /// Indices of a previous run's running VMs, waiting for [`SlotPool::adopt`].
+    kept: BTreeSet<u32>,
+    /// Slots the background thread is creating right now.
+    creating: usize,
+    /// The background thread must stop.
+    pub(super) stopping: bool,
+    /// [`SlotPool::shutdown`] was called: nothing is handed out any more.
+    closed: bool,
+}
+
+impl State {
+    fn free_index(&self, cfg: &NetConfig) -> Option<u32> {
+        (cfg.first_slot..cfg.first_slot + cfg.max_slots).find(|i| !self.reserved.contains(i))
+    }
+
+    /// Up to `n` indices of fully built slots (ready, in use or kept), from `first` upwards.
+    pub(super) fn built_from(&self, first: u32, n: usize) -> Vec<u32> {
+        let ready: BTreeSet<u32> = self.ready.iter().map(|s| s.index).collect();
+        let mut built: BTreeSet<u32> = self.in_use.union(&self.kept).copied().collect();
+        built.extend(ready);
+        built.range(first..).take(n).copied().collect()
+    }
+}
+
+pub(super) struct Inner {
+    pub(super) cfg: NetConfig,
+    /// The egress policy every slot's namespace enforces.
+    pub(super) policy: EgressPolicy,
+    /// The prefix's host rules.
+    pub(super) host_rules: RuleSet,
+    /// Whether the `conntrack` tool is installed: released slots are then reset and reused.
+    conntrack: bool,
+    state: Mutex<State>,
+    pub(super) wake: Condvar,
+}
+
+impl Inner {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn acquire(&self) -> Result<Slot, NetError> {
+        let index = {
+            let mut st = self.lock();
+            if st.closed {
+                return Err(NetError::ShutDown(self.cfg.prefix.clone()));
+            }
+            if let Some(slot) = st.ready.pop_front() {
+                st.in_use.insert(slot.index);
+                self.wake.notify_all();
+                return Ok(slot);
+            }
+            let index = st
+                .free_index(&self.cfg)
+                .ok_or_else(|| NetError::Exhausted {
+                    prefix: self.cfg.prefix.clone(),
+                    max_slots: self.cfg.max_slots,
+                })?;
+            st.reserved.insert(index);
+            index
+        };
+        let created = slot::create(&self.cfg.prefix, index, &self.policy);
+        let mut st = self.lock();
+        match created {
+            Ok(slot) if !st.closed => {
+                st.in_use.insert(index);
+                Ok(slot)
+            }
+            Ok(_) => {
+                drop(st);
+                let removed = slot::destroy(&self.cfg.prefix, index, self.conntrack);
+                let mut st = self.lock();
+                if removed.is_ok() {
+                    st.reserved.remove(&index);
+                }
+                Err(NetError::ShutDown(self.cfg.prefix.clone()))
+            }
+            Err(err) => {
+                st.reserved.remove(&index);
+                Err(err)
+            }
+        }
+    }
+
+    fn release(&self, slot: Slot) -> Result<(), NetError> {
+        let reuse = {
+            let mut st = self.lock();
+            if !st.in_use.remove(&slot.index) {
+                return Err(NetError::Unknown {
+                    prefix: self.cfg.prefix.clone(),
+                    index: slot.index,
+                    reason: "released but not in use",
+                });
+            }
+            self.conntrack && !st.closed && st.ready.len() + st.creating < self.cfg.pool_size
+        };
+        if reuse {
+            match slot::reset(&self.cfg.prefix, &slot) {
+                Ok(()) => {
+                    let mut st = self.lock();
+                    if !st.closed {
+                        st.ready.push_back(slot);
+                        self.wake.notify_all();
+                        return Ok(());
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "resetting a network slot failed; removing it"),
+            }
+        }
+        self.remove(slot.index)
+    }
+
+    /// Tears down a reserved index and frees it; on failure the index stays reserved so it is
+    /// not handed out again while something of it is left.
+    fn remove(&self, index: u32) -> Result<(), NetError> {
+        let result = slot::destroy(&self.cfg.prefix, index, self.conntrack);
+        let mut st = self.lock();
+        if result.is_ok() {
+            st.reserved.remove(&index);
+        }
+        self.wake.notify_all();
+        result
+    }
+
+    /// The background refill loop: keeps `pool_size` slots ready until told to stop.
+    fn refill(&self) {
+        loop {
+            let index = {
+                let mut st = self.lock();
+                loop {
+                    if st.stopping {
+                        return;
+                    }
+                    if st.ready.len() + st.creating < self.cfg.pool_size {
+                        if let Some(i) = st.free_index(&self.cfg) {
+                            st.reserved.insert(i);
+                            st.creating += 1;
+                            break i;
+                        }
+                    }
+                    st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let created = slot::create(&self.cfg.prefix, index, &self.policy);
+            let mut st = self.lock();
+            st.creating -= 1;
+            match created {
+                Ok(slot) => st.ready.push_back(slot),
+                Err(err) => {
+                    st.reserved.remove(&index);
+                    tracing::warn!(%err, "creating a network slot for the pool failed");
+                    // Back off before trying again, unless told to stop.
+                    let _ = self
+                        .wake
+                        .wait_timeout_while(st, Duration::from_secs(1), |st| !st.stopping);
+                }
+            }
+        }
+    }
+}
+
+/// A pool of network slots of one prefix. Create it with [`SlotPool::new`] or
+/// [`SlotPool::start`]; end it with [`SlotPool::shutdown`]. Dropping it without shutdown only
+/// stops the background thread and leaves every slot in place (as a crash would); the next
+/// [`SlotPool::start`] with the same prefix cleans them up. Dropping waits for a slot the
+/// background thread may be creating (about 10 ms) and for a rules check under way.
+pub struct SlotPool {
+    pub(super) inner: Arc<Inner>,
+    /// The refill thread and the rules watcher.
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SlotPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotPool")
+            .field("cfg", &self.inner.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SlotPool {
+    /// Starts a pool with no slots to keep: removes every leftover of the prefix.
+    pub fn new(cfg: NetConfig) -> Result<Arc<SlotPool>, NetError> {
+        Self::start(cfg, &[])
+    }
+
+    /// Starts a pool after a restart: removes every slot of the prefix that is not in `in_use`
+    /// (the slots of VMs that are still running, to be claimed with [`SlotPool::adopt`]),
+    /// (re)installs the host rules and the kept slots' rules, and starts filling the pool and
+    /// watching the rules. Blocks while cleaning up.
+    pub fn start(cfg: NetConfig, in_use: &[u32]) -> Result<Arc<SlotPool>, NetError> {
+        cfg.validate()?;
+        let mut kept = BTreeSet::new();
+        for &index in in_use {
+            if !cfg.contains(index) {
+                return Err(NetError::Unknown {
+                    prefix: cfg.prefix.clone(),
+                    index,
+                    reason: "kept slot is outside the configured slot range",
+                });
+            }
+            kept.insert(index);
+        }
+        let mut stale = BTreeSet::new();
+        for item in list(&cfg.prefix)? {
+            if let Some(index) = item.index {
+                if !kept.contains(&index) {
+                    stale.insert(index);
+                }
+            }
+        }
+        let conntrack = program_exists("conntrack");
+        for index in stale {
+            slot::destroy(&cfg.prefix, index, conntrack)?;
+        }
+        let policy = EgressPolicy::new(cfg.dns_resolvers.as_deref());
+        if policy.resolvers.is_empty() {
+            tracing::warn!(
+                "no IPv4 DNS resolver configured or found on the host: guests get no DNS"
+            );
+        }
+        let host_rules = host_rules::rules(&cfg.prefix, &policy.resolvers);
+        host_rules::install(&cfg.prefix, &host_rules)?;
+        // The kept slots' namespaces get the rules of this configuration (they may come from
+        // an older agent, or another resolver list).
+        for &index in &kept {
+            if slot::restore_rules(&cfg.prefix, index, &policy)? {
+                tracing::info!(index, "updated the rules of a kept network slot");
+            }
+        }
+        let state = State {
+            reserved: kept.clone(),
+            kept,
+            ..State::default()
+        };
+        let inner = Arc::new(Inner {
+            cfg,
+            policy,
+            host_rules,
+            conntrack,
+            state: Mutex::new(state),
+            wake: Condvar::new(),
+        });
+        let pool = Arc::new(SlotPool {
+            inner: Arc::clone(&inner),
+            workers: Mutex::new(Vec::new()),
+        });
+        for (name, body) in [
+            ("netslots", Inner::refill as fn(&Inner)),
+            ("netrules", Inner::watch_rules),
+        ] {
+            let worker_inner = Arc::clone(&inner);
+            let handle = std::thread::Builder::new()
+                .name(format!("{name}-{}", inner.cfg.prefix))
+                .spawn(move || body(&worker_inner))
+                .map_err(|source| NetError::Io {
+                    what: format!("starting the {name} thread"),
+                    source,
+                })?;
+            pool.workers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(handle);
+        }
+        Ok(pool)
+    }
+
+    /// The egress policy the pool's slots enforce (the resolvers guests may use).
+    pub fn egress_policy(&self) -> &EgressPolicy {
+        &self.inner.policy
+    }
+
+    /// The pool's configuration.
+    pub fn config(&self) -> &NetConfig {
+        &self.inner.cfg
+    }
+
+    /// Whether released slots are reset and reused (the `conntrack` tool is installed) rather
+    /// than always removed.
+    pub fn reuses_slots(&self) -> bool {
+        self.inner.conntrack
+    }
+
+    /// Hands out a ready slot, or creates one if none is ready.
+    pub async fn acquire(&self) -> Result<Slot, NetError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.acquire())
+            .await
+            .map_err(|e| NetError::Task(e.to_string()))?
+    }
+
+    /// Blocking form of [`SlotPool::acquire`].
+    pub fn acquire_blocking(&self) -> Result<Slot, NetError> {
+        self.inner.acquire()
+    }
+
+    /// Takes a slot back once its VM has ended: resets it and returns it to the pool, or removes
+    /// it (namespace, veths, route, tracked connections). Nothing of the old sandbox remains.
+    pub async fn release(&self, slot: Slot) -> Result<(), NetError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.release(slot))
+            .await
+            .map_err(|e| NetError::Task(e.to_string()))?
+    }
+
+    /// Blocking form of [`SlotPool::release`].
+    pub fn release_blocking(&self, slot: Slot) -> Result<(), NetError> {
+        self.inner.release(slot)
+    }
+
+    /// Claims a slot kept at [`SlotPool::start`] for a VM that survived the restart.
+    pub fn adopt(&self, index: u32) -> Result<Slot, NetError> {
+        let mut st = self.inner.lock();
+        let unknown = |reason| NetError::Unknown {
+            prefix: self.inner.cfg.prefix.clone(),
+            index,
+            reason,
+        };
+        if !st.kept.contains(&index) {
+            return Err(unknown("not kept at start (or already adopted)"));
+        }
+        let slot = Names::new(&self.inner.cfg.prefix, index).slot();
+        if !slot.netns_path.exists() {
+            return Err(unknown("its namespace no longer exists"));
+        }
+        st.kept.remove(&index);
+        st.in_use.insert(index);
+        Ok(slot)
+    }
+
+    /// Indices handed out and not yet released.
+    pub fn in_use(&self) -> Vec<u32> {
+        self.inner.lock().in_use.iter().copied().collect()
+    }
+
+    /// Number of ready slots right now.
+    pub fn ready(&self) -> usize {
+        self.inner.lock().ready.len()
+    }
+
+    /// Things of this prefix that no slot of the pool accounts for (and, after shutdown,
+    /// anything at all of the prefix). Empty when nothing leaks.
+    pub fn leftovers(&self) -> Result<Vec<String>, NetError> {
+        let (reserved, closed) = {
+            let st = self.inner.lock();
+            (st.reserved.clone(), st.closed)
+        };
+        Ok(list(&self.inner.cfg.prefix)?
+            .into_iter()
+            .filter(|item| match item.index {
+                Some(index) => !reserved.contains(&index),
+                None => closed,
+            })
+            .map(|item| item.what)
+            .collect())
+    }
+
+    /// Stops refilling and watching the rules and removes the ready (idle) slots, keeping the
+    /// slots in use and the host rules, so VMs left running for the next agent keep their
+    /// network. For a clean agent shutdown that leaves nothing idle behind.
+    pub fn close_idle(&self) -> Result<(), NetError> {
+        self.stop_worker();
+        let idle: Vec<u32> = {
+            let mut st = self.inner.lock();
+            st.ready.drain(..).map(|slot| slot.index).collect()
+        };
+        let mut first_err = None;
+        for index in idle {
+            if let Err(err) = self.inner.remove(index) {
+                first_err.get_or_insert(err);
+            }
+        }
+        match first_err {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes every slot (ready, in use or kept) and the prefix's host rules. Slots still held
+    /// by callers become invalid; releasing them afterwards is an error.
+    pub fn shutdown(&self) -> Result<(), NetError> {
+        self.stop_worker();
+        let indices: Vec<u32> = {
+            let mut st = self.inner.lock();
+            st.closed = true;
+            st.ready.clear();
+            st.in_use.clear();
+            st.kept.clear();
+            st.reserved.iter().copied().collect()
+        };
+        let mut first_err = None;
+        for index in indices {
+            if let Err(err) = self.inner.remove(index) {
+                first_err.get_or_insert(err);
+            }
+        }
+        // Anything of the prefix not accounted for (e.g. a slot created concurrently).
+        let prefix = &self.inner.cfg.prefix;
+        let stray: BTreeSet<u32> = list(prefix)?.into_iter().filter_map(|i| i.index).collect();
+        for index in stray {
+            if let Err(err) = slot::destroy(prefix, index, false) {
+                first_err.get_or_insert(err);
+            }
+        }
+        if let Err(err) = host_rules::remove(prefix) {
+            first_err.get_or_insert(err);
+        }
+        match first_err {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the refill thread and the rules watcher.
+    fn stop_worker(&self) {
+        self.inner.lock().stopping = true;
+        self.inner.wake.notify_all();
+        let handles = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in handles {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for SlotPool {
+    fn drop(&mut self) {
+        self.stop_worker();
+    }
+}
+
+/// Whether `name` is an executable file in one of the `PATH` directories (or `/usr/sbin`,
+/// `/sbin`, which a non-login root shell may lack).
+fn program_exists(name: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|dir| is_executable(&dir.join(name)))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
