@@ -5,13 +5,18 @@
 //! waits for its snapshot). Errors end here as one clear line.
 
 use anyhow::{anyhow, Context, Result};
+use clap::builder::TypedValueParser as _;
 use std::future::IntoFuture;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::time::Duration;
 use wrenn_agent::doctor;
 use wrenn_agent::host::{self, AgentConfig};
 use wrenn_agent::images::{self, ImageConfig, StderrProgress};
 use wrenn_agent::net::NetConfig;
 use wrenn_agent::sandbox::WarmSpec;
+use wrenn_server::config::SignupMode;
+use wrenn_server::ServerConfig;
 
 /// The warm snapshot prepared at start unless told otherwise: the control plane's default
 /// create (`minimal`, 1 vCPU, 512 MB; a test checks they agree).
@@ -44,6 +49,209 @@ impl PrewarmArgs {
         } else {
             self.prewarm.clone()
         }
+    }
+}
+
+/// Control-plane settings of `wrenn server` and `wrenn up`. Each one given replaces the
+/// control plane's default ([`ServerConfig::new`]); one not given leaves it as it is.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ServerSettings {
+    /// Who may create accounts: open (anyone signs up) or closed (signup and OAuth sign-ins of
+    /// unknown users are refused; the administrator adds accounts with `wrenn accounts add`).
+    /// Default: open.
+    #[arg(
+        long,
+        env = "WRENN_SIGNUP",
+        value_name = "MODE",
+        value_parser = clap::builder::PossibleValuesParser::new(["open", "closed"])
+            .try_map(|s| s.parse::<SignupMode>())
+    )]
+    pub signup: Option<SignupMode>,
+    /// Per-team quota: sandboxes running (or being created or resumed) at once.
+    #[arg(long, env = "WRENN_QUOTA_RUNNING", value_name = "N",
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub quota_running: Option<i64>,
+    /// Per-team quota: vCPUs of those sandboxes together.
+    #[arg(long, env = "WRENN_QUOTA_VCPUS", value_name = "N",
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub quota_vcpus: Option<i64>,
+    /// Per-team quota: memory of those sandboxes together, in MiB.
+    #[arg(long, env = "WRENN_QUOTA_MEMORY_MB", value_name = "MB",
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub quota_memory_mb: Option<i64>,
+    /// Per-team quota: snapshot templates kept.
+    #[arg(long, env = "WRENN_QUOTA_TEMPLATES", value_name = "N",
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub quota_templates: Option<i64>,
+    /// Per-team quota: creates under way at once.
+    #[arg(long, env = "WRENN_QUOTA_CONCURRENT_CREATES", value_name = "N",
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub quota_concurrent_creates: Option<i64>,
+    /// Most vCPUs one sandbox may ask for (at most the fixed ceiling, the default).
+    #[arg(long, env = "WRENN_MAX_VCPUS", value_name = "N")]
+    pub max_vcpus: Option<i64>,
+    /// Most memory one sandbox may ask for, in MiB (at most the fixed ceiling, the default).
+    #[arg(long, env = "WRENN_MAX_MEMORY_MB", value_name = "MB")]
+    pub max_memory_mb: Option<i64>,
+    /// Longest idle auto-pause timeout a sandbox may ask for, in seconds (at most the fixed
+    /// ceiling, the default).
+    #[arg(long, env = "WRENN_MAX_TIMEOUT_SEC", value_name = "SEC")]
+    pub max_timeout_sec: Option<i64>,
+    /// A reverse proxy in front of the public API (repeatable; in the environment,
+    /// comma-separated): for its connections the client address is the last one of
+    /// X-Forwarded-For. Default: none (the connection's peer is the client).
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "IP",
+        env = "WRENN_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Connections the public API serves at once; further ones wait in the listen backlog.
+    #[arg(long, env = "WRENN_MAX_CONNECTIONS", value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: Option<usize>,
+    /// Longest time a quick request (auth, API keys, reads, ping) may take before it is
+    /// answered 504 timeout, in milliseconds.
+    #[arg(long, env = "WRENN_REQUEST_TIMEOUT_MS", value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: Option<u64>,
+    /// How often the reconciler compares the database with every agent, in milliseconds.
+    #[arg(long, env = "WRENN_RECONCILE_INTERVAL_MS", value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconcile_interval_ms: Option<u64>,
+}
+
+/// Replaces `field` with `value` when there is one.
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}
+
+impl ServerSettings {
+    /// Puts the settings given into `cfg`.
+    pub fn apply(&self, cfg: &mut ServerConfig) {
+        set(&mut cfg.signup, self.signup);
+        let q = &mut cfg.quotas;
+        set(&mut q.running_sandboxes, self.quota_running);
+        set(&mut q.vcpus, self.quota_vcpus);
+        set(&mut q.memory_mb, self.quota_memory_mb);
+        set(&mut q.templates, self.quota_templates);
+        set(&mut q.concurrent_creates, self.quota_concurrent_creates);
+        let b = &mut cfg.sandbox_bounds;
+        set(&mut b.max_vcpus, self.max_vcpus);
+        set(&mut b.max_memory_mb, self.max_memory_mb);
+        set(&mut b.max_timeout_sec, self.max_timeout_sec);
+        if !self.trusted_proxies.is_empty() {
+            cfg.trusted_proxies = self.trusted_proxies.clone();
+        }
+        set(&mut cfg.max_connections, self.max_connections);
+        set(
+            &mut cfg.request_timeout,
+            self.request_timeout_ms.map(Duration::from_millis),
+        );
+        set(
+            &mut cfg.reconcile_interval,
+            self.reconcile_interval_ms.map(Duration::from_millis),
+        );
+    }
+
+    /// The settings given, as the environment variables that give them.
+    pub fn env_vars(&self) -> Vec<(&'static str, String)> {
+        let mut vars = Vec::new();
+        if let Some(m) = self.signup {
+            let mode = match m {
+                SignupMode::Open => "open",
+                SignupMode::Closed => "closed",
+            };
+            vars.push(("WRENN_SIGNUP", mode.to_string()));
+        }
+        let numbers = [
+            ("WRENN_QUOTA_RUNNING", self.quota_running),
+            ("WRENN_QUOTA_VCPUS", self.quota_vcpus),
+            ("WRENN_QUOTA_MEMORY_MB", self.quota_memory_mb),
+            ("WRENN_QUOTA_TEMPLATES", self.quota_templates),
+            (
+                "WRENN_QUOTA_CONCURRENT_CREATES",
+                self.quota_concurrent_creates,
+            ),
+            ("WRENN_MAX_VCPUS", self.max_vcpus),
+            ("WRENN_MAX_MEMORY_MB", self.max_memory_mb),
+            ("WRENN_MAX_TIMEOUT_SEC", self.max_timeout_sec),
+        ];
+        for (k, v) in numbers {
+            if let Some(v) = v {
+                vars.push((k, v.to_string()));
+            }
+        }
+        if !self.trusted_proxies.is_empty() {
+            let ips: Vec<String> = self
+                .trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            vars.push(("WRENN_TRUSTED_PROXIES", ips.join(",")));
+        }
+        if let Some(n) = self.max_connections {
+            vars.push(("WRENN_MAX_CONNECTIONS", n.to_string()));
+        }
+        let millis = [
+            ("WRENN_REQUEST_TIMEOUT_MS", self.request_timeout_ms),
+            ("WRENN_RECONCILE_INTERVAL_MS", self.reconcile_interval_ms),
+        ];
+        for (k, v) in millis {
+            if let Some(v) = v {
+                vars.push((k, v.to_string()));
+            }
+        }
+        vars
+    }
+}
+
+/// Network settings of an agent (`wrenn agent`, `wrenn up`). Each one given replaces the
+/// agent's default ([`NetConfig::default`]).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct NetArgs {
+    /// A DNS resolver guests may use (repeatable; in the environment, comma-separated); DNS to
+    /// any other address is refused. Default: the host's name servers.
+    #[arg(
+        long = "dns-resolver",
+        value_name = "IPV4",
+        env = "WRENN_DNS_RESOLVERS",
+        value_delimiter = ','
+    )]
+    pub dns_resolvers: Vec<Ipv4Addr>,
+    /// How often the host's network rules (and some sandboxes' rules each round) are checked
+    /// and put back if something flushed or changed them, in milliseconds.
+    #[arg(long, env = "WRENN_RULES_CHECK_INTERVAL_MS", value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub rules_check_interval_ms: Option<u64>,
+}
+
+impl NetArgs {
+    /// Puts the settings given into `net`.
+    pub fn apply(&self, net: &mut NetConfig) {
+        if !self.dns_resolvers.is_empty() {
+            net.dns_resolvers = Some(self.dns_resolvers.clone());
+        }
+        set(
+            &mut net.rules_check_interval,
+            self.rules_check_interval_ms.map(Duration::from_millis),
+        );
+    }
+
+    /// The settings given, as the environment variables that give them.
+    pub fn env_vars(&self) -> Vec<(&'static str, String)> {
+        let mut vars = Vec::new();
+        if !self.dns_resolvers.is_empty() {
+            let ips: Vec<String> = self.dns_resolvers.iter().map(ToString::to_string).collect();
+            vars.push(("WRENN_DNS_RESOLVERS", ips.join(",")));
+        }
+        if let Some(ms) = self.rules_check_interval_ms {
+            vars.push(("WRENN_RULES_CHECK_INTERVAL_MS", ms.to_string()));
+        }
+        vars
     }
 }
 
@@ -110,6 +318,8 @@ pub struct AgentArgs {
     #[arg(long, env = "WRENN_ENVD_BIN")]
     pub envd_bin: Option<PathBuf>,
     #[command(flatten)]
+    pub net: NetArgs,
+    #[command(flatten)]
     pub prewarm: PrewarmArgs,
 }
 
@@ -124,6 +334,7 @@ impl AgentArgs {
             max_slots: self.max_slots,
             ..NetConfig::default()
         };
+        self.net.apply(&mut cfg.net);
         cfg.envd_bin = self.envd_bin.clone();
         Ok(cfg)
     }
@@ -276,6 +487,10 @@ pub struct UpArgs {
     #[arg(long, default_value = "/", hide = true)]
     pub install_root: PathBuf,
     #[command(flatten)]
+    pub settings: ServerSettings,
+    #[command(flatten)]
+    pub net: NetArgs,
+    #[command(flatten)]
     pub prewarm: PrewarmArgs,
 }
 
@@ -294,6 +509,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         first_slot: args.first_slot,
         max_slots: 1024,
         envd_bin: args.envd_bin.clone(),
+        net: args.net.clone(),
         prewarm: args.prewarm.clone(),
     };
     crate::doctor::check_before_start(doctor::Options::from(&agent_args.config()?)).await?;
@@ -318,21 +534,23 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
     let agent_router = agent.router.clone();
     let agent_task = tokio::spawn(async move { axum::serve(agent_listener, agent_router).await });
 
-    let mut cfg = wrenn_server::ServerConfig::new(args.data_dir.clone(), jwt_secret.into_bytes());
+    let mut cfg = ServerConfig::new(args.data_dir.clone(), jwt_secret.into_bytes());
     cfg.listen = args
         .listen
         .parse()
         .with_context(|| format!("--listen {}", args.listen))?;
     cfg.database_url = std::env::var("DATABASE_URL").ok();
     cfg.apply_oauth_env()?;
-    cfg.reaper_interval = std::time::Duration::from_millis(args.reaper_interval_ms);
+    cfg.reaper_interval = Duration::from_millis(args.reaper_interval_ms);
+    args.settings.apply(&mut cfg);
+    let signup = cfg.signup;
     let server = wrenn_server::build(cfg).await?;
     server.register_host(&agent_url, &agent_token).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
-    let serve = wrenn_server::serve(listener, server.router());
+    let serve = server.serve(listener);
     tokio::pin!(serve);
     let mut agent_task = agent_task;
     let shutdown = shutdown_signal();
@@ -366,10 +584,19 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         "Wrenn is running at {url} ({:?} guests)",
         agent.manager.accel()
     );
-    println!("Create an account and a first API key:");
-    println!(
-        "  wrenn signup --email you@example.com      (or: curl -X POST {url}/v1/auth/signup ...)"
-    );
+    if signup == SignupMode::Closed {
+        println!("Signup is closed. Add an account on this host, then log in and make an API key:");
+        println!(
+            "  wrenn accounts add --data-dir {} --email you@example.com",
+            args.data_dir.display()
+        );
+        println!("  wrenn login --email you@example.com");
+    } else {
+        println!("Create an account and a first API key:");
+        println!(
+            "  wrenn signup --email you@example.com      (or: curl -X POST {url}/v1/auth/signup ...)"
+        );
+    }
     println!("  wrenn keys create --name first --save");
     tokio::select! {
         r = serve => r.context("public API")?,
@@ -397,24 +624,28 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     pub agents: Vec<String>,
+    #[command(flatten)]
+    pub settings: ServerSettings,
+}
+
+/// Whether a `DATABASE_URL` names PostgreSQL (else the SQLite file is in the data dir).
+pub fn is_postgres(database_url: Option<&str>) -> bool {
+    database_url.is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
 }
 
 /// `wrenn server`: the control plane alone (several may share one PostgreSQL).
 pub async fn run_server(args: ServerArgs) -> Result<()> {
     let jwt_secret = std::env::var("WRENN_JWT_SECRET")
         .map_err(|_| anyhow!("WRENN_JWT_SECRET must be set (at least 32 bytes)"))?;
-    let mut cfg = wrenn_server::ServerConfig::new(args.data_dir.clone(), jwt_secret.into_bytes());
+    let mut cfg = ServerConfig::new(args.data_dir.clone(), jwt_secret.into_bytes());
     cfg.listen = args
         .listen
         .parse()
         .with_context(|| format!("--listen {}", args.listen))?;
     cfg.database_url = std::env::var("DATABASE_URL").ok();
     cfg.apply_oauth_env()?;
-    if !cfg
-        .database_url
-        .as_deref()
-        .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
-    {
+    args.settings.apply(&mut cfg);
+    if !is_postgres(cfg.database_url.as_deref()) {
         // The SQLite file lives there.
         secure_data_dir(&args.data_dir)?;
     }
@@ -433,7 +664,7 @@ pub async fn run_server(args: ServerArgs) -> Result<()> {
         listener.local_addr()?
     );
     tokio::select! {
-        r = wrenn_server::serve(listener, server.router()) => r?,
+        r = server.serve(listener) => r?,
         _ = shutdown_signal() => {}
     }
     Ok(())
@@ -454,6 +685,189 @@ mod tests {
         let cli = Cli::try_parse_from(std::iter::once("wrenn").chain(args.iter().copied()))
             .expect("parses");
         cli.prewarm.specs().iter().map(WarmSpec::arg).collect()
+    }
+
+    #[derive(Parser)]
+    struct ServerCli {
+        #[command(flatten)]
+        settings: ServerSettings,
+    }
+
+    fn server_config(args: &[&str]) -> ServerConfig {
+        let cli = ServerCli::try_parse_from(std::iter::once("wrenn").chain(args.iter().copied()))
+            .expect("parses");
+        let mut cfg = ServerConfig::new("/tmp/wrenn-settings-test", vec![0u8; 32]);
+        cli.settings.apply(&mut cfg);
+        cfg
+    }
+
+    #[test]
+    fn server_settings_not_given_keep_the_control_planes_defaults() {
+        let got = server_config(&[]);
+        let want = ServerConfig::new("/tmp/wrenn-settings-test", vec![0u8; 32]);
+        assert_eq!(got.signup, want.signup);
+        assert_eq!(got.quotas, want.quotas);
+        assert_eq!(got.sandbox_bounds, want.sandbox_bounds);
+        assert_eq!(got.trusted_proxies, want.trusted_proxies);
+        assert_eq!(got.max_connections, want.max_connections);
+        assert_eq!(got.request_timeout, want.request_timeout);
+        assert_eq!(got.reconcile_interval, want.reconcile_interval);
+    }
+
+    #[test]
+    fn server_settings_given_replace_the_defaults() {
+        let cfg = server_config(&[
+            "--signup",
+            "closed",
+            "--quota-running",
+            "3",
+            "--quota-vcpus",
+            "6",
+            "--quota-memory-mb",
+            "4096",
+            "--quota-templates",
+            "7",
+            "--quota-concurrent-creates",
+            "2",
+            "--max-vcpus",
+            "4",
+            "--max-memory-mb",
+            "2048",
+            "--max-timeout-sec",
+            "600",
+            "--trusted-proxy",
+            "10.0.0.1",
+            "--trusted-proxy",
+            "::1",
+            "--max-connections",
+            "64",
+            "--request-timeout-ms",
+            "1500",
+            "--reconcile-interval-ms",
+            "2500",
+        ]);
+        assert_eq!(cfg.signup, SignupMode::Closed);
+        let q = cfg.quotas;
+        assert_eq!(
+            (
+                q.running_sandboxes,
+                q.vcpus,
+                q.memory_mb,
+                q.templates,
+                q.concurrent_creates
+            ),
+            (3, 6, 4096, 7, 2)
+        );
+        let b = cfg.sandbox_bounds;
+        assert_eq!(
+            (b.max_vcpus, b.max_memory_mb, b.max_timeout_sec),
+            (4, 2048, 600)
+        );
+        let proxies: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+        assert_eq!(cfg.trusted_proxies, proxies);
+        assert_eq!(cfg.max_connections, 64);
+        assert_eq!(cfg.request_timeout, Duration::from_millis(1500));
+        assert_eq!(cfg.reconcile_interval, Duration::from_millis(2500));
+        cfg.validate().expect("valid");
+        // One quota alone leaves the others as they were.
+        let cfg = server_config(&["--quota-running", "1"]);
+        let want = wrenn_server::config::Quotas {
+            running_sandboxes: 1,
+            ..Default::default()
+        };
+        assert_eq!(cfg.quotas, want);
+    }
+
+    #[test]
+    fn server_settings_refuse_bad_values() {
+        for bad in [
+            &["--signup", "invite"][..],
+            &["--quota-running", "-1"],
+            &["--max-connections", "0"],
+            &["--request-timeout-ms", "0"],
+            &["--reconcile-interval-ms", "0"],
+            &["--trusted-proxy", "proxy.example"],
+        ] {
+            assert!(
+                ServerCli::try_parse_from(std::iter::once("wrenn").chain(bad.iter().copied()))
+                    .is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        // Bounds over the fixed ceilings parse, and the control plane refuses them at start.
+        assert!(server_config(&["--max-vcpus", "64"]).validate().is_err());
+    }
+
+    #[test]
+    fn server_settings_round_trip_through_their_environment_variables() {
+        let args = [
+            "--signup",
+            "closed",
+            "--quota-templates",
+            "9",
+            "--trusted-proxy",
+            "10.0.0.1,10.0.0.2",
+            "--max-connections",
+            "10",
+        ];
+        let cli = ServerCli::try_parse_from(std::iter::once("wrenn").chain(args)).unwrap();
+        let vars = cli.settings.env_vars();
+        let find = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!(find("WRENN_SIGNUP"), Some("closed"));
+        assert_eq!(find("WRENN_QUOTA_TEMPLATES"), Some("9"));
+        assert_eq!(find("WRENN_TRUSTED_PROXIES"), Some("10.0.0.1,10.0.0.2"));
+        assert_eq!(find("WRENN_MAX_CONNECTIONS"), Some("10"));
+        assert_eq!(vars.len(), 4, "{vars:?}");
+        assert!(ServerSettings::default().env_vars().is_empty());
+    }
+
+    #[derive(Parser)]
+    struct AgentCli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn parse_agent(args: &[&str]) -> Result<AgentArgs, clap::Error> {
+        AgentCli::try_parse_from(
+            ["agent", "--token", "0123456789abcdef0123"]
+                .into_iter()
+                .chain(args.iter().copied()),
+        )
+        .map(|c| c.agent)
+    }
+
+    fn agent_net(args: &[&str]) -> NetConfig {
+        parse_agent(args)
+            .expect("parses")
+            .config()
+            .expect("config")
+            .net
+    }
+
+    #[test]
+    fn agent_network_settings() {
+        let defaults = NetConfig::default();
+        let net = agent_net(&[]);
+        assert_eq!(net.dns_resolvers, defaults.dns_resolvers);
+        assert_eq!(net.rules_check_interval, defaults.rules_check_interval);
+
+        let net = agent_net(&[
+            "--dns-resolver",
+            "9.9.9.9",
+            "--dns-resolver",
+            "1.1.1.1",
+            "--rules-check-interval-ms",
+            "250",
+        ]);
+        let want: Vec<Ipv4Addr> = vec![Ipv4Addr::new(9, 9, 9, 9), Ipv4Addr::new(1, 1, 1, 1)];
+        assert_eq!(net.dns_resolvers, Some(want));
+        assert_eq!(net.rules_check_interval, Duration::from_millis(250));
+        for bad in [
+            &["--dns-resolver", "::1"][..],
+            &["--rules-check-interval-ms", "0"],
+        ] {
+            assert!(parse_agent(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

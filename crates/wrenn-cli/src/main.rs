@@ -1,6 +1,8 @@
 //! `wrenn`: one binary for every role — `up` (control plane and agent in one process),
-//! `server`, `agent`, `images build`, `doctor` — and the client of the public API.
+//! `server`, `agent`, `images build`, `doctor`, `accounts add` — and the client of the public
+//! API.
 
+mod accounts;
 mod client;
 mod daemon;
 mod doctor;
@@ -39,6 +41,12 @@ enum Command {
     /// Check this host the way the agent will use it: programs, network, accelerator, disk,
     /// memory, data directory, images. One line per check; exits 1 when one fails.
     Doctor(doctor::DoctorArgs),
+    /// Administer accounts on the control plane's host, through its database (no server
+    /// needed): `wrenn accounts add` works when signup is closed.
+    Accounts {
+        #[command(subcommand)]
+        command: accounts::AccountsCommand,
+    },
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -65,6 +73,9 @@ fn main() -> Result<()> {
         // Client commands print one `error:` line and exit with their own code.
         std::process::exit(client::main(cli.client, command));
     }
+    if let Command::Accounts { command } = cli.command {
+        std::process::exit(accounts::main(command, cli.client.json));
+    }
     daemon::init_logging();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -88,7 +99,7 @@ fn main() -> Result<()> {
                 }
                 Ok(())
             }
-            Command::Client(_) => unreachable!("handled above"),
+            Command::Client(_) | Command::Accounts { .. } => unreachable!("handled above"),
         }
     })
 }

@@ -48,6 +48,14 @@ pub fn up_env(args: &UpArgs) -> String {
     if let Some(envd) = &args.envd_bin {
         var("WRENN_ENVD_BIN", &envd.display().to_string());
     }
+    for (k, v) in args
+        .settings
+        .env_vars()
+        .into_iter()
+        .chain(args.net.env_vars())
+    {
+        var(k, &v);
+    }
     let prewarm: Vec<String> = args.prewarm.prewarm.iter().map(|w| w.arg()).collect();
     var("WRENN_PREWARM", &prewarm.join(","));
     if args.prewarm.no_prewarm {

@@ -66,9 +66,27 @@ fn units_of_the_agent_roles_leave_sandboxes_running_across_a_restart() {
         );
     }
     // The example settings name the variables the commands read.
-    assert!(unit("agent.env").contains("WRENN_AGENT_TOKEN="));
+    let env = unit("agent.env");
+    for var in [
+        "WRENN_AGENT_TOKEN=",
+        "WRENN_DNS_RESOLVERS=",
+        "WRENN_RULES_CHECK_INTERVAL_MS=",
+    ] {
+        assert!(env.contains(var), "agent.env lacks {var}");
+    }
     let env = unit("server.env");
-    assert!(env.contains("WRENN_JWT_SECRET=") && env.contains("WRENN_AGENTS="));
+    for var in [
+        "WRENN_JWT_SECRET=",
+        "WRENN_AGENTS=",
+        "WRENN_SIGNUP=",
+        "WRENN_QUOTA_RUNNING=",
+        "WRENN_MAX_VCPUS=",
+        "WRENN_TRUSTED_PROXIES=",
+        "WRENN_MAX_CONNECTIONS=",
+        "WRENN_REQUEST_TIMEOUT_MS=",
+    ] {
+        assert!(env.contains(var), "server.env lacks {var}");
+    }
 }
 
 #[test]
@@ -124,6 +142,48 @@ fn install_service_writes_the_unit_and_keeps_existing_settings() {
         std::fs::read_to_string(&env_path).unwrap(),
         "WRENN_LISTEN=127.0.0.1:7000\n"
     );
+}
+
+#[test]
+fn install_service_writes_the_settings_given_and_only_those() {
+    let root = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wrenn"))
+        .args(["up", "--install-service", "--install-root"])
+        .arg(root.path())
+        .args(["--signup", "closed", "--quota-running", "3"])
+        .args(["--trusted-proxy", "10.0.0.1", "--trusted-proxy", "10.0.0.2"])
+        .args([
+            "--dns-resolver",
+            "9.9.9.9",
+            "--rules-check-interval-ms",
+            "2000",
+        ])
+        .env_remove("WRENN_ENVD_BIN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = std::fs::read_to_string(root.path().join("etc/wrenn/wrenn.env")).unwrap();
+    for want in [
+        "WRENN_SIGNUP=closed",
+        "WRENN_QUOTA_RUNNING=3",
+        "WRENN_TRUSTED_PROXIES=10.0.0.1,10.0.0.2",
+        "WRENN_DNS_RESOLVERS=9.9.9.9",
+        "WRENN_RULES_CHECK_INTERVAL_MS=2000",
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} not in:\n{env}");
+    }
+    // Settings not given stay the control plane's and the agent's defaults.
+    for unset in [
+        "WRENN_QUOTA_VCPUS=",
+        "WRENN_MAX_CONNECTIONS=",
+        "WRENN_MAX_VCPUS=",
+    ] {
+        assert!(!env.contains(unset), "{unset} in:\n{env}");
+    }
 }
 
 #[test]

@@ -184,7 +184,7 @@ pub async fn keys(ctx: &Ctx, cmd: KeysCommand) -> Result<i32, Failure> {
 
 /// The password from the flag or environment, else read without echo from the terminal
 /// (twice when choosing one).
-fn password(given: Option<String>, confirm: bool) -> Result<String, Failure> {
+pub(crate) fn password(given: Option<String>, confirm: bool) -> Result<String, Failure> {
     if let Some(p) = given {
         return Ok(p);
     }

@@ -14,6 +14,8 @@ mod shell;
 mod snapshot;
 
 use api::{Api, Failure};
+/// The password prompt of `signup` and `login`, also used by `wrenn accounts add`.
+pub(crate) use auth::password as read_password;
 use clap::Subcommand;
 use std::io::Write;
 use std::path::PathBuf;

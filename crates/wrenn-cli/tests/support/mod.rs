@@ -1,6 +1,7 @@
 //! Test support: a real control plane on a loopback port whose host is the simulated agent
-//! served over the real agent HTTP API, and a runner of the built `wrenn` binary with a
-//! private HOME, pointed at that server.
+//! served over the real agent HTTP API (in this process, or a `wrenn server` child process
+//! with its flags), and a runner of the built `wrenn` binary with a private HOME, pointed at
+//! that server.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -57,6 +58,113 @@ impl SimServer {
                 _dir: dir,
             }
         })
+    }
+}
+
+/// A `wrenn server` child process (SQLite in a scratch data directory) whose one host is
+/// the simulated agent, served over the agent HTTP API by this test process. Killed on drop.
+pub struct ServerProcess {
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub sim: Arc<SimAgent>,
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    /// Starts `wrenn server` with `args` added and `envs` set, and waits until it answers.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> ServerProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let (sim, agent_url) = rt().block_on(async {
+            let sim = Arc::new(SimAgent::new(&["minimal"], 0).unwrap());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let router = sim_server::router(sim.clone(), AGENT_TOKEN);
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            (sim, url)
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let mut c = Command::new(wrenn_bin());
+        c.arg("server")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--listen", &listen])
+            .arg("--agent")
+            .arg(format!("{agent_url}={AGENT_TOKEN}"))
+            .args(args)
+            .env("WRENN_JWT_SECRET", std::str::from_utf8(JWT_SECRET).unwrap())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for k in [
+            "DATABASE_URL",
+            "GITHUB_CLIENT_ID",
+            "GITHUB_CLIENT_SECRET",
+            "CP_PUBLIC_URL",
+            "WRENN_FAILPOINTS",
+            "WRENN_AGENTS",
+        ] {
+            c.env_remove(k);
+        }
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let child = c.spawn().expect("spawn wrenn server");
+        let mut srv = ServerProcess {
+            base: format!("http://{listen}"),
+            data_dir,
+            sim,
+            child,
+            dir,
+        };
+        srv.wait_ready();
+        srv
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let url = format!("{}/openapi.yaml", self.base);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("wrenn server exited with {status}:\n{}", self.log());
+            }
+            let answered = rt().block_on(async {
+                reqwest::Client::new()
+                    .get(&url)
+                    .timeout(std::time::Duration::from_secs(2))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            });
+            if answered {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wrenn server not answering:\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// What the server logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -178,7 +286,7 @@ impl User {
     }
 }
 
-fn finish(o: Output) -> Run {
+pub fn finish(o: Output) -> Run {
     Run {
         code: o.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
