@@ -1,6 +1,6 @@
 //! Wire types shared by every Wrenn component: the public API (`api`), the host agent's
-//! internal API (`agent`), the in-guest daemon's API (`envd`), and the one wire form of a
-//! point in time (`time`).
+//! internal API (`agent`), the in-guest daemon's API (`envd`), the one wire form of a
+//! point in time (`time`), and the one rule for names (`names`).
 //!
 //! This crate holds plain serde types only (with chrono for time). It must not depend on any
 //! runtime (tokio, axum, sqlx) so that the static guest binary and the CLI can use it cheaply.
@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod envd;
 pub mod error;
+pub mod names;
 pub mod stream;
 pub mod time;
 mod wire_enum;

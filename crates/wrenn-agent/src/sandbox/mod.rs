@@ -239,13 +239,9 @@ fn now_rfc3339() -> String {
     wrenn_types::time::Timestamp::now().to_string()
 }
 
-/// Ids and template names: short, lowercase, safe in paths and in QEMU's `exec:` URIs.
+/// Ids and template names: the one rule of `wrenn_types::names`, shared with the control plane.
 pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+    wrenn_types::names::valid_name(s)
 }
 
 impl Manager {
@@ -491,6 +487,6 @@ mod tests {
         assert!(!valid_name(".hidden"));
         assert!(!valid_name("Upper"));
         assert!(!valid_name("a b"));
-        assert!(!valid_name(&"a".repeat(65)));
+        assert!(!valid_name(&"a".repeat(64))); // one over the shared limit
     }
 }

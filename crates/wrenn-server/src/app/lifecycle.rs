@@ -85,7 +85,7 @@ impl App {
             .template
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| limits::DEFAULT_TEMPLATE.into());
-        if template.len() > 63 {
+        if template.len() > wrenn_types::names::MAX_NAME_LEN {
             return Err(ApiError::TemplateNotFound(template));
         }
         // A team snapshot first, then a base template on the least-loaded host.

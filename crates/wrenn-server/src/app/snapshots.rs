@@ -41,14 +41,9 @@ fn agent_template_name(team_id: &str) -> String {
     format!("t-{team_short}-{}", auth::random_id(12))
 }
 
-/// Snapshot names: `[a-z0-9][a-z0-9._-]{0,62}`.
+/// Snapshot names: the one rule of `wrenn_types::names` (`[a-z0-9][a-z0-9._-]{0,62}`).
 pub fn valid_template_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
+    wrenn_types::names::valid_name(name)
 }
 
 impl App {
