@@ -218,7 +218,8 @@ impl<'a> Bench<'a> {
             }
             let res: Result<()> = async {
                 let r = timed(async {
-                    let envd = mgr.envd(&id).await?;
+                    // The activity mark keeps a pause from cutting the exec off.
+                    let (envd, _activity) = mgr.envd(&id).await?;
                     Ok::<_, anyhow::Error>(envd.exec(&true_exec()).await?)
                 })
                 .await;
