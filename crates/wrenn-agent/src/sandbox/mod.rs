@@ -272,7 +272,10 @@ impl Manager {
 
     /// Reaches the failure point `name` (see [`crate::failpoints`]).
     async fn fail(&self, name: &'static str) -> Result<(), SandboxError> {
-        Ok(self.failpoints.hit(name).await?)
+        if let Some(wait) = self.failpoints.reach(name)? {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
     }
 
     /// Runs an operation in a task of its own, so it runs to its end even when the caller's

@@ -154,7 +154,7 @@ impl App {
         self.store
             .insert_sandbox_within(&rec, &self.cfg.quotas)
             .await?;
-        if let Err(e) = self.failpoints.hit("create.before_agent").await {
+        if let Err(e) = self.fail("create.before_agent").await {
             self.undo_create(rec, agent.as_ref()).await;
             return Err(e);
         }
@@ -175,7 +175,7 @@ impl App {
         };
         // From here a failure leaves the row `creating`: the reconciler takes the agent's
         // sandbox into it.
-        self.failpoints.hit("create.after_agent").await?;
+        self.fail("create.after_agent").await?;
         take_agent_state(&mut rec, info);
         self.record(rec).await
     }
@@ -226,7 +226,7 @@ impl App {
                 return Err(e);
             }
         };
-        if let Err(e) = self.failpoints.hit("destroy.before_agent").await {
+        if let Err(e) = self.fail("destroy.before_agent").await {
             self.release(sb).await;
             return Err(e);
         }
@@ -237,7 +237,7 @@ impl App {
             // The intent stays `destroying`: the reconciler finishes the destroy.
             Err(e) => return Err(ApiError::Agent(e)),
         }
-        self.failpoints.hit("destroy.after_agent").await?;
+        self.fail("destroy.after_agent").await?;
         self.forget(&sb).await
     }
 
@@ -274,7 +274,7 @@ impl App {
                 return Err(e);
             }
         };
-        if let Err(e) = self.failpoints.hit("pause.before_agent").await {
+        if let Err(e) = self.fail("pause.before_agent").await {
             self.release(sb).await;
             return Err(e);
         }
@@ -286,7 +286,7 @@ impl App {
                 return Err(e.into());
             }
         };
-        self.failpoints.hit("pause.after_agent").await?;
+        self.fail("pause.after_agent").await?;
         take_agent_state(&mut sb, info);
         self.record(sb).await
     }
@@ -319,7 +319,7 @@ impl App {
                 return Err(e);
             }
         };
-        if let Err(e) = self.failpoints.hit("resume.before_agent").await {
+        if let Err(e) = self.fail("resume.before_agent").await {
             self.release(sb).await;
             return Err(e);
         }
@@ -335,7 +335,7 @@ impl App {
                 return Err(e.into());
             }
         };
-        self.failpoints.hit("resume.after_agent").await?;
+        self.fail("resume.after_agent").await?;
         take_agent_state(&mut sb, info);
         self.record(sb).await
     }

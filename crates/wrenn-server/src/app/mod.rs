@@ -90,6 +90,19 @@ impl App {
         }
     }
 
+    /// Reaches the failure point `name` (see [`crate::failpoints`]): an armed `error` fails
+    /// the step with an internal error, `sleep` waits here.
+    pub(crate) async fn fail(&self, name: &'static str) -> Result<(), crate::error::ApiError> {
+        let wait = self
+            .failpoints
+            .reach(name)
+            .map_err(|e| crate::error::ApiError::Internal(e.to_string()))?;
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
+    }
+
     /// The `/metrics` page: every metric in the Prometheus text format, with the sandbox
     /// counts read from the store now (left out, and `wrenn_store_up` 0, when that fails).
     pub async fn metrics_text(&self) -> String {

@@ -21,7 +21,7 @@ impl App {
             if last + chrono::Duration::seconds(sb.timeout_sec) > now {
                 continue;
             }
-            self.failpoints.hit("reaper.before_claim").await?;
+            self.fail("reaper.before_claim").await?;
             let id = sb.id.clone();
             let reaped = self
                 .try_run(&id, Some(Operation::Pausing), move |app| async move {

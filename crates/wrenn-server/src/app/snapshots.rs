@@ -127,7 +127,7 @@ impl App {
                 return Err(e);
             }
         };
-        if let Err(e) = self.failpoints.hit("snapshot.before_agent").await {
+        if let Err(e) = self.fail("snapshot.before_agent").await {
             self.give_up_snapshot(sb, &r).await;
             return Err(e);
         }
@@ -144,7 +144,7 @@ impl App {
         };
         // From here a failure leaves the sandbox `snapshotting`: the reconciler commits the
         // template the agent made.
-        self.failpoints.hit("snapshot.after_agent").await?;
+        self.fail("snapshot.after_agent").await?;
         let rec = template_record(&r, &info, &sb);
         if let Some(old) = self.store.commit_snapshot(&rec, &sb.id).await? {
             // The agent keeps the files alive for sandboxes still using the old one.
