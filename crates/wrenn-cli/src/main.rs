@@ -7,6 +7,7 @@ mod client;
 mod daemon;
 mod doctor;
 mod service;
+mod settings;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
