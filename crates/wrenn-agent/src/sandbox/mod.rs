@@ -418,12 +418,19 @@ fn mark_error(dir: &Path, rec: &mut SandboxOnDisk, why: String) {
     rec.op = None;
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
-            if e.file_name() != "sandbox.json" {
+            if !kept_after_vm_loss(&e.file_name().to_string_lossy()) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
     }
     let _ = records::write_json(&dir.join("sandbox.json"), rec);
+}
+
+/// The files of a sandbox dir [`mark_error`] keeps.
+fn kept_after_vm_loss(name: &str) -> bool {
+    name == "sandbox.json"
+        || name == "console.log"
+        || (name.starts_with("disk-") && name.ends_with(".qcow2"))
 }
 
 fn info(rec: &SandboxOnDisk) -> SandboxInfo {
@@ -479,6 +486,45 @@ mod tests {
         let v = e.view();
         assert_eq!(v.status, SandboxStatus::Running);
         assert_eq!(v.host_ip, "10.11.0.7");
+    }
+
+    #[test]
+    fn a_lost_vm_keeps_the_record_disk_layers_and_console_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = [
+            "sandbox.json",
+            "console.log",
+            "disk-1.qcow2",
+            "disk-2.qcow2",
+            "mem",
+            "state",
+            "qmp.sock",
+            "qemu.pid",
+        ];
+        for f in all {
+            std::fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        let mut rec = record("sb-1");
+        rec.status = SandboxStatus::Running;
+        rec.host_ip = "10.11.0.7".into();
+        mark_error(dir.path(), &mut rec, "the VM stopped unexpectedly".into());
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "console.log",
+                "disk-1.qcow2",
+                "disk-2.qcow2",
+                "sandbox.json"
+            ]
+        );
+        let stored: SandboxOnDisk = records::read_json(&dir.path().join("sandbox.json")).unwrap();
+        assert_eq!(stored.status, SandboxStatus::Error);
+        assert!(stored.host_ip.is_empty());
     }
 
     #[test]
