@@ -552,12 +552,23 @@ fn restart_keeps_running_and_paused_sandboxes_and_dead_qemu_is_reported() {
         assert_eq!(pool.in_use().len(), 1, "slots in use: {:?}", pool.in_use());
         let left = pool.leftovers().unwrap();
         assert!(left.is_empty(), "leaked while running: {left:?}");
-        // Its files are gone except the record.
-        let left: Vec<_> = std::fs::read_dir(dir.join("sandboxes").join(&running))
+        // Its record, disk layers and console log are kept (the user's files are there); the
+        // RAM and the runtime files of the dead VM are gone.
+        let mut left: Vec<_> = std::fs::read_dir(dir.join("sandboxes").join(&running))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
             .collect();
-        assert_eq!(left, vec!["sandbox.json"]);
+        left.sort();
+        assert!(left.contains(&"sandbox.json".to_string()), "{left:?}");
+        assert!(left.contains(&"console.log".to_string()), "{left:?}");
+        assert!(
+            left.iter()
+                .any(|f| f.starts_with("disk-") && f.ends_with(".qcow2")),
+            "disk layers deleted: {left:?}"
+        );
+        for gone in ["mem", "qmp.sock", "qemu.pid", "state"] {
+            assert!(!left.contains(&gone.to_string()), "{gone} kept: {left:?}");
+        }
         b.destroy(&running).await;
         b.destroy(&paused).await;
         // Nothing of this agent's network is left but its ready pool; after shutdown, nothing.
