@@ -217,6 +217,7 @@ mod tests {
 
     #[test]
     fn envd_errors_keep_client_statuses_only() {
+        EnvdErrorCode::AlreadyExists => AgentErrorCode::AlreadyExists,
         use AgentErrorCode as A;
         use EnvdErrorCode as E;
         let check = |status, code, want| {

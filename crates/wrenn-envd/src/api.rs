@@ -2,12 +2,13 @@
 //! the [`EnvdErrorCode`]s of [`ErrorBody`] (each code carries its HTTP status).
 //!
 //! Handlers only parse and validate, call one function of [`crate::exec`], [`crate::stream`],
-//! [`crate::files`] or [`crate::clock`], and translate its result. No process or file logic
+//! [`crate::files`], [`crate::fsops`] or [`crate::clock`], and translate its result. No process or file logic
 //! lives here.
 
 use crate::clock::{self, ClockError};
 use crate::exec::{self, ExecError};
 use crate::files::{self, FileError};
+use crate::fsops;
 use crate::process::SpawnError;
 use crate::stream;
 use crate::users::{UserDb, UserError};
@@ -24,6 +25,9 @@ use serde::Deserialize;
 use std::sync::Arc;
 use tokio_util::io::ReaderStream;
 use wrenn_types::envd::{EnvdErrorCode, ExecRequest, ExecResponse, Health, SetClock};
+use wrenn_types::fs::{
+    ListDirRequest, ListDirResponse, MakeDirRequest, MakeDirResponse, RemoveRequest,
+};
 use wrenn_types::ErrorBody;
 
 /// Largest WebSocket message a client may send (a `start` with its arguments).
@@ -114,6 +118,7 @@ impl From<FileError> for EnvdApiError {
             FileError::NotFound(_) => EnvdErrorCode::NotFound,
             FileError::IsADirectory(_) => EnvdErrorCode::IsADirectory,
             FileError::NotADirectory(_) => EnvdErrorCode::NotADirectory,
+            FileError::AlreadyExists(_) => EnvdErrorCode::AlreadyExists,
             FileError::PermissionDenied(_) => EnvdErrorCode::Forbidden,
             FileError::User(u) => user_code(u),
             FileError::TooLarge { .. } => EnvdErrorCode::PayloadTooLarge,
@@ -151,6 +156,9 @@ pub fn router(state: AppState) -> Router {
         .route("/files", get(read_file).put(write_file))
         .route("/clock", post(set_clock))
         .fallback(|| async { EnvdApiError::new(EnvdErrorCode::NotFound, "no such route") })
+        .route("/files/list", post(list_dir))
+        .route("/files/mkdir", post(make_dir))
+        .route("/files/remove", post(remove_path))
         .method_not_allowed_fallback(|| async {
             EnvdApiError::new(
                 EnvdErrorCode::MethodNotAllowed,
@@ -254,5 +262,33 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 async fn set_clock(req: Result<Json<SetClock>, JsonRejection>) -> Result<StatusCode, EnvdApiError> {
     let Json(req) = req.map_err(json_rejection)?;
     clock::set_realtime(req.unix_ms)?;
+async fn list_dir(
+    req: Result<Json<ListDirRequest>, JsonRejection>,
+) -> Result<Json<ListDirResponse>, EnvdApiError> {
+    let Json(req) = req.map_err(json_rejection)?;
+    let dir = fsops::parse_any_path(&req.path)?;
+    Ok(Json(fsops::list(dir, req.depth.unwrap_or(1)).await?))
+}
+
+async fn make_dir(
+    req: Result<Json<MakeDirRequest>, JsonRejection>,
+) -> Result<Json<MakeDirResponse>, EnvdApiError> {
+    let Json(req) = req.map_err(json_rejection)?;
+    let dir = fsops::parse_any_path(&req.path)?;
+    let entry = fsops::mkdir(dir).await?;
+    tracing::info!(path = %entry.path, "directory created");
+    Ok(Json(MakeDirResponse { entry }))
+}
+
+async fn remove_path(
+    req: Result<Json<RemoveRequest>, JsonRejection>,
+) -> Result<StatusCode, EnvdApiError> {
+    let Json(req) = req.map_err(json_rejection)?;
+    let path = fsops::parse_any_path(&req.path)?;
+    fsops::remove(path.clone()).await?;
+    tracing::info!(path = %path.display(), "path removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
     Ok(StatusCode::NO_CONTENT)
 }

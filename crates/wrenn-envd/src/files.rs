@@ -28,6 +28,9 @@ pub enum FileError {
     /// Nothing exists at the path.
     #[error("no such file: {0}")]
     NotFound(String),
+    /// Something exists at the path (a directory to be created).
+    #[error("{0} already exists")]
+    AlreadyExists(String),
     /// The path names a directory where a file was expected.
     #[error("{0} is a directory")]
     IsADirectory(String),
@@ -59,7 +62,7 @@ pub enum FileError {
     },
 }
 
-fn io_err(op: &'static str, path: &Path, source: std::io::Error) -> FileError {
+pub(crate) fn io_err(op: &'static str, path: &Path, source: std::io::Error) -> FileError {
     let p = path.display().to_string();
     match source.raw_os_error() {
         Some(libc::ENOENT) => FileError::NotFound(p),

@@ -11,6 +11,7 @@ mod clock;
 mod exec;
 mod files;
 mod process;
+mod fsops;
 mod stream;
 mod users;
 mod utf8;

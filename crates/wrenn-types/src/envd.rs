@@ -8,6 +8,9 @@
 //!   replaced atomically (temp file, fsync, rename); missing parent directories are created.
 //!   Owned by root, or by `user` (also the directories created for it) when given.
 //! - `GET  /files?path=/abs/path`  → raw bytes (`application/octet-stream`, `Content-Length`)
+//! - `POST /files/list`   `fs::ListDirRequest` → `fs::ListDirResponse`
+//! - `POST /files/mkdir`  `fs::MakeDirRequest` → `fs::MakeDirResponse` (409 `already_exists`)
+//! - `POST /files/remove` `fs::RemoveRequest`  → 204 (a directory with everything in it)
 //! - `POST /clock`       [`SetClock`]     → 204
 //!
 //! Errors use [`crate::ErrorBody`] with an [`EnvdErrorCode`], each with its own HTTP status.
@@ -42,6 +45,8 @@ wire_enum! {
         UploadIncomplete = "upload_incomplete" (400),
         NoSpace = "no_space" (507),
         MethodNotAllowed = "method_not_allowed" (405),
+        /// `mkdir` of a path that exists.
+        AlreadyExists = "already_exists" (409),
         Internal = "internal" (500),
         /// A code this build does not know (from an envd of another version); never sent.
         #[serde(other)]
