@@ -43,6 +43,8 @@ pub struct AppState {
     pub max_output_bytes: usize,
     /// Upper bound on one upload; `None`: only the disk limits it.
     pub max_upload_bytes: Option<u64>,
+    /// Background processes (routes in [`crate::procs_api`]).
+    pub procs: Arc<crate::procs::Table>,
 }
 
 /// envd's error answer: a code (with its status) and a message, sent as
@@ -54,7 +56,7 @@ pub struct EnvdApiError {
 }
 
 impl EnvdApiError {
-    fn new(code: EnvdErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: EnvdErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -155,6 +157,7 @@ pub fn router(state: AppState) -> Router {
         .route("/exec/stream", get(exec_stream))
         .route("/files", get(read_file).put(write_file))
         .route("/clock", post(set_clock))
+        .merge(crate::procs_api::routes())
         .fallback(|| async { EnvdApiError::new(EnvdErrorCode::NotFound, "no such route") })
         .route("/files/list", post(list_dir))
         .route("/files/mkdir", post(make_dir))
