@@ -2,8 +2,8 @@
 //! the [`EnvdErrorCode`]s of [`ErrorBody`] (each code carries its HTTP status).
 //!
 //! Handlers only parse and validate, call one function of [`crate::exec`], [`crate::stream`],
-//! [`crate::files`], [`crate::fsops`] or [`crate::clock`], and translate its result. No process or file logic
-//! lives here.
+//! [`crate::files`], [`crate::fsops`] or [`crate::clock`], and translate its result. No
+//! process or file logic lives here.
 
 use crate::clock::{self, ClockError};
 use crate::exec::{self, ExecError};
@@ -43,8 +43,6 @@ pub struct AppState {
     pub max_output_bytes: usize,
     /// Upper bound on one upload; `None`: only the disk limits it.
     pub max_upload_bytes: Option<u64>,
-    /// Background processes (routes in [`crate::procs_api`]).
-    pub procs: Arc<crate::procs::Table>,
 }
 
 /// envd's error answer: a code (with its status) and a message, sent as
@@ -56,7 +54,7 @@ pub struct EnvdApiError {
 }
 
 impl EnvdApiError {
-    pub(crate) fn new(code: EnvdErrorCode, message: impl Into<String>) -> Self {
+    fn new(code: EnvdErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -118,9 +116,9 @@ impl From<FileError> for EnvdApiError {
         let code = match &e {
             FileError::InvalidPath(_) => EnvdErrorCode::BadRequest,
             FileError::NotFound(_) => EnvdErrorCode::NotFound,
+            FileError::AlreadyExists(_) => EnvdErrorCode::AlreadyExists,
             FileError::IsADirectory(_) => EnvdErrorCode::IsADirectory,
             FileError::NotADirectory(_) => EnvdErrorCode::NotADirectory,
-            FileError::AlreadyExists(_) => EnvdErrorCode::AlreadyExists,
             FileError::PermissionDenied(_) => EnvdErrorCode::Forbidden,
             FileError::User(u) => user_code(u),
             FileError::TooLarge { .. } => EnvdErrorCode::PayloadTooLarge,
@@ -156,12 +154,11 @@ pub fn router(state: AppState) -> Router {
         .route("/exec", post(exec_buffered))
         .route("/exec/stream", get(exec_stream))
         .route("/files", get(read_file).put(write_file))
-        .route("/clock", post(set_clock))
-        .merge(crate::procs_api::routes())
-        .fallback(|| async { EnvdApiError::new(EnvdErrorCode::NotFound, "no such route") })
         .route("/files/list", post(list_dir))
         .route("/files/mkdir", post(make_dir))
         .route("/files/remove", post(remove_path))
+        .route("/clock", post(set_clock))
+        .fallback(|| async { EnvdApiError::new(EnvdErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             EnvdApiError::new(
                 EnvdErrorCode::MethodNotAllowed,
@@ -262,9 +259,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-async fn set_clock(req: Result<Json<SetClock>, JsonRejection>) -> Result<StatusCode, EnvdApiError> {
-    let Json(req) = req.map_err(json_rejection)?;
-    clock::set_realtime(req.unix_ms)?;
 async fn list_dir(
     req: Result<Json<ListDirRequest>, JsonRejection>,
 ) -> Result<Json<ListDirResponse>, EnvdApiError> {
@@ -293,5 +287,8 @@ async fn remove_path(
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn set_clock(req: Result<Json<SetClock>, JsonRejection>) -> Result<StatusCode, EnvdApiError> {
+    let Json(req) = req.map_err(json_rejection)?;
+    clock::set_realtime(req.unix_ms)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,14 +7,11 @@
 //! sets up logging and serves the router of [`api`].
 
 mod api;
-mod attach;
 mod clock;
 mod exec;
 mod files;
-mod process;
-mod procs;
-mod procs_api;
 mod fsops;
+mod process;
 mod stream;
 mod users;
 mod utf8;
@@ -63,7 +60,6 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         users: users::UserDb::default(),
         max_output_bytes: args.max_output_bytes,
         max_upload_bytes: args.max_upload_bytes,
-        procs: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -78,8 +78,7 @@ pub struct ExecRequest {
     pub args: Vec<String>,
     #[serde(default)]
     pub timeout_sec: Option<i64>,
-    /// Also read as `envs` (the name the capsule API uses).
-    #[serde(default, alias = "envs")]
+    #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub cwd: Option<String>,
