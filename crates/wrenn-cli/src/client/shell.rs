@@ -197,7 +197,8 @@ async fn stream_command(
         let event: ServerMessage = serde_json::from_str(msg.as_str())
             .map_err(|e| Failure::local(format!("unexpected stream message: {e}")))?;
         match event {
-            ServerMessage::Start { .. } => {}
+            // `dropped` belongs to attaching to a background process, not to an exec.
+            ServerMessage::Start { .. } | ServerMessage::Dropped { .. } => {}
             ServerMessage::Stdout { data } => match sink {
                 Sink::Live => {
                     let mut o = std::io::stdout().lock();
