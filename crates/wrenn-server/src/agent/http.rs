@@ -17,6 +17,7 @@ use wrenn_types::agent::{
     AgentErrorCode, CreateSandbox, FileQuery, HostInfo, SandboxInfo, SnapshotRequest, TemplateInfo,
 };
 use wrenn_types::envd::{ExecRequest, ExecResponse};
+use wrenn_types::process::{ProcessInfo, ProcessList, Signal, StartProcess};
 use wrenn_types::ErrorBody;
 
 /// Time allowed for quick control calls (host info, lists, destroy).
@@ -111,6 +112,42 @@ impl HttpAgent {
         timeout: Duration,
     ) -> AgentResult<T> {
         self.json(self.req(route, param).timeout(timeout)).await
+    }
+
+    /// A WebSocket to the agent at `path`, as an exec session; a refused upgrade is the
+    /// agent's error answer.
+    async fn open_ws(&self, path: &str) -> AgentResult<ExecSession> {
+        let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = self.base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            return Err(AgentApiError::Protocol(format!(
+                "agent url {} is not http(s)",
+                self.base
+            )));
+        };
+        let mut request = format!("{ws_base}{path}")
+            .into_client_request()
+            .map_err(|e| AgentApiError::Protocol(e.to_string()))?;
+        let auth = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| AgentApiError::Protocol("agent token is not a valid header".into()))?;
+        request.headers_mut().insert("authorization", auth);
+        let (ws, _) = match tokio_tungstenite::connect_async(request).await {
+            Ok(ok) => ok,
+            Err(tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                return Err(error_from_body(status, &body));
+            }
+            Err(e) => return Err(AgentApiError::Transport(e.to_string())),
+        };
+        Ok(ws_session(ws, "agent"))
     }
 
     /// A call without a body whose answer is empty.
@@ -212,37 +249,35 @@ impl HostAgent for HttpAgent {
     }
 
     async fn exec_stream(&self, id: &str) -> AgentResult<ExecSession> {
-        let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
-            format!("wss://{rest}")
-        } else if let Some(rest) = self.base.strip_prefix("http://") {
-            format!("ws://{rest}")
-        } else {
-            return Err(AgentApiError::Protocol(format!(
-                "agent url {} is not http(s)",
-                self.base
-            )));
-        };
-        let mut request = format!("{ws_base}{}", paths::EXEC_STREAM.fill(id))
-            .into_client_request()
-            .map_err(|e| AgentApiError::Protocol(e.to_string()))?;
-        let auth = format!("Bearer {}", self.token)
-            .parse()
-            .map_err(|_| AgentApiError::Protocol("agent token is not a valid header".into()))?;
-        request.headers_mut().insert("authorization", auth);
-        let (ws, _) = match tokio_tungstenite::connect_async(request).await {
-            Ok(ok) => ok,
-            Err(tungstenite::Error::Http(resp)) => {
-                let status = resp.status().as_u16();
-                let body = resp
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                return Err(error_from_body(status, &body));
-            }
-            Err(e) => return Err(AgentApiError::Transport(e.to_string())),
-        };
-        Ok(ws_session(ws, "agent"))
+        self.open_ws(&paths::EXEC_STREAM.fill(id)).await
+    }
+
+    async fn start_process(&self, id: &str, req: &StartProcess) -> AgentResult<ProcessInfo> {
+        let rb = self.req(paths::START_PROCESS, id).json(req);
+        self.json(rb.timeout(QUICK_TIMEOUT)).await
+    }
+
+    async fn list_processes(&self, id: &str) -> AgentResult<Vec<ProcessInfo>> {
+        let list: ProcessList = self.call(paths::LIST_PROCESSES, id, QUICK_TIMEOUT).await?;
+        Ok(list.processes)
+    }
+
+    async fn kill_process(&self, id: &str, selector: &str, signal: Signal) -> AgentResult<()> {
+        let route = paths::KILL_PROCESS;
+        let url = format!("{}{}", self.base, route.fill_two(id, selector));
+        let rb = self
+            .client
+            .request(route.method.clone(), url)
+            .bearer_auth(&self.token)
+            .query(&[("signal", signal.as_str())])
+            .timeout(QUICK_TIMEOUT);
+        self.send(rb).await?;
+        Ok(())
+    }
+
+    async fn attach_process(&self, id: &str, selector: &str) -> AgentResult<ExecSession> {
+        self.open_ws(&paths::ATTACH_PROCESS.fill_two(id, selector))
+            .await
     }
 
     async fn write_file(&self, id: &str, path: &str, body: ByteStream) -> AgentResult<()> {

@@ -25,6 +25,7 @@ use wrenn_types::agent::{
     TemplateInfo, TemplateKind,
 };
 use wrenn_types::envd::{Encoding, ExecRequest, ExecResponse};
+use wrenn_types::process::{ProcessInfo, Signal, StartProcess};
 use wrenn_types::stream::{ClientMessage, ServerMessage};
 use wrenn_types::time::Timestamp;
 
@@ -46,6 +47,8 @@ pub(super) struct SimTemplate {
 pub(super) struct SimState {
     pub(super) sandboxes: HashMap<String, SimSandbox>,
     pub(super) templates: HashMap<String, SimTemplate>,
+    /// Background processes, by sandbox (`sim_procs`).
+    pub(super) procs: HashMap<String, Vec<super::sim_procs::SimProc>>,
 }
 
 /// The simulated agent.
@@ -469,6 +472,22 @@ impl HostAgent for SimAgent {
             len: Some(len),
             stream: Box::pin(tokio_util::io::ReaderStream::new(f)),
         })
+    }
+
+    async fn start_process(&self, id: &str, req: &StartProcess) -> AgentResult<ProcessInfo> {
+        self.sim_start_process(id, req)
+    }
+
+    async fn list_processes(&self, id: &str) -> AgentResult<Vec<ProcessInfo>> {
+        self.sim_list_processes(id)
+    }
+
+    async fn kill_process(&self, id: &str, selector: &str, _: Signal) -> AgentResult<()> {
+        self.sim_kill_process(id, selector)
+    }
+
+    async fn attach_process(&self, id: &str, selector: &str) -> AgentResult<ExecSession> {
+        self.sim_attach_process(id, selector)
     }
 
     async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>> {

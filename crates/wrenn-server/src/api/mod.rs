@@ -6,6 +6,7 @@
 //! routes (`oauth`) and the per-request middleware (`observe`). No rules: those are
 //! [`App`]'s.
 
+mod capsule_commands;
 mod extract;
 mod oauth;
 mod observe;
@@ -106,6 +107,7 @@ pub fn router(app: Arc<App>) -> Router {
             post(create_snapshot).get(list_snapshots.layer(quick)),
         )
         .route("/v1/snapshots/{name}", delete(delete_snapshot))
+        .merge(capsule_commands::routes())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::MAX_JSON_BODY))

@@ -16,6 +16,7 @@ mod accounts;
 mod keys;
 mod lifecycle;
 mod ops;
+mod processes;
 mod reaper;
 mod reconcile;
 mod sandboxes;
@@ -24,6 +25,7 @@ mod snapshots;
 
 pub(crate) use accounts::add_password_account;
 pub use accounts::OAuthFinish;
+pub use processes::ExecOutcome;
 pub use reconcile::ReconcileReport;
 pub use sandboxes::check_command;
 pub use snapshots::valid_template_name;

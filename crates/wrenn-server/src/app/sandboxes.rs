@@ -62,7 +62,7 @@ impl App {
 
     /// Marks the start of an exec, stream or transfer for the idle reaper; 409 if the sandbox
     /// stopped running (or an operation began) since it was looked up.
-    async fn begin_activity(&self, sb: &SandboxRecord) -> Result<(), ApiError> {
+    pub(super) async fn begin_activity(&self, sb: &SandboxRecord) -> Result<(), ApiError> {
         for _ in 0..2 {
             if self
                 .store
