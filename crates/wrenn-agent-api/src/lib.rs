@@ -18,6 +18,7 @@
 
 mod error;
 pub mod paths;
+mod procs;
 mod router;
 mod session;
 
@@ -32,7 +33,16 @@ use std::pin::Pin;
 use tokio::sync::mpsc;
 use wrenn_types::agent::{CreateSandbox, HostInfo, SandboxInfo, SnapshotRequest, TemplateInfo};
 use wrenn_types::envd::{ExecRequest, ExecResponse};
+use wrenn_types::process::{ProcessInfo, Signal, StartProcess};
 use wrenn_types::stream::{ClientMessage, ServerMessage};
+
+/// The answer of an agent that keeps no background processes.
+fn no_processes(id: &str) -> AgentApiError {
+    AgentApiError::new(
+        wrenn_types::agent::AgentErrorCode::ProcessNotFound,
+        format!("sandbox {id} has no background processes on this agent"),
+    )
+}
 
 /// What every operation of the agent API returns.
 pub type AgentResult<T> = Result<T, AgentApiError>;
@@ -100,6 +110,29 @@ pub trait HostAgent: Send + Sync + 'static {
     async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>>;
     /// [`paths::DELETE_TEMPLATE`].
     async fn delete_template(&self, name: &str) -> AgentResult<()>;
+
+    /// [`paths::START_PROCESS`]: `req` started in the background in the sandbox.
+    async fn start_process(&self, id: &str, req: &StartProcess) -> AgentResult<ProcessInfo> {
+        let _ = req;
+        Err(no_processes(id))
+    }
+    /// [`paths::LIST_PROCESSES`]: the sandbox's background processes, running and recently
+    /// finished.
+    async fn list_processes(&self, id: &str) -> AgentResult<Vec<ProcessInfo>> {
+        Err(no_processes(id))
+    }
+    /// [`paths::KILL_PROCESS`]: `signal` sent to the process (and its group) named by
+    /// `selector` (a pid or a tag).
+    async fn kill_process(&self, id: &str, selector: &str, signal: Signal) -> AgentResult<()> {
+        let _ = (selector, signal);
+        Err(no_processes(id))
+    }
+    /// [`paths::ATTACH_PROCESS`]: the output of the process named by `selector`, the kept
+    /// part first, as exec-stream events ending with its exit.
+    async fn attach_process(&self, id: &str, selector: &str) -> AgentResult<ExecSession> {
+        let _ = selector;
+        Err(no_processes(id))
+    }
 
     /// [`Self::read_file_body`] without the length.
     async fn read_file(&self, id: &str, path: &str) -> AgentResult<ByteStream> {

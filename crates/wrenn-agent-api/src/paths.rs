@@ -17,6 +17,10 @@
 //! | [`EXEC_STREAM`] | WebSocket of `wrenn_types::stream` messages |
 //! | [`WRITE_FILE`]`?path=/abs` | raw body, streamed → 204 |
 //! | [`READ_FILE`]`?path=/abs` | → raw bytes, streamed (`Content-Length` when known) |
+//! | [`START_PROCESS`] | `process::StartProcess` → 201 `process::ProcessInfo` |
+//! | [`LIST_PROCESSES`] | → `process::ProcessList` |
+//! | [`KILL_PROCESS`]`?signal=SIGKILL\|SIGTERM` | → 204 |
+//! | [`ATTACH_PROCESS`] | WebSocket of `wrenn_types::stream` events (the process's output) |
 //! | [`LIST_TEMPLATES`] | → `[TemplateInfo]` |
 //! | [`DELETE_TEMPLATE`] | → 204 |
 
@@ -32,6 +36,17 @@ pub struct Route {
 impl Route {
     const fn new(method: Method, path: &'static str) -> Self {
         Self { method, path }
+    }
+
+    /// The path with its two `{…}` parameters replaced by `first` and `second`.
+    pub fn fill_two(&self, first: &str, second: &str) -> String {
+        let once = self.fill(first);
+        match (once.find('{'), once.find('}')) {
+            (Some(open), Some(close)) if open < close => {
+                format!("{}{second}{}", &once[..open], &once[close + 1..])
+            }
+            _ => once,
+        }
     }
 
     /// The path with its `{…}` parameter replaced by `value` (unchanged if it has none).
@@ -58,6 +73,12 @@ pub const EXEC: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/exec");
 pub const EXEC_STREAM: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/exec/stream");
 pub const WRITE_FILE: Route = Route::new(Method::PUT, "/v1/sandboxes/{id}/files");
 pub const READ_FILE: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/files");
+pub const START_PROCESS: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/processes");
+pub const LIST_PROCESSES: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/processes");
+pub const KILL_PROCESS: Route =
+    Route::new(Method::DELETE, "/v1/sandboxes/{id}/processes/{selector}");
+pub const ATTACH_PROCESS: Route =
+    Route::new(Method::GET, "/v1/sandboxes/{id}/processes/{selector}/stream");
 pub const LIST_TEMPLATES: Route = Route::new(Method::GET, "/v1/templates");
 pub const DELETE_TEMPLATE: Route = Route::new(Method::DELETE, "/v1/templates/{name}");
 
@@ -71,5 +92,9 @@ mod tests {
         assert_eq!(EXEC_STREAM.fill("x"), "/v1/sandboxes/x/exec/stream");
         assert_eq!(DELETE_TEMPLATE.fill("t"), "/v1/templates/t");
         assert_eq!(HOST_INFO.fill("x"), "/v1/host");
+        assert_eq!(
+            ATTACH_PROCESS.fill_two("sb", "web"),
+            "/v1/sandboxes/sb/processes/web/stream"
+        );
     }
 }

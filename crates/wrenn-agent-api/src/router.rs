@@ -38,6 +38,7 @@ pub fn router(agent: Arc<dyn HostAgent>, token: &str) -> Router {
         .operation(paths::READ_FILE, read_file)
         .operation(paths::LIST_TEMPLATES, list_templates)
         .operation(paths::DELETE_TEMPLATE, delete_template)
+        .merge(crate::procs::routes())
         .fallback(|| async { AgentApiError::new(AgentErrorCode::NotFound, "no such route") })
         .layer(middleware::from_fn_with_state(token, auth))
         .with_state(agent)

@@ -16,6 +16,7 @@ use wrenn_types::agent::{
     AgentErrorCode, CreateSandbox, HostInfo, SandboxInfo, SnapshotRequest, TemplateInfo,
 };
 use wrenn_types::envd::{EnvdErrorCode, ExecRequest, ExecResponse};
+use wrenn_types::process::{ProcessInfo, Signal, StartProcess};
 
 /// What the agent's router serves.
 #[derive(Clone)]
@@ -109,6 +110,30 @@ impl HostAgent for ManagerAgent {
     async fn delete_template(&self, name: &str) -> AgentResult<()> {
         Ok(self.0.delete_template(name).await?)
     }
+
+    // Background processes live in envd; the agent only passes requests on.
+
+    async fn start_process(&self, id: &str, req: &StartProcess) -> AgentResult<ProcessInfo> {
+        let (envd, _active) = self.0.envd(id).await?;
+        Ok(envd.start_process(req).await?)
+    }
+
+    async fn list_processes(&self, id: &str) -> AgentResult<Vec<ProcessInfo>> {
+        let (envd, _active) = self.0.envd(id).await?;
+        Ok(envd.list_processes().await?)
+    }
+
+    async fn kill_process(&self, id: &str, selector: &str, signal: Signal) -> AgentResult<()> {
+        let (envd, _active) = self.0.envd(id).await?;
+        Ok(envd.kill_process(selector, signal).await?)
+    }
+
+    async fn attach_process(&self, id: &str, selector: &str) -> AgentResult<ExecSession> {
+        // Unlike an exec stream, an attached client does not hold the sandbox's activity: a
+        // process may run for days, and watching it must not keep its sandbox from pausing.
+        let (envd, _active) = self.0.envd(id).await?;
+        Ok(ws_session(envd.attach_process(selector).await?, "envd"))
+    }
 }
 
 /// An exec session whose events pass through a task holding `active` until the session ends.
@@ -173,6 +198,8 @@ fn envd_error(e: &EnvdError) -> AgentApiError {
         EnvdErrorCode::NotFound => AgentErrorCode::FileNotFound,
         EnvdErrorCode::AlreadyExists => AgentErrorCode::AlreadyExists,
         EnvdErrorCode::PayloadTooLarge => AgentErrorCode::TooLarge,
+        EnvdErrorCode::ProcessNotFound => AgentErrorCode::ProcessNotFound,
+        EnvdErrorCode::ProcessConflict => AgentErrorCode::Conflict,
         EnvdErrorCode::Internal => AgentErrorCode::Internal,
         EnvdErrorCode::BadRequest
         | EnvdErrorCode::ExecFailed

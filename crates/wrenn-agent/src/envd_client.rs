@@ -4,6 +4,8 @@
 //! It owns the wire details only (URLs, status checks, error bodies, timeouts). Which guest to
 //! talk to, and when, belongs to the sandbox manager; this module never starts or stops VMs.
 
+mod procs;
+
 use bytes::Bytes;
 use futures_util::{SinkExt, Stream, StreamExt, TryStreamExt};
 use std::net::SocketAddr;

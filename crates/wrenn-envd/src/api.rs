@@ -43,6 +43,8 @@ pub struct AppState {
     pub max_output_bytes: usize,
     /// Upper bound on one upload; `None`: only the disk limits it.
     pub max_upload_bytes: Option<u64>,
+    /// Background processes (routes in [`crate::procs_api`]).
+    pub procs: Arc<crate::procs::Table>,
 }
 
 /// envd's error answer: a code (with its status) and a message, sent as
@@ -54,7 +56,7 @@ pub struct EnvdApiError {
 }
 
 impl EnvdApiError {
-    fn new(code: EnvdErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: EnvdErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -116,9 +118,9 @@ impl From<FileError> for EnvdApiError {
         let code = match &e {
             FileError::InvalidPath(_) => EnvdErrorCode::BadRequest,
             FileError::NotFound(_) => EnvdErrorCode::NotFound,
-            FileError::AlreadyExists(_) => EnvdErrorCode::AlreadyExists,
             FileError::IsADirectory(_) => EnvdErrorCode::IsADirectory,
             FileError::NotADirectory(_) => EnvdErrorCode::NotADirectory,
+            FileError::AlreadyExists(_) => EnvdErrorCode::AlreadyExists,
             FileError::PermissionDenied(_) => EnvdErrorCode::Forbidden,
             FileError::User(u) => user_code(u),
             FileError::TooLarge { .. } => EnvdErrorCode::PayloadTooLarge,
@@ -158,6 +160,7 @@ pub fn router(state: AppState) -> Router {
         .route("/files/mkdir", post(make_dir))
         .route("/files/remove", post(remove_path))
         .route("/clock", post(set_clock))
+        .merge(crate::procs_api::routes())
         .fallback(|| async { EnvdApiError::new(EnvdErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             EnvdApiError::new(

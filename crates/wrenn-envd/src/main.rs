@@ -7,11 +7,14 @@
 //! sets up logging and serves the router of [`api`].
 
 mod api;
+mod attach;
 mod clock;
 mod exec;
 mod files;
-mod fsops;
 mod process;
+mod procs;
+mod procs_api;
+mod fsops;
 mod stream;
 mod users;
 mod utf8;
@@ -60,6 +63,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         users: users::UserDb::default(),
         max_output_bytes: args.max_output_bytes,
         max_upload_bytes: args.max_upload_bytes,
+        procs: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -84,7 +84,7 @@ async fn read_start(socket: &mut WebSocket) -> Result<Option<Spec>, String> {
 }
 
 /// Reads the next chunk from an optional pipe; an absent pipe never becomes ready.
-async fn read_opt<R: tokio::io::AsyncRead + Unpin>(
+pub(crate) async fn read_opt<R: tokio::io::AsyncRead + Unpin>(
     pipe: &mut Option<R>,
     buf: &mut [u8],
 ) -> std::io::Result<usize> {

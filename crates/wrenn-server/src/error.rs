@@ -136,6 +136,9 @@ pub enum ApiError {
     /// The file does not exist in the sandbox.
     #[error("{0}")]
     FileNotFound(String),
+    /// No background process with that pid or tag in the sandbox (code `not_found`).
+    #[error("{0}")]
+    ProcessNotFound(String),
     /// The OAuth provider is unknown or not configured on this control plane.
     #[error("OAuth provider {0} is not configured")]
     OAuthNotConfigured(String),
@@ -215,6 +218,7 @@ impl From<AgentApiError> for ApiError {
                 AgentErrorCode::BadRequest => ApiError::BadRequest(tenant_words(message)),
                 AgentErrorCode::Capacity => ApiError::NoCapacity,
                 AgentErrorCode::TooLarge => ApiError::PayloadTooLarge(tenant_words(message)),
+                AgentErrorCode::ProcessNotFound => ApiError::ProcessNotFound(tenant_words(message)),
                 // The host's own business (its token, ids and names are ours, not the
                 // user's): a 502. Unknown sandboxes and templates are caught by the callers
                 // that expect them.
@@ -251,7 +255,7 @@ impl ApiError {
             ApiKeyNotFound(_) => ErrorCode::ApiKeyNotFound,
             FileNotFound(_) => ErrorCode::FileNotFound,
             OAuthNotConfigured(_) => ErrorCode::OAuthProviderNotConfigured,
-            RouteNotFound(_) => ErrorCode::NotFound,
+            RouteNotFound(_) | ProcessNotFound(_) => ErrorCode::NotFound,
             MethodNotAllowed => ErrorCode::MethodNotAllowed,
             NotRunning { .. } => ErrorCode::SandboxNotRunning,
             NotPaused { .. } => ErrorCode::SandboxNotPaused,

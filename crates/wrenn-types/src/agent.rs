@@ -24,6 +24,8 @@ wire_enum! {
         /// The file does not exist in the sandbox.
         FileNotFound = "file_not_found" (404),
         TooLarge = "too_large" (413),
+        /// No background process in the sandbox has that pid or tag.
+        ProcessNotFound = "process_not_found" (404),
         Internal = "internal" (500),
         /// A code this build does not know (from an agent of another version); never sent.
         #[serde(other)]

@@ -78,7 +78,8 @@ pub struct ExecRequest {
     pub args: Vec<String>,
     #[serde(default)]
     pub timeout_sec: Option<i64>,
-    #[serde(default)]
+    /// Also read as `envs` (the name the capsule API uses).
+    #[serde(default, alias = "envs")]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub cwd: Option<String>,

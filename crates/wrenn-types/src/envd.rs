@@ -12,6 +12,11 @@
 //! - `POST /files/mkdir`  `fs::MakeDirRequest` → `fs::MakeDirResponse` (409 `already_exists`)
 //! - `POST /files/remove` `fs::RemoveRequest`  → 204 (a directory with everything in it)
 //! - `POST /clock`       [`SetClock`]     → 204
+//! - `POST /processes`  [`crate::process::StartProcess`] → 201 [`crate::process::ProcessInfo`]
+//! - `GET  /processes`  → [`crate::process::ProcessList`] (running and recently finished)
+//! - `DELETE /processes/{selector}?signal=SIGKILL|SIGTERM` → 204
+//! - `GET  /processes/{selector}/stream`  WebSocket: the process's kept output, then live
+//!   output and its exit (see [`crate::process`])
 //!
 //! Errors use [`crate::ErrorBody`] with an [`EnvdErrorCode`], each with its own HTTP status.
 
@@ -40,13 +45,17 @@ wire_enum! {
         /// A parent of the path is a file.
         NotADirectory = "not_a_directory" (400),
         Forbidden = "forbidden" (403),
-        /// `mkdir` of a path that exists.
-        AlreadyExists = "already_exists" (409),
         PayloadTooLarge = "payload_too_large" (413),
         /// The upload's body broke off.
         UploadIncomplete = "upload_incomplete" (400),
         NoSpace = "no_space" (507),
         MethodNotAllowed = "method_not_allowed" (405),
+        /// No background process has that pid or tag.
+        ProcessNotFound = "process_not_found" (404),
+        /// The tag names a running process, or the process table is full.
+        ProcessConflict = "process_conflict" (409),
+        /// `mkdir` of a path that exists.
+        AlreadyExists = "already_exists" (409),
         Internal = "internal" (500),
         /// A code this build does not know (from an envd of another version); never sent.
         #[serde(other)]

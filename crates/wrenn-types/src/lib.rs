@@ -1,7 +1,8 @@
 //! Wire types shared by every Wrenn component: the public API (`api`), the host agent's
 //! internal API (`agent`), the in-guest daemon's API (`envd`), the `/v1/capsules` bodies
-//! (`capsule`), the guest filesystem operations shared by all three hops (`fs`), the one
-//! wire form of a point in time (`time`), and the one rule for names (`names`).
+//! (`capsule`), the guest filesystem operations shared by all three hops (`fs`), the one wire form of a
+//! point in time (`time`), the one rule for names (`names`), and the observability bodies
+//! (`observe`: metrics, stats, usage, events).
 //!
 //! This crate holds plain serde types only (with chrono for time). It must not depend on any
 //! runtime (tokio, axum, sqlx) so that the static guest binary and the CLI can use it cheaply.
@@ -13,6 +14,7 @@ pub mod envd;
 pub mod error;
 pub mod fs;
 pub mod names;
+pub mod process;
 pub mod stream;
 pub mod time;
 mod wire_enum;

@@ -26,11 +26,26 @@ pub enum ClientMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
-    Start { pid: u32 },
-    Stdout { data: String },
-    Stderr { data: String },
-    Exit { exit_code: i32 },
-    Error { data: String },
+    Start {
+        pid: u32,
+    },
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
+    Exit {
+        exit_code: i32,
+    },
+    Error {
+        data: String,
+    },
+    /// Attaching to a background process: `bytes` of its earlier output were dropped from
+    /// its bounded buffer before this client read them (sent before the output kept).
+    Dropped {
+        bytes: u64,
+    },
 }
 
 #[cfg(test)]
