@@ -33,6 +33,7 @@ use std::pin::Pin;
 use tokio::sync::mpsc;
 use wrenn_types::agent::{CreateSandbox, HostInfo, SandboxInfo, SnapshotRequest, TemplateInfo};
 use wrenn_types::envd::{ExecRequest, ExecResponse};
+use wrenn_types::fs::{FileEntry, ListDirRequest, ListDirResponse};
 use wrenn_types::process::{ProcessInfo, Signal, StartProcess};
 use wrenn_types::stream::{ClientMessage, ServerMessage};
 
@@ -133,6 +134,14 @@ pub trait HostAgent: Send + Sync + 'static {
         let _ = selector;
         Err(no_processes(id))
     }
+
+    /// [`paths::LIST_DIR`]: the directory `req.path`, `req.depth` levels deep.
+    async fn list_dir(&self, id: &str, req: &ListDirRequest) -> AgentResult<ListDirResponse>;
+    /// [`paths::MAKE_DIR`]: the directory `path` with its parents; `already_exists` if
+    /// something is there.
+    async fn make_dir(&self, id: &str, path: &str) -> AgentResult<FileEntry>;
+    /// [`paths::REMOVE_PATH`]: the file, link or directory tree at `path`.
+    async fn remove_path(&self, id: &str, path: &str) -> AgentResult<()>;
 
     /// [`Self::read_file_body`] without the length.
     async fn read_file(&self, id: &str, path: &str) -> AgentResult<ByteStream> {

@@ -21,6 +21,9 @@
 //! | [`LIST_PROCESSES`] | → `process::ProcessList` |
 //! | [`KILL_PROCESS`]`?signal=SIGKILL\|SIGTERM` | → 204 |
 //! | [`ATTACH_PROCESS`] | WebSocket of `wrenn_types::stream` events (the process's output) |
+//! | [`LIST_DIR`] | `fs::ListDirRequest` → `fs::ListDirResponse` |
+//! | [`MAKE_DIR`] | `fs::MakeDirRequest` → `fs::MakeDirResponse` (409 `already_exists`) |
+//! | [`REMOVE_PATH`] | `fs::RemoveRequest` → 204 |
 //! | [`LIST_TEMPLATES`] | → `[TemplateInfo]` |
 //! | [`DELETE_TEMPLATE`] | → 204 |
 
@@ -79,6 +82,9 @@ pub const KILL_PROCESS: Route =
     Route::new(Method::DELETE, "/v1/sandboxes/{id}/processes/{selector}");
 pub const ATTACH_PROCESS: Route =
     Route::new(Method::GET, "/v1/sandboxes/{id}/processes/{selector}/stream");
+pub const LIST_DIR: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/files/list");
+pub const MAKE_DIR: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/files/mkdir");
+pub const REMOVE_PATH: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/files/remove");
 pub const LIST_TEMPLATES: Route = Route::new(Method::GET, "/v1/templates");
 pub const DELETE_TEMPLATE: Route = Route::new(Method::DELETE, "/v1/templates/{name}");
 

@@ -4,6 +4,7 @@
 use crate::paths::{self, Route};
 use crate::{relay_exec, AgentApiError, AgentResult, HostAgent};
 use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::handler::Handler;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use wrenn_types::agent::{AgentErrorCode, CreateSandbox, FileQuery, SnapshotRequest};
 use wrenn_types::envd::ExecRequest;
+use wrenn_types::fs::{ListDirRequest, MakeDirRequest, MakeDirResponse, RemoveRequest};
 
 type Agent = State<Arc<dyn HostAgent>>;
 
@@ -36,6 +38,9 @@ pub fn router(agent: Arc<dyn HostAgent>, token: &str) -> Router {
         .operation(paths::EXEC_STREAM, exec_stream)
         .operation(paths::WRITE_FILE, write_file)
         .operation(paths::READ_FILE, read_file)
+        .operation(paths::LIST_DIR, list_dir)
+        .operation(paths::MAKE_DIR, make_dir)
+        .operation(paths::REMOVE_PATH, remove_path)
         .operation(paths::LIST_TEMPLATES, list_templates)
         .operation(paths::DELETE_TEMPLATE, delete_template)
         .merge(crate::procs::routes())
@@ -177,6 +182,38 @@ async fn read_file(
     Ok(resp)
 }
 
+/// A JSON body; a malformed one is a `bad_request`.
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> AgentResult<T> {
+    body.map(|Json(b)| b)
+        .map_err(|e| AgentApiError::new(AgentErrorCode::BadRequest, e.body_text()))
+}
+
+async fn list_dir(
+    State(a): Agent,
+    Path(id): Path<String>,
+    body: Result<Json<ListDirRequest>, JsonRejection>,
+) -> AgentResult<impl IntoResponse> {
+    Ok(Json(a.list_dir(&id, &json_body(body)?).await?))
+}
+
+async fn make_dir(
+    State(a): Agent,
+    Path(id): Path<String>,
+    body: Result<Json<MakeDirRequest>, JsonRejection>,
+) -> AgentResult<impl IntoResponse> {
+    let entry = a.make_dir(&id, &json_body(body)?.path).await?;
+    Ok(Json(MakeDirResponse { entry }))
+}
+
+async fn remove_path(
+    State(a): Agent,
+    Path(id): Path<String>,
+    body: Result<Json<RemoveRequest>, JsonRejection>,
+) -> AgentResult<StatusCode> {
+    a.remove_path(&id, &json_body(body)?.path).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn list_templates(State(a): Agent) -> AgentResult<impl IntoResponse> {
     Ok(Json(a.list_templates().await?))
 }
@@ -252,6 +289,19 @@ mod tests {
             Ok(vec![])
         }
         async fn delete_template(&self, _: &str) -> AgentResult<()> {
+            Err(missing())
+        }
+        async fn list_dir(
+            &self,
+            _: &str,
+            _: &wrenn_types::fs::ListDirRequest,
+        ) -> AgentResult<wrenn_types::fs::ListDirResponse> {
+            Err(missing())
+        }
+        async fn make_dir(&self, _: &str, _: &str) -> AgentResult<wrenn_types::fs::FileEntry> {
+            Err(missing())
+        }
+        async fn remove_path(&self, _: &str, _: &str) -> AgentResult<()> {
             Err(missing())
         }
     }

@@ -16,6 +16,7 @@ use wrenn_types::agent::{
     AgentErrorCode, CreateSandbox, HostInfo, SandboxInfo, SnapshotRequest, TemplateInfo,
 };
 use wrenn_types::envd::{EnvdErrorCode, ExecRequest, ExecResponse};
+use wrenn_types::fs::{FileEntry, ListDirRequest, ListDirResponse};
 use wrenn_types::process::{ProcessInfo, Signal, StartProcess};
 
 /// What the agent's router serves.
@@ -101,6 +102,21 @@ impl HostAgent for ManagerAgent {
             chunk
         });
         Ok(FileBody::from_stream(len, stream))
+    }
+
+    async fn list_dir(&self, id: &str, req: &ListDirRequest) -> AgentResult<ListDirResponse> {
+        let (envd, _active) = self.0.envd(id).await?;
+        Ok(envd.list_dir(req).await?)
+    }
+
+    async fn make_dir(&self, id: &str, path: &str) -> AgentResult<FileEntry> {
+        let (envd, _active) = self.0.envd(id).await?;
+        Ok(envd.make_dir(path).await?)
+    }
+
+    async fn remove_path(&self, id: &str, path: &str) -> AgentResult<()> {
+        let (envd, _active) = self.0.envd(id).await?;
+        Ok(envd.remove_path(path).await?)
     }
 
     async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>> {

@@ -14,6 +14,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wrenn_types::envd::{EnvdErrorCode, ExecRequest, ExecResponse, Health, SetClock};
+use wrenn_types::fs::{
+    FileEntry, ListDirRequest, ListDirResponse, MakeDirRequest, MakeDirResponse, RemoveRequest,
+};
 use wrenn_types::stream::{ClientMessage, ServerMessage};
 use wrenn_types::ErrorBody;
 
@@ -243,6 +246,32 @@ impl EnvdClient {
 
     async fn put_file(&self, query: &[(&str, &str)], body: reqwest::Body) -> Result<(), EnvdError> {
         self.send(self.http.put(self.url("/files")).query(query).body(body))
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /files/list`: the directory's entries, `req.depth` levels deep.
+    pub async fn list_dir(&self, req: &ListDirRequest) -> Result<ListDirResponse, EnvdError> {
+        let resp = self
+            .send(self.http.post(self.url("/files/list")).json(req))
+            .await?;
+        resp.json().await.map_err(|e| self.connect_err(e))
+    }
+
+    /// `POST /files/mkdir`: creates the directory `path` with its parents.
+    pub async fn make_dir(&self, path: &str) -> Result<FileEntry, EnvdError> {
+        let req = MakeDirRequest { path: path.into() };
+        let resp = self
+            .send(self.http.post(self.url("/files/mkdir")).json(&req))
+            .await?;
+        let made: MakeDirResponse = resp.json().await.map_err(|e| self.connect_err(e))?;
+        Ok(made.entry)
+    }
+
+    /// `POST /files/remove`: removes the file, link or directory tree at `path`.
+    pub async fn remove_path(&self, path: &str) -> Result<(), EnvdError> {
+        let req = RemoveRequest { path: path.into() };
+        self.send(self.http.post(self.url("/files/remove")).json(&req))
             .await?;
         Ok(())
     }

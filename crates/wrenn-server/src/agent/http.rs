@@ -18,6 +18,9 @@ use wrenn_types::agent::{
 };
 use wrenn_types::envd::{ExecRequest, ExecResponse};
 use wrenn_types::process::{ProcessInfo, ProcessList, Signal, StartProcess};
+use wrenn_types::fs::{
+    FileEntry, ListDirRequest, ListDirResponse, MakeDirRequest, MakeDirResponse, RemoveRequest,
+};
 use wrenn_types::ErrorBody;
 
 /// Time allowed for quick control calls (host info, lists, destroy).
@@ -25,6 +28,9 @@ const QUICK_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time allowed for VM lifecycle calls (create, pause, resume, snapshot): under emulation
 /// saving a guest's state can take a while.
 const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Time allowed for listing, creating or removing guest paths (a deep listing or a large
+/// tree's removal takes a while).
+const FILES_TIMEOUT: Duration = Duration::from_secs(120);
 /// Slack added to an exec's own timeout.
 const EXEC_SLACK: Duration = Duration::from_secs(30);
 /// Largest JSON answer read from an agent (host info, lists, a sandbox, a template).
@@ -298,6 +304,25 @@ impl HostAgent for HttpAgent {
             resp.content_length(),
             resp.bytes_stream(),
         ))
+    }
+
+    async fn list_dir(&self, id: &str, req: &ListDirRequest) -> AgentResult<ListDirResponse> {
+        let rb = self.req(paths::LIST_DIR, id).json(req);
+        self.json(rb.timeout(FILES_TIMEOUT)).await
+    }
+
+    async fn make_dir(&self, id: &str, path: &str) -> AgentResult<FileEntry> {
+        let req = MakeDirRequest { path: path.into() };
+        let rb = self.req(paths::MAKE_DIR, id).json(&req);
+        let made: MakeDirResponse = self.json(rb.timeout(FILES_TIMEOUT)).await?;
+        Ok(made.entry)
+    }
+
+    async fn remove_path(&self, id: &str, path: &str) -> AgentResult<()> {
+        let req = RemoveRequest { path: path.into() };
+        let rb = self.req(paths::REMOVE_PATH, id).json(&req);
+        self.send(rb.timeout(FILES_TIMEOUT)).await?;
+        Ok(())
     }
 
     async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>> {

@@ -25,6 +25,7 @@ use wrenn_types::agent::{
     TemplateInfo, TemplateKind,
 };
 use wrenn_types::envd::{Encoding, ExecRequest, ExecResponse};
+use wrenn_types::fs::{FileEntry, ListDirRequest, ListDirResponse};
 use wrenn_types::process::{ProcessInfo, Signal, StartProcess};
 use wrenn_types::stream::{ClientMessage, ServerMessage};
 use wrenn_types::time::Timestamp;
@@ -47,6 +48,8 @@ pub(super) struct SimTemplate {
 pub(super) struct SimState {
     pub(super) sandboxes: HashMap<String, SimSandbox>,
     pub(super) templates: HashMap<String, SimTemplate>,
+    /// Directories made by `mkdir`, by sandbox (`sim_fs`).
+    pub(super) dirs: HashMap<String, std::collections::BTreeSet<String>>,
     /// Background processes, by sandbox (`sim_procs`).
     pub(super) procs: HashMap<String, Vec<super::sim_procs::SimProc>>,
 }
@@ -488,6 +491,18 @@ impl HostAgent for SimAgent {
 
     async fn attach_process(&self, id: &str, selector: &str) -> AgentResult<ExecSession> {
         self.sim_attach_process(id, selector)
+    }
+
+    async fn list_dir(&self, id: &str, req: &ListDirRequest) -> AgentResult<ListDirResponse> {
+        self.sim_list_dir(id, req)
+    }
+
+    async fn make_dir(&self, id: &str, path: &str) -> AgentResult<FileEntry> {
+        self.sim_make_dir(id, path)
+    }
+
+    async fn remove_path(&self, id: &str, path: &str) -> AgentResult<()> {
+        self.sim_remove_path(id, path)
     }
 
     async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>> {
