@@ -55,6 +55,16 @@ impl Store for GatedStore {
     async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
         self.inner.user_by_email(email).await
     }
+    async fn put_sandbox_metadata(&self, id: &str, json: &str) -> Result<(), StoreError> {
+        self.inner.put_sandbox_metadata(id, json).await
+    }
+    async fn sandbox_metadata(
+        &self,
+        team_id: &str,
+        id: Option<&str>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.sandbox_metadata(team_id, id).await
+    }
     async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
         self.inner.user_by_id(id).await
     }

@@ -2,11 +2,14 @@
 //! the WebSocket exec proxy and the streaming file transfers. Handlers parse and validate
 //! the request, call one [`App`] method and shape the answer; errors go through
 //! [`ApiError`]. Unknown routes, wrong methods and panics answer with the error body too.
+//! `/v1/capsules` is `capsules` (with `capsule_files`), sharing the sandbox handlers.
 //! Also here: `GET /metrics` (not part of the public spec, unauthenticated), the OAuth
 //! routes (`oauth`) and the per-request middleware (`observe`). No rules: those are
 //! [`App`]'s.
 
 mod capsule_commands;
+mod capsule_files;
+mod capsules;
 mod extract;
 mod oauth;
 mod observe;
@@ -107,10 +110,12 @@ pub fn router(app: Arc<App>) -> Router {
             post(create_snapshot).get(list_snapshots.layer(quick)),
         )
         .route("/v1/snapshots/{name}", delete(delete_snapshot))
+        .merge(capsules::routes(&app))
         .merge(capsule_commands::routes())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn(capsules::sdk_error_codes))
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
                 ApiError::Internal("request handler panicked".into()).into_response()

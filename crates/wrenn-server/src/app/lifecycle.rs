@@ -80,6 +80,17 @@ impl App {
         team_id: &str,
         req: api::CreateSandboxRequest,
     ) -> Result<api::Sandbox, ApiError> {
+        Ok(sandbox_view(&self.create_record(team_id, req, None).await?))
+    }
+
+    /// Creates a sandbox and returns its record; `metadata` (a JSON object, for
+    /// `/v1/capsules`) is stored with the row before the agent is called.
+    pub(super) async fn create_record(
+        self: &Arc<Self>,
+        team_id: &str,
+        req: api::CreateSandboxRequest,
+        metadata: Option<String>,
+    ) -> Result<SandboxRecord, ApiError> {
         let (vcpus, memory_mb, timeout_sec) = check_create(&req, &self.cfg.sandbox_bounds)?;
         let template = req
             .template
@@ -136,12 +147,16 @@ impl App {
         let id = rec.id.clone();
         let ran = self
             .run_op(&id, Operation::Creating, move |app| async move {
-                app.create_body(rec, agent, req).await
+                app.create_body(rec, agent, req, metadata).await
             })
             .await?;
         match ran {
-            Ran::Done(rec) => Ok(sandbox_view(&rec)),
-            Ran::Joined => self.get_sandbox(team_id, &id).await,
+            Ran::Done(rec) => Ok(rec),
+            Ran::Joined => self
+                .store
+                .get_sandbox(team_id, &id)
+                .await?
+                .ok_or(ApiError::SandboxNotFound(id)),
         }
     }
 
@@ -150,10 +165,17 @@ impl App {
         mut rec: SandboxRecord,
         agent: Arc<dyn HostAgent>,
         req: CreateSandbox,
+        metadata: Option<String>,
     ) -> Result<SandboxRecord, ApiError> {
         self.store
             .insert_sandbox_within(&rec, &self.cfg.quotas)
             .await?;
+        if let Some(json) = metadata {
+            if let Err(e) = self.store.put_sandbox_metadata(&rec.id, &json).await {
+                self.undo_create(rec, agent.as_ref()).await;
+                return Err(e.into());
+            }
+        }
         if let Err(e) = self.fail("create.before_agent").await {
             self.undo_create(rec, agent.as_ref()).await;
             return Err(e);

@@ -5,7 +5,8 @@
 //!
 //! The jobs: `accounts` (signup, login, OAuth login, sessions), `keys` (API keys: issue,
 //! list, revoke, check), `sandboxes` (reads, exec, files, activity), `lifecycle` (create,
-//! pause, resume, destroy), `snapshots` (snapshot templates), `reaper` (the idle reaper's
+//! pause, resume, destroy), `capsules` (the `/v1/capsules` view: labels, status words,
+//! guest directory operations), `snapshots` (snapshot templates), `reaper` (the idle reaper's
 //! pass) and `reconcile` (the reconciler's pass). Beside them, `ops` runs a lifecycle
 //! operation to completion in a task of its own, one at a time per sandbox, and records its
 //! intent; `settle` finishes or undoes an operation that was cut short, from what the agent
@@ -13,6 +14,7 @@
 //! no job (timestamps on the wire, the `/metrics` page); it must not hold a job's operations.
 
 mod accounts;
+mod capsules;
 mod keys;
 mod lifecycle;
 mod ops;

@@ -419,6 +419,15 @@ pub trait Store: Send + Sync + 'static {
     async fn find_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError>;
     /// Every sandbox placed on a host, of any team (for the reconciler).
     async fn list_host_sandboxes(&self, host_id: &str) -> Result<Vec<SandboxRecord>, StoreError>;
+    /// Stores the metadata (a JSON object) of a sandbox whose row exists; replaces any.
+    async fn put_sandbox_metadata(&self, sandbox_id: &str, json: &str) -> Result<(), StoreError>;
+    /// The metadata (JSON) of the team's sandboxes that have any, by sandbox id; only
+    /// `sandbox_id`'s when given.
+    async fn sandbox_metadata(
+        &self,
+        team_id: &str,
+        sandbox_id: Option<&str>,
+    ) -> Result<Vec<(String, String)>, StoreError>;
 
     // --- templates ---
 

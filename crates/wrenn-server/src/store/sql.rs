@@ -307,6 +307,41 @@ macro_rules! impl_store {
                 lifecycle::get_sandbox(&self.pool, team_id, id).await
             }
 
+            async fn put_sandbox_metadata(
+                &self,
+                sandbox_id: &str,
+                json: &str,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO sandbox_metadata (sandbox_id, metadata) VALUES ($1, $2) \
+                     ON CONFLICT (sandbox_id) DO UPDATE SET metadata = excluded.metadata",
+                )
+                .bind(sandbox_id)
+                .bind(json)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn sandbox_metadata(
+                &self,
+                team_id: &str,
+                sandbox_id: Option<&str>,
+            ) -> Result<Vec<(String, String)>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT m.sandbox_id, m.metadata FROM sandbox_metadata m \
+                     JOIN sandboxes s ON s.id = m.sandbox_id \
+                     WHERE s.team_id = $1 AND ($2 IS NULL OR m.sandbox_id = $2)",
+                )
+                .bind(team_id)
+                .bind(sandbox_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect()
+            }
+
             async fn list_sandboxes(&self, team_id: &str) -> Result<Vec<SandboxRecord>, StoreError> {
                 lifecycle::list_sandboxes(&self.pool, team_id).await
             }

@@ -1,0 +1,250 @@
+//! Capsules: `/v1/capsules`' view of sandboxes. The operations are the sandboxes' own
+//! (`lifecycle`, `sandboxes`); this file adds what the capsule API has beyond them: the
+//! labels given at create (checked, stored with the row), the finer status words, and the
+//! guest directory operations (list, mkdir, remove). It must not hold lifecycle rules.
+
+use super::{ts, App};
+use crate::error::ApiError;
+use crate::store::{Operation, SandboxRecord};
+use std::collections::HashMap;
+use std::sync::Arc;
+use wrenn_types::agent::{AgentErrorCode, SandboxStatus};
+use wrenn_types::api::CreateSandboxRequest;
+use wrenn_types::capsule::{self, status, Capsule, CreateCapsuleRequest};
+use wrenn_types::fs::{FileEntry, ListDirRequest, ListDirResponse, MAX_LIST_DEPTH};
+
+/// The capsule status word of a record: the operation under way, else its state.
+pub fn capsule_status(s: &SandboxRecord) -> &'static str {
+    match s.intent.as_ref().map(|i| i.op) {
+        Some(Operation::Creating) => status::STARTING,
+        Some(Operation::Pausing) => status::PAUSING,
+        Some(Operation::Resuming) => status::RESUMING,
+        Some(Operation::Snapshotting) => status::SNAPSHOTTING,
+        Some(Operation::Destroying) => status::STOPPING,
+        None => match s.status {
+            SandboxStatus::Pending => status::STARTING,
+            SandboxStatus::Running => status::RUNNING,
+            SandboxStatus::Paused => status::PAUSED,
+            SandboxStatus::Stopped => status::STOPPED,
+            SandboxStatus::Error => status::ERROR,
+        },
+    }
+}
+
+fn capsule_view(s: &SandboxRecord, metadata: Option<&str>) -> Capsule {
+    Capsule {
+        id: s.id.clone(),
+        status: capsule_status(s).into(),
+        template: s.template.clone(),
+        vcpus: s.vcpus,
+        memory_mb: s.memory_mb,
+        timeout_sec: s.timeout_sec,
+        created_at: ts(s.created_at),
+        started_at: s.started_at.map(ts),
+        last_active_at: s.last_active_at.map(ts),
+        last_updated: ts(s.last_updated),
+        metadata: metadata
+            .and_then(|m| serde_json::from_str(m).ok())
+            .unwrap_or_default(),
+        disk_size_mb: None,
+        disk_used_mb: None,
+    }
+}
+
+/// A path for a directory operation: absolute, bounded, without NUL.
+fn check_dir_path(path: &str) -> Result<(), ApiError> {
+    if !path.starts_with('/') {
+        return Err(ApiError::BadRequest("path must be absolute".into()));
+    }
+    if path.len() > crate::config::limits::MAX_PATH_BYTES || path.contains('\0') {
+        return Err(ApiError::BadRequest("path too long or invalid".into()));
+    }
+    Ok(())
+}
+
+impl App {
+    async fn capsule_record(&self, team_id: &str, id: &str) -> Result<SandboxRecord, ApiError> {
+        self.store
+            .get_sandbox(team_id, id)
+            .await?
+            .ok_or_else(|| ApiError::SandboxNotFound(id.into()))
+    }
+
+    pub async fn create_capsule(
+        self: &Arc<Self>,
+        team_id: &str,
+        req: CreateCapsuleRequest,
+    ) -> Result<Capsule, ApiError> {
+        let metadata = match req.metadata.filter(|m| !m.is_empty()) {
+            Some(m) => {
+                capsule::check_metadata(&m).map_err(ApiError::BadRequest)?;
+                Some(serde_json::to_string(&m).map_err(|e| ApiError::Internal(e.to_string()))?)
+            }
+            None => None,
+        };
+        let create = CreateSandboxRequest {
+            template: req.template,
+            vcpus: req.vcpus,
+            memory_mb: req.memory_mb,
+            timeout_sec: req.timeout_sec,
+        };
+        let rec = self
+            .create_record(team_id, create, metadata.clone())
+            .await?;
+        Ok(capsule_view(&rec, metadata.as_deref()))
+    }
+
+    pub async fn get_capsule(&self, team_id: &str, id: &str) -> Result<Capsule, ApiError> {
+        let rec = self.capsule_record(team_id, id).await?;
+        let meta = self.store.sandbox_metadata(team_id, Some(id)).await?;
+        Ok(capsule_view(&rec, meta.first().map(|(_, m)| m.as_str())))
+    }
+
+    pub async fn list_capsules(&self, team_id: &str) -> Result<Vec<Capsule>, ApiError> {
+        let recs = self.store.list_sandboxes(team_id).await?;
+        let meta: HashMap<String, String> = self
+            .store
+            .sandbox_metadata(team_id, None)
+            .await?
+            .into_iter()
+            .collect();
+        Ok(recs
+            .iter()
+            .map(|r| capsule_view(r, meta.get(&r.id).map(String::as_str)))
+            .collect())
+    }
+
+    pub async fn pause_capsule(
+        self: &Arc<Self>,
+        team_id: &str,
+        id: &str,
+    ) -> Result<Capsule, ApiError> {
+        self.pause(team_id, id).await?;
+        self.get_capsule(team_id, id).await
+    }
+
+    pub async fn resume_capsule(
+        self: &Arc<Self>,
+        team_id: &str,
+        id: &str,
+    ) -> Result<Capsule, ApiError> {
+        self.resume(team_id, id).await?;
+        self.get_capsule(team_id, id).await
+    }
+
+    /// Lists a directory of a running capsule.
+    pub async fn list_dir(
+        &self,
+        team_id: &str,
+        id: &str,
+        req: ListDirRequest,
+    ) -> Result<ListDirResponse, ApiError> {
+        check_dir_path(&req.path)?;
+        if req.depth.is_some_and(|d| d > MAX_LIST_DEPTH) {
+            return Err(ApiError::BadRequest(format!(
+                "depth must be at most {MAX_LIST_DEPTH}"
+            )));
+        }
+        let sb = self.running(team_id, id).await?;
+        let agent = self.file_target(&sb, &req.path).await?;
+        Ok(agent.list_dir(&sb.id, &req).await?)
+    }
+
+    /// Creates a directory (with parents) in a running capsule; 409 `conflict` when the
+    /// path exists.
+    pub async fn make_dir(
+        &self,
+        team_id: &str,
+        id: &str,
+        path: &str,
+    ) -> Result<FileEntry, ApiError> {
+        check_dir_path(path)?;
+        let sb = self.running(team_id, id).await?;
+        let agent = self.file_target(&sb, path).await?;
+        match agent.make_dir(&sb.id, path).await {
+            Ok(entry) => Ok(entry),
+            Err(e) if e.code() == Some(AgentErrorCode::AlreadyExists) => Err(ApiError::Conflict(
+                format!("{path} already exists (already_exists)"),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes a file or a directory tree in a running capsule.
+    pub async fn remove_path(&self, team_id: &str, id: &str, path: &str) -> Result<(), ApiError> {
+        check_dir_path(path)?;
+        let sb = self.running(team_id, id).await?;
+        let agent = self.file_target(&sb, path).await?;
+        Ok(agent.remove_path(&sb.id, path).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{self, Intent};
+    use std::collections::BTreeMap;
+
+    fn labels(m: &[(&str, &str)]) -> BTreeMap<String, String> {
+        m.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn rec(status: SandboxStatus, op: Option<Operation>) -> SandboxRecord {
+        let now = store::now();
+        SandboxRecord {
+            id: "sb-1".into(),
+            team_id: "t".into(),
+            host_id: "h".into(),
+            status,
+            template: "minimal".into(),
+            vcpus: 1,
+            memory_mb: 512,
+            timeout_sec: 0,
+            guest_ip: String::new(),
+            host_ip: String::new(),
+            created_at: now,
+            started_at: None,
+            last_active_at: None,
+            last_updated: now,
+            intent: op.map(|op| Intent {
+                op,
+                owner: String::new(),
+                since: now,
+            }),
+            version: 0,
+        }
+    }
+
+    #[test]
+    fn status_words() {
+        use SandboxStatus as S;
+        let cases = [
+            (S::Pending, Some(Operation::Creating), "starting"),
+            (S::Pending, None, "starting"),
+            (S::Running, None, "running"),
+            (S::Running, Some(Operation::Pausing), "pausing"),
+            (S::Paused, None, "paused"),
+            (S::Paused, Some(Operation::Resuming), "resuming"),
+            (S::Running, Some(Operation::Snapshotting), "snapshotting"),
+            (S::Paused, Some(Operation::Destroying), "stopping"),
+            (S::Stopped, None, "stopped"),
+            (S::Error, None, "error"),
+        ];
+        for (s, op, want) in cases {
+            assert_eq!(capsule_status(&rec(s, op)), want, "{s:?} {op:?}");
+        }
+    }
+
+    #[test]
+    fn view_carries_metadata() {
+        let r = rec(SandboxStatus::Running, None);
+        let v = capsule_view(&r, Some(r#"{"env":"prod","team":"a"}"#));
+        assert_eq!(v.metadata, labels(&[("env", "prod"), ("team", "a")]));
+        assert!(capsule_view(&r, None).metadata.is_empty());
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["status"], "running");
+        assert!(json.get("disk_used_mb").is_none());
+    }
+}
