@@ -503,6 +503,58 @@ async fn templates(s: &dyn Store, host: &str) {
     assert!(s.get_template("team-t1", "py").await.unwrap().is_some());
 }
 
+/// Capsule metadata: stored per sandbox, replaced on a second write, read per team (one
+/// sandbox or all), gone with the sandbox's row.
+async fn metadata(s: &dyn Store, host: &str) {
+    s.insert_sandbox(&sandbox("sb-meta", "team-alice", host, 0))
+        .await
+        .unwrap();
+    let one = s
+        .sandbox_metadata("team-alice", Some("sb-meta"))
+        .await
+        .unwrap();
+    assert!(one.is_empty());
+    s.put_sandbox_metadata("sb-meta", r#"{"a":"1"}"#)
+        .await
+        .unwrap();
+    s.put_sandbox_metadata("sb-meta", r#"{"a":"2"}"#)
+        .await
+        .unwrap();
+    let want = vec![("sb-meta".to_string(), r#"{"a":"2"}"#.to_string())];
+    let one = s
+        .sandbox_metadata("team-alice", Some("sb-meta"))
+        .await
+        .unwrap();
+    assert_eq!(one, want);
+    let all = s.sandbox_metadata("team-alice", None).await.unwrap();
+    assert_eq!(all, want);
+    // Another team sees none of it.
+    assert!(s
+        .sandbox_metadata("team-octo", None)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .sandbox_metadata("team-octo", Some("sb-meta"))
+        .await
+        .unwrap()
+        .is_empty());
+    let cur = s
+        .get_sandbox("team-alice", "sb-meta")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(s
+        .delete_sandbox("team-alice", "sb-meta", cur.version)
+        .await
+        .unwrap());
+    assert!(s
+        .sandbox_metadata("team-alice", None)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 /// Every check, in order, against one store.
 async fn suite(s: Arc<dyn Store>) {
     accounts(&*s).await;
@@ -510,6 +562,7 @@ async fn suite(s: Arc<dyn Store>) {
     api_keys(&*s).await;
     let host = hosts(&*s).await;
     sandboxes(&*s, &host).await;
+    metadata(&*s, &host).await;
     intents(&*s, &host).await;
     templates(&*s, &host).await;
     reservations(&*s, &host).await;
