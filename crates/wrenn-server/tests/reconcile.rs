@@ -237,3 +237,44 @@ async fn postgres_reconciler_fixes_each_disagreement() {
     assert!(other.reconcile_now().await.unwrap().skipped);
     assert!(!t.server.reconcile_now().await.unwrap().skipped);
 }
+
+/// On SQLite there is one control plane: one started again after a crash (its lease row still
+/// naming the dead process) reconciles at once, not after the dead one's lease ran out.
+#[tokio::test]
+async fn sqlite_restarted_control_plane_reconciles_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        let mut cfg = wrenn_server::ServerConfig::new(dir.path(), support::JWT_SECRET);
+        cfg.reconcile_interval = Duration::from_secs(3600);
+        cfg
+    };
+    let crashed = wrenn_server::build(cfg()).await.unwrap();
+    assert!(!crashed.reconcile_now().await.unwrap().skipped);
+    let restarted = wrenn_server::build(cfg()).await.unwrap();
+    assert!(!restarted.reconcile_now().await.unwrap().skipped);
+}
+
+/// A sandbox whose pause a crashed control plane left unfinished shows `running`; an exec on
+/// it settles the abandoned pause (the agent says running) and runs, instead of answering
+/// 409 until the reconciler comes by. Only on SQLite, where every such intent is abandoned.
+#[tokio::test]
+async fn an_exec_settles_an_abandoned_operation_first() {
+    let t = server(None).await;
+    let k = t.account("abandoned@example.com").await.key;
+    let id = new_sandbox(&t, &k).await;
+    let store = t.server.store();
+    let mut sb = store.find_sandbox(&id).await.unwrap().unwrap();
+    sb.intent = Some(Intent {
+        op: Operation::Pausing,
+        owner: "cp-crashed".into(),
+        since: store::now(),
+    });
+    assert!(store.update_sandbox(&sb).await.unwrap());
+    assert_eq!(t.status(&k, &id).await, "running");
+    let r = t
+        .exec(&k, &id, json!({"cmd": "echo", "args": ["hi"]}))
+        .await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let sb = store.find_sandbox(&id).await.unwrap().unwrap();
+    assert!(sb.intent.is_none(), "{sb:?}");
+}

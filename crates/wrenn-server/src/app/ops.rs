@@ -270,6 +270,34 @@ impl App {
         }
     }
 
+    /// A request that needs `sb` at rest (an exec, a transfer) found an intent on it: if no
+    /// operation of this process holds the sandbox and the intent was abandoned (a crashed
+    /// process's, see [`App::abandoned`]), it is settled now; returns the row as it is after.
+    pub(super) async fn settle_if_abandoned(
+        &self,
+        sb: SandboxRecord,
+    ) -> Result<SandboxRecord, ApiError> {
+        if sb.intent.is_none() {
+            return Ok(sb);
+        }
+        let Ok(_turn) = self.ops.try_begin(&sb.id, None) else {
+            return Ok(sb); // under way here: not abandoned
+        };
+        let Some(now) = self.store.get_sandbox(&sb.team_id, &sb.id).await? else {
+            return Err(ApiError::SandboxNotFound(sb.id));
+        };
+        match &now.intent {
+            Some(intent) if self.abandoned(intent) => {
+                self.settle(now).await?;
+                self.store
+                    .get_sandbox(&sb.team_id, &sb.id)
+                    .await?
+                    .ok_or(ApiError::SandboxNotFound(sb.id))
+            }
+            _ => Ok(now),
+        }
+    }
+
     /// After an agent call failed: brings the record to what the agent says, or leaves the
     /// intent for the reconciler when that cannot be learnt now.
     pub(super) async fn settle_after_failure(&self, sb: SandboxRecord) {

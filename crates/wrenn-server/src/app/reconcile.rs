@@ -14,7 +14,7 @@
 //!   still does not know it.
 //!
 //! With several control planes on one PostgreSQL database a lease in the store (`try_lease`)
-//! makes one of them run the passes. The loop is `crate::reconciler`. It must not start
+//! makes one of them run the passes; with SQLite (one control plane) no lease is needed. The loop is `crate::reconciler`. It must not start
 //! lifecycle operations of its own.
 
 use super::settle::{take_agent_state, Settled};
@@ -78,7 +78,10 @@ impl App {
     /// One reconciler pass over every registered host (see the module doc).
     pub async fn reconcile(self: &Arc<Self>) -> Result<ReconcileReport, ApiError> {
         let ttl = (self.cfg.reconcile_interval * 3).max(Duration::from_secs(30));
-        if !self.store.try_lease(LEASE, &self.instance, ttl).await? {
+        // One control plane per SQLite file: the lease is this process's, also when a crashed
+        // predecessor's row still names it (waiting it out would leave its cut-short
+        // operations unsettled).
+        if !self.store.single_writer() && !self.store.try_lease(LEASE, &self.instance, ttl).await? {
             return Ok(ReconcileReport {
                 skipped: true,
                 ..Default::default()

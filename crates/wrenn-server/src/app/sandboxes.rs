@@ -52,10 +52,11 @@ impl App {
     }
 
     /// The team's sandbox, if it is running: 404 unless the team has it, 409 unless it
-    /// runs with no operation under way. A request looks its sandbox up once with this and
-    /// passes the record on.
+    /// runs with no operation under way (an abandoned one is settled first). A request looks
+    /// its sandbox up once with this and passes the record on.
     pub async fn running(&self, team_id: &str, id: &str) -> Result<SandboxRecord, ApiError> {
         let sb = self.sandbox(team_id, id).await?;
+        let sb = self.settle_if_abandoned(sb).await?;
         require_running(&sb)?;
         Ok(sb)
     }
