@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use wrenn_types::agent::{CreateSandbox, HostInfo, SandboxInfo, SnapshotRequest, TemplateInfo};
 use wrenn_types::envd::{ExecRequest, ExecResponse};
 use wrenn_types::fs::{FileEntry, ListDirRequest, ListDirResponse};
+use wrenn_types::observe::MetricPoint;
 use wrenn_types::process::{ProcessInfo, Signal, StartProcess};
 use wrenn_types::stream::{ClientMessage, ServerMessage};
 
@@ -111,6 +112,9 @@ pub trait HostAgent: Send + Sync + 'static {
     async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>>;
     /// [`paths::DELETE_TEMPLATE`].
     async fn delete_template(&self, name: &str) -> AgentResult<()>;
+    /// [`paths::SANDBOX_METRICS`]: the sandbox's resource samples of the last `range_secs`
+    /// seconds, oldest first (finer for short ranges; see the agent's sampler).
+    async fn sandbox_metrics(&self, id: &str, range_secs: u32) -> AgentResult<Vec<MetricPoint>>;
 
     /// [`paths::START_PROCESS`]: `req` started in the background in the sandbox.
     async fn start_process(&self, id: &str, req: &StartProcess) -> AgentResult<ProcessInfo> {

@@ -26,6 +26,7 @@
 //! | [`REMOVE_PATH`] | `fs::RemoveRequest` → 204 |
 //! | [`LIST_TEMPLATES`] | → `[TemplateInfo]` |
 //! | [`DELETE_TEMPLATE`] | → 204 |
+//! | [`SANDBOX_METRICS`]`?range_secs=N` | → `[MetricPoint]` (`wrenn_types::observe`), oldest first |
 
 use axum::http::Method;
 
@@ -87,6 +88,7 @@ pub const MAKE_DIR: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/files/m
 pub const REMOVE_PATH: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/files/remove");
 pub const LIST_TEMPLATES: Route = Route::new(Method::GET, "/v1/templates");
 pub const DELETE_TEMPLATE: Route = Route::new(Method::DELETE, "/v1/templates/{name}");
+pub const SANDBOX_METRICS: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/metrics");
 
 #[cfg(test)]
 mod tests {

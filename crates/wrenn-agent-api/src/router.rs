@@ -5,6 +5,7 @@ use crate::paths::{self, Route};
 use crate::{relay_exec, AgentApiError, AgentResult, HostAgent};
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::handler::Handler;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use wrenn_types::agent::{AgentErrorCode, CreateSandbox, FileQuery, SnapshotRequest};
 use wrenn_types::envd::ExecRequest;
+use wrenn_types::observe::MetricsQuery;
 use wrenn_types::fs::{ListDirRequest, MakeDirRequest, MakeDirResponse, RemoveRequest};
 
 type Agent = State<Arc<dyn HostAgent>>;
@@ -43,6 +45,7 @@ pub fn router(agent: Arc<dyn HostAgent>, token: &str) -> Router {
         .operation(paths::REMOVE_PATH, remove_path)
         .operation(paths::LIST_TEMPLATES, list_templates)
         .operation(paths::DELETE_TEMPLATE, delete_template)
+        .operation(paths::SANDBOX_METRICS, sandbox_metrics)
         .merge(crate::procs::routes())
         .fallback(|| async { AgentApiError::new(AgentErrorCode::NotFound, "no such route") })
         .layer(middleware::from_fn_with_state(token, auth))
@@ -223,6 +226,15 @@ async fn delete_template(State(a): Agent, Path(name): Path<String>) -> AgentResu
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn sandbox_metrics(
+    State(a): Agent,
+    Path(id): Path<String>,
+    q: Result<Query<MetricsQuery>, QueryRejection>,
+) -> AgentResult<impl IntoResponse> {
+    let Query(q) = q.map_err(|e| AgentApiError::new(AgentErrorCode::BadRequest, e.body_text()))?;
+    Ok(Json(a.sandbox_metrics(&id, q.range_secs).await?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +302,19 @@ mod tests {
         }
         async fn delete_template(&self, _: &str) -> AgentResult<()> {
             Err(missing())
+        }
+        async fn sandbox_metrics(
+            &self,
+            _: &str,
+            range_secs: u32,
+        ) -> AgentResult<Vec<wrenn_types::observe::MetricPoint>> {
+            // One point whose time is the range asked, so the query's parsing shows.
+            Ok(vec![wrenn_types::observe::MetricPoint {
+                timestamp_unix: i64::from(range_secs),
+                cpu_pct: 1.5,
+                mem_bytes: 2,
+                disk_bytes: 3,
+            }])
         }
         async fn list_dir(
             &self,
@@ -365,5 +390,24 @@ mod tests {
             body,
             r#"{"error":{"code":"not_found","message":"sandbox x not found"}}"#
         );
+    }
+
+    #[tokio::test]
+    async fn metrics_take_their_range_from_the_query() {
+        let path = format!("{}?range_secs=600", paths::SANDBOX_METRICS.fill("a"));
+        let (status, body) = call("GET", &path, Some(TOKEN), "").await;
+        assert_eq!(status, 200);
+        let points: Vec<wrenn_types::observe::MetricPoint> = serde_json::from_str(&body).unwrap();
+        assert_eq!(points.len(), 1);
+        assert_eq!(points[0].timestamp_unix, 600);
+        for bad in ["", "?range_secs=x", "?range_secs=-1"] {
+            let path = format!("{}{bad}", paths::SANDBOX_METRICS.fill("a"));
+            let (status, body) = call("GET", &path, Some(TOKEN), "").await;
+            assert_eq!(
+                (status, code_of(&body).as_str()),
+                (400, "bad_request"),
+                "{bad}"
+            );
+        }
     }
 }

@@ -17,6 +17,7 @@ use wrenn_types::agent::{
 };
 use wrenn_types::envd::{EnvdErrorCode, ExecRequest, ExecResponse};
 use wrenn_types::fs::{FileEntry, ListDirRequest, ListDirResponse};
+use wrenn_types::observe::MetricPoint;
 use wrenn_types::process::{ProcessInfo, Signal, StartProcess};
 
 /// What the agent's router serves.
@@ -125,6 +126,10 @@ impl HostAgent for ManagerAgent {
 
     async fn delete_template(&self, name: &str) -> AgentResult<()> {
         Ok(self.0.delete_template(name).await?)
+    }
+
+    async fn sandbox_metrics(&self, id: &str, range_secs: u32) -> AgentResult<Vec<MetricPoint>> {
+        Ok(self.0.metrics(id, range_secs).await?)
     }
 
     // Background processes live in envd; the agent only passes requests on.

@@ -14,6 +14,7 @@ pub mod envd;
 pub mod error;
 pub mod fs;
 pub mod names;
+pub mod observe;
 pub mod process;
 pub mod stream;
 pub mod time;

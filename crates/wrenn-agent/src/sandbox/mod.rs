@@ -21,6 +21,7 @@
 //! - `warm.rs`: warm snapshots of base templates;
 //! - `recover.rs`: finding the sandboxes of a previous run after a restart;
 //! - `capacity.rs`: the host's memory, the admission check, host info;
+//! - `metrics.rs`: the resource samples of running sandboxes (a sampling task, bounded rings);
 //! - [`records`] (the on-disk records) and [`disk`] (disk layers) are plain modules, not
 //!   manager methods.
 //!
@@ -32,6 +33,7 @@
 mod capacity;
 pub mod disk;
 mod lifecycle;
+mod metrics;
 pub mod records;
 mod recover;
 mod templates;
@@ -232,6 +234,8 @@ pub struct Manager {
     template_lock: tokio::sync::Mutex<()>,
     /// Named failure points for tests (`WRENN_FAILPOINTS`).
     failpoints: Failpoints,
+    /// Resource samples of running sandboxes (`metrics.rs`).
+    samples: metrics::Samples,
     me: Weak<Manager>,
 }
 

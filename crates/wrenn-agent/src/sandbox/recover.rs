@@ -85,8 +85,10 @@ impl Manager {
             warm_locks: Mutex::default(),
             template_lock: tokio::sync::Mutex::new(()),
             failpoints,
+            samples: Default::default(),
             me: me.clone(),
         });
+        mgr.start_sampler();
         for (rec, vm) in found {
             let id = rec.id.clone();
             let mut inner = Inner {

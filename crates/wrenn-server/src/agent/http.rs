@@ -17,6 +17,7 @@ use wrenn_types::agent::{
     AgentErrorCode, CreateSandbox, FileQuery, HostInfo, SandboxInfo, SnapshotRequest, TemplateInfo,
 };
 use wrenn_types::envd::{ExecRequest, ExecResponse};
+use wrenn_types::observe::{MetricPoint, MetricsQuery};
 use wrenn_types::process::{ProcessInfo, ProcessList, Signal, StartProcess};
 use wrenn_types::fs::{
     FileEntry, ListDirRequest, ListDirResponse, MakeDirRequest, MakeDirResponse, RemoveRequest,
@@ -332,5 +333,11 @@ impl HostAgent for HttpAgent {
     async fn delete_template(&self, name: &str) -> AgentResult<()> {
         self.call_empty(paths::DELETE_TEMPLATE, name, LIFECYCLE_TIMEOUT)
             .await
+    }
+
+    async fn sandbox_metrics(&self, id: &str, range_secs: u32) -> AgentResult<Vec<MetricPoint>> {
+        let q = MetricsQuery { range_secs };
+        let rb = self.req(paths::SANDBOX_METRICS, id).query(&q);
+        self.json(rb.timeout(QUICK_TIMEOUT)).await
     }
 }

@@ -26,6 +26,7 @@ use wrenn_types::agent::{
 };
 use wrenn_types::envd::{Encoding, ExecRequest, ExecResponse};
 use wrenn_types::fs::{FileEntry, ListDirRequest, ListDirResponse};
+use wrenn_types::observe::MetricPoint;
 use wrenn_types::process::{ProcessInfo, Signal, StartProcess};
 use wrenn_types::stream::{ClientMessage, ServerMessage};
 use wrenn_types::time::Timestamp;
@@ -527,5 +528,12 @@ impl HostAgent for SimAgent {
             let _ = std::fs::remove_file(f);
         }
         Ok(())
+    }
+
+    async fn sandbox_metrics(&self, id: &str, range_secs: u32) -> AgentResult<Vec<MetricPoint>> {
+        let st = self.lock();
+        let sb = st.sandboxes.get(id).ok_or_else(|| not_found(id))?;
+        let now = chrono::Utc::now().timestamp();
+        Ok(super::sim_metrics::points(&sb.info, range_secs, now))
     }
 }
