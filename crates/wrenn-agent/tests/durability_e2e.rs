@@ -239,6 +239,29 @@ impl ChildAgent {
     }
 }
 
+impl ChildAgent {
+    /// Waits (up to 30 s) until the guest's wall clock is within 3 s of the host's.
+    async fn assert_clock_set(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let guest: i64 = self.sh(id, "date +%s").await.trim().parse().unwrap();
+            let host = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            if (guest - host).abs() <= 3 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "guest clock {guest} stays {}s off the host's",
+                host - guest
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
 fn create_body(id: &str) -> Value {
     json!({"id": id, "template": "minimal", "vcpus": 1, "memory_mb": 256})
 }
@@ -437,8 +460,10 @@ fn operations_survive_dropped_clients_and_agent_crashes() {
         a.assert_usable(&id).await;
 
         // Killed during a resume after the guest ran again: running (re-attached) or in
-        // `error` with its files kept, never back to paused.
+        // `error` with its files kept, never back to paused. It stays paused a while first,
+        // so a guest clock nobody set after the resume would be that far behind.
         a.pause(&id).await;
+        tokio::time::sleep(Duration::from_secs(8)).await;
         let (a, status) = kill_at(
             &dir,
             a,
@@ -450,6 +475,7 @@ fn operations_survive_dropped_clients_and_agent_crashes() {
         .await;
         if status == "running" {
             a.assert_usable(&id).await;
+            a.assert_clock_set(&id).await;
         } else {
             let sb = dir.join("sandboxes").join(&id);
             assert!(sb.join("state").exists() && sb.join("mem").exists());

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use wrenn_types::agent::{SandboxInfo, SandboxStatus};
 
 /// How long envd may take to answer after a restore.
-const RESTORE_READY_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const RESTORE_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The failure points of a VM start: after the state is loaded (guest stopped), after the
 /// guest runs again.

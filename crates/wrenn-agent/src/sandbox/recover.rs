@@ -102,6 +102,9 @@ impl Manager {
                 match mgr.pool.adopt(idx) {
                     Ok(slot) => {
                         inner.envd = envd_for(&slot).ok();
+                        if let Some(envd) = inner.envd.clone() {
+                            set_clock_when_ready(id.clone(), envd);
+                        }
                         mgr.watch(&id, &vm);
                         inner.vm = Some(vm);
                         inner.slot = Some(slot);
@@ -128,6 +131,22 @@ impl Manager {
             inner.vm = None;
         }
     }
+}
+
+/// Sets a re-attached guest's wall clock once its envd answers, in the background. A resume
+/// cut short after its guest ran again never set it (the guest's clock stood still while it
+/// was paused); for a guest that ran on all along it is a no-op step.
+fn set_clock_when_ready(id: String, envd: crate::envd_client::EnvdClient) {
+    tokio::spawn(async move {
+        let set = async {
+            envd.wait_ready(super::lifecycle::RESTORE_READY_TIMEOUT)
+                .await?;
+            envd.set_clock(std::time::SystemTime::now()).await
+        };
+        if let Err(e) = set.await {
+            tracing::warn!(sandbox = %id, "setting the clock of a re-attached guest: {e}");
+        }
+    });
 }
 
 /// What a restart makes of one sandbox's record: the sandbox kept (with its re-attached VM),
