@@ -1,6 +1,6 @@
 //! The entry points for the `wrenn` binary: [`build`] a [`Server`] from a [`ServerConfig`]
-//! (opens the store, loads known hosts, arms failure points, starts the auto-pause reaper
-//! and the reconciler), register host agents, get the [`axum::Router`], and [`serve`] it on
+//! (opens the store, loads known hosts, arms failure points, starts the auto-pause reaper,
+//! the reconciler and the usage meter), register host agents, get the [`axum::Router`], and [`serve`] it on
 //! a listener.
 
 use crate::agent::HostAgent;
@@ -37,6 +37,7 @@ pub struct Server {
     app: Arc<App>,
     reaper: JoinHandle<()>,
     reconciler: JoinHandle<()>,
+    meter: JoinHandle<()>,
 }
 
 impl Drop for Server {
@@ -44,6 +45,7 @@ impl Drop for Server {
         // Operations under way finish in their own tasks.
         self.reaper.abort();
         self.reconciler.abort();
+        self.meter.abort();
     }
 }
 
@@ -76,10 +78,12 @@ pub async fn build(cfg: ServerConfig) -> Result<Server, BuildError> {
     app.hosts.load().await.map_err(BuildError::Hosts)?;
     let reaper = tokio::spawn(crate::reaper::run(Arc::downgrade(&app)));
     let reconciler = tokio::spawn(crate::reconciler::run(Arc::downgrade(&app)));
+    let meter = tokio::spawn(crate::app::run_meter(Arc::downgrade(&app)));
     Ok(Server {
         app,
         reaper,
         reconciler,
+        meter,
     })
 }
 
@@ -123,6 +127,11 @@ impl Server {
     /// Runs one reconciler pass now.
     pub async fn reconcile_now(&self) -> Result<ReconcileReport, ApiError> {
         self.app.reconcile().await
+    }
+
+    /// Runs one usage meter pass now; false when another control plane holds its lease.
+    pub async fn meter_usage_now(&self) -> Result<bool, ApiError> {
+        self.app.meter_usage().await
     }
 
     /// The failure points (`crate::failpoints`), to arm and disarm in tests.

@@ -222,6 +222,30 @@ impl Store for GatedStore {
     fn single_writer(&self) -> bool {
         self.inner.single_writer()
     }
+    async fn metered_sandboxes(
+        &self,
+    ) -> Result<Vec<wrenn_server::store::MeteredSandbox>, StoreError> {
+        self.inner.metered_sandboxes().await
+    }
+    async fn record_usage(&self, pass: &wrenn_server::store::UsagePass) -> Result<(), StoreError> {
+        self.inner.record_usage(pass).await
+    }
+    async fn daily_usage(
+        &self,
+        team_id: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<wrenn_server::store::DailyUsage>, StoreError> {
+        self.inner.daily_usage(team_id, from, to).await
+    }
+    async fn team_held(
+        &self,
+        team_id: &str,
+        since_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<(i64, wrenn_server::store::Held)>, StoreError> {
+        self.inner.team_held(team_id, since_ms, step_ms).await
+    }
 }
 
 fn profile(id: &str, email: &str) -> Profile {

@@ -3,12 +3,14 @@
 //! the request, call one [`App`] method and shape the answer; errors go through
 //! [`ApiError`]. Unknown routes, wrong methods and panics answer with the error body too.
 //! `/v1/capsules` is `capsules` (with `capsule_files`), sharing the sandbox handlers.
+//! Stats, usage, a capsule's metrics and the events stream are `capsule_observe`.
 //! Also here: `GET /metrics` (not part of the public spec, unauthenticated), the OAuth
 //! routes (`oauth`) and the per-request middleware (`observe`). No rules: those are
 //! [`App`]'s.
 
 mod capsule_commands;
 mod capsule_files;
+mod capsule_observe;
 mod capsules;
 mod extract;
 mod oauth;
@@ -110,6 +112,7 @@ pub fn router(app: Arc<App>) -> Router {
             post(create_snapshot).get(list_snapshots.layer(quick)),
         )
         .route("/v1/snapshots/{name}", delete(delete_snapshot))
+        .merge(capsule_observe::routes(&app))
         .merge(capsules::routes(&app))
         .merge(capsule_commands::routes())
         .fallback(route_not_found)

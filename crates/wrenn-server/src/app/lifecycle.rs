@@ -6,6 +6,7 @@
 //! failure after the agent answered leaves the intent for the reconciler, which settles it.
 //! It must not touch accounts, keys or snapshots.
 
+use super::events::{no_meta, Actor::ApiKey};
 use super::ops::Ran;
 use super::sandboxes::sandbox_view;
 use super::settle::take_agent_state;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use wrenn_types::agent::{codes, CreateSandbox, SandboxStatus};
 use wrenn_types::api;
+use wrenn_types::observe::event::{CAPSULE_CREATE, CAPSULE_DESTROY, CAPSULE_PAUSE, CAPSULE_RESUME};
 
 /// 409 unless the sandbox runs with no operation under way.
 pub(super) fn require_running(sb: &SandboxRecord) -> Result<(), ApiError> {
@@ -145,9 +147,19 @@ impl App {
             memory_mb: memory_mb as u32,
         };
         let id = rec.id.clone();
+        let (team, sid) = (team_id.to_string(), id.clone());
         let ran = self
             .run_op(&id, Operation::Creating, move |app| async move {
-                app.create_body(rec, agent, req, metadata).await
+                let r = app.create_body(rec, agent, req, metadata).await;
+                app.announce(
+                    CAPSULE_CREATE,
+                    &team,
+                    ("capsule", &sid),
+                    ApiKey,
+                    no_meta(),
+                    &r,
+                );
+                r
             })
             .await?;
         match ran {
@@ -231,10 +243,22 @@ impl App {
     ) -> Result<(), ApiError> {
         let (team, sid) = (team_id.to_string(), id.to_string());
         self.run_op(id, Operation::Destroying, move |app| async move {
-            let sb = app
+            let r = match app
                 .claim(&team, &sid, Operation::Destroying, |_| Ok(()))
-                .await?;
-            app.destroy_claimed(sb).await
+                .await
+            {
+                Ok(sb) => app.destroy_claimed(sb).await,
+                Err(e) => Err(e),
+            };
+            app.announce(
+                CAPSULE_DESTROY,
+                &team,
+                ("capsule", &sid),
+                ApiKey,
+                no_meta(),
+                &r,
+            );
+            r
         })
         .await?;
         Ok(())
@@ -271,10 +295,22 @@ impl App {
         let (team, sid) = (team_id.to_string(), id.to_string());
         let ran = self
             .run_op(id, Operation::Pausing, move |app| async move {
-                let sb = app
+                let r = match app
                     .claim(&team, &sid, Operation::Pausing, require_running)
-                    .await?;
-                app.pause_claimed(sb).await
+                    .await
+                {
+                    Ok(sb) => app.pause_claimed(sb).await,
+                    Err(e) => Err(e),
+                };
+                app.announce(
+                    CAPSULE_PAUSE,
+                    &team,
+                    ("capsule", &sid),
+                    ApiKey,
+                    no_meta(),
+                    &r,
+                );
+                r
             })
             .await?;
         match ran {
@@ -321,10 +357,22 @@ impl App {
         let (team, sid) = (team_id.to_string(), id.to_string());
         let ran = self
             .run_op(id, Operation::Resuming, move |app| async move {
-                let sb = app
+                let r = match app
                     .claim(&team, &sid, Operation::Resuming, require_paused)
-                    .await?;
-                app.resume_claimed(sb).await
+                    .await
+                {
+                    Ok(sb) => app.resume_claimed(sb).await,
+                    Err(e) => Err(e),
+                };
+                app.announce(
+                    CAPSULE_RESUME,
+                    &team,
+                    ("capsule", &sid),
+                    ApiKey,
+                    no_meta(),
+                    &r,
+                );
+                r
             })
             .await?;
         match ran {

@@ -7,7 +7,9 @@
 //! list, revoke, check), `sandboxes` (reads, exec, files, activity), `lifecycle` (create,
 //! pause, resume, destroy), `capsules` (the `/v1/capsules` view: labels, status words,
 //! guest directory operations), `snapshots` (snapshot templates), `reaper` (the idle reaper's
-//! pass) and `reconcile` (the reconciler's pass). Beside them, `ops` runs a lifecycle
+//! pass), `reconcile` (the reconciler's pass), `usage` (the usage meter's pass and daily
+//! usage), `stats` (team stats, a capsule's resource samples) and `events` (the team's
+//! lifecycle events and their subscribers). Beside them, `ops` runs a lifecycle
 //! operation to completion in a task of its own, one at a time per sandbox, and records its
 //! intent; `settle` finishes or undoes an operation that was cut short, from what the agent
 //! says. This file owns the shared state ([`App`] and its construction) and what belongs to
@@ -15,6 +17,7 @@
 
 mod accounts;
 mod capsules;
+mod events;
 mod keys;
 mod lifecycle;
 mod ops;
@@ -24,13 +27,17 @@ mod reconcile;
 mod sandboxes;
 mod settle;
 mod snapshots;
+mod stats;
+mod usage;
 
 pub(crate) use accounts::add_password_account;
 pub use accounts::OAuthFinish;
+pub use events::Frame;
 pub use processes::ExecOutcome;
 pub use reconcile::ReconcileReport;
 pub use sandboxes::check_command;
 pub use snapshots::valid_template_name;
+pub use usage::run_meter;
 
 use crate::auth::JwtKeys;
 use crate::config::ServerConfig;
@@ -60,6 +67,8 @@ pub struct App {
     ops: ops::Ops,
     /// When the reconciler first saw each VM or template no record owns.
     orphans: Mutex<HashMap<String, Instant>>,
+    /// The subscribers of each team's lifecycle events (`events`).
+    pub(crate) events: events::Events,
     jwt: JwtKeys,
     /// Login and signup rate limits and the password hashing cap.
     guards: accounts::AuthGuards,
@@ -91,6 +100,7 @@ impl App {
             instance: format!("cp-{}", crate::auth::random_id(12)),
             ops: ops::Ops::default(),
             orphans: Mutex::new(HashMap::new()),
+            events: events::Events::default(),
         }
     }
 

@@ -5,10 +5,13 @@
 //! list makes the claim fail and the sandbox is left running. It must not decide anything
 //! else about sandboxes.
 
+use super::events::Actor;
 use super::App;
 use crate::error::ApiError;
 use crate::store::{self, Operation, SandboxRecord};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use wrenn_types::observe::event::CAPSULE_PAUSE;
 
 impl App {
     /// One pass of the idle reaper: pauses every running sandbox whose `timeout_sec` has
@@ -45,6 +48,17 @@ impl App {
         if !self.save(&mut sb).await? {
             return Ok(false);
         }
-        self.pause_claimed(sb).await.map(|_| true)
+        let (team, id) = (sb.team_id.clone(), sb.id.clone());
+        let r = self.pause_claimed(sb).await;
+        let why = BTreeMap::from([("reason".to_string(), "ttl_expired".to_string())]);
+        self.announce(
+            CAPSULE_PAUSE,
+            &team,
+            ("capsule", &id),
+            Actor::System,
+            why,
+            &r,
+        );
+        r.map(|_| true)
     }
 }

@@ -5,6 +5,7 @@
 //! and the template, the sandbox's removal and the reservation's end are one transaction
 //! after. It must not touch accounts, keys or sandboxes other than the one being snapshotted.
 
+use super::events::{no_meta, Actor::ApiKey};
 use super::lifecycle::require_running;
 use super::ops::Ran;
 use super::settle::template_record;
@@ -14,9 +15,11 @@ use crate::error::ApiError;
 use crate::store::{
     self, Operation, SandboxRecord, SnapshotReservation, StoreError, TemplateRecord,
 };
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use wrenn_types::agent::{codes, SnapshotRequest};
 use wrenn_types::api;
+use wrenn_types::observe::event::{SNAPSHOT_CREATE, SNAPSHOT_DELETE};
 
 fn template_view(t: &TemplateRecord) -> api::Template {
     api::Template {
@@ -73,7 +76,20 @@ impl App {
             .run_op(
                 &req.sandbox_id,
                 Operation::Snapshotting,
-                move |app| async move { app.snapshot_body(&team, &sid, name, overwrite).await },
+                move |app| async move {
+                    let tname = name.clone();
+                    let r = app.snapshot_body(&team, &sid, name, overwrite).await;
+                    let meta = BTreeMap::from([("sandbox_id".to_string(), sid.clone())]);
+                    app.announce(
+                        SNAPSHOT_CREATE,
+                        &team,
+                        ("template", &tname),
+                        ApiKey,
+                        meta,
+                        &r,
+                    );
+                    r
+                },
             )
             .await?;
         match ran {
@@ -209,6 +225,19 @@ impl App {
     }
 
     pub async fn delete_template(&self, team_id: &str, name: &str) -> Result<(), ApiError> {
+        let r = self.delete_template_body(team_id, name).await;
+        self.announce(
+            SNAPSHOT_DELETE,
+            team_id,
+            ("template", name),
+            ApiKey,
+            no_meta(),
+            &r,
+        );
+        r
+    }
+
+    async fn delete_template_body(&self, team_id: &str, name: &str) -> Result<(), ApiError> {
         let t = self
             .store
             .get_template(team_id, name)

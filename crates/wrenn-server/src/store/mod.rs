@@ -16,13 +16,17 @@ pub mod postgres;
 mod sql;
 mod sql_lifecycle;
 mod sql_quota;
+mod sql_usage;
 pub mod sqlite;
+mod usage;
 
 use crate::config::Quotas;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use std::sync::Arc;
 use wrenn_types::agent::SandboxStatus;
+
+pub use usage::{DailyUsage, Held, MeteredSandbox, UsageCredit, UsagePass};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -489,6 +493,29 @@ pub trait Store: Send + Sync + 'static {
     /// Whether only one control plane can use this database (SQLite): then an operation that
     /// this process is not running has been abandoned.
     fn single_writer(&self) -> bool;
+
+    // --- usage and stats (see `usage`) ---
+
+    /// Every running sandbox and every sandbox with a meter, across all teams (for the
+    /// usage meter).
+    async fn metered_sandboxes(&self) -> Result<Vec<MeteredSandbox>, StoreError>;
+    /// Writes one meter pass in one transaction (and drops meters of deleted sandboxes).
+    async fn record_usage(&self, pass: &UsagePass) -> Result<(), StoreError>;
+    /// The team's stored days from `from` to `to` (both `YYYY-MM-DD`, included), in order.
+    async fn daily_usage(
+        &self,
+        team_id: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<DailyUsage>, StoreError>;
+    /// The most the team held in each bucket of `step_ms` from `since_ms` on (bucket index
+    /// from 0), buckets without samples left out.
+    async fn team_held(
+        &self,
+        team_id: &str,
+        since_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<(i64, Held)>, StoreError>;
 }
 
 /// Opens the store for a database URL: `postgres://` / `postgresql://` → PostgreSQL,

@@ -11,6 +11,7 @@ macro_rules! impl_store {
         use super::$store;
         $crate::store::sql_lifecycle::lifecycle_queries!($db);
         $crate::store::sql_quota::quota_queries!($db);
+        $crate::store::sql_usage::usage_queries!($db);
         const USER_COLS: &str = "u.id, u.email, u.password_hash, u.team_id, u.created_at";
         const KEY_COLS: &str =
             "id, team_id, name, key_hash, key_prefix, created_by, created_at, last_used";
@@ -455,6 +456,37 @@ macro_rules! impl_store {
 
             fn single_writer(&self) -> bool {
                 $single
+            }
+
+            async fn metered_sandboxes(
+                &self,
+            ) -> Result<Vec<$crate::store::MeteredSandbox>, StoreError> {
+                usage::metered_sandboxes(&self.pool).await
+            }
+
+            async fn record_usage(
+                &self,
+                pass: &$crate::store::UsagePass,
+            ) -> Result<(), StoreError> {
+                usage::record_usage(&self.pool, pass).await
+            }
+
+            async fn daily_usage(
+                &self,
+                team_id: &str,
+                from: &str,
+                to: &str,
+            ) -> Result<Vec<$crate::store::DailyUsage>, StoreError> {
+                usage::daily_usage(&self.pool, team_id, from, to).await
+            }
+
+            async fn team_held(
+                &self,
+                team_id: &str,
+                since_ms: i64,
+                step_ms: i64,
+            ) -> Result<Vec<(i64, $crate::store::Held)>, StoreError> {
+                usage::team_held(&self.pool, team_id, since_ms, step_ms).await
             }
         }
         }
