@@ -1,6 +1,7 @@
 //! `wrenn-envd`: the daemon inside every Wrenn guest. It serves the API of
 //! [`wrenn_types::envd`] on TCP (port [`ENVD_PORT`] by default): buffered and streamed exec,
-//! streaming file reads and writes, health, and setting the wall clock.
+//! background processes (started, listed, signalled, attached to), streaming file reads and
+//! writes, health, and setting the wall clock.
 //!
 //! It is a small static binary started at every boot, so it runs on a single-threaded
 //! runtime and reads users from `/etc/passwd` itself (no NSS). This file only parses flags,

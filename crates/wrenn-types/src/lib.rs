@@ -2,7 +2,8 @@
 //! internal API (`agent`), the in-guest daemon's API (`envd`), the `/v1/capsules` bodies
 //! (`capsule`), the guest filesystem operations shared by all three hops (`fs`), the one wire form of a
 //! point in time (`time`), the one rule for names (`names`), and the observability bodies
-//! (`observe`: metrics, stats, usage, events).
+//! (`observe`: metrics, stats, usage, events), and background processes on every hop
+//! (`process`).
 //!
 //! This crate holds plain serde types only (with chrono for time). It must not depend on any
 //! runtime (tokio, axum, sqlx) so that the static guest binary and the CLI can use it cheaply.
