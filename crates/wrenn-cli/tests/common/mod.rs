@@ -20,8 +20,26 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OnceCell, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Fixed prefix and first slot: a new run's agent removes the namespaces a killed run left.
+/// These are system_e2e's; another test binary picks its own with [`use_slots`].
 pub const NET_PREFIX: &str = "sx";
 pub const FIRST_SLOT: u32 = 9600;
+static SLOTS: OnceLock<(&'static str, u32)> = OnceLock::new();
+
+/// Gives the daemon of this test binary its own network prefix and first slot (its data dir
+/// is named after the prefix); call before the first [`enter`].
+pub fn use_slots(prefix: &'static str, first_slot: u32) {
+    let set = *SLOTS.get_or_init(|| (prefix, first_slot));
+    assert_eq!(
+        set,
+        (prefix, first_slot),
+        "slots chosen after the daemon started"
+    );
+}
+
+/// The network prefix and first slot of this binary's daemon.
+pub fn slots() -> (&'static str, u32) {
+    *SLOTS.get_or_init(|| (NET_PREFIX, FIRST_SLOT))
+}
 /// Auto-pause reaper interval of the daemon under test.
 pub const REAPER_INTERVAL_MS: u64 = 500;
 /// Default timeout of one API request (VM creation under TCG with other tests running).
@@ -183,7 +201,7 @@ fn free_port() -> u16 {
 async fn start_suite() -> Suite {
     let data_dir = images_root()
         .join("e2e")
-        .join(format!("system-{NET_PREFIX}"));
+        .join(format!("system-{}", slots().0));
     assert!(
         images_root().join("images").join("kernel").exists(),
         "no guest images under {} (run scripts/test or `wrenn images build`)",
@@ -251,8 +269,8 @@ fn spawn_daemon(data_dir: &Path, listen: &str, agent_listen: &str) -> Child {
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--listen", listen, "--agent-listen", agent_listen])
-        .args(["--net-prefix", NET_PREFIX])
-        .args(["--first-slot", &FIRST_SLOT.to_string()])
+        .args(["--net-prefix", slots().0])
+        .args(["--first-slot", &slots().1.to_string()])
         .args(["--reaper-interval-ms", &REAPER_INTERVAL_MS.to_string()])
         // SQLite in the data dir, the persisted JWT secret, no OAuth.
         .env_remove("DATABASE_URL")
