@@ -457,4 +457,53 @@ async fn snapshots_as_the_sdk_uses_them() {
     assert_eq!(r.status(), 201);
     let r = call(&t, &acc.key, Method::DELETE, "/v1/snapshots/sdk-snap").await;
     assert_eq!(r.status(), 204);
+
+    // The SDK's Template fields, additive to the seed's shape.
+    let all: Vec<Value> = call(&t, &acc.key, Method::GET, "/v1/snapshots")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let base = all.iter().find(|t| t["name"] == "minimal").unwrap();
+    assert_eq!(
+        (&base["type"], &base["platform"], &base["protected"]),
+        (&json!("base"), &json!(true), &json!(true))
+    );
+
+    // A paused capsule can be snapshotted; a paused sandbox of the seed API cannot (409, as
+    // that spec says).
+    let c3 = create(&t, &acc.key, json!({})).await;
+    let id3 = c3["id"].as_str().unwrap();
+    let r = call(
+        &t,
+        &acc.key,
+        Method::POST,
+        &format!("/v1/capsules/{id3}/pause"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = post_json(
+        &t,
+        &acc.key,
+        "/v1/snapshots",
+        json!({"sandbox_id": id3, "name": "from-paused"}),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let tpl: Value = r.json().await.unwrap();
+    assert_eq!(
+        (&tpl["platform"], &tpl["protected"]),
+        (&json!(false), &json!(false))
+    );
+    let sb = t.sandbox(&acc.key, json!({})).await;
+    let sid = sb["id"].as_str().unwrap();
+    assert_eq!(t.op(&acc.key, sid, "pause").await.status(), 200);
+    let r = post_json(
+        &t,
+        &acc.key,
+        "/v1/snapshots",
+        json!({"sandbox_id": sid, "name": "seed-paused"}),
+    )
+    .await;
+    assert_error(r, 409, "sandbox_not_running").await;
 }

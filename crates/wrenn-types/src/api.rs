@@ -112,6 +112,13 @@ pub struct Template {
     pub memory_mb: Option<i64>,
     pub size_bytes: i64,
     pub created_at: String,
+    /// Additive to the seed spec (the SDK's fields): a base template of the platform,
+    /// visible to every team.
+    #[serde(default)]
+    pub platform: bool,
+    /// Additive to the seed spec: cannot be deleted (the base templates).
+    #[serde(default)]
+    pub protected: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

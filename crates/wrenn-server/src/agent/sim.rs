@@ -345,7 +345,15 @@ impl HostAgent for SimAgent {
 
     async fn snapshot(&self, id: &str, req: &SnapshotRequest) -> AgentResult<TemplateInfo> {
         self.faults.fail_if_set(SimOp::Snapshot)?;
-        let files = self.running_files(id)?;
+        // Running or paused, as the real agent takes them.
+        let files = {
+            let st = self.lock();
+            let sb = st.sandboxes.get(id).ok_or_else(|| not_found(id))?;
+            if !matches!(sb.info.status, SandboxStatus::Running | SandboxStatus::Paused) {
+                return Err(conflict(id, sb.info.status));
+            }
+            sb.files.clone()
+        };
         if !req.overwrite && self.lock().templates.contains_key(&req.name) {
             return Err(AgentApiError::new(
                 AgentErrorCode::AlreadyExists,

@@ -31,6 +31,19 @@ pub fn capsule_status(s: &SandboxRecord) -> &'static str {
     }
 }
 
+/// 409 unless the sandbox is running or paused with no operation under way (a capsule's
+/// snapshot takes either).
+pub(super) fn require_running_or_paused(sb: &SandboxRecord) -> Result<(), ApiError> {
+    let ok = matches!(sb.status, SandboxStatus::Running | SandboxStatus::Paused);
+    if sb.intent.is_some() || !ok {
+        return Err(ApiError::NotRunning {
+            id: sb.id.clone(),
+            status: sb.state_word().into(),
+        });
+    }
+    Ok(())
+}
+
 fn capsule_view(s: &SandboxRecord, metadata: Option<&str>) -> Capsule {
     Capsule {
         id: s.id.clone(),
@@ -75,13 +88,12 @@ impl App {
         team_id: &str,
         req: CreateCapsuleRequest,
     ) -> Result<Capsule, ApiError> {
-        let metadata = match req.metadata.filter(|m| !m.is_empty()) {
-            Some(m) => {
-                capsule::check_metadata(&m).map_err(ApiError::BadRequest)?;
-                Some(serde_json::to_string(&m).map_err(|e| ApiError::Internal(e.to_string()))?)
-            }
-            None => None,
-        };
+        // Every capsule has a metadata row (`{}` when none was given): it is also how a
+        // sandbox made through /v1/capsules is told from one of the seed API.
+        let labels = req.metadata.unwrap_or_default();
+        capsule::check_metadata(&labels).map_err(ApiError::BadRequest)?;
+        let metadata =
+            Some(serde_json::to_string(&labels).map_err(|e| ApiError::Internal(e.to_string()))?);
         let create = CreateSandboxRequest {
             template: req.template,
             vcpus: req.vcpus,
@@ -92,6 +104,15 @@ impl App {
             .create_record(team_id, create, metadata.clone())
             .await?;
         Ok(capsule_view(&rec, metadata.as_deref()))
+    }
+
+    /// Whether the team's sandbox was made through `/v1/capsules`.
+    pub(super) async fn is_capsule(&self, team_id: &str, id: &str) -> Result<bool, ApiError> {
+        Ok(!self
+            .store
+            .sandbox_metadata(team_id, Some(id))
+            .await?
+            .is_empty())
     }
 
     pub async fn get_capsule(&self, team_id: &str, id: &str) -> Result<Capsule, ApiError> {

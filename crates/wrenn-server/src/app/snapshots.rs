@@ -6,6 +6,7 @@
 //! after. It must not touch accounts, keys or sandboxes other than the one being snapshotted.
 
 use super::events::{no_meta, Actor::ApiKey};
+use super::capsules::require_running_or_paused;
 use super::lifecycle::require_running;
 use super::ops::Ran;
 use super::settle::template_record;
@@ -29,6 +30,8 @@ fn template_view(t: &TemplateRecord) -> api::Template {
         memory_mb: Some(t.memory_mb),
         size_bytes: t.size_bytes,
         created_at: ts(t.created_at),
+        platform: false,
+        protected: false,
     }
 }
 
@@ -106,13 +109,17 @@ impl App {
         name: String,
         overwrite: bool,
     ) -> Result<TemplateRecord, ApiError> {
+        // A capsule may be snapshotted paused too (the SDK's rule); a sandbox of the seed
+        // API only running, as that spec says.
+        let paused_too = self.is_capsule(team_id, sandbox_id).await?;
         let sb = self
-            .claim(
-                team_id,
-                sandbox_id,
-                Operation::Snapshotting,
-                require_running,
-            )
+            .claim(team_id, sandbox_id, Operation::Snapshotting, |sb| {
+                if paused_too {
+                    require_running_or_paused(sb)
+                } else {
+                    require_running(sb)
+                }
+            })
             .await?;
         let r = SnapshotReservation {
             team_id: team_id.into(),
@@ -209,6 +216,8 @@ impl App {
                     memory_mb: None,
                     size_bytes: t.size_bytes as i64,
                     created_at: t.created_at,
+                    platform: true,
+                    protected: true,
                 });
             }
         }
