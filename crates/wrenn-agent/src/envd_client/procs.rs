@@ -72,3 +72,35 @@ fn refused(resp: &tungstenite::http::Response<Option<Vec<u8>>>) -> EnvdError {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &[u8]) -> tungstenite::http::Response<Option<Vec<u8>>> {
+        tungstenite::http::Response::builder()
+            .status(status)
+            .body(Some(body.to_vec()))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_refused_attach_is_envds_error_answer() {
+        let body = br#"{"error":{"code":"process_not_found","message":"no background process web"}}"#;
+        match refused(&answer(404, body)) {
+            EnvdError::Api {
+                status,
+                code,
+                message,
+            } => {
+                assert_eq!((status, code), (404, EnvdErrorCode::ProcessNotFound));
+                assert_eq!(message, "no background process web");
+            }
+            other => panic!("not an API error: {other}"),
+        }
+        assert!(matches!(
+            refused(&answer(502, b"bad gateway")),
+            EnvdError::Protocol(m) if m.contains("502")
+        ));
+    }
+}
