@@ -86,7 +86,8 @@ mod tests {
 
     #[test]
     fn a_refused_attach_is_envds_error_answer() {
-        let body = br#"{"error":{"code":"process_not_found","message":"no background process web"}}"#;
+        let body =
+            br#"{"error":{"code":"process_not_found","message":"no background process web"}}"#;
         match refused(&answer(404, body)) {
             EnvdError::Api {
                 status,
