@@ -335,3 +335,39 @@ async fn exec_stream_speaks_the_sdks_protocol() {
     assert!(events[0]["pid"].is_u64());
     assert_eq!(events.last().unwrap()["type"], "exit");
 }
+
+#[tokio::test]
+async fn an_attached_client_is_told_when_its_capsule_pauses() {
+    let t = TestServer::start().await;
+    let acc = t.account("pattach@example.com").await;
+    let id = capsule(&t, &acc.key).await;
+    let (status, _) = exec(
+        &t,
+        &acc.key,
+        &id,
+        json!({"cmd": "/bin/sh", "args": ["-c", "echo up; sleep 60"], "background": true, "tag": "w"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let mut ws = connect(
+        &t,
+        &acc.key,
+        &format!("/v1/capsules/{id}/processes/w/stream"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_event(&mut ws).await.unwrap()["type"], "start");
+    assert_eq!(next_event(&mut ws).await.unwrap()["data"], "up\n");
+    let (status, _) = call(
+        &t,
+        &acc.key,
+        Method::POST,
+        &format!("/v1/capsules/{id}/pause"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let e = next_event(&mut ws).await.expect("an event before the end");
+    assert_eq!(e["type"], "error", "{e}");
+    assert!(e["data"].as_str().unwrap().contains("paused"), "{e}");
+    assert!(next_event(&mut ws).await.is_none());
+}

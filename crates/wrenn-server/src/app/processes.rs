@@ -9,11 +9,17 @@ use super::App;
 use crate::agent::ExecSession;
 use crate::error::ApiError;
 use crate::store::SandboxRecord;
+use std::sync::Arc;
+use tokio::sync::mpsc;
 use wrenn_types::api;
 use wrenn_types::process::{
     valid_tag, BackgroundExecResponse, CapsuleExecRequest, ProcessInfo, ProcessList, Selector,
     Signal, StartProcess, MAX_TAG_BYTES,
 };
+use wrenn_types::stream::ServerMessage;
+
+/// Events in flight between an attached process and its client.
+const ATTACH_CHANNEL: usize = 16;
 
 /// What `POST /v1/capsules/{id}/exec` answers.
 pub enum ExecOutcome {
@@ -125,14 +131,55 @@ impl App {
     }
 
     /// Opens an attach session to a process of a capsule found by [`App::running`] (before
-    /// the WebSocket upgrade, so an unknown process is a plain 404).
+    /// the WebSocket upgrade, so an unknown process is a plain 404). The session ends with an
+    /// `error` event once the capsule stops running: a pause freezes the guest (and a destroy
+    /// removes it), after which its events would stop without an end.
     pub async fn attach_process(
-        &self,
+        self: &Arc<Self>,
         sb: &SandboxRecord,
         selector_text: &str,
     ) -> Result<ExecSession, ApiError> {
         let sel = selector(selector_text)?;
         let agent = self.hosts.agent(&sb.host_id)?;
-        Ok(agent.attach_process(&sb.id, &sel.to_string()).await?)
+        let session = agent.attach_process(&sb.id, &sel.to_string()).await?;
+        Ok(ending_when_stopped(self.clone(), sb.clone(), session))
+    }
+}
+
+/// `session`'s events, passed on until the capsule is found not running (checked every
+/// [`App::activity_period`]); then an `error` event saying so ends it.
+fn ending_when_stopped(app: Arc<App>, sb: SandboxRecord, session: ExecSession) -> ExecSession {
+    let ExecSession {
+        to_agent,
+        mut from_agent,
+    } = session;
+    let (tx, rx) = mpsc::channel(ATTACH_CHANNEL);
+    tokio::spawn(async move {
+        let mut check = tokio::time::interval(app.activity_period(&sb));
+        check.tick().await;
+        loop {
+            tokio::select! {
+                event = from_agent.recv() => match event {
+                    Some(m) => {
+                        if tx.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                _ = check.tick() => {
+                    if let Err(e) = app.running(&sb.team_id, &sb.id).await {
+                        let data = format!("{e}; attach again once it runs");
+                        let _ = tx.send(ServerMessage::Error { data }).await;
+                        return;
+                    }
+                }
+                () = tx.closed() => return,
+            }
+        }
+    });
+    ExecSession {
+        to_agent,
+        from_agent: rx,
     }
 }
