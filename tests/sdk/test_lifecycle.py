@@ -157,6 +157,16 @@ def test_destroy_waits_until_gone(life):
         client.capsules.metrics(life.capsule_id)
 
 
+def test_pause_resume_by_id_and_context_manager():
+    with Capsule.create() as c:
+        cid = c.capsule_id
+        assert Capsule.pause(cid, wait=True).status == Status.paused
+        assert Capsule.resume(cid, wait=True).status == Status.running
+        assert c.commands.run("echo back").stdout == "back\n"
+    # Leaving the block destroyed it.
+    assert gone_or_stopped(lambda: Capsule.get_info(cid))
+
+
 # ── async ───────────────────────────────────────────────────────────────
 
 
@@ -252,6 +262,21 @@ def test_async_destroy_waits_until_gone(loop, alife):
         try:
             info = await AsyncCapsule.get_info(alife.capsule_id)
             assert info.status == Status.stopped, info
+        except WrennNotFoundError:
+            pass
+
+    loop.run_until_complete(body())
+
+
+def test_async_pause_resume_by_id_and_context_manager(loop):
+    async def body():
+        async with await AsyncCapsule.create() as c:
+            cid = c.capsule_id
+            assert (await AsyncCapsule.pause(cid, wait=True)).status == Status.paused
+            assert (await AsyncCapsule.resume(cid, wait=True)).status == Status.running
+            assert (await c.commands.run("echo back")).stdout == "back\n"
+        try:
+            assert (await AsyncCapsule.get_info(cid)).status == Status.stopped
         except WrennNotFoundError:
             pass
 
