@@ -14,8 +14,8 @@
 //!   still does not know it.
 //!
 //! With several control planes on one PostgreSQL database a lease in the store (`try_lease`)
-//! makes one of them run the passes; with SQLite (one control plane) no lease is needed. The loop is `crate::reconciler`. It must not start
-//! lifecycle operations of its own.
+//! makes one of them run the passes; with SQLite (one control plane) no lease is needed.
+//! The loop is `crate::reconciler`. It must not start lifecycle operations of its own.
 
 use super::settle::{take_agent_state, Settled};
 use super::App;
