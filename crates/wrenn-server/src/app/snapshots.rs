@@ -5,8 +5,8 @@
 //! and the template, the sandbox's removal and the reservation's end are one transaction
 //! after. It must not touch accounts, keys or sandboxes other than the one being snapshotted.
 
-use super::events::{no_meta, Actor::ApiKey};
 use super::capsules::require_running_or_paused;
+use super::events::{no_meta, Actor::ApiKey};
 use super::lifecycle::require_running;
 use super::ops::Ran;
 use super::settle::template_record;
