@@ -1,9 +1,10 @@
 //! End-to-end test of the VM jail with a real microVM: the QEMU of a sandbox runs as its own
 //! unprivileged uid, without capabilities, with `no_new_privs` and QEMU's seccomp filter, in
-//! its jail directory as its root, and (where the host has a cgroup v2 with controllers) in a
-//! cgroup of its own with its limits set; pause and resume keep working.
+//! its jail directory as its root, and (where the host has usable cgroups, v2 or v1) in
+//! cgroups of its own with its limits set; pause and resume keep working. A memory hog and a
+//! fork bomb in one guest leave another sandbox answering and the host's memory alone.
 //!
-//! Needs root and the guest images, as `vm_e2e.rs`. `WRENN_JAIL_LATENCY=N` also times N
+//! Needs root and the guest images, as `vm_e2e.rs`. Slots 9100-9149. `WRENN_JAIL_LATENCY=N` also times N
 //! creates and resumes and prints them (run once more with `WRENN_JAIL=off` to compare).
 
 use serde_json::{json, Value};
@@ -14,9 +15,14 @@ use wrenn_agent::images::NoProgress;
 use wrenn_agent::net::NetConfig;
 use wrenn_agent::vmm::{cgroup, jail};
 
+#[path = "jail_e2e/limits.rs"]
+mod limits;
+
 const TOKEN: &str = "test-agent-token-0123456789";
 const PREFIX: &str = "ej";
-const FIRST_SLOT: u32 = 9100;
+/// The first slot of each test (20 each).
+const JAIL_SLOTS: u32 = 9100;
+const LIMIT_SLOTS: u32 = 9120;
 
 struct TestAgent {
     base: String,
@@ -31,7 +37,7 @@ fn images_dir() -> PathBuf {
         .unwrap_or_else(|| "/var/lib/wrenn".into())
 }
 
-async fn start_agent() -> TestAgent {
+async fn start_agent(first_slot: u32) -> TestAgent {
     let d = images_dir().join("e2e").join(format!(
         "jail-{}-{:06}",
         std::process::id(),
@@ -42,7 +48,7 @@ async fn start_agent() -> TestAgent {
     let mut cfg = AgentConfig::new(d.clone(), TOKEN.into());
     cfg.net = NetConfig {
         prefix: PREFIX.into(),
-        first_slot: FIRST_SLOT,
+        first_slot,
         max_slots: 20,
         pool_size: 2,
         ..NetConfig::default()
@@ -96,14 +102,17 @@ impl TestAgent {
         id
     }
 
+    async fn exec(&self, id: &str, script: &str, timeout_sec: u32) -> (u16, Value) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(json!({"cmd": "sh", "args": ["-c", script], "timeout_sec": timeout_sec})),
+        )
+        .await
+    }
+
     async fn sh(&self, id: &str, script: &str) -> String {
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/sandboxes/{id}/exec"),
-                Some(json!({"cmd": "sh", "args": ["-c", script], "timeout_sec": 60})),
-            )
-            .await;
+        let (s, v) = self.exec(id, script, 60).await;
         assert_eq!(s, 200, "exec: {v}");
         assert_eq!(v["exit_code"], 0, "{v}");
         v["stdout"].as_str().unwrap().to_string()
@@ -226,33 +235,10 @@ fn assert_jailed(pid: u32, dir: &Path) {
                 && std::fs::metadata(p).unwrap().uid() == uid
         });
     assert!(top.is_some(), "no disk layer owned by the VM's uid");
-    // The cgroup, where the host has a usable cgroup v2.
+    // The cgroups, where the host has usable ones.
     match cgroup::cgroups() {
-        Some(cg) => {
-            let path = cg.path_for(dir);
-            let procs = std::fs::read_to_string(path.join("cgroup.procs")).unwrap();
-            assert!(
-                procs.lines().any(|l| l == pid.to_string()),
-                "QEMU not in {}",
-                path.display()
-            );
-            let read = |f: &str| {
-                std::fs::read_to_string(path.join(f))
-                    .unwrap()
-                    .trim()
-                    .to_string()
-            };
-            assert_eq!(read("cpu.max"), "100000 100000");
-            assert_eq!(
-                read("memory.max"),
-                ((256 + cgroup::OVERHEAD_TCG_MB) << 20).to_string()
-            );
-            if path.join("memory.swap.max").exists() {
-                assert_eq!(read("memory.swap.max"), "0");
-            }
-            assert_eq!(read("pids.max"), (cgroup::PIDS_BASE + 1).to_string());
-        }
-        None => eprintln!("no cgroup v2 with controllers on this host: cgroup limits not checked"),
+        Some(cg) => limits::assert_limits(cg, pid, dir),
+        None => eprintln!("no usable cgroups on this host: cgroup limits not checked"),
     }
 }
 
@@ -269,7 +255,7 @@ fn qemu_runs_jailed_and_pause_resume_work() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let a = start_agent().await;
+        let a = start_agent(JAIL_SLOTS).await;
         let id = a.create().await;
         let dir = a.sandbox_dir(&id);
         if jail::config().enabled {
@@ -279,7 +265,9 @@ fn qemu_runs_jailed_and_pause_resume_work() {
         a.lifecycle(&id, "pause").await;
         assert!(!dir.join("jail").exists(), "jail left after pause");
         if let Some(cg) = cgroup::cgroups() {
-            assert!(!cg.path_for(&dir).exists(), "cgroup left after pause");
+            for d in cg.dirs_for(&dir) {
+                assert!(!d.exists(), "cgroup {d:?} left after pause");
+            }
         }
         a.lifecycle(&id, "resume").await;
         assert_eq!(a.sh(&id, "cat /root/note").await, "kept\n");

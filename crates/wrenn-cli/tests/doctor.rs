@@ -108,7 +108,7 @@ fn doctor_passes_on_this_host_and_says_what_it_found() {
             || (accel.starts_with("warning") && accel.contains("TCG") && accel.contains("fix:")),
         "{accel}"
     );
-    let cgroup = line(&stdout, "cgroup v2");
+    let cgroup = line(&stdout, "cgroups");
     assert!(!cgroup.starts_with("fail"), "{cgroup}");
     assert!(line(&stdout, "memory").contains("available of"), "{stdout}");
     assert!(line(&stdout, "disk").contains("free at"), "{stdout}");

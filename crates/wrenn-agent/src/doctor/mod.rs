@@ -1,9 +1,9 @@
 //! Host checks (`wrenn doctor`): this host looked at the way the agent will use it — the
 //! programs it runs ([`programs.txt`](programs::LIST), the list `scripts/deps.sh` installs), the
-//! kernel features of its network slots, the accelerator, cgroup v2, disk and memory, the data
-//! directory and the guest images. Each check gives one line: ok, warning or fail, and for the
-//! last two what to do. `wrenn up` and `wrenn agent` run the same checks before they start and
-//! refuse to start on a failing one.
+//! kernel features of its network slots, the accelerator, the VM cgroups (v2 or v1), disk and
+//! memory, the data directory and the guest images. Each check gives one line: ok, warning or
+//! fail, and for the last two what to do. `wrenn up` and `wrenn agent` run the same checks
+//! before they start and refuse to start on a failing one.
 //!
 //! Owns: looking. The only change it makes is a throwaway network namespace (with a TAP device
 //! and a few iptables rules inside), deleted before [`run`] returns. Must not: fix the host,
@@ -176,7 +176,7 @@ pub fn run(opts: &Options) -> Report {
     checks.push(network::tun_device());
     checks.extend(network::namespace_and_rules(ip_runs, iptables_runs));
     checks.push(network::forwarding());
-    checks.push(system::cgroup_v2());
+    checks.push(system::cgroups());
     checks.push(system::accelerator(opts.accel));
     checks.push(system::memory());
     checks.push(data_dir::free_disk(&opts.data_dir));

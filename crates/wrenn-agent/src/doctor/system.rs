@@ -1,5 +1,5 @@
-//! The machine itself: running as root, the accelerator (KVM, or TCG and why), cgroup v2,
-//! memory.
+//! The machine itself: running as root, the accelerator (KVM, or TCG and why), the VM
+//! cgroups' backend, memory.
 
 use super::{human_bytes, Check};
 use crate::vmm::{self, Accel, AccelChoice};
@@ -68,53 +68,18 @@ pub fn accelerator(choice: AccelChoice) -> Check {
     }
 }
 
-/// The jail of every VM (to come) puts each QEMU in a cgroup v2 of its own.
-pub fn cgroup_v2() -> Check {
-    let name = "cgroup v2";
-    let fix = "boot with systemd.unified_cgroup_hierarchy=1 (the VM jail will need the unified \
-               hierarchy; nothing uses it yet)";
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let cgroup2: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-            (fstype == "cgroup2").then_some(dir)
-        })
-        .collect();
-    if cgroup2.contains(&"/sys/fs/cgroup") {
-        let controllers =
-            std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
-        let missing: Vec<_> = ["cpu", "memory", "pids", "io"]
-            .into_iter()
-            .filter(|c| !controllers.split_whitespace().any(|x| x == *c))
-            .collect();
-        if missing.is_empty() {
-            Check::ok(
-                name,
-                format!(
-                    "unified hierarchy at /sys/fs/cgroup ({})",
-                    controllers.trim()
-                ),
-            )
-        } else {
-            Check::warning(
-                name,
-                format!(
-                    "unified hierarchy without the {} controllers",
-                    missing.join(", ")
-                ),
-                fix,
-            )
-        }
-    } else if let Some(dir) = cgroup2.first() {
-        Check::warning(
+/// The per-VM cgroups (`vmm::cgroup`): which backend the agent will use, v2 or v1, or none.
+pub fn cgroups() -> Check {
+    let name = "cgroups";
+    match vmm::cgroup::Backend::probe() {
+        Ok(b) => Check::ok(name, format!("a group per VM, {}", b.describe())),
+        Err(why) => Check::warning(
             name,
-            format!("hybrid mode: cgroup v2 at {dir} beside cgroup v1 controllers"),
-            fix,
-        )
-    } else {
-        Check::warning(name, "not mounted (cgroup v1 only)", fix)
+            format!("VMs will run without CPU, memory and task limits: {why}"),
+            "mount the cgroup v2 hierarchy with the cpu, memory and pids controllers \
+             (systemd.unified_cgroup_hierarchy=1), or the cgroup v1 cpu, memory and pids \
+             hierarchies writable",
+        ),
     }
 }
 

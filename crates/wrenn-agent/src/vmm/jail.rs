@@ -261,8 +261,8 @@ pub fn build(
 /// What the forked child does before QEMU is executed, prepared in the parent so the child
 /// only makes system calls (it must not allocate: the agent is multi-threaded).
 pub struct ChildPlan {
-    /// `cgroup.procs` of the VM's cgroup, which the child joins first.
-    pub cgroup_procs: Option<i32>,
+    /// `cgroup.procs` of the VM's cgroups (one per v1 hierarchy), which the child joins first.
+    pub cgroup_procs: Vec<i32>,
     /// Open `/dev/net/tun` attached to this TAP device and put it on `fd`.
     pub tap: Option<([u8; 16], i32)>,
     /// Descriptors QEMU inherits besides the TAP device (close-on-exec cleared); every other
@@ -347,8 +347,8 @@ impl ChildPlan {
         // SAFETY: plain system calls on pointers to data owned by `self` (alive for the call)
         // and on stack buffers; nothing allocates or takes locks.
         unsafe {
-            if let Some(fd) = self.cgroup_procs {
-                if libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
+            for fd in &self.cgroup_procs {
+                if libc::write(*fd, c"0".as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
             }

@@ -192,15 +192,13 @@ impl Vm {
                 };
                 let limits =
                     cgroup::Limits::for_vm(spec.vcpus, spec.memory_mb, overhead, cg.cpu_ratio);
-                Some(
-                    cg.create(&spec.run_dir, &limits)
-                        .map_err(io_err("VM cgroup"))?,
-                )
+                cg.create(&spec.run_dir, &limits)
+                    .map_err(io_err("VM cgroup"))?
             }
-            None => None,
+            None => vec![],
         };
         let plan = jail::ChildPlan {
-            cgroup_procs: cgroup_procs.as_ref().map(|f| f.as_raw_fd()),
+            cgroup_procs: cgroup_procs.iter().map(|f| f.as_raw_fd()).collect(),
             tap: Some((
                 jail::ifname(&spec.tap).map_err(|e| VmError::Start(e.to_string()))?,
                 tap_fd,
@@ -356,9 +354,11 @@ impl Vm {
         release(&self.spec.run_dir, self.jail_ino).await;
     }
 
-    /// The cgroup this VM runs in, if the host has them.
-    pub fn cgroup_path(&self) -> Option<std::path::PathBuf> {
-        cgroup::cgroups().map(|c| c.path_for(&self.spec.run_dir))
+    /// The cgroups this VM runs in (one per v1 hierarchy), if the host has them.
+    pub fn cgroup_dirs(&self) -> Vec<std::path::PathBuf> {
+        cgroup::cgroups()
+            .map(|c| c.dirs_for(&self.spec.run_dir))
+            .unwrap_or_default()
     }
 
     /// Removes the jail and the cgroup when QEMU exits on its own (the QMP socket closes and
