@@ -9,6 +9,7 @@ use wrenn_server::store::{
     self, now, ApiKeyRecord, HostCapacity, HostRecord, Intent, NewAccount, Operation,
     SandboxRecord, SnapshotReservation, Store, StoreError, TemplateRecord,
 };
+use wrenn_server::store::{DailyUsage, Held, MeteredSandbox, UsageCredit, UsagePass};
 use wrenn_types::agent::SandboxStatus;
 
 fn account(n: &str) -> NewAccount {
@@ -555,6 +556,136 @@ async fn metadata(s: &dyn Store, host: &str) {
         .is_empty());
 }
 
+/// Usage and stats rows: a meter pass adds to the team's days, sets and drops meters and keeps
+/// each minute's most; daily usage reads the team's own days; held buckets take the most.
+async fn usage(s: &dyn Store, host: &str) {
+    let mut running = sandbox("sb-use", "team-alice", host, 0);
+    running.vcpus = 2;
+    s.insert_sandbox(&running).await.unwrap();
+    let mut paused = sandbox("sb-use-p", "team-alice", host, 0);
+    paused.status = SandboxStatus::Paused;
+    s.insert_sandbox(&paused).await.unwrap();
+    let ours = |all: Vec<MeteredSandbox>| -> Vec<(String, bool, i64, Option<i64>)> {
+        all.into_iter()
+            .filter(|m| m.id.starts_with("sb-use"))
+            .map(|m| (m.id, m.running, m.vcpus, m.metered_to_ms))
+            .collect()
+    };
+    // Running ones only, until a paused one has a meter.
+    let seen = ours(s.metered_sandboxes().await.unwrap());
+    assert_eq!(seen, vec![("sb-use".to_string(), true, 2, None)]);
+
+    let credit = |day: &str, cpu_ms: i64, ram_mb_ms: i64| UsageCredit {
+        team_id: "team-alice".into(),
+        day: day.into(),
+        cpu_ms,
+        ram_mb_ms,
+    };
+    let held = |running: i64, vcpus: i64, memory_mb: i64| Held {
+        running,
+        vcpus,
+        memory_mb,
+    };
+    let minute: i64 = 1_800_000_000_000 - 1_800_000_000_000 % 60_000;
+    s.record_usage(&UsagePass {
+        credits: vec![credit("2026-03-01", 10, 100), credit("2026-03-02", 5, 50)],
+        meters: vec![("sb-use".into(), 1000), ("sb-use-p".into(), 900)],
+        unmeter: vec![],
+        samples: vec![("team-alice".into(), held(1, 2, 512))],
+        minute_ms: minute,
+        prune_before_ms: 0,
+    })
+    .await
+    .unwrap();
+    let mut seen = ours(s.metered_sandboxes().await.unwrap());
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("sb-use".to_string(), true, 2, Some(1000)),
+            ("sb-use-p".to_string(), false, 1, Some(900)),
+        ]
+    );
+    // A second pass adds to a day, moves and drops meters; a smaller sample in the same
+    // minute lowers nothing.
+    s.record_usage(&UsagePass {
+        credits: vec![credit("2026-03-02", 5, 50)],
+        meters: vec![("sb-use".into(), 2000)],
+        unmeter: vec!["sb-use-p".into()],
+        samples: vec![("team-alice".into(), held(1, 1, 1024))],
+        minute_ms: minute,
+        prune_before_ms: 0,
+    })
+    .await
+    .unwrap();
+    let seen = ours(s.metered_sandboxes().await.unwrap());
+    assert_eq!(seen, vec![("sb-use".to_string(), true, 2, Some(2000))]);
+    let day = |d: &str, cpu_ms: i64, ram_mb_ms: i64| DailyUsage {
+        day: d.into(),
+        cpu_ms,
+        ram_mb_ms,
+    };
+    assert_eq!(
+        s.daily_usage("team-alice", "2026-02-01", "2026-03-31")
+            .await
+            .unwrap(),
+        vec![day("2026-03-01", 10, 100), day("2026-03-02", 10, 100)]
+    );
+    assert_eq!(
+        s.daily_usage("team-alice", "2026-03-02", "2026-03-02")
+            .await
+            .unwrap(),
+        vec![day("2026-03-02", 10, 100)]
+    );
+    assert!(s
+        .daily_usage("team-octo", "2026-01-01", "2026-12-31")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.team_held("team-alice", minute - 60_000, 60_000)
+            .await
+            .unwrap(),
+        vec![(1, held(1, 2, 1024))]
+    );
+    // The next minute holds more; a wide bucket takes the most of both; pruning drops the
+    // first minute.
+    s.record_usage(&UsagePass {
+        samples: vec![("team-alice".into(), held(3, 3, 768))],
+        minute_ms: minute + 60_000,
+        ..UsagePass::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.team_held("team-alice", minute, 600_000).await.unwrap(),
+        vec![(0, held(3, 3, 1024))]
+    );
+    assert!(s
+        .team_held("team-octo", 0, 600_000)
+        .await
+        .unwrap()
+        .is_empty());
+    s.record_usage(&UsagePass {
+        prune_before_ms: minute + 1,
+        ..UsagePass::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.team_held("team-alice", minute, 60_000).await.unwrap(),
+        vec![(1, held(3, 3, 768))]
+    );
+    for id in ["sb-use", "sb-use-p"] {
+        let cur = s.get_sandbox("team-alice", id).await.unwrap().unwrap();
+        assert!(s
+            .delete_sandbox("team-alice", id, cur.version)
+            .await
+            .unwrap());
+    }
+    assert!(ours(s.metered_sandboxes().await.unwrap()).is_empty());
+}
+
 /// Every check, in order, against one store.
 async fn suite(s: Arc<dyn Store>) {
     accounts(&*s).await;
@@ -563,6 +694,7 @@ async fn suite(s: Arc<dyn Store>) {
     let host = hosts(&*s).await;
     sandboxes(&*s, &host).await;
     metadata(&*s, &host).await;
+    usage(&*s, &host).await;
     intents(&*s, &host).await;
     templates(&*s, &host).await;
     reservations(&*s, &host).await;

@@ -145,6 +145,10 @@ impl App {
         let sandboxes = self.store.metered_sandboxes().await?;
         let now = store::now().timestamp_millis();
         let pass = plan(now, &sandboxes, METER_EVERY.as_millis() as i64);
+        // Nothing ran and nothing stopped: no write (old samples go with the next one).
+        if pass.meters.is_empty() && pass.unmeter.is_empty() && pass.credits.is_empty() {
+            return Ok(true);
+        }
         self.store.record_usage(&pass).await?;
         Ok(true)
     }
