@@ -507,3 +507,62 @@ async fn snapshots_as_the_sdk_uses_them() {
     .await;
     assert_error(r, 409, "sandbox_not_running").await;
 }
+
+/// A WebSocket upgrade with `X-API-Key` on both APIs' exec streams: `status`, then the first
+/// event (or the HTTP status of a refused upgrade).
+async fn ws_exec(t: &TestServer, path: &str, key: Option<&str>) -> Result<String, u16> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
+    let mut req = format!("{}{path}", t.base.replace("http://", "ws://"))
+        .into_client_request()
+        .unwrap();
+    if let Some(k) = key {
+        req.headers_mut().insert("x-api-key", k.parse().unwrap());
+    }
+    let mut ws = match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => ws,
+        Err(tungstenite::Error::Http(r)) => return Err(r.status().as_u16()),
+        Err(e) => panic!("websocket: {e}"),
+    };
+    let start = json!({"type": "start", "cmd": "echo", "args": ["hi"]});
+    ws.send(Message::Text(start.to_string().into()))
+        .await
+        .unwrap();
+    let mut out = String::new();
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Text(s) = m {
+            let v: Value = serde_json::from_str(s.as_str()).unwrap();
+            if v["type"] == "stdout" {
+                out.push_str(v["data"].as_str().unwrap());
+            }
+            if v["type"] == "exit" {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn api_key_on_websocket_upgrades() {
+    let t = TestServer::start().await;
+    let acc = t.account("capws@example.com").await;
+    let c = create(&t, &acc.key, json!({})).await;
+    let id = c["id"].as_str().unwrap();
+    for path in [
+        format!("/v1/sandboxes/{id}/exec/stream"),
+        format!("/v1/capsules/{id}/exec/stream"),
+    ] {
+        assert_eq!(
+            ws_exec(&t, &path, Some(&acc.key)).await,
+            Ok("hi\n".into()),
+            "{path}"
+        );
+        assert_eq!(ws_exec(&t, &path, None).await, Err(401), "{path}");
+        assert_eq!(
+            ws_exec(&t, &path, Some("wrn_not_a_key")).await,
+            Err(401),
+            "{path}"
+        );
+    }
+}
