@@ -586,7 +586,8 @@ async fn usage(s: &dyn Store, host: &str) {
         vcpus,
         memory_mb,
     };
-    let minute: i64 = 1_800_000_000_000 - 1_800_000_000_000 % 60_000;
+    // The start of a minute.
+    let minute: i64 = 30_000_000 * 60_000;
     s.record_usage(&UsagePass {
         credits: vec![credit("2026-03-01", 10, 100), credit("2026-03-02", 5, 50)],
         meters: vec![("sb-use".into(), 1000), ("sb-use-p".into(), 900)],
