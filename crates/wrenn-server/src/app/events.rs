@@ -173,11 +173,12 @@ fn capsule_of(s: &SandboxRecord) -> Option<Capsule> {
     })
 }
 
-/// What a tenant may read of a failure: the code, and the message unless it is a server-side
-/// failure (whose detail is only logged).
+/// What a tenant may read of a failure: the message of a refusal of the request, only the
+/// code of a server-side or host agent failure (whose detail is only logged).
 fn tenant_error(e: &ApiError) -> String {
     let code = e.code();
-    if code.status().is_server_error() {
+    // An agent's own words may name its addresses and paths, whatever the status.
+    if code.status().is_server_error() || matches!(e, ApiError::Agent(_)) {
         // The code's wire name, e.g. `agent_error`.
         serde_json::to_value(code)
             .ok()
@@ -285,6 +286,27 @@ mod tests {
             slow.try_recv(),
             Err(mpsc::error::TryRecvError::Disconnected)
         ));
+    }
+
+    #[test]
+    fn a_failure_tells_the_tenant_its_kind_never_the_detail() {
+        let internal = ApiError::Internal("db at /var/lib/wrenn/wrenn.db is locked".into());
+        assert_eq!(tenant_error(&internal), "internal_error");
+        let agent = ApiError::Agent(crate::agent::AgentApiError::Transport(
+            "connect 10.0.0.7:7070 refused".into(),
+        ));
+        assert_eq!(tenant_error(&agent), "agent_error");
+        let refused = ApiError::Agent(crate::agent::AgentApiError::new(
+            wrenn_types::agent::AgentErrorCode::Conflict,
+            "sandbox dir /var/lib/wrenn/sandboxes/sb-1 busy",
+        ));
+        assert!(
+            !tenant_error(&refused).contains("/var"),
+            "{}",
+            tenant_error(&refused)
+        );
+        let conflict = ApiError::Conflict("the sandbox changed meanwhile".into());
+        assert_eq!(tenant_error(&conflict), "the sandbox changed meanwhile");
     }
 
     #[test]
