@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 pub const MAX_METADATA_KEYS: usize = 20;
 /// Longest metadata key (bytes).
 pub const MAX_METADATA_KEY_LEN: usize = 64;
-/// Longest metadata value (bytes).
+/// Longest metadata value (characters, as the SDK counts them).
 pub const MAX_METADATA_VALUE_LEN: usize = 64;
 /// Keys the platform keeps for itself; a create naming one is refused.
 pub const RESERVED_METADATA_KEYS: [&str; 4] = [
@@ -90,9 +90,9 @@ pub fn check_metadata(m: &BTreeMap<String, String>) -> Result<(), String> {
         if RESERVED_METADATA_KEYS.contains(&k.as_str()) {
             return Err(format!("metadata key {k} is reserved"));
         }
-        if v.len() > MAX_METADATA_VALUE_LEN || v.contains('\0') {
+        if v.chars().count() > MAX_METADATA_VALUE_LEN || v.contains('\0') {
             return Err(format!(
-                "metadata value of {k} is longer than {MAX_METADATA_VALUE_LEN} bytes or contains NUL"
+                "metadata value of {k} is longer than {MAX_METADATA_VALUE_LEN} characters or contains NUL"
             ));
         }
     }
@@ -117,6 +117,9 @@ mod tests {
         assert!(check_metadata(&one("", "v")).is_err());
         assert!(check_metadata(&one("a b", "v")).is_err());
         assert!(check_metadata(&one("env", &"v".repeat(65))).is_err());
+        assert!(check_metadata(&one("env", &"é".repeat(64))).is_ok());
+        assert!(check_metadata(&one("env", &"é".repeat(65))).is_err());
+        assert!(check_metadata(&one("env", "a\0b")).is_err());
         assert!(check_metadata(&one("agent_version", "1")).is_err());
         let many: BTreeMap<_, _> = (0..21).map(|i| (format!("k{i}"), "v".into())).collect();
         assert!(check_metadata(&many).is_err());
