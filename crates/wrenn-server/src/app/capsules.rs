@@ -13,6 +13,11 @@ use wrenn_types::api::CreateSandboxRequest;
 use wrenn_types::capsule::{self, status, Capsule, CreateCapsuleRequest};
 use wrenn_types::fs::{FileEntry, ListDirRequest, ListDirResponse, MAX_LIST_DEPTH};
 
+/// How far back a capsule's GET looks for a resource sample (its disk use).
+const DISK_SAMPLE_RANGE_SECS: u32 = 600;
+/// How long a capsule's GET waits for the agent's samples before answering without them.
+const DISK_SAMPLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The capsule status word of a record: the operation under way, else its state.
 pub fn capsule_status(s: &SandboxRecord) -> &'static str {
     match s.intent.as_ref().map(|i| i.op) {
@@ -118,7 +123,26 @@ impl App {
     pub async fn get_capsule(&self, team_id: &str, id: &str) -> Result<Capsule, ApiError> {
         let rec = self.capsule_record(team_id, id).await?;
         let meta = self.store.sandbox_metadata(team_id, Some(id)).await?;
-        Ok(capsule_view(&rec, meta.first().map(|(_, m)| m.as_str())))
+        let mut view = capsule_view(&rec, meta.first().map(|(_, m)| m.as_str()));
+        view.disk_used_mb = self.disk_used_mb(&rec).await;
+        Ok(view)
+    }
+
+    /// MiB of the capsule's own disk layer (what it wrote beyond its template), from its
+    /// latest resource sample; `None` when the agent has none or does not answer in time (a
+    /// GET never waits long for it).
+    async fn disk_used_mb(&self, rec: &SandboxRecord) -> Option<i64> {
+        if !matches!(rec.status, SandboxStatus::Running | SandboxStatus::Paused) {
+            return None;
+        }
+        let agent = self.hosts.agent(&rec.host_id).ok()?;
+        let asked = agent.sandbox_metrics(&rec.id, DISK_SAMPLE_RANGE_SECS);
+        let points = tokio::time::timeout(DISK_SAMPLE_WAIT, asked)
+            .await
+            .ok()?
+            .ok()?;
+        let bytes = points.last()?.disk_bytes;
+        Some(bytes.div_ceil(1024 * 1024) as i64)
     }
 
     pub async fn list_capsules(&self, team_id: &str) -> Result<Vec<Capsule>, ApiError> {
