@@ -9,6 +9,7 @@ use reqwest::{Method, Response};
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::{assert_error, TestServer};
+use wrenn_types::agent::SandboxStatus;
 
 /// A Server-Sent Events reader over a streamed answer.
 struct Sse {
@@ -345,4 +346,37 @@ async fn metrics_come_from_the_agent_for_the_teams_own_capsule() {
     assert_eq!(t.op(&a.key, &id, "pause").await.status(), 200);
     let m = get_json(&t, &format!("/v1/capsules/{id}/metrics"), &a.key).await;
     assert!(m["points"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_state_the_reconciler_takes_from_the_host_is_an_event() {
+    let t = TestServer::start_with(|c| c.reconcile_interval = Duration::from_secs(3600)).await;
+    let a = t.account("state@example.com").await;
+    let id = t.sandbox(&a.key, json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut s = Sse::open(&t, &a.key).await;
+    assert_eq!(s.next(WAIT).await.unwrap()["event"], "connected");
+    // The host paused it behind the control plane's back, then lost it.
+    assert!(t.sim.set_status(&id, SandboxStatus::Paused));
+    t.server.reconcile_now().await.unwrap();
+    let ev = s.next(WAIT).await.expect("state change");
+    assert_eq!(ev["event"], "capsule.state.changed");
+    assert!(ev.get("outcome").is_none(), "{ev}");
+    assert_eq!(ev["resource"], json!({"id": id, "type": "capsule"}));
+    assert_eq!(ev["actor"]["type"], "system");
+    assert_eq!(
+        ev["metadata"],
+        json!({"from": "running", "to": "paused", "reason": "reconciled"})
+    );
+    assert_eq!(ev["sandbox"]["status"], "paused");
+    assert!(t.sim.forget(&id));
+    t.server.reconcile_now().await.unwrap();
+    let ev = s.next(WAIT).await.expect("lost");
+    assert_eq!(
+        ev["metadata"],
+        json!({"from": "paused", "to": "error", "reason": "host_failure"})
+    );
+    assert!(ev["sandbox"].is_null());
 }

@@ -129,6 +129,8 @@ pub mod event {
     pub const CAPSULE_PAUSE: &str = "capsule.pause";
     pub const CAPSULE_RESUME: &str = "capsule.resume";
     pub const CAPSULE_DESTROY: &str = "capsule.destroy";
+    /// A state the control plane learnt from the host (the reconciler), not an operation's.
+    pub const CAPSULE_STATE_CHANGED: &str = "capsule.state.changed";
     pub const SNAPSHOT_CREATE: &str = "template.snapshot.create";
     pub const SNAPSHOT_DELETE: &str = "template.snapshot.delete";
 }
@@ -139,7 +141,7 @@ pub mod event {
 pub struct Event {
     /// One of [`event`]'s names.
     pub event: String,
-    /// `success` or `error`, for actions; absent on `connected`.
+    /// `success` or `error`, for actions; absent on `connected` and `capsule.state.changed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,7 @@
 //! The team's lifecycle events (`GET /v1/events/stream`): [`Events`], a hub of subscribers
 //! keyed by team, and [`App::announce`], which the lifecycle operations call once each when
-//! they end (create, pause, resume, destroy; snapshots taken and deleted).
+//! they end (create, pause, resume, destroy; snapshots taken and deleted), and
+//! [`App::announce_state_change`], which the reconciler calls when it takes a host's word.
 //!
 //! Each subscriber has its own queue of [`QUEUE`] frames; an event goes only to the
 //! subscribers of its team. A subscriber whose queue is full is dropped (its stream ends),
@@ -14,6 +15,7 @@ use crate::store::{self, SandboxRecord};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
+use wrenn_types::agent::SandboxStatus;
 use wrenn_types::capsule::{status as capsule_status, Capsule};
 use wrenn_types::observe::{event, Event, EventActor, EventResource};
 
@@ -233,6 +235,42 @@ impl App {
             timestamp: ts(store::now()),
         };
         self.events.publish(team_id, &e);
+    }
+}
+
+impl App {
+    /// Tells the team's subscribers that the reconciler took the host's word for a sandbox
+    /// (`capsule.state.changed`, actor `system`): `from` its recorded status to `rec`'s, with
+    /// `reason` `host_failure` when it is now in error and `reconciled` otherwise.
+    pub(crate) fn announce_state_change(&self, from: SandboxStatus, rec: &SandboxRecord) {
+        let reason = if rec.status == SandboxStatus::Error {
+            "host_failure"
+        } else {
+            "reconciled"
+        };
+        let metadata = BTreeMap::from([
+            ("from".to_string(), from.as_str().to_string()),
+            ("to".to_string(), rec.status.as_str().to_string()),
+            ("reason".to_string(), reason.to_string()),
+        ]);
+        let e = Event {
+            event: event::CAPSULE_STATE_CHANGED.into(),
+            outcome: None,
+            resource: Some(EventResource {
+                id: rec.id.clone(),
+                kind: "capsule".into(),
+            }),
+            actor: Some(EventActor {
+                kind: "system".into(),
+                id: None,
+                name: None,
+            }),
+            metadata,
+            error: None,
+            sandbox: capsule_of(rec),
+            timestamp: ts(store::now()),
+        };
+        self.events.publish(&rec.team_id, &e);
     }
 }
 

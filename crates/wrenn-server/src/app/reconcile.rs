@@ -209,16 +209,16 @@ impl App {
         };
         tracing::warn!(sandbox = %id, recorded = sb.status.as_str(), agent = want.as_str(),
             "the agent disagrees with the record; taking the agent's state");
-        match now {
+        let from = sb.status;
+        let rec = match now {
             Some(info) => {
                 let mut sb = sb;
                 take_agent_state(&mut sb, info);
-                self.record(sb).await?;
+                self.record(sb).await?
             }
-            None => {
-                self.mark_lost(sb).await?;
-            }
-        }
+            None => self.mark_lost(sb).await?,
+        };
+        self.announce_state_change(from, &rec);
         Ok(Some(Fix::Corrected(want)))
     }
 
