@@ -581,3 +581,43 @@ fn restart_keeps_running_and_paused_sandboxes_and_dead_qemu_is_reported() {
         let _ = std::fs::remove_dir_all(&b.data_dir);
     });
 }
+
+/// A guest that floods its serial console leaves the host's disk use bounded: the console log
+/// is cut past its cap, keeping a tail (`wrenn_agent::vmm::console`).
+#[test]
+fn a_console_flood_keeps_the_console_log_bounded() {
+    use wrenn_agent::vmm::console::{CAP, KEEP};
+    rt().block_on(async {
+        let a = shared().await;
+        let id = a.create("minimal", 256).await;
+        let dir = a.data_dir.join("sandboxes").join(&id);
+        // Writes well past the cap to the console, counting what it wrote.
+        let script = "head -c 65536 /dev/zero | tr '\\0' x > /tmp/chunk; i=0; \
+             end=$(( $(date +%s) + 25 )); \
+             while [ $(date +%s) -lt $end ]; do cat /tmp/chunk; i=$((i+1)); done \
+             > /dev/ttyS0; echo $(( i * 65536 ))";
+        let v = a.exec(&id, "sh", &["-c", script]).await;
+        let written: u64 = v["stdout"]
+            .as_str()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("flood: {v}"));
+        assert!(
+            written > 3 * CAP,
+            "the flood wrote only {written} bytes: too slow to test the bound"
+        );
+        // Give the checker one more round, then measure.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let size = |f: &str| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0);
+        let (log, prev) = (size("console.log"), size("console.log.1"));
+        assert!(prev > 0 && prev <= KEEP, "kept tail: {prev} bytes");
+        // At most the cap, plus what a few seconds of flood add between two checks.
+        let bound = CAP + 4 * (written / 25);
+        assert!(
+            log <= bound,
+            "console log {log} bytes > {bound} after {written} written"
+        );
+        a.destroy(&id).await;
+    });
+}

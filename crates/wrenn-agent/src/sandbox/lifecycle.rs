@@ -432,7 +432,12 @@ impl Manager {
     }
 
     /// Notices when a sandbox's QEMU goes away without being asked to.
+    /// Also keeps its console log bounded while it runs.
     pub(super) fn watch(&self, id: &str, vm: &Vm) {
+        crate::vmm::console::keep_bounded(
+            self.sandbox_dir(id).join("console.log"),
+            vm.qmp.closed_signal(),
+        );
         let closed = vm.qmp.closed_signal();
         let pid = vm.pid;
         let id = id.to_string();

@@ -413,7 +413,10 @@ fn mark_error_keep_files(dir: &Path, rec: &mut SandboxOnDisk, why: String) {
     }
 }
 
-/// Puts a sandbox in `error`, keeping only its record.
+/// Puts a sandbox whose VM is gone (QEMU died, or its network could not be restored) in
+/// `error`, keeping its record, its disk layers (the user's files, as the guest last wrote
+/// them) and its console log; the RAM, device state and runtime files are of a VM that no
+/// longer exists and are removed. Destroy removes the rest.
 fn mark_error(dir: &Path, rec: &mut SandboxOnDisk, why: String) {
     rec.status = SandboxStatus::Error;
     rec.error = Some(why);

@@ -6,8 +6,9 @@
 //! network namespace. The KVM/TCG difference is confined to [`Accel`] flags in [`qemu_args`].
 //! How the guest RAM file is mapped ([`RamMapping`]) decides what a saved state holds.
 //!
-//! QEMU runs daemonized (its own session, reparented to init), so VMs outlive a restart of the
-//! agent; [`Vm::attach`] finds one again from its pid and QMP socket.
+//! QEMU runs in a session of its own (not `-daemonize`, which the seccomp filter forbids), so
+//! VMs outlive a restart of the agent; [`Vm::attach`] finds one again from its pid and QMP
+//! socket. `console.rs` keeps each VM's console log bounded.
 //!
 //! Files: this one holds [`Vm`] (a QEMU process: start, save, load, quit, kill) and the pid
 //! checks; `spec.rs` the spec and command line; `accel.rs` the accelerator choice; [`qmp`] the
@@ -15,6 +16,7 @@
 
 mod accel;
 pub mod cgroup;
+pub mod console;
 pub mod jail;
 pub mod qmp;
 mod spec;
@@ -160,7 +162,8 @@ impl Vm {
         let listener = std::os::unix::net::UnixListener::bind(spec.qmp_path())
             .map_err(io_err("bind QMP socket"))?;
         let tap_slot = std::fs::File::open("/dev/null").map_err(io_err("open /dev/null"))?;
-        let console = std::fs::File::create(spec.console_path()).map_err(io_err("console log"))?;
+        let console =
+            console::open_for_qemu(&spec.console_path()).map_err(io_err("console log"))?;
         let log = std::fs::File::create(spec.log_path()).map_err(io_err("QEMU log"))?;
         let (qmp_fd, tap_fd) = (listener.as_raw_fd(), tap_slot.as_raw_fd());
         let lease;
