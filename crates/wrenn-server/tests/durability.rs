@@ -336,6 +336,66 @@ async fn the_reaper_leaves_a_sandbox_whose_activity_moved_after_its_list() {
     assert_eq!(t.status(&k, &id).await, "paused");
 }
 
+#[tokio::test]
+async fn the_reaper_skips_a_sandbox_the_agent_says_is_busy_without_counting_a_failure() {
+    let t = server().await;
+    let k = t.account("reaper-busy@example.com").await.key;
+    let id = t.sandbox(&k, json!({"timeout_sec": 1})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The agent refuses the pause because an exec did not end in time.
+    t.sim.set_fail_with(
+        SimOp::Pause,
+        wrenn_types::agent::AgentErrorCode::Conflict,
+        "sandbox is busy",
+    );
+    assert_eq!(
+        t.server.reap_idle_now().await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(t.status(&k, &id).await, "running");
+    assert_eq!(pause_failures(&t).await, 0);
+    // Still usable, and a later pass pauses it once the agent agrees.
+    let r = t.exec(&k, &id, json!({"cmd": "true"})).await;
+    assert_eq!(r.status().as_u16(), 200);
+    t.sim.set_fail(SimOp::Pause, false);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(t.server.reap_idle_now().await.unwrap(), [id.as_str()]);
+    assert_eq!(t.status(&k, &id).await, "paused");
+    // A real agent failure is still counted.
+    let id2 = t.sandbox(&k, json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.sim.set_fail(SimOp::Pause, true);
+    let r = t
+        .keyed(Method::POST, &format!("/v1/sandboxes/{id2}/pause"), &k)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    assert_eq!(pause_failures(&t).await, 1);
+}
+
+/// `wrenn_sandbox_operation_failures_total{op="pause"}` from `GET /metrics`.
+async fn pause_failures(t: &TestServer) -> u64 {
+    let text = t
+        .req(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("wrenn_sandbox_operation_failures_total{op=\"pause\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no pause failure counter in:\n{text}"))
+}
+
 /// Arms `point` with `action` for one request, then disarms it.
 async fn with_failpoint<T>(
     t: &TestServer,

@@ -20,7 +20,7 @@ use crate::placement::NoPlacement;
 use crate::store::{self, Operation, SandboxRecord};
 use std::sync::Arc;
 use std::time::Instant;
-use wrenn_types::agent::{codes, CreateSandbox, SandboxStatus};
+use wrenn_types::agent::{codes, AgentErrorCode, CreateSandbox, SandboxStatus};
 use wrenn_types::api;
 use wrenn_types::observe::event::{CAPSULE_CREATE, CAPSULE_DESTROY, CAPSULE_PAUSE, CAPSULE_RESUME};
 
@@ -339,7 +339,11 @@ impl App {
         let info = match agent.pause(&sb.id).await {
             Ok(info) => info,
             Err(e) => {
-                self.metrics.operation_failed(SandboxOp::Pause);
+                // A busy refusal (execs or transfers that did not end in time) leaves the
+                // sandbox running and well: not a failed operation.
+                if e.code() != Some(AgentErrorCode::Conflict) {
+                    self.metrics.operation_failed(SandboxOp::Pause);
+                }
                 self.settle_after_failure(sb).await;
                 return Err(e.into());
             }

@@ -35,6 +35,11 @@ impl App {
                 // Busy with another operation, or claimed by someone else: not idle.
                 None | Some(Ok(false)) => {}
                 Some(Ok(true)) => paused.push(id),
+                // The agent refused because an exec or a transfer is still under way: the
+                // sandbox is not idle after all; a later pass tries again.
+                Some(Err(ApiError::Conflict(why))) => {
+                    tracing::debug!(sandbox = %id, %why, "auto-pause skipped: sandbox busy")
+                }
                 Some(Err(e)) => tracing::warn!(sandbox = %id, error = %e, "auto-pause failed"),
             }
         }
