@@ -84,7 +84,7 @@ async fn metrics(
 }
 
 async fn events(State(app): State<Arc<App>>, Team(team): Team) -> Res<impl IntoResponse> {
-    let rx = app.events.subscribe(&team)?;
+    let rx = app.subscribe_events(&team)?;
     Ok(Sse::new(frames(rx)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keepalive")))
 }
 

@@ -23,7 +23,8 @@ use wrenn_types::observe::{event, Event, EventActor, EventResource};
 pub const QUEUE: usize = 256;
 /// Subscribers one team may have at once.
 pub const MAX_PER_TEAM: usize = 16;
-/// Subscribers of all teams at once.
+/// Subscribers of all teams at once: at most this, and at most a quarter of the server's
+/// connection limit (a stream holds its connection), so streams never take every connection.
 pub const MAX_SUBSCRIBERS: usize = 4096;
 
 /// One message of the stream: its `event:` name and its JSON `data:`.
@@ -55,8 +56,12 @@ impl Events {
     }
 
     /// A new subscriber of `team_id`, its queue starting with `connected`; `429` when the
-    /// team or the control plane has as many as allowed.
-    pub fn subscribe(&self, team_id: &str) -> Result<mpsc::Receiver<Arc<Frame>>, ApiError> {
+    /// team has [`MAX_PER_TEAM`] or all teams `max_total`.
+    pub fn subscribe(
+        &self,
+        team_id: &str,
+        max_total: usize,
+    ) -> Result<mpsc::Receiver<Arc<Frame>>, ApiError> {
         let mut teams = self.map();
         // Readers that went away are only noticed here and when an event is sent.
         teams.retain(|_, subs| {
@@ -65,7 +70,7 @@ impl Events {
         });
         let total: usize = teams.values().map(Vec::len).sum();
         let team = teams.get(team_id).map_or(0, Vec::len);
-        if team >= MAX_PER_TEAM || total >= MAX_SUBSCRIBERS {
+        if team >= MAX_PER_TEAM || total >= max_total {
             return Err(ApiError::RateLimited(std::time::Duration::from_secs(5)));
         }
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -192,6 +197,12 @@ fn tenant_error(e: &ApiError) -> String {
 }
 
 impl App {
+    /// A new subscriber of the team's events (see [`MAX_SUBSCRIBERS`]).
+    pub fn subscribe_events(&self, team_id: &str) -> Result<mpsc::Receiver<Arc<Frame>>, ApiError> {
+        let max_total = MAX_SUBSCRIBERS.min(self.cfg.max_connections / 4).max(1);
+        self.events.subscribe(team_id, max_total)
+    }
+
     /// Tells the subscribers of `team_id` that the operation `name` (one of
     /// [`event`]'s) on `resource` (`capsule` or `template` `id`) ended with `result`.
     /// A lookup that found nothing (`404`) is not an event.
@@ -294,8 +305,8 @@ mod tests {
     #[test]
     fn events_reach_their_team_only() {
         let hub = Events::default();
-        let mut a = hub.subscribe("team-a").unwrap();
-        let mut b = hub.subscribe("team-b").unwrap();
+        let mut a = hub.subscribe("team-a", MAX_SUBSCRIBERS).unwrap();
+        let mut b = hub.subscribe("team-b", MAX_SUBSCRIBERS).unwrap();
         assert_eq!(a.try_recv().unwrap().event, "connected");
         assert_eq!(b.try_recv().unwrap().event, "connected");
         hub.publish("team-a", &ev("capsule.create"));
@@ -306,8 +317,8 @@ mod tests {
     #[test]
     fn a_slow_reader_is_dropped_and_the_others_keep_theirs() {
         let hub = Events::default();
-        let mut slow = hub.subscribe("t").unwrap();
-        let mut quick = hub.subscribe("t").unwrap();
+        let mut slow = hub.subscribe("t", MAX_SUBSCRIBERS).unwrap();
+        let mut quick = hub.subscribe("t", MAX_SUBSCRIBERS).unwrap();
         for i in 0..QUEUE + 5 {
             hub.publish("t", &ev("capsule.pause"));
             while quick.try_recv().is_ok() {}
@@ -351,12 +362,23 @@ mod tests {
     fn subscribers_per_team_are_capped_and_freed_when_gone() {
         let hub = Events::default();
         let mut held: Vec<_> = (0..MAX_PER_TEAM)
-            .map(|_| hub.subscribe("t").unwrap())
+            .map(|_| hub.subscribe("t", MAX_SUBSCRIBERS).unwrap())
             .collect();
-        assert!(matches!(hub.subscribe("t"), Err(ApiError::RateLimited(_))));
+        assert!(matches!(
+            hub.subscribe("t", MAX_SUBSCRIBERS),
+            Err(ApiError::RateLimited(_))
+        ));
         // Another team is not affected.
-        assert!(hub.subscribe("u").is_ok());
+        assert!(hub.subscribe("u", MAX_SUBSCRIBERS).is_ok());
         held.pop();
-        assert!(hub.subscribe("t").is_ok());
+        assert!(hub.subscribe("t", MAX_SUBSCRIBERS).is_ok());
+        // The limit of all teams holds too.
+        let hub = Events::default();
+        let _a = hub.subscribe("a", 2).unwrap();
+        let _b = hub.subscribe("b", 2).unwrap();
+        assert!(matches!(
+            hub.subscribe("c", 2),
+            Err(ApiError::RateLimited(_))
+        ));
     }
 }
