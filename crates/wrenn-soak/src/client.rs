@@ -17,7 +17,9 @@ use wrenn_soak::invariants::Expect;
 /// The file every soak sandbox carries.
 pub const FILE: &str = "/root/soak.txt";
 /// Snapshot templates one client keeps at most (older ones are deleted).
-const MAX_TEMPLATES: usize = 2;
+const MAX_TEMPLATES: usize = 1;
+/// Memory of every soak sandbox, in MiB (`wrenn up` prepares its warm snapshot).
+pub const MEMORY_MB: u32 = 256;
 
 /// Counters shared by every client.
 #[derive(Default)]
@@ -289,7 +291,7 @@ impl Client {
             .send(
                 self.http
                     .post(self.url("/v1/sandboxes"))
-                    .json(&json!({"template": template})),
+                    .json(&json!({"template": template, "memory_mb": MEMORY_MB})),
                 Self::timeout(rng),
             )
             .await;
@@ -355,7 +357,7 @@ impl Client {
                 Self::timeout(rng),
             )
             .await;
-        let ok = self.judge("write", &out, 200);
+        let ok = self.judge("write", &out, 204);
         let Some(sb) = self.sandboxes.get_mut(id) else {
             return;
         };

@@ -37,7 +37,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     restarts: usize,
     /// Most sandboxes alive at once over all clients.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 3)]
     max_alive: usize,
     /// The CI mode: 2 minutes, 2 clients, 1 restart.
     #[arg(long)]
@@ -82,6 +82,11 @@ fn wrenn_bin(args: &Args) -> Result<PathBuf> {
 
 async fn soak(args: Args) -> Result<bool> {
     let mut up = Up::prepare(&wrenn_bin(&args)?, "soak/run-so", PREFIX, FIRST_SLOT)?;
+    // Small guests: their RAM files (paused sandboxes, snapshots) are what fills the disk.
+    up.extra_args = vec![
+        "--prewarm".into(),
+        format!("minimal:1:{}", client::MEMORY_MB),
+    ];
     let t0 = Instant::now();
     let took = up.start("").await?;
     println!("wrenn up ready after {took:.1?}");
@@ -191,6 +196,10 @@ async fn soak(args: Args) -> Result<bool> {
         println!("teardown: {e:#}");
     }
     println!("total {:.0?}", t0.elapsed());
+    // The daemon's log outlives the data dir, for a look at the errors counted.
+    let log = up.data_dir.with_extension("log");
+    let _ = std::fs::copy(up.data_dir.join("wrenn-up.log"), &log);
+    println!("wrenn up's log: {}", log.display());
     if !args.keep && ok && clean.is_ok() {
         let _ = std::fs::remove_dir_all(&up.data_dir);
     }

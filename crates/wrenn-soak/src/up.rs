@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Free space a run needs at least on the images' filesystem.
+const MIN_FREE_BYTES: u64 = 1 << 30;
 /// Longest wait for the daemon to say it is running after a start.
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -59,6 +61,8 @@ pub struct Up {
     pub first_slot: u32,
     pub listen: String,
     pub agent_listen: String,
+    /// More arguments of `wrenn up` (e.g. `--prewarm`).
+    pub extra_args: Vec<String>,
     child: Option<Child>,
     starts: usize,
 }
@@ -72,6 +76,15 @@ impl Up {
         }
         let data_dir = root.join(sub);
         kill_all(&data_dir);
+        let fs = nix::sys::statvfs::statvfs(&root)?;
+        let free = fs.blocks_available() as u64 * fs.fragment_size() as u64;
+        if free < MIN_FREE_BYTES {
+            bail!(
+                "only {} MiB free under {}: sandboxes' RAM files need more",
+                free >> 20,
+                root.display()
+            );
+        }
         if data_dir.exists() {
             std::fs::remove_dir_all(&data_dir)
                 .with_context(|| format!("remove {}", data_dir.display()))?;
@@ -85,6 +98,7 @@ impl Up {
             first_slot,
             listen: format!("127.0.0.1:{}", free_port()?),
             agent_listen: format!("127.0.0.1:{}", free_port()?),
+            extra_args: Vec::new(),
             child: None,
             starts: 0,
         })
@@ -130,6 +144,7 @@ impl Up {
             .args(["--net-prefix", &self.prefix])
             .args(["--first-slot", &self.first_slot.to_string()])
             .args(["--reconcile-interval-ms", "5000"])
+            .args(&self.extra_args)
             .env_remove("DATABASE_URL")
             .env_remove("WRENN_JWT_SECRET")
             .env("WRENN_FAILPOINTS", failpoints)
