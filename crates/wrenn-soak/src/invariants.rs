@@ -447,3 +447,82 @@ pub async fn check(t: &Target, expected: &HashMap<String, Expect>, settle: Durat
     }
     f
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> Observed {
+        let mut o = Observed::default();
+        o.db.insert("sb-run".into(), ("running".into(), 0));
+        o.db.insert("sb-paused".into(), ("paused".into(), 0));
+        o.db.insert("sb-lost-create".into(), ("error".into(), 0));
+        o.agent.insert("sb-run".into(), "running".into());
+        o.agent.insert("sb-paused".into(), "paused".into());
+        o.dirs
+            .extend(["sb-run".to_string(), "sb-paused".to_string()]);
+        o.qemus.push((10, Ok("sb-run".into())));
+        o.slots.insert("sb-run".into(), 7);
+        o.netns.extend([7, 8, 9]);
+        o.db_snapshots = 1;
+        o.agent_snapshots = 1;
+        o
+    }
+
+    #[test]
+    fn a_healthy_system_has_nothing_to_report() {
+        assert_eq!(judge(&healthy()), (vec![], vec![]));
+    }
+
+    #[test]
+    fn whatever_no_record_owns_is_an_orphan() {
+        let cases: Vec<(&str, fn(&mut Observed))> = vec![
+            ("agent sandbox", |o| {
+                o.agent.insert("sb-x".into(), "running".into());
+                o.dirs.insert("sb-x".into());
+                o.qemus.push((11, Ok("sb-x".into())));
+            }),
+            ("directory", |o| {
+                o.dirs.insert("sb-gone".into());
+            }),
+            ("QEMU of a paused sandbox", |o| {
+                o.qemus.push((12, Ok("sb-paused".into())))
+            }),
+            ("QEMU of no sandbox", |o| {
+                o.qemus.push((13, Err("qemu warm/x".into())));
+            }),
+            ("template", |o| o.agent_snapshots = 2),
+            ("namespaces", |o| o.netns.extend([1, 2, 3, 4])),
+        ];
+        for (what, spoil) in cases {
+            let mut o = healthy();
+            spoil(&mut o);
+            let (orphans, _) = judge(&o);
+            assert!(!orphans.is_empty(), "{what} not found");
+        }
+    }
+
+    #[test]
+    fn the_database_and_the_agent_must_agree() {
+        let cases: Vec<(&str, fn(&mut Observed))> = vec![
+            ("running here, paused there", |o| {
+                o.agent.insert("sb-run".into(), "paused".into());
+            }),
+            ("paused here, unknown there", |o| {
+                o.agent.remove("sb-paused");
+                o.dirs.remove("sb-paused");
+            }),
+            ("an operation never settled", |o| {
+                o.db.insert("sb-run".into(), ("pending".into(), 0));
+            }),
+            ("a running sandbox without QEMU", |o| o.qemus.clear()),
+            ("a template missing", |o| o.agent_snapshots = 0),
+        ];
+        for (what, spoil) in cases {
+            let mut o = healthy();
+            spoil(&mut o);
+            let (_, disagreements) = judge(&o);
+            assert!(!disagreements.is_empty(), "{what} not found");
+        }
+    }
+}
