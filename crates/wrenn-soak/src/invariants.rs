@@ -452,6 +452,9 @@ pub async fn check(t: &Target, expected: &HashMap<String, Expect>, settle: Durat
 mod tests {
     use super::*;
 
+    /// A named change that spoils a healthy observation.
+    type Spoil = (&'static str, fn(&mut Observed));
+
     fn healthy() -> Observed {
         let mut o = Observed::default();
         o.db.insert("sb-run".into(), ("running".into(), 0));
@@ -476,7 +479,7 @@ mod tests {
 
     #[test]
     fn whatever_no_record_owns_is_an_orphan() {
-        let cases: Vec<(&str, fn(&mut Observed))> = vec![
+        let cases: Vec<Spoil> = vec![
             ("agent sandbox", |o| {
                 o.agent.insert("sb-x".into(), "running".into());
                 o.dirs.insert("sb-x".into());
@@ -504,7 +507,7 @@ mod tests {
 
     #[test]
     fn the_database_and_the_agent_must_agree() {
-        let cases: Vec<(&str, fn(&mut Observed))> = vec![
+        let cases: Vec<Spoil> = vec![
             ("running here, paused there", |o| {
                 o.agent.insert("sb-run".into(), "paused".into());
             }),
