@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from conftest import await_until
 from wrenn import AsyncCapsule, AsyncWrennClient, Capsule, WrennClient, WrennNotFoundError
 from wrenn.models import SSEEvent, Status
 
@@ -21,11 +22,12 @@ def matching(ev: SSEEvent, kind: str, capsule_id: str) -> bool:
     return ev.event == kind and ev.resource is not None and ev.resource.id == capsule_id
 
 
-def check_action_event(ev: SSEEvent, capsule_id: str) -> None:
-    assert ev.outcome == "success", ev
-    assert ev.timestamp is not None, ev
-    if ev.sandbox is not None:
-        assert ev.sandbox.id == capsule_id, ev
+def check_action_event(ev: SSEEvent, capsule_id: str, status: Status) -> None:
+    """An action of this API key on the capsule, with the capsule as it was left."""
+    assert ev.outcome == "success" and ev.timestamp is not None, ev
+    assert ev.resource.type == "capsule" and ev.actor is not None, ev
+    assert ev.actor.type == "api_key", ev
+    assert ev.sandbox is not None and (ev.sandbox.id, ev.sandbox.status) == (capsule_id, status), ev
 
 
 def gone_or_stopped(get) -> bool:
@@ -76,15 +78,9 @@ class SyncEvents:
 @pytest.fixture(scope="module")
 def events():
     ev = SyncEvents()
-    # The subscription is in place before anything happens (its first frame, or a moment).
-    try:
-        first = ev.queue.get(timeout=3)
-        if isinstance(first, SSEEvent):
-            ev.seen.append(first)
-        else:
-            ev.queue.put(first)
-    except queue.Empty:
-        pass
+    # The subscription is in place before anything happens: its first frame says so.
+    first = ev.queue.get(timeout=EVENT_WAIT_SEC)
+    assert isinstance(first, SSEEvent) and first.event == "connected", first
     return ev
 
 
@@ -110,7 +106,8 @@ def test_create_waits_until_running(life):
 
 
 def test_create_event(events, life):
-    check_action_event(events.wait_for("capsule.create", life.capsule_id), life.capsule_id)
+    ev = events.wait_for("capsule.create", life.capsule_id)
+    check_action_event(ev, life.capsule_id, Status.running)
 
 
 def test_get_info_list_ping_is_running(life):
@@ -135,7 +132,8 @@ def test_pause_waits_until_paused(life):
 
 
 def test_pause_event(events, life):
-    check_action_event(events.wait_for("capsule.pause", life.capsule_id), life.capsule_id)
+    ev = events.wait_for("capsule.pause", life.capsule_id)
+    check_action_event(ev, life.capsule_id, Status.paused)
 
 
 def test_connect_resumes_paused_capsule(life):
@@ -204,7 +202,13 @@ class AsyncEvents:
 @pytest.fixture(scope="module")
 def aevents(loop):
     ev = AsyncEvents(loop)
-    loop.run_until_complete(asyncio.sleep(2))  # the subscription is in place
+
+    async def connected():
+        return ev.seen or ev.error
+
+    # The subscription is in place before anything happens: its first frame says so.
+    loop.run_until_complete(await_until(connected, "the event stream's first frame"))
+    assert ev.seen[0].event == "connected", ev.seen
     yield ev
     ev.task.cancel()
     loop.run_until_complete(asyncio.gather(ev.task, return_exceptions=True))
@@ -226,7 +230,7 @@ def test_async_create_and_event(loop, aevents, alife):
     assert info is not None and (info.id, info.status) == (alife.capsule_id, Status.running)
     assert info.memory_mb == 512
     ev = loop.run_until_complete(aevents.wait_for("capsule.create", alife.capsule_id))
-    check_action_event(ev, alife.capsule_id)
+    check_action_event(ev, alife.capsule_id, Status.running)
 
 
 def test_async_get_info_list_ping_is_running(loop, alife):
@@ -248,7 +252,8 @@ def test_async_pause_event_and_connect_resumes(loop, aevents, alife):
         info = await alife.pause(wait=True)
         assert info.status == Status.paused
         assert not await alife.is_running()
-        check_action_event(await aevents.wait_for("capsule.pause", alife.capsule_id), alife.capsule_id)
+        ev = await aevents.wait_for("capsule.pause", alife.capsule_id)
+        check_action_event(ev, alife.capsule_id, Status.paused)
         again = await AsyncCapsule.connect(alife.capsule_id)
         assert await again.is_running()
         assert await again.files.read("/root/async-kept.txt") == "kept"
