@@ -8,102 +8,32 @@
 //! Needs root and the guest images, as `vm_e2e.rs`. Slots 9650-9699, network prefix `cf`.
 
 use serde_json::{json, Value};
-use std::path::PathBuf;
-use std::time::Duration;
-use wrenn_agent::host::{self, Agent, AgentConfig};
-use wrenn_agent::images::NoProgress;
-use wrenn_agent::net::NetConfig;
 
-const TOKEN: &str = "test-agent-token-files-0123456789";
+mod common;
+
+use common::*;
+
 const PREFIX: &str = "cf";
 const FIRST_SLOT: u32 = 9650;
 
-struct TestAgent {
-    base: String,
-    http: reqwest::Client,
-    _agent: Agent,
-    data_dir: PathBuf,
-}
-
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/lib/wrenn".into())
-}
-
 async fn start_agent() -> TestAgent {
-    let d = images_dir().join("e2e").join(format!(
-        "files-{}-{:06}",
-        std::process::id(),
-        rand::random::<u32>() % 1_000_000
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    std::os::unix::fs::symlink(images_dir().join("images"), d.join("images")).unwrap();
-    let mut cfg = AgentConfig::new(d.clone(), TOKEN.into());
-    cfg.net = NetConfig {
-        prefix: PREFIX.into(),
-        first_slot: FIRST_SLOT,
-        max_slots: 50,
-        pool_size: 1,
-        ..NetConfig::default()
+    let slots = Slots {
+        prefix: PREFIX,
+        first: FIRST_SLOT,
+        count: 50,
+        pool: 1,
     };
-    let agent = host::start(cfg, Box::new(NoProgress))
-        .await
-        .expect("agent starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = agent.router.clone();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    TestAgent {
-        base,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(300))
-            .build()
-            .unwrap(),
-        _agent: agent,
-        data_dir: d,
-    }
+    TestAgent::start(scratch_dir("files"), slots).await
 }
 
 impl TestAgent {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.request(method, self.url(path)).bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn post(&self, id: &str, op: &str, body: Value) -> (u16, Value) {
+    async fn op(&self, id: &str, op: &str, body: Value) -> (u16, Value) {
         self.call(
             reqwest::Method::POST,
             &format!("/v1/sandboxes/{id}/{op}"),
             Some(body),
         )
         .await
-    }
-
-    async fn sh(&self, id: &str, script: &str) -> Value {
-        let (s, v) = self
-            .post(
-                id,
-                "exec",
-                json!({"cmd": "sh", "args": ["-c", script], "timeout_sec": 120}),
-            )
-            .await;
-        assert_eq!(s, 200, "exec: {v}");
-        assert_eq!(v["exit_code"], 0, "{v}");
-        v
     }
 
     async fn write(&self, id: &str, path: &str, data: Vec<u8>) -> u16 {
@@ -135,7 +65,7 @@ impl TestAgent {
     /// The paths listed under `dir`, `depth` levels deep, with their entries.
     async fn list(&self, id: &str, dir: &str, depth: u32) -> Vec<Value> {
         let (s, v) = self
-            .post(id, "files/list", json!({"path": dir, "depth": depth}))
+            .op(id, "files/list", json!({"path": dir, "depth": depth}))
             .await;
         assert_eq!(s, 200, "list {dir}: {v}");
         assert_eq!(v["truncated"], false);
@@ -168,7 +98,7 @@ async fn check_files(a: &TestAgent, id: &str) {
     .await;
 
     let (s, made) = a
-        .post(id, "files/mkdir", json!({"path": "/root/made/a/b"}))
+        .op(id, "files/mkdir", json!({"path": "/root/made/a/b"}))
         .await;
     assert_eq!(s, 200, "mkdir: {made}");
     let e = &made["entry"];
@@ -185,7 +115,7 @@ async fn check_files(a: &TestAgent, id: &str) {
         "{e}"
     );
     let (s, again) = a
-        .post(id, "files/mkdir", json!({"path": "/root/made/a/b"}))
+        .op(id, "files/mkdir", json!({"path": "/root/made/a/b"}))
         .await;
     assert_eq!(
         (s, again["error"]["code"].as_str()),
@@ -229,7 +159,7 @@ async fn check_files(a: &TestAgent, id: &str) {
 
     // A file, then a whole tree.
     let (s, _) = a
-        .post(id, "files/remove", json!({"path": "/root/deep/new/dir/ln"}))
+        .op(id, "files/remove", json!({"path": "/root/deep/new/dir/ln"}))
         .await;
     assert_eq!(s, 204);
     assert_eq!(
@@ -238,61 +168,39 @@ async fn check_files(a: &TestAgent, id: &str) {
         "the link's target stays"
     );
     let (s, _) = a
-        .post(id, "files/remove", json!({"path": "/root/deep"}))
+        .op(id, "files/remove", json!({"path": "/root/deep"}))
         .await;
     assert_eq!(s, 204);
     a.sh(id, "test ! -e /root/deep").await;
-    let (s, v) = a
-        .post(id, "files/list", json!({"path": "/root/deep"}))
-        .await;
+    let (s, v) = a.op(id, "files/list", json!({"path": "/root/deep"})).await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (404, Some("file_not_found")),
         "{v}"
     );
     let (s, _) = a
-        .post(id, "files/remove", json!({"path": "/root/made"}))
+        .op(id, "files/remove", json!({"path": "/root/made"}))
         .await;
     assert_eq!(s, 204);
 }
 
 #[test]
 fn list_mkdir_remove_in_a_real_guest() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    rt().block_on(async {
         let a = start_agent().await;
-        let id = format!("sb-cf{:06}", rand::random::<u32>() % 1_000_000);
-        let (s, v) = a
-            .call(
-                reqwest::Method::POST,
-                "/v1/sandboxes",
-                Some(json!({"id": id, "template": "minimal", "vcpus": 1, "memory_mb": 512})),
-            )
-            .await;
-        assert_eq!(s, 201, "create: {v}");
+        let id = a.create("minimal", 512).await;
         check_files(&a, &id).await;
 
         // The same after a pause and resume (a restored guest's envd).
-        let (s, v) = a.post(&id, "pause", json!({})).await;
+        let (s, v) = a.op(&id, "pause", json!({})).await;
         assert_eq!(s, 200, "pause: {v}");
-        let (s, v) = a.post(&id, "files/list", json!({"path": "/root"})).await;
+        let (s, v) = a.op(&id, "files/list", json!({"path": "/root"})).await;
         assert_eq!(s, 409, "a paused sandbox lists nothing: {v}");
-        let (s, v) = a.post(&id, "resume", json!({})).await;
+        let (s, v) = a.op(&id, "resume", json!({})).await;
         assert_eq!(s, 200, "resume: {v}");
         check_files(&a, &id).await;
 
-        let (s, _) = a
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/v1/sandboxes/{id}"),
-                None,
-            )
-            .await;
-        assert_eq!(s, 204);
+        a.destroy(&id).await;
         let _ = std::fs::remove_dir_all(&a.data_dir);
     });
 }

@@ -17,30 +17,15 @@ use wrenn_agent::host::{self, AgentConfig};
 use wrenn_agent::images::NoProgress;
 use wrenn_agent::net::NetConfig;
 
-const TOKEN: &str = "test-agent-token-0123456789";
+mod common;
+
+use common::{scratch_dir, TOKEN};
+
 /// Fixed prefix and slots: a run cleans up whatever a killed earlier run left behind.
 const PREFIX: &str = "ed";
 const FIRST_SLOT: u32 = 9500;
 /// The child agent's data dir; set only in the child.
 const CHILD_DIR_VAR: &str = "WRENN_DURABILITY_AGENT_DIR";
-
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/lib/wrenn".into())
-}
-
-/// A fresh data directory beside the images (same filesystem: templates are hard-linked).
-fn scratch_dir(tag: &str) -> PathBuf {
-    let d = images_dir().join("e2e").join(format!(
-        "{tag}-{}-{:06}",
-        std::process::id(),
-        rand::random::<u32>() % 1_000_000
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    std::os::unix::fs::symlink(images_dir().join("images"), d.join("images")).unwrap();
-    d
-}
 
 fn agent_config(dir: &Path) -> AgentConfig {
     let mut cfg = AgentConfig::new(dir.to_path_buf(), TOKEN.into());

@@ -7,150 +7,30 @@
 //! Needs root and the guest images, as `vm_e2e.rs`. Slots 9100-9149. `WRENN_JAIL_LATENCY=N` also times N
 //! creates and resumes and prints them (run once more with `WRENN_JAIL=off` to compare).
 
-use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-use wrenn_agent::host::{self, Agent, AgentConfig};
-use wrenn_agent::images::NoProgress;
-use wrenn_agent::net::NetConfig;
+use std::path::Path;
+use std::time::Instant;
 use wrenn_agent::vmm::{cgroup, jail};
 
 #[path = "jail_e2e/limits.rs"]
 mod limits;
 
-const TOKEN: &str = "test-agent-token-0123456789";
+mod common;
+
+use common::*;
+
 const PREFIX: &str = "ej";
 /// The first slot of each test (20 each).
 const JAIL_SLOTS: u32 = 9100;
 const LIMIT_SLOTS: u32 = 9120;
 
-struct TestAgent {
-    base: String,
-    http: reqwest::Client,
-    _agent: Agent,
-    data_dir: PathBuf,
-}
-
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/lib/wrenn".into())
-}
-
 async fn start_agent(first_slot: u32) -> TestAgent {
-    let d = images_dir().join("e2e").join(format!(
-        "jail-{}-{:06}",
-        std::process::id(),
-        rand::random::<u32>() % 1_000_000
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    std::os::unix::fs::symlink(images_dir().join("images"), d.join("images")).unwrap();
-    let mut cfg = AgentConfig::new(d.clone(), TOKEN.into());
-    cfg.net = NetConfig {
-        prefix: PREFIX.into(),
-        first_slot,
-        max_slots: 20,
-        pool_size: 2,
-        ..NetConfig::default()
+    let slots = Slots {
+        prefix: PREFIX,
+        first: first_slot,
+        count: 20,
+        pool: 2,
     };
-    let agent = host::start(cfg, Box::new(NoProgress))
-        .await
-        .expect("agent starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = agent.router.clone();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    TestAgent {
-        base,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap(),
-        _agent: agent,
-        data_dir: d,
-    }
-}
-
-impl TestAgent {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn create(&self) -> String {
-        let id = format!("sb-{:06}", rand::random::<u32>() % 1_000_000);
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/sandboxes",
-                Some(json!({"id": id, "template": "minimal", "vcpus": 1, "memory_mb": 256})),
-            )
-            .await;
-        assert_eq!(s, 201, "create: {v}");
-        id
-    }
-
-    async fn exec(&self, id: &str, script: &str, timeout_sec: u32) -> (u16, Value) {
-        self.call(
-            reqwest::Method::POST,
-            &format!("/v1/sandboxes/{id}/exec"),
-            Some(json!({"cmd": "sh", "args": ["-c", script], "timeout_sec": timeout_sec})),
-        )
-        .await
-    }
-
-    async fn sh(&self, id: &str, script: &str) -> String {
-        let (s, v) = self.exec(id, script, 60).await;
-        assert_eq!(s, 200, "exec: {v}");
-        assert_eq!(v["exit_code"], 0, "{v}");
-        v["stdout"].as_str().unwrap().to_string()
-    }
-
-    async fn lifecycle(&self, id: &str, op: &str) {
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/sandboxes/{id}/{op}"),
-                None,
-            )
-            .await;
-        assert_eq!(s, 200, "{op}: {v}");
-    }
-
-    async fn destroy(&self, id: &str) {
-        let (s, v) = self
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/v1/sandboxes/{id}"),
-                None,
-            )
-            .await;
-        assert_eq!(s, 204, "destroy: {v}");
-    }
-
-    fn sandbox_dir(&self, id: &str) -> PathBuf {
-        self.data_dir.join("sandboxes").join(id)
-    }
-
-    fn qemu_pid(&self, id: &str) -> u32 {
-        std::fs::read_to_string(self.sandbox_dir(id).join("qemu.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
+    TestAgent::start(scratch_dir("jail"), slots).await
 }
 
 fn status_field(pid: u32, name: &str) -> String {
@@ -256,7 +136,7 @@ fn qemu_runs_jailed_and_pause_resume_work() {
         .unwrap();
     rt.block_on(async {
         let a = start_agent(JAIL_SLOTS).await;
-        let id = a.create().await;
+        let id = a.create("minimal", 256).await;
         let dir = a.sandbox_dir(&id);
         if jail::config().enabled {
             assert_jailed(a.qemu_pid(&id), &dir);
@@ -283,7 +163,7 @@ fn qemu_runs_jailed_and_pause_resume_work() {
             let (mut create, mut resume) = (vec![], vec![]);
             for _ in 0..n {
                 let t = Instant::now();
-                let id = a.create().await;
+                let id = a.create("minimal", 256).await;
                 create.push(t.elapsed().as_secs_f64() * 1000.0);
                 a.lifecycle(&id, "pause").await;
                 let t = Instant::now();

@@ -6,95 +6,28 @@
 //!
 //! Needs root and the guest images, as `vm_e2e.rs`. Slots 9750-9799, network prefix `cm`.
 
-use serde_json::{json, Value};
-use std::path::PathBuf;
+use serde_json::Value;
 use std::time::Duration;
-use wrenn_agent::host::{self, Agent, AgentConfig};
-use wrenn_agent::images::NoProgress;
-use wrenn_agent::net::NetConfig;
 
-const TOKEN: &str = "test-agent-token-metrics-0123456";
+mod common;
+
+use common::*;
+
 const PREFIX: &str = "cm";
 const FIRST_SLOT: u32 = 9750;
 const MEMORY_MB: u64 = 256;
 
-struct TestAgent {
-    base: String,
-    http: reqwest::Client,
-    _agent: Agent,
-    data_dir: PathBuf,
-}
-
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/lib/wrenn".into())
-}
-
 async fn start_agent() -> TestAgent {
-    let d = images_dir().join("e2e").join(format!(
-        "metrics-{}-{:06}",
-        std::process::id(),
-        rand::random::<u32>() % 1_000_000
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    std::os::unix::fs::symlink(images_dir().join("images"), d.join("images")).unwrap();
-    let mut cfg = AgentConfig::new(d.clone(), TOKEN.into());
-    cfg.net = NetConfig {
-        prefix: PREFIX.into(),
-        first_slot: FIRST_SLOT,
-        max_slots: 50,
-        pool_size: 1,
-        ..NetConfig::default()
+    let slots = Slots {
+        prefix: PREFIX,
+        first: FIRST_SLOT,
+        count: 50,
+        pool: 1,
     };
-    let agent = host::start(cfg, Box::new(NoProgress))
-        .await
-        .expect("agent starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = agent.router.clone();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    TestAgent {
-        base,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(300))
-            .build()
-            .unwrap(),
-        _agent: agent,
-        data_dir: d,
-    }
+    TestAgent::start(scratch_dir("metrics"), slots).await
 }
 
 impl TestAgent {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn sh(&self, id: &str, script: &str) {
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/sandboxes/{id}/exec"),
-                Some(json!({"cmd": "sh", "args": ["-c", script], "timeout_sec": 120})),
-            )
-            .await;
-        assert_eq!(s, 200, "exec: {v}");
-        assert_eq!(v["exit_code"], 0, "{v}");
-    }
-
     /// The sandbox's samples of the last `range_secs` seconds.
     async fn metrics(&self, id: &str, range_secs: u32) -> (u16, Vec<Value>) {
         let (s, v) = self
@@ -128,22 +61,9 @@ fn num(p: &Value, k: &str) -> f64 {
 
 #[test]
 fn a_running_guest_is_sampled_with_plausible_values() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    rt().block_on(async {
         let a = start_agent().await;
-        let id = format!("sb-cm{:06}", rand::random::<u32>() % 1_000_000);
-        let (s, v) = a
-            .call(
-                reqwest::Method::POST,
-                "/v1/sandboxes",
-                Some(json!({"id": id, "template": "minimal", "vcpus": 1, "memory_mb": MEMORY_MB})),
-            )
-            .await;
-        assert_eq!(s, 201, "create: {v}");
+        let id = a.create("minimal", MEMORY_MB as u32).await;
 
         // Samples come every two seconds while the guest runs.
         let idle = a.more_than(&id, 1).await;
@@ -212,14 +132,7 @@ fn a_running_guest_is_sampled_with_plausible_values() {
         let (_, later) = a.metrics(&id, 600).await;
         assert_eq!(kept.len(), later.len());
 
-        let (s, _) = a
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/v1/sandboxes/{id}"),
-                None,
-            )
-            .await;
-        assert_eq!(s, 204);
+        a.destroy(&id).await;
         let (s, _) = a.metrics(&id, 600).await;
         assert_eq!(s, 404);
         let (s, _) = a.metrics("sb-none", 0).await;

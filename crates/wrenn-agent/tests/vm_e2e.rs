@@ -8,87 +8,22 @@
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 use tokio_tungstenite::tungstenite::Message;
-use wrenn_agent::host::{self, Agent, AgentConfig};
-use wrenn_agent::images::NoProgress;
-use wrenn_agent::net::NetConfig;
 
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
+mod common;
 
-const TOKEN: &str = "test-agent-token-0123456789";
+use common::*;
 
-/// One agent serving on loopback.
-struct TestAgent {
-    base: String,
-    http: reqwest::Client,
-    agent: Agent,
-    data_dir: PathBuf,
-    prefix: String,
-}
-
-fn images_dir() -> PathBuf {
-    std::env::var_os("WRENN_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/lib/wrenn".into())
-}
-
-/// A fresh data directory beside the images (same filesystem: templates are hard-linked).
-fn scratch_dir(tag: &str) -> PathBuf {
-    let d =
-        images_dir()
-            .join("e2e")
-            .join(format!("{tag}-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&d).unwrap();
-    // The images of the shared data dir, seen from the scratch dir.
-    let images = d.join("images");
-    if !images.exists() {
-        std::os::unix::fs::symlink(images_dir().join("images"), &images).unwrap();
-    }
-    d
-}
-
-fn rand_suffix() -> String {
-    format!("{:06}", rand::random::<u32>() % 1_000_000)
-}
-
-async fn start_agent(data_dir: PathBuf, prefix: &str, first_slot: u32) -> TestAgent {
-    let mut cfg = AgentConfig::new(data_dir.clone(), TOKEN.into());
-    cfg.net = NetConfig {
-        prefix: prefix.into(),
-        first_slot,
-        max_slots: 40,
-        pool_size: 2,
-        ..NetConfig::default()
+async fn start_agent(data_dir: PathBuf, prefix: &'static str, first_slot: u32) -> TestAgent {
+    let slots = Slots {
+        prefix,
+        first: first_slot,
+        count: 40,
+        pool: 2,
     };
-    let agent = host::start(cfg, Box::new(NoProgress))
-        .await
-        .expect("agent starts (are the images built? run scripts/test)");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = agent.router.clone();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    TestAgent {
-        base,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap(),
-        agent,
-        data_dir,
-        prefix: prefix.into(),
-    }
+    TestAgent::start(data_dir, slots).await
 }
 
 /// Fixed prefixes and slot ranges: a run cleans up whatever a killed earlier run left behind
@@ -105,75 +40,6 @@ async fn shared() -> &'static TestAgent {
             start_agent(scratch_dir("shared"), SHARED_PREFIX, SHARED_SLOTS).await
         })
         .await
-}
-
-impl TestAgent {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn create(&self, template: &str, memory_mb: u32) -> String {
-        let id = format!("sb-{}", rand_suffix());
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/sandboxes",
-                Some(json!({"id": id, "template": template, "vcpus": 1, "memory_mb": memory_mb})),
-            )
-            .await;
-        assert_eq!(s, 201, "create: {v}");
-        assert_eq!(v["status"], "running");
-        assert_eq!(v["guest_ip"], "172.16.0.2");
-        id
-    }
-
-    async fn exec(&self, id: &str, cmd: &str, args: &[&str]) -> Value {
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/sandboxes/{id}/exec"),
-                Some(json!({"cmd": cmd, "args": args, "timeout_sec": 60})),
-            )
-            .await;
-        assert_eq!(s, 200, "exec {cmd} {args:?}: {v}");
-        v
-    }
-
-    async fn sh(&self, id: &str, script: &str) -> String {
-        let v = self.exec(id, "sh", &["-c", script]).await;
-        assert_eq!(v["exit_code"], 0, "script {script:?} failed: {v}");
-        v["stdout"].as_str().unwrap().to_string()
-    }
-
-    async fn post(&self, path: &str) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, None).await
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, None).await
-    }
-
-    async fn delete(&self, path: &str) -> (u16, Value) {
-        self.call(reqwest::Method::DELETE, path, None).await
-    }
-
-    async fn destroy(&self, id: &str) {
-        let (s, v) = self.delete(&format!("/v1/sandboxes/{id}")).await;
-        assert_eq!(s, 204, "destroy: {v}");
-    }
 }
 
 #[test]

@@ -177,7 +177,7 @@ impl TestAgent {
     /// How long an exec of `true` in `id` takes, in ms.
     async fn exec_ms(&self, id: &str) -> f64 {
         let t = Instant::now();
-        let (s, v) = self.exec(id, "true", 30).await;
+        let (s, v) = self.try_sh(id, "true", 30).await;
         assert_eq!((s, &v["exit_code"]), (200, &json!(0)), "{v}");
         t.elapsed().as_secs_f64() * 1000.0
     }
@@ -205,10 +205,12 @@ impl TestAgent {
     ) -> (Vec<f64>, u64, Option<(u16, Value)>) {
         let done = std::sync::atomic::AtomicBool::new(false);
         let stressed = async {
-            let r =
-                tokio::time::timeout(cap + Duration::from_secs(60), self.exec(noisy, stress, 120))
-                    .await
-                    .ok();
+            let r = tokio::time::timeout(
+                cap + Duration::from_secs(60),
+                self.try_sh(noisy, stress, 120),
+            )
+            .await
+            .ok();
             done.store(true, std::sync::atomic::Ordering::SeqCst);
             r
         };
@@ -243,7 +245,7 @@ fn a_memory_hog_and_a_fork_bomb_stay_in_their_guest() {
     rt.block_on(async {
         let cg = cgroup::cgroups().expect("this host has no usable cgroups (see wrenn doctor)");
         let a = start_agent(LIMIT_SLOTS).await;
-        let (quiet, noisy) = (a.create().await, a.create().await);
+        let (quiet, noisy) = (a.create("minimal", 256).await, a.create("minimal", 256).await);
         let pid = a.qemu_pid(&noisy);
         let _reap = Reap(vec![pid, a.qemu_pid(&quiet)]);
         let dir = a.sandbox_dir(&noisy);
@@ -370,7 +372,7 @@ fn a_memory_hog_and_a_fork_bomb_stay_in_their_guest() {
             "the quiet sandbox slowed down: {during:.1} ms vs {usual:.1} ms"
         );
         // Whether the noisy guest itself came back is its own business; said, not required.
-        let back = tokio::time::timeout(Duration::from_secs(30), a.exec(&noisy, "true", 10)).await;
+        let back = tokio::time::timeout(Duration::from_secs(30), a.try_sh(&noisy, "true", 10)).await;
         eprintln!(
             "fork bomb: the noisy guest answers again within 30 s: {}",
             matches!(back, Ok((200, _)))
