@@ -48,8 +48,14 @@ impl HostAgent for ManagerAgent {
 
     async fn create(&self, req: &CreateSandbox) -> AgentResult<SandboxInfo> {
         let m = &self.0;
-        Ok(m.create(&req.id, &req.template, req.vcpus, req.memory_mb)
-            .await?)
+        Ok(m.create_with_network(
+            &req.id,
+            &req.template,
+            req.vcpus,
+            req.memory_mb,
+            req.network.clone(),
+        )
+        .await?)
     }
 
     async fn get_sandbox(&self, id: &str) -> AgentResult<SandboxInfo> {

@@ -7,7 +7,9 @@
 
 use crate::images::{self, ImageConfig, Progress};
 use crate::net::NetConfig;
-use crate::sandbox::{Manager, ManagerConfig, SandboxError, WarmOutcome, WarmSpec};
+use crate::sandbox::{
+    AdmissionConfig, Manager, ManagerConfig, SandboxError, WarmOutcome, WarmSpec,
+};
 use crate::vmm::{self, Accel, AccelChoice};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -24,6 +26,8 @@ pub struct AgentConfig {
     pub token: String,
     /// Static envd for building templates; found by [`images::locate_envd`] when `None`.
     pub envd_bin: Option<PathBuf>,
+    /// Admission against committed memory and free disk.
+    pub admission: AdmissionConfig,
 }
 
 impl AgentConfig {
@@ -36,6 +40,7 @@ impl AgentConfig {
             net: NetConfig::default(),
             token,
             envd_bin: None,
+            admission: AdmissionConfig::default(),
         }
     }
 }
@@ -142,6 +147,7 @@ pub async fn start(
             "the agent token must be at least 16 characters".into(),
         ));
     }
+    cfg.admission.validate().map_err(AgentError::Config)?;
     secure_data_dir(&cfg.data_dir).map_err(|source| AgentError::DataDir {
         path: cfg.data_dir.clone(),
         source,
@@ -190,6 +196,7 @@ pub async fn start(
             qemu_bin: cfg.qemu_bin.clone(),
             accel,
             images: built,
+            admission: cfg.admission,
         },
         cfg.net.clone(),
     )

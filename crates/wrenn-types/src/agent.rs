@@ -97,6 +97,9 @@ pub struct CreateSandbox {
     pub template: String,
     pub vcpus: u32,
     pub memory_mb: u32,
+    /// The sandbox's own egress policy; absent: the default one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::SandboxNetwork>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -53,6 +53,9 @@ pub struct CreateSandboxRequest {
     pub memory_mb: Option<i64>,
     #[serde(default)]
     pub timeout_sec: Option<i64>,
+    /// The sandbox's egress policy (see [`crate::network`]); absent: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::SandboxNetwork>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

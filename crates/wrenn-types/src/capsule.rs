@@ -33,6 +33,9 @@ pub struct CreateCapsuleRequest {
     /// User labels, set at create only.
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// The capsule's egress policy (see [`crate::network`]); absent: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::SandboxNetwork>,
 }
 
 /// The status words of a capsule: the stored state, or the operation under way.

@@ -1,7 +1,7 @@
 //! Wire types shared by every Wrenn component: the public API (`api`), the host agent's
 //! internal API (`agent`), the in-guest daemon's API (`envd`), the `/v1/capsules` bodies
 //! (`capsule`), the guest filesystem operations shared by all three hops (`fs`), the one wire form of a
-//! point in time (`time`), the one rule for names (`names`), and the observability bodies
+//! point in time (`time`), the one rule for names (`names`), the per-sandbox network policy (`network`), and the observability bodies
 //! (`observe`: metrics, stats, usage, events), and background processes on every hop
 //! (`process`).
 //!
@@ -15,8 +15,10 @@ pub mod envd;
 pub mod error;
 pub mod fs;
 pub mod names;
+pub mod network;
 pub mod observe;
 pub mod process;
+pub mod pty;
 pub mod stream;
 pub mod time;
 mod wire_enum;

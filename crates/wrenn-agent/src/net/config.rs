@@ -34,6 +34,10 @@ pub struct NetConfig {
     /// How often the host rules (and, in turn, [`SLOTS_CHECKED_PER_ROUND`](super::SLOTS_CHECKED_PER_ROUND) slots' namespace
     /// rules) are checked and put back if something flushed or changed them.
     pub rules_check_interval: Duration,
+    /// Names that a sandbox's `allow_out`/`deny_out` resolve to these addresses instead of
+    /// through the host's resolver, like `/etc/hosts` lines (tests point names at addresses
+    /// they own). Empty by default.
+    pub static_hosts: Vec<(String, Ipv4Addr)>,
 }
 
 impl Default for NetConfig {
@@ -46,6 +50,7 @@ impl Default for NetConfig {
             pool_size: 4,
             dns_resolvers: None,
             rules_check_interval: Duration::from_secs(5),
+            static_hosts: Vec::new(),
         }
     }
 }

@@ -13,10 +13,11 @@ use std::str::FromStr;
 
 use crate::guest;
 
+use super::policy::SandboxEgress;
 use super::slot::TAP_NAME;
 
 /// An IPv4 network: an address whose bits past the prefix length are zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ipv4Cidr {
     addr: Ipv4Addr,
     len: u8,
@@ -162,10 +163,12 @@ impl EgressPolicy {
 
     /// The `filter` table of a slot's namespace. The guest may not reach the namespace itself;
     /// what it sends through the namespace passes [`EGRESS_CHAIN`]: replies and packets of
-    /// connections already allowed, then DNS to the resolvers only, then no denied range, then
-    /// anything else. Traffic towards the guest (the host's connections to envd, DNATed by the
-    /// slot) is not filtered here: the host's rules decide who may open those.
-    pub(crate) fn filter_table(&self) -> String {
+    /// connections already allowed, then DNS to the resolvers only, then the sandbox's own
+    /// allowed networks, then its own denied ones, then no range denied by default nor any of
+    /// `host_nets` (the host's directly connected networks), then anything else unless the
+    /// sandbox has no internet. Traffic towards the guest (the host's connections to envd,
+    /// DNATed by the slot) is not filtered here: the host's rules decide who may open those.
+    pub(crate) fn filter_table(&self, host_nets: &[Ipv4Cidr], sandbox: &SandboxEgress) -> String {
         let chain = EGRESS_CHAIN;
         let mut t = format!(
             "*filter\n\
@@ -189,10 +192,20 @@ impl EgressPolicy {
                 "-A {chain} -p {proto} -m {proto} --dport 53 -j {REFUSE}\n"
             ));
         }
+        for net in &sandbox.allow {
+            t.push_str(&format!("-A {chain} -d {net} -j ACCEPT\n"));
+        }
+        for net in &sandbox.deny {
+            t.push_str(&format!("-A {chain} -d {net} -j {REFUSE}\n"));
+        }
         for (range, _) in DENIED_BY_DEFAULT {
             t.push_str(&format!("-A {chain} -d {range} -j {REFUSE}\n"));
         }
-        t.push_str(&format!("-A {chain} -j ACCEPT\nCOMMIT\n"));
+        for net in host_nets {
+            t.push_str(&format!("-A {chain} -d {net} -j {REFUSE}\n"));
+        }
+        let last = if sandbox.internet { "ACCEPT" } else { REFUSE };
+        t.push_str(&format!("-A {chain} -j {last}\nCOMMIT\n"));
         t
     }
 }
@@ -324,7 +337,7 @@ mod unit {
         let policy = EgressPolicy {
             resolvers: vec![Ipv4Addr::new(10, 0, 0, 53), Ipv4Addr::new(1, 1, 1, 1)],
         };
-        let table = policy.filter_table();
+        let table = policy.filter_table(&[], &SandboxEgress::default());
         let rules: Vec<&str> = table.lines().filter(|l| l.starts_with("-A")).collect();
         let egress: Vec<&str> = rules
             .iter()
@@ -357,8 +370,49 @@ mod unit {
         assert_eq!(egress.last(), Some(&"-j ACCEPT"));
         assert_eq!(rules.len(), 2 + egress.len());
         // Without resolvers no DNS passes at all.
-        let none = EgressPolicy { resolvers: vec![] }.filter_table();
+        let none = EgressPolicy { resolvers: vec![] }.filter_table(&[], &SandboxEgress::default());
         assert!(!none.contains("--dport 53 -j ACCEPT"));
+    }
+
+    #[test]
+    fn a_sandbox_s_allows_come_before_its_denials_and_the_default_ones() {
+        let policy = EgressPolicy {
+            resolvers: vec![Ipv4Addr::new(1, 1, 1, 1)],
+        };
+        let sandbox = SandboxEgress {
+            allow: vec![cidr("10.200.0.1/32"), cidr("169.254.169.254/32")],
+            deny: vec![cidr("203.0.113.0/24")],
+            internet: false,
+        };
+        let table = policy.filter_table(&[cidr("192.0.2.0/24")], &sandbox);
+        let egress: Vec<&str> = table
+            .lines()
+            .filter_map(|r| r.strip_prefix("-A WRENN-EGRESS "))
+            .collect();
+        let at = |rule: &str| egress.iter().position(|r| *r == rule).unwrap();
+        let refuse = "-j REJECT --reject-with icmp-admin-prohibited";
+        let allow_meta = at("-d 169.254.169.254/32 -j ACCEPT");
+        assert!(
+            at("-p udp -m udp --dport 53 -j REJECT --reject-with icmp-admin-prohibited")
+                < at("-d 10.200.0.1/32 -j ACCEPT")
+        );
+        assert!(allow_meta < at(&format!("-d 203.0.113.0/24 {refuse}")));
+        assert!(
+            at(&format!("-d 203.0.113.0/24 {refuse}")) < at(&format!("-d 10.0.0.0/8 {refuse}"))
+        );
+        assert!(allow_meta < at(&format!("-d 169.254.0.0/16 {refuse}")));
+        // The host's own networks are denied after the defaults; without internet the chain
+        // ends in a refusal.
+        assert_eq!(
+            egress[egress.len() - 2],
+            format!("-d 192.0.2.0/24 {refuse}")
+        );
+        assert_eq!(
+            egress.last(),
+            Some(&"-j REJECT --reject-with icmp-admin-prohibited")
+        );
+        let open = policy.filter_table(&[], &SandboxEgress::default());
+        assert!(open.ends_with("-A WRENN-EGRESS -j ACCEPT\nCOMMIT\n"));
     }
 
     #[test]

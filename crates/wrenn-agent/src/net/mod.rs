@@ -14,7 +14,9 @@
 //! Two layers of rules (docs/ARCHITECTURE.md, "Network policy"):
 //! - in each slot's namespace ([`egress`], [`slot`]): only the guest's address may come from the
 //!   TAP; the guest reaches neither the namespace nor a private, link-local, loopback, multicast
-//!   or reserved range, and DNS only at the configured resolvers; IPv6 is off;
+//!   or reserved range nor a network the host is directly connected to, and DNS only at the
+//!   configured resolvers; IPv6 is off; a sandbox's own `allow_out` comes before those
+//!   denials, its `deny_out` before everything the default lets pass;
 //! - on the host ([`host_rules`], chains `WRENN-<prefix>-IN`, `-FWD`, `-POST`): anything a
 //!   sandbox sends to an address of the host itself is rejected unless it answers a connection
 //!   the host opened (or is DNS to a resolver that is the host); a sandbox cannot reach another
@@ -33,7 +35,9 @@
 //! Files: [`config`] (the pool's settings and their checks), [`error`] (`NetError`),
 //! [`pool`] (handing out, taking back and refilling slots), [`watch`] (the rules watcher),
 //! [`leaks`] (finding what of a prefix is on the host), [`slot`] (one slot's resources),
-//! [`egress`] and [`host_rules`] (the two layers of rules), [`ruleset`] (rule fingerprints),
+//! [`egress`] and [`host_rules`] (the two layers of rules), [`policy`] (a sandbox's own
+//! allow and deny lists, resolved, and the host's directly connected networks), [`ruleset`]
+//! (rule fingerprints),
 //! [`netns`] (entering a namespace).
 
 mod config;
@@ -42,6 +46,7 @@ mod error;
 mod host_rules;
 mod leaks;
 mod netns;
+pub mod policy;
 mod pool;
 mod ruleset;
 mod slot;
@@ -53,6 +58,7 @@ pub use config::{NetConfig, MAX_PREFIX_LEN};
 pub use egress::EgressPolicy;
 pub use error::NetError;
 pub use leaks::leftovers;
+pub use policy::SandboxEgress;
 pub use pool::SlotPool;
 pub use slot::{Slot, MAX_INDEX, TAP_NAME};
 pub use watch::SLOTS_CHECKED_PER_ROUND;

@@ -4,15 +4,18 @@
 //! Building and removing one slot is [`super::slot`]'s; checking the rules is
 //! [`super::watch`]'s; finding what is on the host is [`super::leaks`]'s.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::egress::Ipv4Cidr;
 use super::leaks::list;
+use super::policy::{self, SandboxEgress};
 use super::ruleset::RuleSet;
-use super::slot::{self, Names, Slot};
+use super::slot::{self, Extra, Names, Slot};
 use super::{host_rules, EgressPolicy, NetConfig, NetError};
 
 #[derive(Default)]
@@ -31,6 +34,11 @@ pub(super) struct State {
     pub(super) stopping: bool,
     /// [`SlotPool::shutdown`] was called: nothing is handed out any more.
     closed: bool,
+    /// The host's own addresses and its directly connected networks, as last read.
+    pub(super) host_addrs: Vec<Ipv4Addr>,
+    pub(super) host_nets: Vec<Ipv4Cidr>,
+    /// The rules of slots in use whose sandbox has its own policy.
+    pub(super) sandbox: HashMap<u32, SandboxEgress>,
 }
 
 impl State {
@@ -64,6 +72,53 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The host networks and slot `index`'s sandbox rules, as they are now.
+    fn extra_of(&self, index: u32) -> (Vec<Ipv4Cidr>, SandboxEgress) {
+        let st = self.lock();
+        (
+            st.host_nets.clone(),
+            st.sandbox.get(&index).cloned().unwrap_or_default(),
+        )
+    }
+
+    /// Checks slot `index`'s rules against what they should be now and puts them back.
+    pub(super) fn restore_slot(&self, index: u32) -> Result<bool, NetError> {
+        let (host_nets, sandbox) = self.extra_of(index);
+        let extra = Extra {
+            host_nets: &host_nets,
+            sandbox: &sandbox,
+        };
+        slot::restore_rules(&self.cfg.prefix, index, &self.policy, extra)
+    }
+
+    fn create_slot(&self, index: u32) -> Result<Slot, NetError> {
+        let (host_nets, sandbox) = self.extra_of(index);
+        let extra = Extra {
+            host_nets: &host_nets,
+            sandbox: &sandbox,
+        };
+        slot::create(&self.cfg.prefix, index, &self.policy, extra)
+    }
+
+    fn set_sandbox_egress(&self, index: u32, egress: SandboxEgress) -> Result<(), NetError> {
+        {
+            let mut st = self.lock();
+            if !st.in_use.contains(&index) {
+                return Err(NetError::Unknown {
+                    prefix: self.cfg.prefix.clone(),
+                    index,
+                    reason: "given sandbox rules but not in use",
+                });
+            }
+            if egress.is_default() {
+                st.sandbox.remove(&index);
+            } else {
+                st.sandbox.insert(index, egress);
+            }
+        }
+        self.restore_slot(index).map(drop)
+    }
+
     fn acquire(&self) -> Result<Slot, NetError> {
         let index = {
             let mut st = self.lock();
@@ -84,7 +139,7 @@ impl Inner {
             st.reserved.insert(index);
             index
         };
-        let created = slot::create(&self.cfg.prefix, index, &self.policy);
+        let created = self.create_slot(index);
         let mut st = self.lock();
         match created {
             Ok(slot) if !st.closed => {
@@ -108,6 +163,7 @@ impl Inner {
     }
 
     fn release(&self, slot: Slot) -> Result<(), NetError> {
+        let had_own_rules;
         let reuse = {
             let mut st = self.lock();
             if !st.in_use.remove(&slot.index) {
@@ -117,10 +173,17 @@ impl Inner {
                     reason: "released but not in use",
                 });
             }
+            had_own_rules = st.sandbox.remove(&slot.index).is_some();
             self.conntrack && !st.closed && st.ready.len() + st.creating < self.cfg.pool_size
         };
         if reuse {
-            match slot::reset(&self.cfg.prefix, &slot) {
+            // A slot whose sandbox had its own rules gets the default ones back first.
+            let reset = if had_own_rules {
+                self.restore_slot(slot.index).map(drop)
+            } else {
+                Ok(())
+            };
+            match reset.and_then(|()| slot::reset(&self.cfg.prefix, &slot)) {
                 Ok(()) => {
                     let mut st = self.lock();
                     if !st.closed {
@@ -166,7 +229,7 @@ impl Inner {
                     st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            let created = slot::create(&self.cfg.prefix, index, &self.policy);
+            let created = self.create_slot(index);
             let mut st = self.lock();
             st.creating -= 1;
             match created {
@@ -246,16 +309,24 @@ impl SlotPool {
         }
         let host_rules = host_rules::rules(&cfg.prefix, &policy.resolvers);
         host_rules::install(&cfg.prefix, &host_rules)?;
+        let (host_addrs, host_nets) = policy::host_networks();
         // The kept slots' namespaces get the rules of this configuration (they may come from
-        // an older agent, or another resolver list).
+        // an older agent, or another resolver list); a sandbox's own rules come back when the
+        // agent claims its slot ([`SlotPool::set_sandbox_egress`]).
         for &index in &kept {
-            if slot::restore_rules(&cfg.prefix, index, &policy)? {
+            let extra = Extra {
+                host_nets: &host_nets,
+                sandbox: &SandboxEgress::default(),
+            };
+            if slot::restore_rules(&cfg.prefix, index, &policy, extra)? {
                 tracing::info!(index, "updated the rules of a kept network slot");
             }
         }
         let state = State {
             reserved: kept.clone(),
             kept,
+            host_addrs,
+            host_nets,
             ..State::default()
         };
         let inner = Arc::new(Inner {
@@ -351,6 +422,34 @@ impl SlotPool {
         st.kept.remove(&index);
         st.in_use.insert(index);
         Ok(slot)
+    }
+
+    /// Gives slot `index` (handed out, not yet released) its sandbox's own rules, or the
+    /// default ones for [`SandboxEgress::default`], and installs them at once. They stay until
+    /// the slot is released; the rules watcher puts them back like any slot's.
+    pub async fn set_sandbox_egress(
+        &self,
+        index: u32,
+        egress: SandboxEgress,
+    ) -> Result<(), NetError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.set_sandbox_egress(index, egress))
+            .await
+            .map_err(|e| NetError::Task(e.to_string()))?
+    }
+
+    /// Blocking form of [`SlotPool::set_sandbox_egress`].
+    pub fn set_sandbox_egress_blocking(
+        &self,
+        index: u32,
+        egress: SandboxEgress,
+    ) -> Result<(), NetError> {
+        self.inner.set_sandbox_egress(index, egress)
+    }
+
+    /// The host's own IPv4 addresses, as last read (no sandbox may be allowed to reach them).
+    pub fn host_addresses(&self) -> Vec<Ipv4Addr> {
+        self.inner.lock().host_addrs.clone()
     }
 
     /// Indices handed out and not yet released.

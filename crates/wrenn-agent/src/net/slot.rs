@@ -12,7 +12,8 @@ use std::process::Command;
 use crate::cmd::{self, CmdError};
 use crate::guest;
 
-use super::egress::{self, EgressPolicy};
+use super::egress::{self, EgressPolicy, Ipv4Cidr};
+use super::policy::SandboxEgress;
 use super::ruleset::RuleSet;
 use super::{netns, NetError};
 
@@ -143,9 +144,14 @@ pub(crate) fn run_script(
 /// Creates slot `index` of `prefix`: namespace, veth pair, TAP, addresses, routes, the
 /// namespace's rules (NAT and `policy`), forwarding on and IPv6 off. On failure everything
 /// already created is removed again.
-pub(crate) fn create(prefix: &str, index: u32, policy: &EgressPolicy) -> Result<Slot, NetError> {
+pub(crate) fn create(
+    prefix: &str,
+    index: u32,
+    policy: &EgressPolicy,
+    extra: Extra<'_>,
+) -> Result<Slot, NetError> {
     let n = Names::new(prefix, index);
-    match build(prefix, &n, policy) {
+    match build(prefix, &n, policy, extra) {
         Ok(()) => Ok(n.slot()),
         Err(err) => {
             if let Err(cleanup) = destroy(prefix, index, false) {
@@ -156,7 +162,7 @@ pub(crate) fn create(prefix: &str, index: u32, policy: &EgressPolicy) -> Result<
     }
 }
 
-fn build(prefix: &str, n: &Names, policy: &EgressPolicy) -> Result<(), NetError> {
+fn build(prefix: &str, n: &Names, policy: &EgressPolicy, extra: Extra<'_>) -> Result<(), NetError> {
     let step_err = |step: &'static str| {
         move |source| NetError::Slot {
             prefix: prefix.to_string(),
@@ -215,7 +221,7 @@ fn build(prefix: &str, n: &Names, policy: &EgressPolicy) -> Result<(), NetError>
     })?;
     run_script("ip", &["-n", &n.netns, "-batch"], &inside, None)
         .map_err(step_err("namespace devices (tap, veth, default route)"))?;
-    install_rules(&path, &rules(n, policy)).map_err(step_err("namespace rules"))?;
+    install_rules(&path, &rules(n, policy, extra)).map_err(step_err("namespace rules"))?;
     Ok(())
 }
 
@@ -237,14 +243,22 @@ fn nat_table(n: &Names) -> String {
     )
 }
 
+/// What a slot's egress rules are made of besides the pool's [`EgressPolicy`]: the host's
+/// directly connected networks (denied) and the sandbox's own additions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Extra<'a> {
+    pub host_nets: &'a [Ipv4Cidr],
+    pub sandbox: &'a SandboxEgress,
+}
+
 /// Every rule of the slot's namespace: anti-spoofing (`raw`), NAT (`nat`) and the egress
 /// policy (`filter`). The namespace holds nothing else, so the set owns these tables whole.
-pub(crate) fn rules(n: &Names, policy: &EgressPolicy) -> RuleSet {
+pub(crate) fn rules(n: &Names, policy: &EgressPolicy, extra: Extra<'_>) -> RuleSet {
     let script = format!(
         "{}{}{}",
         egress::raw_table(),
         nat_table(n),
-        policy.filter_table()
+        policy.filter_table(extra.host_nets, extra.sandbox)
     );
     RuleSet::new("wrenn-", &script)
 }
@@ -285,12 +299,13 @@ fn ipv6_disabled() -> bool {
     })
 }
 
-/// Checks that slot `index`'s namespace holds exactly its rules for `policy` and has IPv6 off;
-/// puts back whatever differs. Returns whether anything had to be restored.
+/// Checks that slot `index`'s namespace holds exactly its rules for `policy` and `extra` and
+/// has IPv6 off; puts back whatever differs. Returns whether anything had to be restored.
 pub(crate) fn restore_rules(
     prefix: &str,
     index: u32,
     policy: &EgressPolicy,
+    extra: Extra<'_>,
 ) -> Result<bool, NetError> {
     let n = Names::new(prefix, index);
     let path = n.netns_path();
@@ -306,7 +321,7 @@ pub(crate) fn restore_rules(
         what: format!("entering namespace {}", n.netns),
         source,
     };
-    let expected = rules(&n, policy);
+    let expected = rules(&n, policy, extra);
     let mut save = Command::new("iptables-save");
     netns::pre_exec_setns(&mut save, &path).map_err(io_err)?;
     let saved = cmd::output(save, format!("iptables-save (in {})", n.netns))

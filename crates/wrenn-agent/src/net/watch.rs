@@ -1,10 +1,11 @@
 //! The rules watcher, a thread of the [`SlotPool`](super::SlotPool): every
 //! `rules_check_interval` it checks the prefix's host rules and, in turn,
 //! [`SLOTS_CHECKED_PER_ROUND`] built slots' namespace rules, and puts back whatever was
-//! flushed or changed. It creates and removes no slot.
+//! flushed or changed. It also re-reads the host's directly connected networks and, when they
+//! changed, rewrites every built slot's rules. It creates and removes no slot.
 
 use super::pool::Inner;
-use super::{host_rules, slot};
+use super::{host_rules, policy};
 
 /// How many slots' namespace rules the watcher checks per round, in turn, so a round costs
 /// the same with many sandboxes.
@@ -36,10 +37,22 @@ impl Inner {
                 Ok(false) => {}
                 Err(err) => tracing::warn!(%err, "checking the host network rules failed"),
             }
-            let batch = self.lock().built_from(next, SLOTS_CHECKED_PER_ROUND);
+            // When the host's networks changed, every built slot gets the new list now.
+            let (addrs, nets) = policy::host_networks();
+            let batch = {
+                let mut st = self.lock();
+                st.host_addrs = addrs;
+                if st.host_nets != nets {
+                    tracing::info!(networks = ?nets, "the host's directly connected networks changed");
+                    st.host_nets = nets;
+                    st.built_from(self.cfg.first_slot, usize::MAX)
+                } else {
+                    st.built_from(next, SLOTS_CHECKED_PER_ROUND)
+                }
+            };
             for index in batch {
                 next = index + 1;
-                match slot::restore_rules(prefix, index, &self.policy) {
+                match self.restore_slot(index) {
                     Ok(true) => tracing::warn!(
                         prefix = %prefix,
                         index,

@@ -6,7 +6,6 @@
 //! files). It must not publish or delete templates or warm snapshots (see
 //! [`super::templates`], [`super::warm`]); it only links their files.
 
-use super::capacity::check_capacity;
 use super::records::{
     self, ImageMeta, Op, RamMode, SandboxOnDisk, NEXT_STATE_FILE, OWN_RAM_FILE, TEMPLATE_RAM_FILE,
 };
@@ -22,6 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use wrenn_types::agent::{SandboxInfo, SandboxStatus};
+use wrenn_types::network::SandboxNetwork;
 
 /// How long envd may take to answer after a restore.
 pub(super) const RESTORE_READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -45,6 +45,23 @@ impl Manager {
         vcpus: u32,
         memory_mb: u32,
     ) -> Result<SandboxInfo, SandboxError> {
+        self.create_with_network(id, template, vcpus, memory_mb, None)
+            .await
+    }
+
+    /// [`Manager::create`] with the sandbox's own egress policy (`None`: the default), kept
+    /// in its record for every later start.
+    pub async fn create_with_network(
+        &self,
+        id: &str,
+        template: &str,
+        vcpus: u32,
+        memory_mb: u32,
+        network: Option<SandboxNetwork>,
+    ) -> Result<SandboxInfo, SandboxError> {
+        if let Some(n) = &network {
+            n.validate().map_err(SandboxError::BadRequest)?;
+        }
         if !valid_name(id) {
             return Err(SandboxError::BadRequest(format!(
                 "invalid sandbox id {id:?}"
@@ -65,7 +82,8 @@ impl Manager {
         }
         let (id, template) = (id.to_string(), template.to_string());
         self.run_to_end("create", move |m| async move {
-            m.create_now(&id, &template, vcpus, memory_mb).await
+            m.create_now(&id, &template, vcpus, memory_mb, network)
+                .await
         })
         .await
     }
@@ -76,8 +94,11 @@ impl Manager {
         template: &str,
         vcpus: u32,
         memory_mb: u32,
+        network: Option<SandboxNetwork>,
     ) -> Result<SandboxInfo, SandboxError> {
         let dir = self.sandbox_dir(id);
+        // Declared before the lock: dropped after it, when the view says running.
+        let mut _admitted = None;
         let entry = Entry::new(Inner {
             rec: SandboxOnDisk {
                 id: id.to_string(),
@@ -93,6 +114,7 @@ impl Manager {
                 started_at: None,
                 error: None,
                 op: Some(Op::Creating),
+                network,
             },
             vm: None,
             slot: None,
@@ -112,7 +134,7 @@ impl Manager {
         let made = async {
             self.fail("agent.create.after_register").await?;
             let (image_dir, meta) = self.snapshot_image(template, vcpus, memory_mb).await?;
-            check_capacity(meta.memory_mb)?;
+            _admitted = Some(self.admit(id, meta.memory_mb)?);
             inner.rec.vcpus = meta.vcpus;
             inner.rec.memory_mb = meta.memory_mb;
             self.clone_into(&mut inner, &dir, &image_dir, &meta).await
@@ -189,6 +211,7 @@ impl Manager {
     ) -> Result<(), SandboxError> {
         let t0 = std::time::Instant::now();
         let ram = inner.rec.ram.start();
+        let egress = self.sandbox_egress(inner.rec.network.as_ref()).await?;
         let slot = self.pool.acquire().await?;
         let t_slot = t0.elapsed();
         inner.rec.slot = Some(slot.index);
@@ -202,9 +225,14 @@ impl Manager {
             Some(pre_exec_in(&slot)),
         )
         .await;
+        let index = slot.index;
         inner.slot = Some(slot);
         inner.vm = Some(loaded?);
         let envd = envd?;
+        // Before the guest runs: its own rules in place of the default ones.
+        if let Some(egress) = egress {
+            self.pool.set_sandbox_egress(index, egress).await?;
+        }
         if let Some(p) = points.after_load {
             self.fail(p).await?;
         }
@@ -330,10 +358,11 @@ impl Manager {
 
     async fn resume_now(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
         let e = self.entry(id)?;
+        let _admitted;
         let mut inner = e.lock().await;
         ensure_present(&inner.rec)?;
         expect_status(&inner.rec, SandboxStatus::Paused)?;
-        check_capacity(inner.rec.memory_mb)?;
+        _admitted = self.admit(id, inner.rec.memory_mb)?;
         let dir = self.sandbox_dir(id);
         let before = inner.rec.clone();
         let started = async {

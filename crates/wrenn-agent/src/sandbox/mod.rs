@@ -34,11 +34,13 @@ mod capacity;
 pub mod disk;
 mod lifecycle;
 mod metrics;
+mod network;
 pub mod records;
 mod recover;
 mod templates;
 mod warm;
 
+pub use capacity::AdmissionConfig;
 pub use warm::{WarmOutcome, WarmSpec};
 
 use crate::envd_client::EnvdClient;
@@ -68,6 +70,8 @@ pub struct ManagerConfig {
     pub qemu_bin: PathBuf,
     pub accel: Accel,
     pub images: Images,
+    /// Limits of admission against committed memory and free disk.
+    pub admission: AdmissionConfig,
 }
 
 /// A sandbox operation's failure; [`crate::api`] maps each to a status and error code.
@@ -236,6 +240,8 @@ pub struct Manager {
     failpoints: Failpoints,
     /// Resource samples of running sandboxes (`metrics.rs`).
     samples: metrics::Samples,
+    /// Creates and resumes admitted and under way (`capacity.rs`).
+    admissions: capacity::Admissions,
     me: Weak<Manager>,
 }
 
@@ -473,6 +479,7 @@ mod tests {
             started_at: None,
             error: None,
             op: None,
+            network: None,
         }
     }
 

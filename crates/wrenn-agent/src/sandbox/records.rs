@@ -146,6 +146,10 @@ pub struct SandboxOnDisk {
     /// The operation under way, if any (absent in records of earlier agents and at rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op: Option<Op>,
+    /// The sandbox's own egress policy, as its create request gave it (absent: the default);
+    /// applied again at every start (resume, restart), names resolved anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<wrenn_types::network::SandboxNetwork>,
 }
 
 /// `meta.json` of a snapshot image.

@@ -86,6 +86,7 @@ impl Manager {
             template_lock: tokio::sync::Mutex::new(()),
             failpoints,
             samples: Default::default(),
+            admissions: Default::default(),
             me: me.clone(),
         });
         mgr.start_sampler();
@@ -101,6 +102,8 @@ impl Manager {
                 let idx = inner.rec.slot.unwrap_or_default();
                 match mgr.pool.adopt(idx) {
                     Ok(slot) => {
+                        mgr.restore_sandbox_egress(&id, idx, inner.rec.network.as_ref())
+                            .await;
                         inner.envd = envd_for(&slot).ok();
                         if let Some(envd) = inner.envd.clone() {
                             set_clock_when_ready(id.clone(), envd);
@@ -334,6 +337,7 @@ mod tests {
             data_dir: data_dir.to_path_buf(),
             qemu_bin: "qemu-system-x86_64".into(),
             accel: crate::vmm::Accel::Tcg,
+            admission: Default::default(),
             images: Images {
                 kernel: data_dir.join("vmlinux"),
                 initrd: data_dir.join("initrd"),
@@ -360,6 +364,7 @@ mod tests {
             started_at: None,
             error: None,
             op,
+            network: None,
         };
         for f in ["state", TEMPLATE_RAM_FILE, "disk-1.qcow2"] {
             std::fs::write(dir.join(f), f).unwrap();

@@ -97,6 +97,7 @@ pub async fn run(ctx: &Ctx, cmd: SandboxCommand) -> Result<i32, Failure> {
                 vcpus,
                 memory_mb,
                 timeout_sec,
+                network: None,
             };
             let rb = ctx
                 .api

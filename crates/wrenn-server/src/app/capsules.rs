@@ -104,6 +104,7 @@ impl App {
             vcpus: req.vcpus,
             memory_mb: req.memory_mb,
             timeout_sec: req.timeout_sec,
+            network: req.network,
         };
         let rec = self
             .create_record(team_id, create, metadata.clone())

@@ -94,6 +94,9 @@ impl App {
         metadata: Option<String>,
     ) -> Result<SandboxRecord, ApiError> {
         let (vcpus, memory_mb, timeout_sec) = check_create(&req, &self.cfg.sandbox_bounds)?;
+        if let Some(network) = &req.network {
+            network.validate().map_err(ApiError::BadRequest)?;
+        }
         let template = req
             .template
             .filter(|t| !t.is_empty())
@@ -145,6 +148,7 @@ impl App {
             template: agent_template,
             vcpus: vcpus as u32,
             memory_mb: memory_mb as u32,
+            network: req.network,
         };
         let id = rec.id.clone();
         let (team, sid) = (team_id.to_string(), id.clone());

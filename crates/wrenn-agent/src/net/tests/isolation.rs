@@ -65,12 +65,14 @@ fn host_reaches_guests_and_guests_reach_neither_host_nor_each_other() {
         // only the reachability is checked.)
         assert!(open_host.unwrap().starts_with("host "));
         assert!(open_b.unwrap().starts_with("guest-b "));
-        assert!(slot::restore_rules(&cfg.prefix, a.index, &inner.policy).unwrap());
+        assert!(slot::restore_rules(&cfg.prefix, a.index, &inner.policy, default_extra()).unwrap());
         blocked("host, by the host's rules alone", a.host_veth_ip, host.port);
         assert!(host_rules::restore(&cfg.prefix, &inner.host_rules).unwrap());
         // Restored once, intact afterwards.
         assert!(!host_rules::restore(&cfg.prefix, &inner.host_rules).unwrap());
-        assert!(!slot::restore_rules(&cfg.prefix, a.index, &inner.policy).unwrap());
+        assert!(
+            !slot::restore_rules(&cfg.prefix, a.index, &inner.policy, default_extra()).unwrap()
+        );
         blocked("host after restoring", a.host_veth_ip, host.port);
         blocked("another sandbox after restoring", b.host_ip, GUEST_PORT);
     }
@@ -170,5 +172,74 @@ fn default_egress_policy_keeps_guests_to_the_internet_and_their_resolvers() {
         assert_eq!(v6, ["1", "1", "1"]);
     }
     assert_eq!(in_slot(&a, "ip", &["-6", "-o", "addr", "show"]).trim(), "");
+
+    // The sandbox's own policy: an allowed network beats the default denial, a denied one
+    // beats the default permission, and without internet nothing else passes.
+    let metadata = Ipv4Addr::new(169, 254, 169, 254);
+    let private = Ipv4Addr::new(192, 168, 77, 1);
+    let own = SandboxEgress {
+        allow: vec![egress::Ipv4Cidr::new(metadata, 32).unwrap()],
+        deny: vec![egress::Ipv4Cidr::new(world.internet, 32).unwrap()],
+        internet: true,
+    };
+    pool.set_sandbox_egress_blocking(a.index, own.clone())
+        .unwrap();
+    assert!(fetch(Some(&ga.path), metadata, GUEST_PORT)
+        .unwrap()
+        .starts_with("world "));
+    assert_blocked(&ga.path, "a denied range not allowed", private, GUEST_PORT);
+    assert_blocked(
+        &ga.path,
+        "an address of deny_out",
+        world.internet,
+        GUEST_PORT,
+    );
+    // DNS at the resolver still passes; the host still reaches the guest.
+    assert!(fetch(Some(&ga.path), resolver, 53)
+        .unwrap()
+        .starts_with("dns "));
+    assert!(fetch(None, a.host_ip, GUEST_PORT)
+        .unwrap()
+        .starts_with("guest"));
+    // Flushed rules come back with the sandbox's own, not the default ones.
+    in_slot(&a, "iptables", &["-F"]);
+    assert!(pool.inner.restore_slot(a.index).unwrap());
+    assert!(fetch(Some(&ga.path), metadata, GUEST_PORT)
+        .unwrap()
+        .starts_with("world "));
+    let closed = SandboxEgress {
+        allow: vec![egress::Ipv4Cidr::new(private, 32).unwrap()],
+        deny: vec![],
+        internet: false,
+    };
+    pool.set_sandbox_egress_blocking(a.index, closed).unwrap();
+    assert!(fetch(Some(&ga.path), private, GUEST_PORT)
+        .unwrap()
+        .starts_with("world "));
+    assert_blocked(
+        &ga.path,
+        "the internet without internet",
+        world.internet,
+        GUEST_PORT,
+    );
+    assert_blocked(&ga.path, "metadata no longer allowed", metadata, GUEST_PORT);
+
+    // Released and handed out again, the slot has the default policy back.
+    let index = a.index;
+    drop(ga);
     pool.release_blocking(a).unwrap();
+    if pool.reuses_slots() {
+        let again = pool.acquire_blocking().unwrap();
+        assert_eq!(again.index, index);
+        // (Same veth, so the world's routing rule for it is still in place.)
+        let ga = FakeGuest::attach(&cfg.prefix, &again);
+        assert_blocked(&ga.path, "metadata after reuse", metadata, GUEST_PORT);
+        assert!(fetch(Some(&ga.path), world.internet, GUEST_PORT)
+            .unwrap()
+            .starts_with("world "));
+        drop(ga);
+        pool.release_blocking(again).unwrap();
+    }
+    // A slot not in use cannot be given rules.
+    assert!(pool.set_sandbox_egress_blocking(index, own).is_err());
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use nix::sched::{setns, CloneFlags};
 
 use super::leaks::list;
-use super::slot::Names;
+use super::slot::{self, Names};
 use super::*;
 use crate::cmd;
 
@@ -33,6 +33,21 @@ mod watcher;
 
 /// Port the fake guests listen on.
 const GUEST_PORT: u16 = 8080;
+
+/// What a slot without a sandbox policy of its own gets besides the pool's policy: the host's
+/// directly connected networks, as a pool reads them.
+fn default_extra() -> slot::Extra<'static> {
+    static HOST_NETS: std::sync::OnceLock<Vec<egress::Ipv4Cidr>> = std::sync::OnceLock::new();
+    static NONE: SandboxEgress = SandboxEgress {
+        allow: Vec::new(),
+        deny: Vec::new(),
+        internet: true,
+    };
+    slot::Extra {
+        host_nets: HOST_NETS.get_or_init(|| policy::host_networks().1),
+        sandbox: &NONE,
+    }
+}
 
 /// A prefix unique to this test process and test number `n` (0–9).
 fn prefix(n: u32) -> String {

@@ -31,7 +31,7 @@ async fn slots_are_built_as_planned_and_removed_without_leaks() {
     );
     for s in &slots {
         // The namespace holds its rules and nothing else.
-        let expected = slot::rules(&Names::new(p, s.index), &pool.inner.policy);
+        let expected = slot::rules(&Names::new(p, s.index), &pool.inner.policy, default_extra());
         assert!(expected.is_intact(&in_slot(s, "iptables-save", &[]), true));
         assert!(cfg.contains(s.index));
         assert_eq!(s.netns, format!("{}-ns{}", cfg.prefix, s.index));

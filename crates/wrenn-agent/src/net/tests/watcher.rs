@@ -20,7 +20,11 @@ fn flushed_rules_are_put_back_by_the_watcher() {
         inner.host_rules.is_intact(&saved, false)
     };
     let slot_intact = || {
-        let expected = slot::rules(&Names::new(&cfg.prefix, a.index), &inner.policy);
+        let expected = slot::rules(
+            &Names::new(&cfg.prefix, a.index),
+            &inner.policy,
+            default_extra(),
+        );
         expected.is_intact(&in_slot(&a, "iptables-save", &[]), true)
     };
     let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
