@@ -119,7 +119,11 @@ impl Client {
         {
             Ok(r) => r,
             Err(e) if e.is_timeout() => return Outcome::Unknown("client timeout"),
-            Err(e) if e.is_connect() => return Outcome::Unknown("unreachable"),
+            Err(e) if e.is_connect() => {
+                // Restarting: wait a little rather than count a burst of refusals.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                return Outcome::Unknown("unreachable");
+            }
             Err(_) => return Outcome::Unknown("connection broken"),
         };
         let status = r.status().as_u16();
