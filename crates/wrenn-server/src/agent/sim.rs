@@ -53,6 +53,8 @@ pub(super) struct SimState {
     pub(super) dirs: HashMap<String, std::collections::BTreeSet<String>>,
     /// Background processes, by sandbox (`sim_procs`).
     pub(super) procs: HashMap<String, Vec<super::sim_procs::SimProc>>,
+    /// The egress policy each create asked for, by sandbox.
+    pub(super) networks: HashMap<String, wrenn_types::network::SandboxNetwork>,
 }
 
 /// The simulated agent.
@@ -102,6 +104,11 @@ impl SimAgent {
     /// Status of a sandbox as the simulated host sees it.
     pub fn sandbox_status(&self, id: &str) -> Option<SandboxStatus> {
         self.lock().sandboxes.get(id).map(|s| s.info.status)
+    }
+
+    /// The egress policy the sandbox's create request carried, if any.
+    pub fn sandbox_network(&self, id: &str) -> Option<wrenn_types::network::SandboxNetwork> {
+        self.lock().networks.get(id).cloned()
     }
 
     /// Names of all templates (base and snapshot) on the simulated host.
@@ -290,13 +297,19 @@ impl HostAgent for SimAgent {
             started_at: Some(now()),
             error: None,
         };
-        self.lock().sandboxes.insert(
-            req.id.clone(),
-            SimSandbox {
-                info: info.clone(),
-                files,
-            },
-        );
+        {
+            let mut st = self.lock();
+            st.sandboxes.insert(
+                req.id.clone(),
+                SimSandbox {
+                    info: info.clone(),
+                    files,
+                },
+            );
+            if let Some(network) = &req.network {
+                st.networks.insert(req.id.clone(), network.clone());
+            }
+        }
         self.faults.answer(SimOp::Create).await;
         Ok(info)
     }
