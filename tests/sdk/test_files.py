@@ -38,6 +38,13 @@ def test_write_read_text(capsule):
     assert capsule.files.read(f"{d}/t.txt") == text
     assert capsule.files.read_bytes(f"{d}/t.txt") == text.encode()
     assert capsule.commands.run(f"cat {d}/t.txt").stdout == text
+    # A name with spaces and non-ASCII letters, and an empty file.
+    capsule.files.write(f"{d}/név with space.txt", "")
+    assert capsule.files.read_bytes(f"{d}/név with space.txt") == b""
+    names = {e.name: e for e in capsule.files.list(d)}
+    assert set(names) == {"t.txt", "név with space.txt"}
+    assert names["név with space.txt"].size == 0
+    assert capsule.commands.run(f"stat -c %s '{d}/név with space.txt'").stdout == "0\n"
 
 
 def test_write_read_every_byte_value(capsule):
