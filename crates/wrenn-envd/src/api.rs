@@ -45,6 +45,8 @@ pub struct AppState {
     pub max_upload_bytes: Option<u64>,
     /// Background processes (routes in [`crate::procs_api`]).
     pub procs: Arc<crate::procs::Table>,
+    /// Interactive terminals (route in [`crate::pty_session`]).
+    pub terminals: Arc<crate::pty::Terminals>,
 }
 
 /// envd's error answer: a code (with its status) and a message, sent as
@@ -161,6 +163,7 @@ pub fn router(state: AppState) -> Router {
         .route("/files/remove", post(remove_path))
         .route("/clock", post(set_clock))
         .merge(crate::procs_api::routes())
+        .merge(crate::pty_session::routes())
         .fallback(|| async { EnvdApiError::new(EnvdErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             EnvdApiError::new(

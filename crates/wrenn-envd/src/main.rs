@@ -1,6 +1,7 @@
 //! `wrenn-envd`: the daemon inside every Wrenn guest. It serves the API of
 //! [`wrenn_types::envd`] on TCP (port [`ENVD_PORT`] by default): buffered and streamed exec,
-//! background processes (started, listed, signalled, attached to), streaming file reads and
+//! background processes (started, listed, signalled, attached to), interactive terminals
+//! (`/pty`), streaming file reads and
 //! writes, health, and setting the wall clock.
 //!
 //! It is a small static binary started at every boot, so it runs on a single-threaded
@@ -15,6 +16,8 @@ mod files;
 mod process;
 mod procs;
 mod procs_api;
+mod pty;
+mod pty_session;
 mod fsops;
 mod stream;
 mod users;
@@ -65,6 +68,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         max_output_bytes: args.max_output_bytes,
         max_upload_bytes: args.max_upload_bytes,
         procs: Default::default(),
+        terminals: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

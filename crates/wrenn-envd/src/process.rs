@@ -1,6 +1,7 @@
 //! Starts one command the way both exec routes need it: its own session (so the whole process
 //! group can be killed), the requested user's uid, gid and supplementary groups, a clean
-//! default environment plus the caller's variables, stdin from /dev/null and piped output.
+//! default environment plus the caller's variables, stdin from /dev/null and piped output (or,
+//! for a terminal, the slave side of a pseudo-terminal as stdio and controlling terminal).
 //!
 //! This module owns process creation and group signalling only; reading the output belongs to
 //! [`crate::exec`] and [`crate::stream`].
@@ -168,6 +169,24 @@ fn identity(db: &UserDb, user: Option<&str>) -> Result<Identity, SpawnError> {
 
 /// Starts `spec` with piped stdout and stderr.
 pub fn spawn(db: &UserDb, spec: &Spec) -> Result<Started, SpawnError> {
+    spawn_with(db, spec, None)
+}
+
+/// Starts `spec` on the terminal whose slave side is `tty`: its stdin, stdout and stderr, and
+/// (after `setsid`) its controlling terminal, so job control and Ctrl-C work.
+pub fn spawn_on_tty(
+    db: &UserDb,
+    spec: &Spec,
+    tty: std::os::fd::OwnedFd,
+) -> Result<Started, SpawnError> {
+    spawn_with(db, spec, Some(tty))
+}
+
+fn spawn_with(
+    db: &UserDb,
+    spec: &Spec,
+    tty: Option<std::os::fd::OwnedFd>,
+) -> Result<Started, SpawnError> {
     validate(spec)?;
     let who = identity(db, spec.user.as_deref())?;
 
@@ -205,10 +224,28 @@ pub fn spawn(db: &UserDb, spec: &Spec) -> Result<Started, SpawnError> {
         .env("LOGNAME", &who.name)
         .env("LANG", "C.UTF-8")
         .envs(&spec.env)
-        .current_dir(&cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .current_dir(&cwd);
+    let on_tty = tty.is_some();
+    match tty {
+        Some(fd) => {
+            let clone = |fd: &std::os::fd::OwnedFd| {
+                fd.try_clone().map_err(|source| SpawnError::Exec {
+                    cmd: spec.cmd.clone(),
+                    source,
+                })
+            };
+            command
+                .stdin(Stdio::from(clone(&fd)?))
+                .stdout(Stdio::from(clone(&fd)?))
+                .stderr(Stdio::from(fd));
+        }
+        None => {
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+    }
 
     let ids = who.switch.map(|u| (u.uid, u.gid, u.groups));
     // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
@@ -217,6 +254,10 @@ pub fn spawn(db: &UserDb, spec: &Spec) -> Result<Started, SpawnError> {
     unsafe {
         command.pre_exec(move || {
             if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The new session's controlling terminal: stdin, the terminal's slave side.
+            if on_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             if let Some((uid, gid, groups)) = &ids {
@@ -235,6 +276,9 @@ pub fn spawn(db: &UserDb, spec: &Spec) -> Result<Started, SpawnError> {
         cmd: spec.cmd.clone(),
         source,
     })?;
+    // The command holds the parent's copies of a terminal's slave side until dropped; the
+    // master reads end-of-file only once every copy outside the child is closed.
+    drop(command);
     let pid = child.id().ok_or_else(|| SpawnError::Exec {
         cmd: spec.cmd.clone(),
         source: std::io::Error::other("child exited before its pid was read"),

@@ -19,6 +19,7 @@ pub mod network;
 pub mod observe;
 pub mod process;
 pub mod pty;
+pub mod pty;
 pub mod stream;
 pub mod time;
 mod wire_enum;
