@@ -47,10 +47,17 @@ fn host_err<'a>(prefix: &'a str, step: &'static str) -> impl Fn(CmdError) -> Net
 /// host publishes for a container is the host's service, too). The rest is the slot's egress
 /// policy's to decide ([`super::egress`]). Towards a sandbox only replies pass. Sandbox traffic
 /// leaving through any other interface is masqueraded.
-pub(crate) fn rules(prefix: &str, resolvers: &[Ipv4Addr]) -> RuleSet {
+///
+/// envd's port in a guest is reachable only by processes of `agent_uid` (the agent's own user,
+/// root): any other local user's connection to it is reset (chain `-OUT`). A process of the
+/// agent's user can read the agent's files and memory anyway; entering a slot's namespace to
+/// reach the guest directly needs root as well.
+pub(crate) fn rules(prefix: &str, resolvers: &[Ipv4Addr], agent_uid: u32) -> RuleSet {
     let input = chain(prefix, "IN");
     let fwd = chain(prefix, "FWD");
+    let out = chain(prefix, "OUT");
     let post = chain(prefix, "POST");
+    let envd = wrenn_types::envd::ENVD_PORT;
     let v = veth_wildcard(prefix);
     let mut dns = String::new();
     for r in resolvers {
@@ -64,7 +71,9 @@ pub(crate) fn rules(prefix: &str, resolvers: &[Ipv4Addr]) -> RuleSet {
         "*filter\n\
          :{input} - [0:0]\n\
          :{fwd} - [0:0]\n\
+         :{out} - [0:0]\n\
          -I INPUT 1 -i {v} -j {input}\n\
+         -I OUTPUT 1 -o {v} -j {out}\n\
          -I FORWARD 1 -i {v} -j {fwd}\n\
          -I FORWARD 1 -o {v} -j {fwd}\n\
          -A {input} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
@@ -77,6 +86,8 @@ pub(crate) fn rules(prefix: &str, resolvers: &[Ipv4Addr]) -> RuleSet {
          -A {fwd} -i {v} -j ACCEPT\n\
          -A {fwd} -o {v} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
          -A {fwd} -o {v} -j DROP\n\
+         -A {out} -p tcp -m tcp --dport {envd} -m owner ! --uid-owner {agent_uid} -j REJECT \
+         --reject-with tcp-reset\n\
          COMMIT\n\
          *nat\n\
          :{post} - [0:0]\n\
@@ -194,7 +205,7 @@ mod unit {
 
     #[test]
     fn host_rules_admit_resolvers_then_refuse_and_isolate_in_order() {
-        let set = rules("wt1", &[Ipv4Addr::new(10, 0, 0, 53)]);
+        let set = rules("wt1", &[Ipv4Addr::new(10, 0, 0, 53)], 0);
         let tag = set.tag().to_string();
         assert!(tag.starts_with("WRENN-wt1-"));
         let lines: Vec<String> = set
@@ -237,7 +248,20 @@ mod unit {
             of("WRENN-wt1-POST"),
             ["-o wt1v+ -j RETURN", "-j MASQUERADE"]
         );
-        // Other resolvers, another fingerprint.
-        assert_ne!(rules("wt1", &[]).tag(), tag);
+        // Only the agent's user reaches envd through the prefix's veths.
+        assert!(lines.contains(&"-I OUTPUT 1 -o wt1v+ -j WRENN-wt1-OUT".to_string()));
+        assert_eq!(
+            of("WRENN-wt1-OUT"),
+            [
+                "-p tcp -m tcp --dport 49983 -m owner ! --uid-owner 0 -j REJECT --reject-with \
+              tcp-reset"
+            ]
+        );
+        // Other resolvers or another agent user, another fingerprint.
+        assert_ne!(rules("wt1", &[], 0).tag(), tag);
+        assert_ne!(
+            rules("wt1", &[Ipv4Addr::new(10, 0, 0, 53)], 1000).tag(),
+            tag
+        );
     }
 }

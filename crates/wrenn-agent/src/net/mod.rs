@@ -17,11 +17,12 @@
 //!   or reserved range nor a network the host is directly connected to, and DNS only at the
 //!   configured resolvers; IPv6 is off; a sandbox's own `allow_out` comes before those
 //!   denials, its `deny_out` before everything the default lets pass;
-//! - on the host ([`host_rules`], chains `WRENN-<prefix>-IN`, `-FWD`, `-POST`): anything a
+//! - on the host ([`host_rules`], chains `WRENN-<prefix>-IN`, `-FWD`, `-OUT`, `-POST`): anything a
 //!   sandbox sends to an address of the host itself is rejected unless it answers a connection
 //!   the host opened (or is DNS to a resolver that is the host); a sandbox cannot reach another
 //!   sandbox (`10.11.0.0/16`, `10.12.0.0/16`, or any veth of the prefix); traffic from outside
-//!   towards a sandbox passes only as replies.
+//!   towards a sandbox passes only as replies; a local process of any user but the agent's
+//!   cannot connect to envd's port in a guest.
 //!
 //! Every rule carries the fingerprint of its set ([`ruleset`]). A thread of the pool checks the
 //! host rules every [`NetConfig::rules_check_interval`], and the namespaces of up to

@@ -307,7 +307,11 @@ impl SlotPool {
                 "no IPv4 DNS resolver configured or found on the host: guests get no DNS"
             );
         }
-        let host_rules = host_rules::rules(&cfg.prefix, &policy.resolvers);
+        let host_rules = host_rules::rules(
+            &cfg.prefix,
+            &policy.resolvers,
+            nix::unistd::geteuid().as_raw(),
+        );
         host_rules::install(&cfg.prefix, &host_rules)?;
         let (host_addrs, host_nets) = policy::host_networks();
         // The kept slots' namespaces get the rules of this configuration (they may come from

@@ -1,6 +1,7 @@
-//! What a guest and the host may reach: the host reaches each guest, guests reach neither the
-//! host nor each other, and the default egress policy keeps guests to the internet and their
-//! resolvers.
+//! What a guest and the host may reach: the host reaches each guest (envd's port only as the
+//! agent's user), guests reach neither the host nor each other, the default egress policy keeps
+//! guests to the internet and their resolvers, and a sandbox's own policy opens and closes what
+//! it lists.
 
 use super::*;
 
@@ -27,6 +28,16 @@ fn host_reaches_guests_and_guests_reach_neither_host_nor_each_other() {
     // The host reaches each guest at its own host_ip; the guest sees the host's veth address.
     let answer = fetch(None, a.host_ip, GUEST_PORT).unwrap();
     assert_eq!(answer, format!("guest-a {}", a.host_veth_ip));
+    // envd's port: the agent's user (root) connects, any other user of the host is refused;
+    // other ports of the guest are not the rule's business.
+    let envd = wrenn_types::envd::ENVD_PORT;
+    let _envd = Server::start(Some(&ga.path), envd, "envd-a");
+    assert!(fetch(None, a.host_ip, envd).unwrap().starts_with("envd-a"));
+    assert!(
+        !connects_as(65534, a.host_ip, envd),
+        "a non-agent user reached envd"
+    );
+    assert!(connects_as(65534, a.host_ip, GUEST_PORT));
     let answer = fetch(None, b.host_ip, GUEST_PORT).unwrap();
     assert_eq!(answer, format!("guest-b {}", b.host_veth_ip));
 

@@ -382,6 +382,20 @@ fn send_udp(netns: &Path, from: Ipv4Addr, to: SocketAddr, text: &str) {
 }
 
 /// Asserts that the guest in `netns` cannot connect to `ip:port`, and is told so at once.
+/// Whether a process of user `uid` (in the host's namespace) can open a TCP connection to
+/// `ip:port`.
+fn connects_as(uid: u32, ip: Ipv4Addr, port: u16) -> bool {
+    use std::os::unix::process::CommandExt;
+    Command::new("bash")
+        .args(["-c", &format!("exec 3<>/dev/tcp/{ip}/{port}")])
+        .uid(uid)
+        .gid(uid)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
 fn assert_blocked(netns: &Path, what: &str, ip: Ipv4Addr, port: u16) {
     let started = Instant::now();
     let r = fetch(Some(netns), ip, port);
