@@ -24,7 +24,10 @@ mod session;
 
 pub use error::AgentApiError;
 pub use router::router;
-pub use session::{relay_exec, relay_exec_mapped, ws_session};
+pub use session::{
+    relay_exec, relay_exec_mapped, ws_client_config, ws_session, DEFAULT_SEND_STALL,
+    MAX_WS_MESSAGE,
+};
 
 use async_trait::async_trait;
 use bytes::Bytes;

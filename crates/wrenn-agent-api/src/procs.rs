@@ -83,5 +83,8 @@ async fn attach(
     ws: WebSocketUpgrade,
 ) -> AgentResult<Response> {
     let session = a.attach_process(&id, &selector(&sel)?).await?;
-    Ok(ws.on_upgrade(move |socket| relay_exec(socket, session)))
+    Ok(ws
+        .max_message_size(crate::MAX_WS_MESSAGE)
+        .max_frame_size(crate::MAX_WS_MESSAGE)
+        .on_upgrade(move |socket| relay_exec(socket, session)))
 }

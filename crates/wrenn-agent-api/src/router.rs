@@ -153,7 +153,10 @@ async fn exec_stream(
     ws: WebSocketUpgrade,
 ) -> AgentResult<Response> {
     let session = a.exec_stream(&id).await?;
-    Ok(ws.on_upgrade(move |socket| relay_exec(socket, session)))
+    Ok(ws
+        .max_message_size(crate::MAX_WS_MESSAGE)
+        .max_frame_size(crate::MAX_WS_MESSAGE)
+        .on_upgrade(move |socket| relay_exec(socket, session)))
 }
 
 async fn write_file(

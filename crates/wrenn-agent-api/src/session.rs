@@ -2,18 +2,41 @@
 //! [`ExecSession`] (the control plane towards an agent, an agent towards envd), and
 //! [`relay_exec`], which serves an `ExecSession` to a client's socket (the agent API's route,
 //! and, through [`relay_exec_mapped`], the public API's).
+//!
+//! Every hop is bounded: messages and frames over [`MAX_WS_MESSAGE`] are refused (servers set
+//! it on their upgrade, clients through [`ws_client_config`]), the channels between hops hold
+//! [`CHANNEL`] messages each, so a slow reader holds the writer back all the way to the guest
+//! process's pipe, and a client that reads nothing for the stall time is disconnected.
 
 use crate::ExecSession;
 use axum::extract::ws::{self, WebSocket};
 use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use wrenn_types::stream::{ClientMessage, ServerMessage};
 
 /// Capacity of each direction's channel.
 const CHANNEL: usize = 64;
+/// Largest WebSocket message or frame a hop accepts from its peer. An event carries at most
+/// envd's 32 KiB read of output (a few times that once escaped as JSON); a client message is
+/// a `start` with its arguments, held to the public API's JSON body limit.
+pub const MAX_WS_MESSAGE: usize = 1024 * 1024;
+/// How long [`relay_exec`] waits for a client to take one event before disconnecting it.
+pub const DEFAULT_SEND_STALL: Duration = Duration::from_secs(30);
+
+/// The configuration of every exec-stream WebSocket client (control plane → agent, agent →
+/// envd): messages and frames at most [`MAX_WS_MESSAGE`], and a write buffer that makes a
+/// send wait rather than grow.
+pub fn ws_client_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE))
+        .max_frame_size(Some(MAX_WS_MESSAGE))
+        .max_write_buffer_size(4 * MAX_WS_MESSAGE)
+}
 
 /// Runs a task that sends the session's client messages on `ws` and passes the events read
 /// from it back. Dropping `to_agent` closes the socket (the peer then kills the process); a
@@ -74,16 +97,20 @@ where
 /// Moves a client's messages into `session` and its events out, until the `exit` event (then
 /// the socket is closed), or either side ends. A message that is not a client message is
 /// answered with an `error` event.
+/// A client that takes no event for [`DEFAULT_SEND_STALL`] is disconnected.
 pub async fn relay_exec(socket: WebSocket, session: ExecSession) {
-    relay_exec_mapped(socket, session, |m| m).await
+    relay_exec_mapped(socket, session, |m| m, DEFAULT_SEND_STALL).await
 }
 
 /// [`relay_exec`], with each event of `session` passed through `map` before it is sent (the
-/// public API strips host details from error events this way).
+/// public API strips host details from error events this way), and a client that takes no
+/// event for `stall` disconnected (its session dropped, which ends the process) instead of
+/// events piling up for it.
 pub async fn relay_exec_mapped(
     socket: WebSocket,
     mut session: ExecSession,
     mut map: impl FnMut(ServerMessage) -> ServerMessage,
+    stall: Duration,
 ) {
     let (mut sink, mut stream) = socket.split();
     loop {
@@ -111,8 +138,11 @@ pub async fn relay_exec_mapped(
                 Some(m) => {
                     let exited = matches!(m, ServerMessage::Exit { .. });
                     let m = map(m);
-                    if sink.send(event_frame(&m)).await.is_err() {
-                        break;
+                    match tokio::time::timeout(stall, sink.send(event_frame(&m))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        // Stalled: disconnected rather than buffered for.
+                        Err(_) => break,
                     }
                     if exited {
                         let _ = sink.send(ws::Message::Close(None)).await;

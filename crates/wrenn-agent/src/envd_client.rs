@@ -13,7 +13,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use wrenn_types::envd::{EnvdErrorCode, ExecRequest, ExecResponse, Health, SetClock};
+use wrenn_types::envd::{
+    max_exec_answer_bytes, EnvdErrorCode, ExecRequest, ExecResponse, Health, SetClock,
+    DEFAULT_MAX_OUTPUT_BYTES,
+};
 use wrenn_types::fs::{
     FileEntry, ListDirRequest, ListDirResponse, MakeDirRequest, MakeDirResponse, RemoveRequest,
 };
@@ -202,7 +205,28 @@ impl EnvdClient {
                 builder.timeout(Duration::from_secs(secs).saturating_add(EXEC_TIMEOUT_MARGIN));
         }
         let resp = self.send(builder).await?;
-        resp.json().await.map_err(|e| self.connect_err(e))
+        // Read up to what output capped at the request's cap can take, never more: a guest
+        // cannot make the agent hold an answer of any size.
+        let cap = req.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
+        let limit = max_exec_answer_bytes(cap);
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(EnvdError::Protocol(format!(
+                "exec answer over {limit} bytes"
+            )));
+        }
+        let mut body = Vec::new();
+        let mut chunks = resp.bytes_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| self.connect_err(e))?;
+            if body.len() + chunk.len() > limit {
+                return Err(EnvdError::Protocol(format!(
+                    "exec answer over {limit} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| EnvdError::Protocol(format!("unreadable exec answer: {e}")))
     }
 
     /// `POST /clock`: sets the guest's wall clock to `now`.
@@ -304,7 +328,11 @@ impl EnvdClient {
     /// messages can be forwarded unchanged to and from the public API.
     pub async fn exec_stream(&self) -> Result<ExecStream, EnvdError> {
         let ws_url = format!("ws{}/exec/stream", &self.base["http".len()..]);
-        let connect = tokio_tungstenite::connect_async(ws_url.as_str());
+        let connect = tokio_tungstenite::connect_async_with_config(
+            ws_url.as_str(),
+            Some(wrenn_agent_api::ws_client_config()),
+            false,
+        );
         match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Err(_) => Err(EnvdError::WebSocket(Box::new(
                 tokio_tungstenite::tungstenite::Error::Io(std::io::Error::new(

@@ -510,6 +510,14 @@ mod tests {
             "1500",
             "--reconcile-interval-ms",
             "2500",
+            "--exec-max-output-bytes",
+            "65536",
+            "--execs-per-sandbox",
+            "3",
+            "--execs-per-team",
+            "5",
+            "--stream-stall-ms",
+            "700",
         ]);
         assert_eq!(cfg.signup, SignupMode::Closed);
         let q = cfg.quotas;
@@ -533,6 +541,11 @@ mod tests {
         assert_eq!(cfg.max_connections, 64);
         assert_eq!(cfg.request_timeout, Duration::from_millis(1500));
         assert_eq!(cfg.reconcile_interval, Duration::from_millis(2500));
+        let e = cfg.exec_limits;
+        assert_eq!(
+            (e.max_output_bytes, e.per_sandbox, e.per_team, e.stream_stall),
+            (65536, 3, 5, Duration::from_millis(700))
+        );
         cfg.validate().expect("valid");
         // One quota alone leaves the others as they were.
         let cfg = server_config(&["--quota-running", "1"]);
@@ -552,6 +565,11 @@ mod tests {
             &["--request-timeout-ms", "0"],
             &["--reconcile-interval-ms", "0"],
             &["--trusted-proxy", "proxy.example"],
+            &["--exec-max-output-bytes", "0"],
+            &["--exec-max-output-bytes", "4194305"],
+            &["--execs-per-sandbox", "0"],
+            &["--execs-per-team", "0"],
+            &["--stream-stall-ms", "0"],
         ] {
             assert!(
                 ServerCli::try_parse_from(std::iter::once("wrenn").chain(bad.iter().copied()))

@@ -113,6 +113,25 @@ pub struct ServerSettings {
     #[arg(long, env = "WRENN_RECONCILE_INTERVAL_MS", value_name = "MS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub reconcile_interval_ms: Option<u64>,
+    /// Bytes of stdout and of stderr (each) a buffered exec answers with; the rest is read
+    /// and discarded in the guest and the answer says so. Default 1 MiB, at most 4 MiB.
+    #[arg(long, env = "WRENN_EXEC_MAX_OUTPUT_BYTES", value_name = "BYTES",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+              .range(1..=wrenn_server::config::ExecLimits::MAX_OUTPUT_BYTES as u64))]
+    pub exec_max_output_bytes: Option<usize>,
+    /// Execs, exec streams and process attaches at once on one sandbox (default 16).
+    #[arg(long, env = "WRENN_EXECS_PER_SANDBOX", value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub execs_per_sandbox: Option<usize>,
+    /// Execs, exec streams and process attaches at once across a team's sandboxes (default 64).
+    #[arg(long, env = "WRENN_EXECS_PER_TEAM", value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub execs_per_team: Option<usize>,
+    /// How long a stream's client may take no event before it is disconnected, in
+    /// milliseconds (default 30 000).
+    #[arg(long, env = "WRENN_STREAM_STALL_MS", value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stream_stall_ms: Option<u64>,
 }
 
 /// Replaces `field` with `value` when there is one.
@@ -147,6 +166,14 @@ impl ServerSettings {
         set(
             &mut cfg.reconcile_interval,
             self.reconcile_interval_ms.map(Duration::from_millis),
+        );
+        let e = &mut cfg.exec_limits;
+        set(&mut e.max_output_bytes, self.exec_max_output_bytes);
+        set(&mut e.per_sandbox, self.execs_per_sandbox);
+        set(&mut e.per_team, self.execs_per_team);
+        set(
+            &mut e.stream_stall,
+            self.stream_stall_ms.map(Duration::from_millis),
         );
     }
 
@@ -186,12 +213,21 @@ impl ServerSettings {
                 .collect();
             vars.push(("WRENN_TRUSTED_PROXIES", ips.join(",")));
         }
-        if let Some(n) = self.max_connections {
-            vars.push(("WRENN_MAX_CONNECTIONS", n.to_string()));
+        let counts = [
+            ("WRENN_MAX_CONNECTIONS", self.max_connections),
+            ("WRENN_EXEC_MAX_OUTPUT_BYTES", self.exec_max_output_bytes),
+            ("WRENN_EXECS_PER_SANDBOX", self.execs_per_sandbox),
+            ("WRENN_EXECS_PER_TEAM", self.execs_per_team),
+        ];
+        for (k, v) in counts {
+            if let Some(v) = v {
+                vars.push((k, v.to_string()));
+            }
         }
         let millis = [
             ("WRENN_REQUEST_TIMEOUT_MS", self.request_timeout_ms),
             ("WRENN_RECONCILE_INTERVAL_MS", self.reconcile_interval_ms),
+            ("WRENN_STREAM_STALL_MS", self.stream_stall_ms),
         ];
         for (k, v) in millis {
             if let Some(v) = v {

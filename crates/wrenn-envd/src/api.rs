@@ -30,8 +30,8 @@ use wrenn_types::fs::{
 };
 use wrenn_types::ErrorBody;
 
-/// Largest WebSocket message a client may send (a `start` with its arguments).
-const MAX_WS_MESSAGE: usize = 1024 * 1024;
+/// Largest WebSocket message (and frame) a client may send (a `start` with its arguments).
+pub(crate) const MAX_WS_MESSAGE: usize = 1024 * 1024;
 /// Read size when streaming a file out.
 const FILE_CHUNK: usize = 64 * 1024;
 
@@ -197,6 +197,7 @@ async fn exec_stream(
     let users = st.users.clone();
     Ok(ws
         .max_message_size(MAX_WS_MESSAGE)
+        .max_frame_size(MAX_WS_MESSAGE)
         .on_upgrade(move |socket| stream::session(socket, users)))
 }
 

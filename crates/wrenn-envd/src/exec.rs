@@ -28,11 +28,14 @@ pub enum ExecError {
     Wait(#[source] std::io::Error),
 }
 
-/// One captured stream: at most `cap` bytes kept, the rest read and dropped.
+/// One captured stream: at most `cap` bytes kept, the rest read and dropped (so the command
+/// never blocks on a full pipe and the daemon's memory stays bounded), and every byte counted.
 #[derive(Debug, Default)]
 struct Capture {
     data: Vec<u8>,
     truncated: bool,
+    /// Bytes read in all, kept or not.
+    total: u64,
 }
 
 async fn capture<R: AsyncRead + Unpin>(mut reader: R, cap: usize, out: &mut Capture) {
@@ -41,6 +44,7 @@ async fn capture<R: AsyncRead + Unpin>(mut reader: R, cap: usize, out: &mut Capt
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                out.total += n as u64;
                 let room = cap.saturating_sub(out.data.len());
                 if n > room {
                     out.truncated = true;
@@ -152,7 +156,8 @@ fn package(
 ) -> ExecResponse {
     trim_cut_char(&mut out);
     trim_cut_char(&mut err);
-    let truncated = out.truncated || err.truncated;
+    let (stdout_truncated, stderr_truncated) = (out.truncated, err.truncated);
+    let (stdout_bytes, stderr_bytes) = (out.total, err.total);
     let (stdout, stderr, encoding) =
         match (String::from_utf8(out.data), String::from_utf8(err.data)) {
             (Ok(o), Ok(e)) => (o, e, Encoding::Utf8),
@@ -172,7 +177,11 @@ fn package(
         duration_ms,
         encoding,
         timed_out,
-        truncated,
+        truncated: stdout_truncated || stderr_truncated,
+        stdout_truncated,
+        stderr_truncated,
+        stdout_bytes,
+        stderr_bytes,
     }
 }
 
@@ -184,6 +193,7 @@ mod tests {
         Capture {
             data: data.to_vec(),
             truncated,
+            total: data.len() as u64 + u64::from(truncated) * 1000,
         }
     }
 
@@ -210,5 +220,44 @@ mod tests {
         assert_eq!(r.encoding, Encoding::Utf8);
         assert_eq!(r.stdout, "a");
         assert!(r.truncated);
+        assert!(r.stdout_truncated && !r.stderr_truncated);
+        assert_eq!((r.stdout_bytes, r.stderr_bytes), (1002, 0));
+    }
+
+    /// A stream longer than the cap keeps exactly the cap's bytes, counts all of them and
+    /// says it was cut; reading goes on to the end (the writer is never left blocked).
+    #[tokio::test]
+    async fn capture_keeps_the_cap_and_counts_everything() {
+        let (mut w, r) = tokio::io::duplex(4096);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let chunk = vec![b'x'; 10_000];
+            for _ in 0..100 {
+                w.write_all(&chunk).await.unwrap();
+            }
+        });
+        let mut c = Capture::default();
+        capture(r, 4_000, &mut c).await;
+        writer.await.unwrap();
+        assert_eq!(c.data.len(), 4_000);
+        assert!(c.truncated);
+        assert_eq!(c.total, 1_000_000);
+
+        let mut small = Capture::default();
+        capture(&b"hello"[..], 4_000, &mut small).await;
+        assert_eq!(
+            (small.data.as_slice(), small.truncated, small.total),
+            (&b"hello"[..], false, 5)
+        );
+    }
+
+    #[test]
+    fn a_multibyte_character_cut_by_the_cap_is_dropped_whole() {
+        // "é€" is 5 bytes; a cap of 4 keeps "é" and the first two bytes of "€".
+        let mut c = cap("é€".as_bytes(), true);
+        c.data.truncate(4);
+        let r = package(c, cap(b"", false), 0, 1, false);
+        assert_eq!(r.encoding, Encoding::Utf8);
+        assert_eq!(r.stdout, "é");
     }
 }

@@ -88,5 +88,10 @@ async fn attach_stream(
 ) -> Result<Response, EnvdApiError> {
     let proc = st.procs.find(&selector(&sel)?)?;
     let ws = ws.map_err(|r| EnvdApiError::new(EnvdErrorCode::BadRequest, r.body_text()))?;
-    Ok(ws.on_upgrade(move |socket| attach::session(socket, proc)))
+    // The session only reads what it is sent to ignore it; a client still cannot send more
+    // than a `start` message's worth.
+    Ok(ws
+        .max_message_size(crate::api::MAX_WS_MESSAGE)
+        .max_frame_size(crate::api::MAX_WS_MESSAGE)
+        .on_upgrade(move |socket| attach::session(socket, proc)))
 }

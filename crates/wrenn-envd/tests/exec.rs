@@ -166,6 +166,27 @@ async fn output_is_capped_but_the_command_finishes() {
     assert_eq!(r["truncated"], true);
     assert_eq!(r["stdout"].as_str().expect("stdout"), "a".repeat(1000));
     assert_eq!(r["stderr"], "done\n");
+    // Each stream says whether it was cut, and counts every byte the command wrote.
+    assert_eq!(r["stdout_truncated"], true);
+    assert_eq!(r["stderr_truncated"], false);
+    assert_eq!(r["stdout_bytes"], 1_000_000);
+    assert_eq!(r["stderr_bytes"], 5);
+}
+
+#[tokio::test]
+async fn a_character_cut_by_the_cap_is_dropped_whole() {
+    let envd = Envd::start();
+    // "é" is two bytes: a cap of 5 ends inside the third one.
+    let (s, r) = exec(
+        &envd,
+        json!({"cmd": "printf", "args": ["ééééé"], "max_output_bytes": 5}),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["encoding"], "utf-8");
+    assert_eq!(r["stdout"], "éé");
+    assert_eq!(r["stdout_truncated"], true);
+    assert_eq!(r["stdout_bytes"], 10);
 }
 
 #[tokio::test]

@@ -101,6 +101,42 @@ pub struct ServerConfig {
     /// to completion whatever their caller does and have the agent client's own deadlines;
     /// exec has its own timeout; file transfers stream.
     pub request_timeout: Duration,
+    /// Output caps and concurrency limits of exec and streams ([`ExecLimits`]).
+    pub exec_limits: ExecLimits,
+}
+
+/// Limits on execs and streams, so one tenant's output cannot exhaust the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecLimits {
+    /// Bytes of stdout and of stderr (each) a buffered exec answers with; envd keeps this
+    /// much, reads and discards the rest, and says so (`stdout_truncated`, …). Default 1 MiB,
+    /// at most [`ExecLimits::MAX_OUTPUT_BYTES`].
+    pub max_output_bytes: usize,
+    /// Execs, exec streams and process attaches running at once on one sandbox (default 16).
+    pub per_sandbox: usize,
+    /// The same across all of a team's sandboxes (default 64). Over either is
+    /// `429 quota_exceeded`.
+    pub per_team: usize,
+    /// How long a stream's client may take no event before it is disconnected (default
+    /// 30 s): events are never buffered for a client that does not read.
+    pub stream_stall: Duration,
+}
+
+impl ExecLimits {
+    /// Largest configurable output cap: twice over, JSON-escaped, it stays within the agent
+    /// client's exec answer limit.
+    pub const MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+}
+
+impl Default for ExecLimits {
+    fn default() -> Self {
+        Self {
+            max_output_bytes: 1024 * 1024,
+            per_sandbox: 16,
+            per_team: 64,
+            stream_stall: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Who may create accounts.
@@ -265,6 +301,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("max_connections", &self.max_connections)
             .field("request_timeout", &self.request_timeout)
+            .field("exec_limits", &self.exec_limits)
             .finish_non_exhaustive()
     }
 }
@@ -293,6 +330,7 @@ impl ServerConfig {
             trusted_proxies: Vec::new(),
             max_connections: crate::listener::DEFAULT_MAX_CONNECTIONS,
             request_timeout: Duration::from_secs(30),
+            exec_limits: ExecLimits::default(),
         }
     }
 
@@ -318,6 +356,14 @@ impl ServerConfig {
             || !(0..=limits::MAX_TIMEOUT_SEC).contains(&b.max_timeout_sec)
         {
             return Err(ConfigError::SandboxBounds);
+        }
+        let e = &self.exec_limits;
+        if !(1..=ExecLimits::MAX_OUTPUT_BYTES).contains(&e.max_output_bytes)
+            || e.per_sandbox == 0
+            || e.per_team == 0
+            || e.stream_stall.is_zero()
+        {
+            return Err(ConfigError::ExecLimits);
         }
         self.oauth.validate(self.public_url.as_deref())?;
         Ok(())
@@ -374,6 +420,12 @@ pub enum ConfigError {
         limits::MAX_TIMEOUT_SEC
     )]
     SandboxBounds,
+    /// An exec limit is zero, or the output cap is above its ceiling.
+    #[error(
+        "exec limits must be above zero and the output cap at most {} bytes",
+        ExecLimits::MAX_OUTPUT_BYTES
+    )]
+    ExecLimits,
     /// `WRENN_FAILPOINTS` (or `failpoints`) names an unknown point or action.
     #[error(transparent)]
     Failpoints(#[from] crate::failpoints::FailpointError),

@@ -97,6 +97,16 @@ pub struct ExecResponse {
     pub exit_code: i32,
     pub duration_ms: u64,
     pub encoding: String,
+    /// stdout was cut at the server's output cap (the rest was read and discarded).
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
+    /// Bytes the command wrote to stdout in all, kept or not.
+    #[serde(default)]
+    pub stdout_bytes: u64,
+    #[serde(default)]
+    pub stderr_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

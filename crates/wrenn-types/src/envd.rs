@@ -30,6 +30,15 @@ pub const ENVD_PORT: u16 = 49983;
 /// Default cap on captured stdout and stderr (each) of a buffered exec.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
 
+/// The largest JSON answer to a buffered exec whose streams are capped at `cap` bytes each:
+/// JSON writes one byte as at most six (`\u00XX`; base64 needs fewer), plus room for the
+/// other fields. Every hop reads an exec answer up to this and refuses a longer one.
+pub fn max_exec_answer_bytes(cap: usize) -> usize {
+    cap.min(DEFAULT_MAX_OUTPUT_BYTES)
+        .saturating_mul(2 * 6)
+        .saturating_add(64 * 1024)
+}
+
 wire_enum! {
     /// The `code` of envd's error body, with the HTTP status it is answered with.
     pub enum EnvdErrorCode {
@@ -126,8 +135,20 @@ pub struct ExecResponse {
     pub encoding: Encoding,
     #[serde(default)]
     pub timed_out: bool,
+    /// Either stream was cut at the cap (`stdout_truncated || stderr_truncated`).
     #[serde(default)]
     pub truncated: bool,
+    /// stdout was cut at the cap: only its first bytes are in `stdout`, the rest was read
+    /// and discarded (the command was not blocked or killed for printing).
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
+    /// Bytes the command wrote to stdout in all, kept or not.
+    #[serde(default)]
+    pub stdout_bytes: u64,
+    #[serde(default)]
+    pub stderr_bytes: u64,
 }
 
 /// Set the guest's wall clock (after a restore, the guest's clock is stale).

@@ -40,7 +40,11 @@ impl EnvdClient {
             "ws{}/processes/{selector}/stream",
             &self.base["http".len()..]
         );
-        let connect = tokio_tungstenite::connect_async(ws_url.as_str());
+        let connect = tokio_tungstenite::connect_async_with_config(
+            ws_url.as_str(),
+            Some(wrenn_agent_api::ws_client_config()),
+            false,
+        );
         match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Err(_) => Err(EnvdError::WebSocket(Box::new(tungstenite::Error::Io(
                 std::io::Error::new(

@@ -301,6 +301,10 @@ mod tests {
             exit_code: 0,
             duration_ms: 1,
             encoding: "base64".into(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            stdout_bytes: 2,
+            stderr_bytes: 2,
         };
         assert_eq!(
             decode_output(&r).unwrap(),

@@ -141,7 +141,13 @@ impl HttpAgent {
             .parse()
             .map_err(|_| AgentApiError::Protocol("agent token is not a valid header".into()))?;
         request.headers_mut().insert("authorization", auth);
-        let (ws, _) = match tokio_tungstenite::connect_async(request).await {
+        let (ws, _) = match tokio_tungstenite::connect_async_with_config(
+            request,
+            Some(wrenn_agent_api::ws_client_config()),
+            false,
+        )
+        .await
+        {
             Ok(ok) => ok,
             Err(tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
@@ -252,7 +258,11 @@ impl HostAgent for HttpAgent {
     async fn exec(&self, id: &str, req: &ExecRequest) -> AgentResult<ExecResponse> {
         let limit = Duration::from_secs(req.timeout_sec.unwrap_or(0)) + EXEC_SLACK;
         let rb = self.req(paths::EXEC, id).json(req).timeout(limit);
-        self.json_within(rb, MAX_EXEC_ANSWER_BYTES).await
+        let cap = req
+            .max_output_bytes
+            .unwrap_or(wrenn_types::envd::DEFAULT_MAX_OUTPUT_BYTES);
+        let limit = wrenn_types::envd::max_exec_answer_bytes(cap).min(MAX_EXEC_ANSWER_BYTES);
+        self.json_within(rb, limit).await
     }
 
     async fn exec_stream(&self, id: &str) -> AgentResult<ExecSession> {

@@ -401,15 +401,26 @@ impl HostAgent for SimAgent {
             });
         }
         let (stdout, stderr, exit_code) =
+                stdout_truncated: false,
+                stderr_truncated: false,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
             run_command(&req.cmd, &req.args, &req.env, req.cwd.as_deref(), &files);
         Ok(ExecResponse {
             stdout,
             stderr,
+        let cap = req.max_output_bytes.unwrap_or(usize::MAX);
+        let (stdout, stdout_truncated, stdout_bytes) = super::sim_exec::cap_output(stdout, cap);
+        let (stderr, stderr_truncated, stderr_bytes) = super::sim_exec::cap_output(stderr, cap);
             exit_code,
             duration_ms: started.elapsed().as_millis() as u64,
             encoding: Encoding::Utf8,
             timed_out: false,
-            truncated: false,
+            truncated: stdout_truncated || stderr_truncated,
+            stdout_truncated,
+            stderr_truncated,
+            stdout_bytes,
+            stderr_bytes,
         })
     }
 

@@ -6,6 +6,21 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// One output stream held to `cap` bytes as envd holds it (cut on a character boundary):
+/// `(kept, truncated, total bytes)`.
+pub(super) fn cap_output(mut out: String, cap: usize) -> (String, bool, u64) {
+    let total = out.len() as u64;
+    if out.len() <= cap {
+        return (out, false, total);
+    }
+    let mut keep = cap;
+    while !out.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    out.truncate(keep);
+    (out, true, total)
+}
+
 /// The simulated command interpreter: `(stdout, stderr, exit_code)`.
 pub(super) fn run_command(
     cmd: &str,
@@ -199,6 +214,14 @@ mod tests {
     fn run(cmd: &str, args: &[&str]) -> (String, String, i32) {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         run_command(cmd, &args, &Default::default(), None, &HashMap::new())
+    }
+
+    #[test]
+    fn output_is_cut_at_the_cap_on_a_character_boundary() {
+        assert_eq!(cap_output("abc".into(), 3), ("abc".into(), false, 3));
+        assert_eq!(cap_output("abcd".into(), 3), ("abc".into(), true, 4));
+        // "é" is two bytes: a cap inside it keeps what comes before.
+        assert_eq!(cap_output("aé".into(), 2), ("a".into(), true, 3));
     }
 
     #[test]

@@ -87,8 +87,10 @@ async fn attach(
 ) -> Res<Response> {
     let sb = app.running(&team, &id).await?;
     let ws = ws.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let slot = app.exec_slot(&sb)?;
     let session = app.attach_process(&sb, &selector).await?;
     Ok(ws
         .max_message_size(limits::MAX_JSON_BODY)
-        .on_upgrade(move |socket| proxy_exec(socket, session, app, sb)))
+        .max_frame_size(limits::MAX_JSON_BODY)
+        .on_upgrade(move |socket| proxy_exec(socket, session, app, sb, slot)))
 }

@@ -292,20 +292,37 @@ async fn exec_stream(
     let ws = ws.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let session = app.open_exec_stream(&sb).await?;
     Ok(ws
+    let slot = app.exec_slot(&sb)?;
         .max_message_size(limits::MAX_JSON_BODY)
-        .on_upgrade(move |socket| proxy_exec(socket, session, app, sb)))
+        .max_frame_size(limits::MAX_JSON_BODY)
+        .on_upgrade(move |socket| proxy_exec(socket, session, app, sb, slot)))
 }
 
 /// Forwards client messages to the agent and events back ([`wrenn_agent_api::relay_exec_mapped`])
-/// until the process exits or either side goes away; keeps the sandbox marked active meanwhile.
-async fn proxy_exec(socket: WebSocket, session: ExecSession, app: Arc<App>, sb: SandboxRecord) {
+/// until the process exits or either side goes away (a client that takes no event for the
+/// configured stall time is disconnected); keeps the sandbox marked active meanwhile and holds
+/// `slot` (one of the sandbox's and team's concurrent execs) until the end.
+async fn proxy_exec(
+    socket: WebSocket,
+    session: ExecSession,
+    app: Arc<App>,
+    sb: SandboxRecord,
+    slot: crate::app::ExecSlot,
+) {
+    let _slot = slot;
     // An error event is the agent's words: stripped of the host's details.
-    let relay = wrenn_agent_api::relay_exec_mapped(socket, session, |m| match m {
-        ServerMessage::Error { data } => ServerMessage::Error {
-            data: crate::redact::for_tenant(&data),
+    let stall = app.cfg.exec_limits.stream_stall;
+    let relay = wrenn_agent_api::relay_exec_mapped(
+        socket,
+        session,
+        |m| match m {
+            ServerMessage::Error { data } => ServerMessage::Error {
+                data: crate::redact::for_tenant(&data),
+            },
+            m => m,
         },
-        m => m,
-    });
+        stall,
+    );
     tokio::pin!(relay);
     let mut keepalive = tokio::time::interval(app.activity_period(&sb));
     keepalive.tick().await;

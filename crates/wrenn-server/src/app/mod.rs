@@ -18,6 +18,8 @@
 mod accounts;
 mod capsules;
 mod events;
+mod exec_slots;
+pub(crate) use exec_slots::ExecSlot;
 mod keys;
 mod lifecycle;
 mod ops;
@@ -73,6 +75,8 @@ pub struct App {
     /// Login and signup rate limits and the password hashing cap.
     guards: accounts::AuthGuards,
     key_touches: Mutex<HashMap<String, Instant>>,
+    /// Execs, exec streams and attaches running now, per sandbox and per team.
+    exec_slots: exec_slots::ExecSlots,
 }
 
 /// RFC 3339 with milliseconds, UTC, as every timestamp of the public API.
@@ -95,6 +99,7 @@ impl App {
             store,
             cfg,
             key_touches: Mutex::new(HashMap::new()),
+            exec_slots: exec_slots::ExecSlots::default(),
             metrics: Metrics::default(),
             failpoints,
             instance: format!("cp-{}", crate::auth::random_id(12)),

@@ -120,6 +120,7 @@ impl App {
         }
         check_command(&req.cmd, &req.args, &req.env, req.cwd.as_deref())?;
         let sb = self.running(team_id, id).await?;
+        let _slot = self.exec_slot(&sb)?;
         let agent = self.hosts.agent(&sb.host_id)?;
         self.begin_activity(&sb).await?;
         let request = envd::ExecRequest {
@@ -129,7 +130,9 @@ impl App {
             cwd: req.cwd,
             user: None,
             timeout_sec: Some(timeout as u64),
-            max_output_bytes: None,
+            // envd keeps this much of each stream and discards the rest, so no more than
+            // this ever crosses the hops.
+            max_output_bytes: Some(self.cfg.exec_limits.max_output_bytes),
         };
         // A command that is still running is activity: the idle reaper must not pause the
         // sandbox under it (which would cut the exec off with an agent error).
@@ -157,7 +160,21 @@ impl App {
                 envd::Encoding::Utf8 => "utf-8".into(),
                 envd::Encoding::Base64 => "base64".into(),
             },
+            // An agent of an older build reports only `truncated`: read as stdout's.
+            stdout_truncated: out.stdout_truncated || (out.truncated && !out.stderr_truncated),
+            stderr_truncated: out.stderr_truncated,
+            stdout_bytes: out.stdout_bytes,
+            stderr_bytes: out.stderr_bytes,
         })
+    }
+
+    /// Takes one of the execs and streams a sandbox and its team may run at once
+    /// ([`crate::config::ExecLimits`]); `429 quota_exceeded` when either runs its limit. The
+    /// slot is given back when the returned guard is dropped.
+    pub(crate) fn exec_slot(&self, sb: &SandboxRecord) -> Result<super::ExecSlot, ApiError> {
+        let l = &self.cfg.exec_limits;
+        self.exec_slots
+            .take(&sb.team_id, &sb.id, l.per_sandbox, l.per_team)
     }
 
     /// Opens a streamed exec on a sandbox found by [`App::running`] (before the WebSocket

@@ -59,6 +59,11 @@ pub enum QuotaExceeded {
     MemoryMb(i64),
     Templates(i64),
     ConcurrentCreates(i64),
+    /// Execs, exec streams and attaches at once on one sandbox (counted by the control
+    /// plane, not the store: `app::exec_slots`).
+    ExecsPerSandbox(i64),
+    /// The same across a team's sandboxes.
+    ExecsPerTeam(i64),
 }
 
 impl std::fmt::Display for QuotaExceeded {
@@ -74,6 +79,10 @@ impl std::fmt::Display for QuotaExceeded {
             Self::ConcurrentCreates(n) => {
                 write!(f, "at most {n} sandbox creates under way at once per team")
             }
+            Self::ExecsPerSandbox(n) => {
+                write!(f, "at most {n} execs and streams at once per sandbox")
+            }
+            Self::ExecsPerTeam(n) => write!(f, "at most {n} execs and streams at once per team"),
         }
     }
 }
