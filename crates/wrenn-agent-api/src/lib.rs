@@ -19,10 +19,12 @@
 mod error;
 pub mod paths;
 mod procs;
+mod pty;
 mod router;
 mod session;
 
 pub use error::AgentApiError;
+pub use pty::{relay_pty, ws_pty_session, PtyFrame, PtySession, MAX_PTY_MESSAGE};
 pub use router::router;
 pub use session::{
     relay_exec, relay_exec_mapped, ws_client_config, ws_session, DEFAULT_SEND_STALL,
@@ -140,6 +142,14 @@ pub trait HostAgent: Send + Sync + 'static {
     async fn attach_process(&self, id: &str, selector: &str) -> AgentResult<ExecSession> {
         let _ = selector;
         Err(no_processes(id))
+    }
+
+    /// [`paths::OPEN_PTY`]: a terminal session (its first frame `start` or `connect`).
+    async fn open_pty(&self, id: &str) -> AgentResult<PtySession> {
+        Err(AgentApiError::new(
+            wrenn_types::agent::AgentErrorCode::NotFound,
+            format!("sandbox {id} has no terminals on this agent"),
+        ))
     }
 
     /// [`paths::LIST_DIR`]: the directory `req.path`, `req.depth` levels deep.

@@ -24,6 +24,7 @@
 //! | [`LIST_DIR`] | `fs::ListDirRequest` → `fs::ListDirResponse` |
 //! | [`MAKE_DIR`] | `fs::MakeDirRequest` → `fs::MakeDirResponse` (409 `already_exists`) |
 //! | [`REMOVE_PATH`] | `fs::RemoveRequest` → 204 |
+//! | [`OPEN_PTY`] | WebSocket of a terminal: `wrenn_types::pty` control text, raw bytes |
 //! | [`LIST_TEMPLATES`] | → `[TemplateInfo]` |
 //! | [`DELETE_TEMPLATE`] | → 204 |
 //! | [`SANDBOX_METRICS`]`?range_secs=N` | → `[MetricPoint]` (`wrenn_types::observe`), oldest first |
@@ -86,6 +87,7 @@ pub const ATTACH_PROCESS: Route =
 pub const LIST_DIR: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/files/list");
 pub const MAKE_DIR: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/files/mkdir");
 pub const REMOVE_PATH: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/files/remove");
+pub const OPEN_PTY: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/pty");
 pub const LIST_TEMPLATES: Route = Route::new(Method::GET, "/v1/templates");
 pub const DELETE_TEMPLATE: Route = Route::new(Method::DELETE, "/v1/templates/{name}");
 pub const SANDBOX_METRICS: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/metrics");

@@ -47,6 +47,7 @@ pub fn router(agent: Arc<dyn HostAgent>, token: &str) -> Router {
         .operation(paths::DELETE_TEMPLATE, delete_template)
         .operation(paths::SANDBOX_METRICS, sandbox_metrics)
         .merge(crate::procs::routes())
+        .merge(crate::pty::routes())
         .fallback(|| async { AgentApiError::new(AgentErrorCode::NotFound, "no such route") })
         .layer(middleware::from_fn_with_state(token, auth))
         .with_state(agent)

@@ -161,6 +161,14 @@ impl HostAgent for ManagerAgent {
         let (envd, _active) = self.0.envd(id).await?;
         Ok(ws_session(envd.attach_process(selector).await?, "envd"))
     }
+
+    async fn open_pty(&self, id: &str) -> AgentResult<wrenn_agent_api::PtySession> {
+        // Like an attached client, a terminal does not hold the sandbox's activity: it
+        // survives a pause (the client connects again by its tag after the resume).
+        let (envd, _active) = self.0.envd(id).await?;
+        let ws = envd.open_pty().await?;
+        Ok(wrenn_agent_api::ws_pty_session(ws, "envd"))
+    }
 }
 
 /// An exec session whose events pass through a task holding `active` until the session ends.

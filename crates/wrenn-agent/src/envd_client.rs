@@ -5,6 +5,7 @@
 //! talk to, and when, belongs to the sandbox manager; this module never starts or stops VMs.
 
 mod procs;
+mod pty;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, Stream, StreamExt, TryStreamExt};

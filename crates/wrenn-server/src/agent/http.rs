@@ -124,6 +124,18 @@ impl HttpAgent {
     /// A WebSocket to the agent at `path`, as an exec session; a refused upgrade is the
     /// agent's error answer.
     async fn open_ws(&self, path: &str) -> AgentResult<ExecSession> {
+        Ok(ws_session(self.connect_ws(path).await?, "agent"))
+    }
+
+    /// A WebSocket to the agent at `path`; a refused upgrade is the agent's error answer.
+    async fn connect_ws(
+        &self,
+        path: &str,
+    ) -> AgentResult<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    > {
         let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
             format!("wss://{rest}")
         } else if let Some(rest) = self.base.strip_prefix("http://") {
@@ -160,7 +172,7 @@ impl HttpAgent {
             }
             Err(e) => return Err(AgentApiError::Transport(e.to_string())),
         };
-        Ok(ws_session(ws, "agent"))
+        Ok(ws)
     }
 
     /// A call without a body whose answer is empty.
@@ -295,6 +307,11 @@ impl HostAgent for HttpAgent {
     async fn attach_process(&self, id: &str, selector: &str) -> AgentResult<ExecSession> {
         self.open_ws(&paths::ATTACH_PROCESS.fill_two(id, selector))
             .await
+    }
+
+    async fn open_pty(&self, id: &str) -> AgentResult<wrenn_agent_api::PtySession> {
+        let ws = self.connect_ws(&paths::OPEN_PTY.fill(id)).await?;
+        Ok(wrenn_agent_api::ws_pty_session(ws, "agent"))
     }
 
     async fn write_file(&self, id: &str, path: &str, body: ByteStream) -> AgentResult<()> {

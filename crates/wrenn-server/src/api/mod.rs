@@ -9,6 +9,7 @@
 //! [`App`]'s.
 
 mod capsule_commands;
+mod capsule_pty;
 mod capsule_files;
 mod capsule_observe;
 mod capsules;
@@ -115,6 +116,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(capsule_observe::routes(&app))
         .merge(capsules::routes(&app))
         .merge(capsule_commands::routes())
+        .merge(capsule_pty::routes())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::MAX_JSON_BODY))
