@@ -60,7 +60,7 @@ pub enum SandboxCommand {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
-    /// A line-by-line shell session (not a terminal; see --help).
+    /// An interactive terminal in a running sandbox.
     #[command(long_about = shell::LONG_ABOUT)]
     Shell {
         /// Sandbox ID.

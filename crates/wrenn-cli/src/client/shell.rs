@@ -1,132 +1,71 @@
-//! `wrenn sandbox shell`: a line-oriented session over the WebSocket exec stream
-//! (`/v1/sandboxes/{id}/exec/stream`). The stream protocol carries no stdin, so this is not
-//! a terminal: each line runs as its own `sh -c LINE` in the tracked working directory, its
-//! output printed live as it arrives. It owns the stream client; it knows nothing of the
-//! other commands.
+//! `wrenn sandbox shell`: an interactive terminal in a running sandbox over the PTY WebSocket
+//! (`/v1/capsules/{id}/pty`, framed as `wrenn_types::pty`). On a terminal, ours is put in raw
+//! mode (every key, Ctrl-C and Ctrl-D included, goes to the guest) and restored on the way
+//! out, and window resizes follow (SIGWINCH → `resize`). Without a terminal, stdin is passed
+//! through as it is and its end sends Ctrl-D. The remote exit code becomes ours.
 
 use super::api::{api_failure, Failure};
-use super::sandbox::{exit_code, path};
 use super::Ctx;
 use futures_util::{SinkExt, StreamExt};
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::AsFd;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
-use wrenn_types::stream::{ClientMessage, ServerMessage};
+use wrenn_types::pty::{PtyClientMessage, PtyServerMessage};
 
 pub const LONG_ABOUT: &str = "\
-A line-by-line shell session in a running sandbox.
+An interactive terminal in a running sandbox (a shell on a real pseudo-terminal).
 
-This is not a terminal: the exec stream has no way to send input to a running process.
-Each line you type runs as its own `sh -c LINE` (so pipes, globs and variables work within
-a line), with output shown live as it arrives. `cd DIR` lines are tracked: the next lines
-run in that directory. Variables, `export` and other shell state do not carry over between
-lines. Full-screen and interactive programs (vim, top, python without arguments) will not
-work. A non-zero exit code is shown after the output. Ctrl-C stops the running command;
-`exit` or Ctrl-D ends the session, with the exit code of the last line.";
+Full-screen programs (vim, top), job control, Ctrl-C and Ctrl-D work as on a local terminal:
+every key goes to the sandbox. The window size follows yours. `exit` (or Ctrl-D at the
+prompt) ends the session, and its exit code becomes this command's. When stdin is not a
+terminal, it is sent as typed input and its end sends Ctrl-D.";
 
-/// Where the output of one streamed command goes.
-enum Sink {
-    /// Straight to our stdout/stderr, as it arrives.
-    Live,
-    /// Collected (for `cd` resolution).
-    Capture(Vec<u8>, Vec<u8>),
-}
+/// The shell started in the sandbox.
+const SHELL: &str = "/bin/bash";
+const FALLBACK_SHELL: &str = "/bin/sh";
 
-pub async fn run(ctx: &Ctx, id: &str) -> Result<i32, Failure> {
-    let interactive = std::io::stdin().is_terminal();
-    // Check the sandbox exists and is running before printing a prompt.
-    let mut probe = Sink::Capture(Vec::new(), Vec::new());
-    stream_command(ctx, id, vec!["-c".into(), "true".into()], None, &mut probe).await?;
-    if interactive {
-        eprintln!(
-            "Connected to {id}. Each line runs as `sh -c LINE`; `cd` is remembered. \
-             Ctrl-D or `exit` leaves (see --help)."
-        );
+/// Restores the terminal's settings when dropped.
+struct RawMode(nix::sys::termios::Termios);
+
+impl RawMode {
+    fn enter() -> Option<RawMode> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(stdin.as_fd()).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).ok()?;
+        Some(RawMode(saved))
     }
+}
 
-    let (tx, mut lines) = tokio::sync::mpsc::channel::<String>(1);
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.blocking_send(line).is_err() {
-                break;
-            }
-        }
-    });
-
-    let mut cwd: Option<String> = None;
-    let mut last = 0;
-    loop {
-        if interactive {
-            eprint!("{}:{}$ ", short(id), cwd.as_deref().unwrap_or("~"));
-            let _ = std::io::stderr().flush();
-        }
-        let Some(line) = lines.recv().await else {
-            if interactive {
-                eprintln!();
-            }
-            break;
-        };
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        if line == "exit" || line == "logout" {
-            break;
-        }
-        if is_cd(line) {
-            let mut sink = Sink::Capture(Vec::new(), Vec::new());
-            let args = vec!["-c".into(), format!("{line} && pwd")];
-            let code = stream_command(ctx, id, args, cwd.clone(), &mut sink).await?;
-            if let Sink::Capture(stdout, stderr) = sink {
-                let _ = std::io::stderr().write_all(&stderr);
-                let dir = String::from_utf8_lossy(&stdout);
-                match dir.lines().last() {
-                    Some(d) if code == 0 && d.starts_with('/') => cwd = Some(d.to_string()),
-                    _ => eprintln!("[exit {code}]"),
-                }
-            }
-            last = exit_code(code);
-            continue;
-        }
-        let args = vec!["-c".into(), line.to_string()];
-        let code = match stream_command(ctx, id, args, cwd.clone(), &mut Sink::Live).await {
-            Ok(code) => code,
-            // A broken session ends the shell; an error of one command does not.
-            Err(e @ Failure::Connect { .. }) => return Err(e),
-            Err(e) => {
-                eprintln!("error: {e}");
-                last = 1;
-                continue;
-            }
-        };
-        if code < 0 {
-            eprintln!("[killed]");
-        } else if code != 0 {
-            eprintln!("[exit {code}]");
-        }
-        last = exit_code(code);
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        use nix::sys::termios::{tcsetattr, SetArg};
+        let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, &self.0);
     }
-    Ok(last)
 }
 
-/// `cd`, `cd DIR`: one directory change and nothing else on the line.
-fn is_cd(line: &str) -> bool {
-    let rest = match line.strip_prefix("cd") {
-        Some(r) => r,
-        None => return false,
-    };
-    (rest.is_empty() || rest.starts_with(char::is_whitespace))
-        && !rest.contains([';', '&', '|', '`', '\n', '>', '<'])
+/// Our window's columns and rows, if stdout or stdin is a terminal.
+fn window_size() -> Option<(u16, u16)> {
+    for fd in [nix::libc::STDOUT_FILENO, nix::libc::STDIN_FILENO] {
+        let mut ws = nix::libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes one `winsize` to a valid pointer.
+        let rc = unsafe { nix::libc::ioctl(fd, nix::libc::TIOCGWINSZ, &mut ws) };
+        if rc == 0 && ws.ws_col > 0 && ws.ws_row > 0 {
+            return Some((ws.ws_col, ws.ws_row));
+        }
+    }
+    None
 }
 
-fn short(id: &str) -> &str {
-    let end = id.char_indices().nth(12).map_or(id.len(), |(i, _)| i);
-    &id[..end]
-}
-
-/// The `ws://` or `wss://` URL of a sandbox's exec stream.
-fn stream_url(base: &str, id: &str) -> String {
+fn pty_url(base: &str, id: &str) -> String {
     let ws_base = if let Some(rest) = base.strip_prefix("https://") {
         format!("wss://{rest}")
     } else if let Some(rest) = base.strip_prefix("http://") {
@@ -134,23 +73,53 @@ fn stream_url(base: &str, id: &str) -> String {
     } else {
         base.to_string()
     };
-    format!("{ws_base}{}", path(id, "/exec/stream"))
+    format!("{ws_base}/v1/capsules/{}/pty", super::api::segment(id))
 }
 
-/// Runs `sh ARGS` over one exec stream, sending its output to `sink`; Ctrl-C sends `stop`.
-/// Returns the command's exit code as the stream reported it (-1: killed).
-async fn stream_command(
+fn control(m: &PtyClientMessage) -> Message {
+    Message::Text(serde_json::to_string(m).unwrap_or_default().into())
+}
+
+pub async fn run(ctx: &Ctx, id: &str) -> Result<i32, Failure> {
+    let interactive = std::io::stdin().is_terminal();
+    let (cols, rows) = window_size().unwrap_or((80, 24));
+    let mut envs = std::collections::BTreeMap::new();
+    if let Ok(term) = std::env::var("TERM") {
+        if !term.is_empty() && term.len() < 64 {
+            envs.insert("TERM".to_string(), term);
+        }
+    }
+    let start = |cmd: &str| PtyClientMessage::Start {
+        cmd: cmd.into(),
+        args: vec![],
+        cols,
+        rows,
+        envs: envs.clone(),
+        cwd: None,
+        user: None,
+    };
+    // A sandbox without bash gets sh.
+    let (tx, rx) = match open(ctx, id, &start(SHELL)).await? {
+        Ok(ws) => ws,
+        Err(data) if data.contains(SHELL) => open(ctx, id, &start(FALLBACK_SHELL))
+            .await?
+            .map_err(Failure::local)?,
+        Err(data) => return Err(Failure::local(data)),
+    };
+    session(ctx, tx, rx, interactive).await
+}
+
+/// Opens a terminal with `start`: the socket once `started` came, or the terminal's error.
+async fn open(
     ctx: &Ctx,
     id: &str,
-    args: Vec<String>,
-    cwd: Option<String>,
-    sink: &mut Sink,
-) -> Result<i32, Failure> {
-    let url = stream_url(ctx.api.base(), id);
+    start: &PtyClientMessage,
+) -> Result<Result<(WsTx, WsRx), String>, Failure> {
+    let url = pty_url(ctx.api.base(), id);
     let mut req = url
         .as_str()
         .into_client_request()
-        .map_err(|e| Failure::local(format!("bad stream URL {url}: {e}")))?;
+        .map_err(|e| Failure::local(format!("bad terminal URL {url}: {e}")))?;
     let key = ctx
         .api
         .api_key()?
@@ -161,65 +130,99 @@ async fn stream_command(
         .await
         .map_err(|e| connect_failure(ctx, e))?;
     let (mut tx, mut rx) = ws.split();
-    let start = ClientMessage::Start {
-        cmd: "sh".into(),
-        args,
-        env: Default::default(),
-        cwd,
-        user: None,
-    };
-    let text = serde_json::to_string(&start).map_err(|e| Failure::local(e.to_string()))?;
-    tx.send(Message::Text(text.into()))
-        .await
-        .map_err(|e| broken(ctx, e))?;
-    let mut stopped = false;
+    tx.send(control(start)).await.map_err(|e| broken(ctx, e))?;
     loop {
-        let frame = tokio::select! {
-            f = rx.next() => f,
-            _ = tokio::signal::ctrl_c(), if !stopped => {
-                stopped = true;
-                if let Ok(t) = serde_json::to_string(&ClientMessage::Stop) {
-                    let _ = tx.send(Message::Text(t.into())).await;
-                }
-                continue;
-            }
-        };
-        let msg = match frame {
-            Some(Ok(Message::Text(t))) => t,
+        match rx.next().await {
+            Some(Ok(Message::Text(t))) => match serde_json::from_str(t.as_str()) {
+                Ok(PtyServerMessage::Started { .. }) => return Ok(Ok((tx, rx))),
+                Ok(PtyServerMessage::Error { data, .. }) => return Ok(Err(data)),
+                _ => {}
+            },
             Some(Ok(Message::Close(_))) | None => {
-                return Err(Failure::local(
-                    "the exec stream closed before the command exited",
-                ))
+                return Err(Failure::local("the terminal closed before it started"))
             }
-            Some(Ok(_)) => continue,
+            Some(Ok(_)) => {}
             Some(Err(e)) => return Err(broken(ctx, e)),
-        };
-        let event: ServerMessage = serde_json::from_str(msg.as_str())
-            .map_err(|e| Failure::local(format!("unexpected stream message: {e}")))?;
-        match event {
-            // `dropped` belongs to attaching to a background process, not to an exec.
-            ServerMessage::Start { .. } | ServerMessage::Dropped { .. } => {}
-            ServerMessage::Stdout { data } => match sink {
-                Sink::Live => {
+        }
+    }
+}
+
+type WsTx = futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    Message,
+>;
+type WsRx = futures_util::stream::SplitStream<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+>;
+
+/// Keystrokes in, output out, until the terminal's `exit`.
+async fn session(ctx: &Ctx, mut tx: WsTx, mut rx: WsRx, interactive: bool) -> Result<i32, Failure> {
+    let _raw = if interactive { RawMode::enter() } else { None };
+    let (keys_tx, mut keys) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if keys_tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+        .map_err(|e| Failure::local(format!("cannot watch window resizes: {e}")))?;
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            k = keys.recv(), if stdin_open => {
+                let data = match k {
+                    Some(d) => d,
+                    None => {
+                        stdin_open = false;
+                        // End of input: Ctrl-D, as a terminal would send.
+                        vec![0x04]
+                    }
+                };
+                tx.send(Message::Binary(data.into())).await.map_err(|e| broken(ctx, e))?;
+            }
+            _ = winch.recv() => {
+                if let Some((cols, rows)) = window_size() {
+                    let m = control(&PtyClientMessage::Resize { cols, rows });
+                    tx.send(m).await.map_err(|e| broken(ctx, e))?;
+                }
+            }
+            _ = tokio::signal::ctrl_c(), if !interactive => {
+                tx.send(Message::Binary(vec![0x03].into())).await.map_err(|e| broken(ctx, e))?;
+            }
+            m = rx.next() => match m {
+                Some(Ok(Message::Binary(b))) => {
                     let mut o = std::io::stdout().lock();
-                    let _ = o.write_all(data.as_bytes());
+                    let _ = o.write_all(&b);
                     let _ = o.flush();
                 }
-                Sink::Capture(out, _) => out.extend_from_slice(data.as_bytes()),
-            },
-            ServerMessage::Stderr { data } => match sink {
-                Sink::Live => {
-                    let mut e = std::io::stderr().lock();
-                    let _ = e.write_all(data.as_bytes());
-                    let _ = e.flush();
+                Some(Ok(Message::Text(t))) => match serde_json::from_str(t.as_str()) {
+                    Ok(PtyServerMessage::Exit { exit_code }) => {
+                        let _ = tx.send(Message::Close(None)).await;
+                        return Ok(exit_code);
+                    }
+                    Ok(PtyServerMessage::Error { data, fatal: true }) => {
+                        return Err(Failure::local(data));
+                    }
+                    Ok(PtyServerMessage::Ping) => {
+                        let _ = tx.send(control(&PtyClientMessage::Pong)).await;
+                    }
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None => {
+                    return Err(Failure::local("the terminal closed before its shell exited"));
                 }
-                Sink::Capture(_, err) => err.extend_from_slice(data.as_bytes()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(broken(ctx, e)),
             },
-            ServerMessage::Exit { exit_code: code } => {
-                let _ = tx.send(Message::Close(None)).await;
-                return Ok(code);
-            }
-            ServerMessage::Error { data } => return Err(Failure::local(data)),
         }
     }
 }
@@ -247,25 +250,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cd_lines() {
-        assert!(is_cd("cd"));
-        assert!(is_cd("cd /tmp"));
-        assert!(is_cd("cd  'my dir'"));
-        assert!(!is_cd("cdx"));
-        assert!(!is_cd("cd /tmp && ls"));
-        assert!(!is_cd("cd /tmp; ls"));
-        assert!(!is_cd("echo cd"));
-    }
-
-    #[test]
-    fn stream_urls() {
+    fn pty_urls() {
         assert_eq!(
-            stream_url("http://127.0.0.1:8080", "sb-1"),
-            "ws://127.0.0.1:8080/v1/sandboxes/sb-1/exec/stream"
+            pty_url("http://127.0.0.1:8080", "sb-1"),
+            "ws://127.0.0.1:8080/v1/capsules/sb-1/pty"
         );
         assert_eq!(
-            stream_url("https://w.example", "a b"),
-            "wss://w.example/v1/sandboxes/a%20b/exec/stream"
+            pty_url("https://w.example", "a b"),
+            "wss://w.example/v1/capsules/a%20b/pty"
         );
     }
 }
