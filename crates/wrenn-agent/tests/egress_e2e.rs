@@ -1,7 +1,9 @@
-//! End-to-end tests of the default egress policy with a real microVM: what a guest may reach
-//! through its slot, and what it may not.
+//! End-to-end tests of the egress policy with a real microVM: what a guest may reach through
+//! its slot by default, what a sandbox's own `network` policy opens and closes (also after a
+//! pause and resume), and that no local user but the agent's reaches envd.
 //!
-//! The tests share one agent (its own prefix and slot range) and one VM. Everything the guest
+//! The tests share one agent (its own prefix and slot range) and one VM; the policy test makes
+//! a second sandbox of its own. Everything the guest
 //! is allowed or refused to reach lives in a network namespace the tests create (`ee-world`):
 //! a private address, a shared (CGNAT) one, the cloud metadata address, a private resolver and
 //! a documentation address (TEST-NET-3) standing for the internet. Those addresses are routed
@@ -54,8 +56,10 @@ const DENIED: [(Ipv4Addr, &str); 4] = [
 const WEB_PORT: u16 = 80;
 const DNS_PORT: u16 = 53;
 const SINK_PORT: u16 = 9999;
+/// A name the agent resolves to the metadata address (its `static_hosts`), for domain rules.
+const METADATA_NAME: &str = "metadata.egress.test";
 /// How many tests share the VM: the last one to finish removes it and the world.
-const TESTS: usize = 4;
+const TESTS: usize = 6;
 
 fn rt() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -267,6 +271,8 @@ struct Setup {
     agent: Agent,
     data_dir: PathBuf,
     id: String,
+    /// Where the host reaches the VM.
+    host_ip: Ipv4Addr,
     /// The namespace of the VM's slot.
     slot_netns: String,
     world: World,
@@ -304,6 +310,7 @@ async fn build_setup() -> Setup {
         max_slots: 8,
         pool_size: 1,
         dns_resolvers: Some(vec![RESOLVER]),
+        static_hosts: vec![(METADATA_NAME.into(), DENIED[3].0)],
         ..NetConfig::default()
     };
     let agent = host::start(cfg, Box::new(NoProgress))
@@ -328,26 +335,34 @@ async fn build_setup() -> Setup {
     )
     .await;
     assert_eq!(s, 201, "create: {v}");
-    // Route what the VM's veth brings in to the world, and nothing else anywhere.
     let host_ip: Ipv4Addr = v["host_ip"].as_str().unwrap().parse().unwrap();
-    let [_, _, hi, lo] = host_ip.octets();
-    let index = u32::from(hi) * 256 + u32::from(lo);
-    let veth = format!("{PREFIX}v{index}");
-    run(
-        "ip",
-        &[
-            "rule", "add", "iif", &veth, "lookup", TABLE, "priority", "1000",
-        ],
-    );
+    let index = route_to_world(host_ip);
     Setup {
         base,
         http,
         agent,
         data_dir,
         id,
+        host_ip,
         slot_netns: format!("{PREFIX}-ns{index}"),
         world,
     }
+}
+
+/// Routes what the veth of the slot at `host_ip` brings in to the world, and nothing else
+/// anywhere; returns the slot's index.
+fn route_to_world(host_ip: Ipv4Addr) -> u32 {
+    let [_, _, hi, lo] = host_ip.octets();
+    let index = u32::from(hi) * 256 + u32::from(lo);
+    let veth = format!("{PREFIX}v{index}");
+    try_run("ip", &["rule", "del", "iif", &veth, "lookup", TABLE]);
+    run(
+        "ip",
+        &[
+            "rule", "add", "iif", &veth, "lookup", TABLE, "priority", "1000",
+        ],
+    );
+    index
 }
 
 async fn call(
@@ -375,11 +390,16 @@ async fn call(
 impl Setup {
     /// Runs a Python program in the guest (as root) and returns its stdout.
     async fn python(&self, program: &str) -> String {
+        self.python_on(&self.id, program).await
+    }
+
+    /// Runs a Python program in sandbox `id`'s guest (as root) and returns its stdout.
+    async fn python_on(&self, id: &str, program: &str) -> String {
         let (s, v) = call(
             &self.http,
             &self.base,
             reqwest::Method::POST,
-            &format!("/v1/sandboxes/{}/exec", self.id),
+            &format!("/v1/sandboxes/{id}/exec"),
             Some(json!({"cmd": "python3", "args": ["-c", program], "timeout_sec": 60})),
         )
         .await;
@@ -391,6 +411,11 @@ impl Setup {
     /// Tries a TCP connection from the guest to each target; for each, `connected <answer>` or
     /// `refused <errno name>` (a timeout counts as `refused timeout`).
     async fn connect_all(&self, targets: &[(Ipv4Addr, u16)]) -> Vec<String> {
+        self.connect_all_on(&self.id, targets).await
+    }
+
+    /// [`Setup::connect_all`] from sandbox `id`'s guest.
+    async fn connect_all_on(&self, id: &str, targets: &[(Ipv4Addr, u16)]) -> Vec<String> {
         let list: Vec<String> = targets
             .iter()
             .map(|(ip, port)| format!("(\"{ip}\", {port})"))
@@ -411,7 +436,7 @@ impl Setup {
              print(json.dumps(out))\n",
             list.join(", ")
         );
-        serde_json::from_str(self.python(&program).await.trim()).unwrap()
+        serde_json::from_str(self.python_on(id, &program).await.trim()).unwrap()
     }
 
     /// Sends one datagram per `(source, destination, port, text)` from the guest. A source
@@ -614,5 +639,121 @@ fn slot_has_no_ipv6_and_the_agent_still_reaches_the_guest() {
             );
             assert_eq!(off.trim(), "1");
         }
+    });
+}
+
+#[test]
+fn a_sandbox_s_own_policy_opens_what_it_allows_and_closes_what_it_denies() {
+    let _lease = Lease;
+    rt().block_on(async {
+        let s = setup().await;
+        let (private, metadata) = (DENIED[0].0, DENIED[3].0);
+        // A name that resolves nowhere, or an allowed network holding the host, is refused.
+        for network in [
+            json!({"allow_out": ["nothing.invalid"]}),
+            json!({"allow_out": [format!("{LINK_HOST}/32")]}),
+        ] {
+            let (st, v) = call(
+                &s.http,
+                &s.base,
+                reqwest::Method::POST,
+                "/v1/sandboxes",
+                Some(
+                    json!({"id": format!("sb-policy-bad-{}", std::process::id()),
+                           "template": "minimal", "vcpus": 1, "memory_mb": 256,
+                           "network": network}),
+                ),
+            )
+            .await;
+            assert_eq!(st, 400, "{network}: {v}");
+        }
+        let id = format!("sb-policy-{}", std::process::id());
+        let (st, v) = call(
+            &s.http,
+            &s.base,
+            reqwest::Method::POST,
+            "/v1/sandboxes",
+            Some(
+                json!({"id": id, "template": "minimal", "vcpus": 1, "memory_mb": 256,
+                       "network": {"allow_out": [private.to_string(), METADATA_NAME],
+                                   "deny_out": [INTERNET.to_string()]}}),
+            ),
+        )
+        .await;
+        assert_eq!(st, 201, "create with a policy: {v}");
+        route_to_world(v["host_ip"].as_str().unwrap().parse().unwrap());
+        let targets = [
+            (private, WEB_PORT),
+            (metadata, WEB_PORT),
+            (DENIED[1].0, WEB_PORT),
+            (INTERNET, WEB_PORT),
+        ];
+        let expected = [
+            format!("connected web {private} {LINK_HOST}"),
+            format!("connected web {metadata} {LINK_HOST}"),
+            "refused EHOSTUNREACH".to_string(),
+            "refused EHOSTUNREACH".to_string(),
+        ];
+        assert_eq!(s.connect_all_on(&id, &targets).await, expected);
+        // The sandbox of the default policy is refused both allowed addresses meanwhile.
+        let default = s.connect_all(&targets[..2]).await;
+        assert_eq!(default, ["refused EHOSTUNREACH", "refused EHOSTUNREACH"]);
+
+        // Paused and resumed (in whatever slot is free), the policy comes back with it.
+        let (st, v) = call(
+            &s.http,
+            &s.base,
+            reqwest::Method::POST,
+            &format!("/v1/sandboxes/{id}/pause"),
+            None,
+        )
+        .await;
+        assert_eq!(st, 200, "pause: {v}");
+        let (st, v) = call(
+            &s.http,
+            &s.base,
+            reqwest::Method::POST,
+            &format!("/v1/sandboxes/{id}/resume"),
+            None,
+        )
+        .await;
+        assert_eq!(st, 200, "resume: {v}");
+        route_to_world(v["host_ip"].as_str().unwrap().parse().unwrap());
+        assert_eq!(s.connect_all_on(&id, &targets).await, expected);
+
+        let (st, v) = call(
+            &s.http,
+            &s.base,
+            reqwest::Method::DELETE,
+            &format!("/v1/sandboxes/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(st, 204, "destroy: {v}");
+    });
+}
+
+#[test]
+fn no_local_user_but_the_agent_s_reaches_envd() {
+    let _lease = Lease;
+    rt().block_on(async {
+        use std::os::unix::process::CommandExt;
+        let s = setup().await;
+        let connects_as = |uid: u32, port: u16| {
+            Command::new("bash")
+                .args(["-c", &format!("exec 3<>/dev/tcp/{}/{port}", s.host_ip)])
+                .uid(uid)
+                .gid(uid)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        };
+        let envd = wrenn_types::envd::ENVD_PORT;
+        // Another user of the host is refused at once; the agent's own user (root, as this
+        // test) connects, and the agent's execs work.
+        assert!(!connects_as(65534, envd), "uid 65534 reached envd");
+        assert!(connects_as(0, envd));
+        assert_eq!(s.python("print(6*7)").await, "42\n");
     });
 }
