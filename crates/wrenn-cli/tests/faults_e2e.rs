@@ -496,6 +496,8 @@ fn a_killed_or_abandoned_operation_loses_no_sandbox_and_leaves_nothing_behind() 
         assert!(left.is_empty(), "processes left: {left:?}");
         let ns = invariants::namespaces_of(PREFIX);
         assert!(ns.is_empty(), "network namespaces left: {ns:?}");
+        let links = invariants::links_of(PREFIX);
+        assert!(links.is_empty(), "host links left: {links:?}");
         for sub in ["sandboxes", "templates"] {
             let dir = run.up.data_dir.join(sub);
             let entries: Vec<_> = std::fs::read_dir(&dir)

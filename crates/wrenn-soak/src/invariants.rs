@@ -7,7 +7,9 @@
 //! - nothing exists that no record owns: no QEMU process of the data dir outside a running
 //!   sandbox, no sandbox directory the agent has no record of, no VM or snapshot template the
 //!   database does not know, no more network namespaces of the prefix than running sandboxes
-//!   plus the agent's ready pool;
+//!   plus the agent's ready pool, no host link of the prefix without its namespace (the
+//!   per-sandbox firewall rules live in the namespaces; the prefix's host chains stay while
+//!   the agent runs);
 //! - the database (the public API's lists) and the agent (its internal API's lists) agree.
 //!
 //! It owns the observation and the verdict ([`Findings`]); it knows nothing of how the faults
@@ -128,6 +130,8 @@ struct Observed {
     qemus: Vec<(i32, Result<String, String>)>,
     /// Slot indexes of the prefix's network namespaces.
     netns: BTreeSet<u32>,
+    /// Slot indexes of the prefix's host-side links (`<prefix>v<index>`).
+    links: BTreeSet<u32>,
     /// Network slot of each sandbox record that has one.
     slots: BTreeMap<String, u32>,
 }
@@ -182,13 +186,21 @@ pub fn qemus_of(data_dir: &Path) -> Vec<(i32, Result<String, String>)> {
 
 /// Slot indexes of the network namespaces of `prefix` (`<prefix>-ns<index>`).
 pub fn namespaces_of(prefix: &str) -> BTreeSet<u32> {
-    let start = format!("{prefix}-ns");
-    std::fs::read_dir("/run/netns")
+    indexes_in("/run/netns", &format!("{prefix}-ns"))
+}
+
+/// Slot indexes of the host-side links of `prefix` (`<prefix>v<index>`).
+pub fn links_of(prefix: &str) -> BTreeSet<u32> {
+    indexes_in("/sys/class/net", &format!("{prefix}v"))
+}
+
+fn indexes_in(dir: &str, start: &str) -> BTreeSet<u32> {
+    std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
                 .filter_map(|e| {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    let digits = name.strip_prefix(&start)?;
+                    let digits = name.strip_prefix(start)?;
                     (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
                         .then(|| digits.parse().ok())
                         .flatten()
@@ -246,6 +258,7 @@ async fn observe(t: &Target) -> Result<Observed> {
     }
     o.qemus = qemus_of(&t.data_dir);
     o.netns = namespaces_of(&t.net_prefix);
+    o.links = links_of(&t.net_prefix);
     Ok(o)
 }
 
@@ -306,6 +319,9 @@ fn judge(o: &Observed) -> (Vec<String>, Vec<String>) {
             "{} network namespaces of no running sandbox (at most {POOL_READY} ready): {spare:?}",
             spare.len()
         ));
+    }
+    for slot in o.links.difference(&o.netns) {
+        orphans.push(format!("host link {slot} without its namespace"));
     }
     for slot in held.difference(&o.netns) {
         disagree.push(format!("running sandbox's slot {slot} has no namespace"));
@@ -467,6 +483,7 @@ mod tests {
         o.qemus.push((10, Ok("sb-run".into())));
         o.slots.insert("sb-run".into(), 7);
         o.netns.extend([7, 8, 9]);
+        o.links.extend([7, 8]);
         o.db_snapshots = 1;
         o.agent_snapshots = 1;
         o
@@ -496,6 +513,9 @@ mod tests {
             }),
             ("template", |o| o.agent_snapshots = 2),
             ("namespaces", |o| o.netns.extend([1, 2, 3, 4])),
+            ("link", |o| {
+                o.links.insert(5);
+            }),
         ];
         for (what, spoil) in cases {
             let mut o = healthy();
