@@ -90,6 +90,7 @@ impl Manager {
             me: me.clone(),
         });
         mgr.start_sampler();
+        mgr.start_reresolver();
         for (rec, vm) in found {
             let id = rec.id.clone();
             let mut inner = Inner {
