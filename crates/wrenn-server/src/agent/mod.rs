@@ -13,6 +13,7 @@ mod sim_fs;
 mod sim_metrics;
 pub mod sim_faults;
 mod sim_procs;
+mod sim_pty;
 pub mod sim_server;
 
 pub use wrenn_agent_api::{

@@ -526,6 +526,10 @@ impl HostAgent for SimAgent {
         self.sim_attach_process(id, selector)
     }
 
+    async fn open_pty(&self, id: &str) -> AgentResult<wrenn_agent_api::PtySession> {
+        self.sim_open_pty(id)
+    }
+
     async fn list_dir(&self, id: &str, req: &ListDirRequest) -> AgentResult<ListDirResponse> {
         self.sim_list_dir(id, req)
     }
