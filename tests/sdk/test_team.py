@@ -48,9 +48,14 @@ def test_usage(client, capsule):
     points = week.points or []
     assert all(week.from_ <= p.date <= week.to for p in points), points
     assert all(p.cpu_minutes >= 0 and p.ram_mb_minutes >= 0 for p in points), points
-    # The capsules of this run have run for minutes today.
-    todays = [p for p in points if p.date == today]
-    assert todays and todays[0].cpu_minutes > 0 and todays[0].ram_mb_minutes > 0, points
+    assert today in {p.date for p in points}, points
+
+    # The capsules of this run are metered for today (the meter runs every few seconds).
+    def metered_today():
+        pts = client.capsules.usage(from_=today, to=today).points or []
+        return [p for p in pts if p.date == today and p.cpu_minutes > 0 and p.ram_mb_minutes > 0]
+
+    wait_until(metered_today, "today's usage of the running capsules", timeout=60, every=2)
     as_text = client.capsules.usage(from_=str(today), to=str(today))
     assert (as_text.from_, as_text.to) == (today, today)
 
