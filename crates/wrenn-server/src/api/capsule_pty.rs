@@ -1,7 +1,8 @@
 //! `GET /v1/capsules/{id}/pty`: an interactive terminal in a capsule over WebSocket, framed as
 //! the SDK frames it (`wrenn_types::pty`: JSON control text, raw binary keystrokes and
 //! output), relayed through the capsule's agent to envd unchanged. 404 and 409 come before the
-//! upgrade as plain answers. While open, the terminal keeps its capsule active; once the
+//! upgrade as plain answers, and a session holds one of the capsule's and team's concurrent
+//! streams (429 beyond). While open, the terminal keeps its capsule active; once the
 //! capsule stops running (paused, destroyed) the session ends with a fatal `error`, and the
 //! client connects again by the terminal's tag after a resume. Errors from the host are
 //! stripped of its details.
@@ -33,13 +34,18 @@ async fn pty(
 ) -> Res<Response> {
     let sb = app.running(&team, &id).await?;
     let ws = ws.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    // A terminal session counts among the capsule's and team's concurrent streams.
+    let slot = app.exec_slot(&sb)?;
     let agent = app.hosts.agent(&sb.host_id)?;
     let session = agent.open_pty(&sb.id).await?;
     tracing::info!(sandbox = %sb.id, "terminal session opened");
     Ok(ws
         .max_message_size(MAX_PTY_MESSAGE)
         .max_frame_size(MAX_PTY_MESSAGE)
-        .on_upgrade(move |socket| relay(socket, session, app, sb)))
+        .on_upgrade(move |socket| async move {
+            let _slot = slot;
+            relay(socket, session, app, sb).await
+        }))
 }
 
 /// A control message from the host, with an error's words stripped of host details.
