@@ -77,6 +77,15 @@ pub struct Slots {
 impl TestAgent {
     /// Starts an agent on `data_dir` with the network `slots`.
     pub async fn start(data_dir: PathBuf, slots: Slots) -> TestAgent {
+        Self::start_with(data_dir, slots, |_| {}).await
+    }
+
+    /// [`TestAgent::start`] with the configuration changed by `tweak` first.
+    pub async fn start_with(
+        data_dir: PathBuf,
+        slots: Slots,
+        tweak: impl FnOnce(&mut AgentConfig),
+    ) -> TestAgent {
         let mut cfg = AgentConfig::new(data_dir.clone(), TOKEN.into());
         cfg.net = NetConfig {
             prefix: slots.prefix.into(),
@@ -85,6 +94,7 @@ impl TestAgent {
             pool_size: slots.pool,
             ..NetConfig::default()
         };
+        tweak(&mut cfg);
         let agent = host::start(cfg, Box::new(NoProgress))
             .await
             .expect("agent starts (are the images built? run scripts/test)");
