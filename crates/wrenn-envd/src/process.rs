@@ -260,6 +260,20 @@ fn spawn_with(
             if on_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // envd may have been started with SIGINT and SIGQUIT ignored (a background job of
+            // a shell without job control), and ignored signals survive exec: a terminal's
+            // programs get the default actions, so Ctrl-C and Ctrl-\ work.
+            if on_tty {
+                for sig in [
+                    libc::SIGINT,
+                    libc::SIGQUIT,
+                    libc::SIGTSTP,
+                    libc::SIGTTIN,
+                    libc::SIGTTOU,
+                ] {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
             if let Some((uid, gid, groups)) = &ids {
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0
                     || libc::setgid(*gid) != 0

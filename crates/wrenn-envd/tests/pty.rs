@@ -64,7 +64,8 @@ async fn until(ws: &mut Ws, want: &str) -> String {
 
 #[tokio::test]
 async fn a_shell_on_a_real_terminal() {
-    let envd = Envd::start();
+    // Started as a guest's init may start it: Ctrl-C must still reach the terminal's jobs.
+    let envd = Envd::start_ignoring_interrupts();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut ws = open(
         &envd,

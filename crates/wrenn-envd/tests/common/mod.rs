@@ -23,7 +23,19 @@ impl Envd {
 
     /// Starts envd with extra flags and waits until it logs its listening address.
     pub fn start_with(extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        Self::spawn(Command::new(BIN), extra)
+    }
+
+    /// Starts envd with SIGINT and SIGQUIT ignored, as a shell without job control starts a
+    /// background job (a guest's init may start envd so).
+    pub fn start_ignoring_interrupts() -> Self {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", "trap '' INT QUIT; exec \"$0\" \"$@\"", BIN]);
+        Self::spawn(sh, &[])
+    }
+
+    fn spawn(mut command: Command, extra: &[&str]) -> Self {
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             // Must not reach the commands envd runs (tests check that).
