@@ -97,6 +97,7 @@ impl AgentArgs {
             ..NetConfig::default()
         };
         self.net.apply(&mut cfg.net);
+        self.net.apply_admission(&mut cfg.admission);
         cfg.envd_bin = self.envd_bin.clone();
         Ok(cfg)
     }
@@ -651,6 +652,30 @@ mod tests {
         ] {
             assert!(parse_agent(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn agent_admission_settings() {
+        let cfg = parse_agent(&[]).unwrap().config().unwrap();
+        assert_eq!(
+            cfg.admission,
+            wrenn_agent::sandbox::AdmissionConfig::default()
+        );
+        let cfg = parse_agent(&[
+            "--memory-overcommit",
+            "1.5",
+            "--memory-reserve-mb",
+            "2048",
+            "--disk-reserve-mb",
+            "4096",
+        ])
+        .unwrap()
+        .config()
+        .unwrap();
+        assert_eq!(cfg.admission.memory_overcommit, 1.5);
+        assert_eq!(cfg.admission.memory_reserve_mb, 2048);
+        assert_eq!(cfg.admission.disk_reserve_mb, 4096);
+        assert!(parse_agent(&["--memory-reserve-mb", "-1"]).is_err());
     }
 
     #[test]

@@ -34,7 +34,7 @@ enum Command {
         command: ImagesCommand,
     },
     /// Run the whole system in one process: control plane, host agent, SQLite.
-    Up(daemon::UpArgs),
+    Up(Box<daemon::UpArgs>),
     /// Run the control plane alone.
     Server(daemon::ServerArgs),
     /// Run a host agent: owns the microVMs of this host and serves the internal API.
@@ -91,7 +91,7 @@ fn main() -> Result<()> {
                         force,
                     },
             } => daemon::build_images(data_dir, envd_bin, force).await,
-            Command::Up(args) => daemon::run_up(args).await,
+            Command::Up(args) => daemon::run_up(*args).await,
             Command::Server(args) => daemon::run_server(args).await,
             Command::Agent(args) => daemon::run_agent(args).await,
             Command::Doctor(args) => {

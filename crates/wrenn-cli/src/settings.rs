@@ -7,6 +7,7 @@ use clap::builder::TypedValueParser as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 use wrenn_agent::net::NetConfig;
+use wrenn_agent::sandbox::AdmissionConfig;
 use wrenn_agent::sandbox::WarmSpec;
 use wrenn_server::config::SignupMode;
 use wrenn_server::ServerConfig;
@@ -238,8 +239,8 @@ impl ServerSettings {
     }
 }
 
-/// Network settings of an agent (`wrenn agent`, `wrenn up`). Each one given replaces the
-/// agent's default ([`NetConfig::default`]).
+/// Network and admission settings of an agent (`wrenn agent`, `wrenn up`). Each one given
+/// replaces the agent's default ([`NetConfig::default`], [`AdmissionConfig::default`]).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct NetArgs {
     /// A DNS resolver guests may use (repeatable; in the environment, comma-separated); DNS to
@@ -256,6 +257,16 @@ pub struct NetArgs {
     #[arg(long, env = "WRENN_RULES_CHECK_INTERVAL_MS", value_name = "MS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub rules_check_interval_ms: Option<u64>,
+    /// Guest RAM the agent may commit, as a multiple of the host's memory less the reserve
+    /// (1.0: no more than there is).
+    #[arg(long, env = "WRENN_MEMORY_OVERCOMMIT", value_name = "RATIO")]
+    pub memory_overcommit: Option<f64>,
+    /// Memory kept for the host itself, never committed to sandboxes, in MiB.
+    #[arg(long, env = "WRENN_MEMORY_RESERVE_MB", value_name = "MIB")]
+    pub memory_reserve_mb: Option<u64>,
+    /// Free disk kept in the data directory beyond what a new sandbox needs, in MiB.
+    #[arg(long, env = "WRENN_DISK_RESERVE_MB", value_name = "MIB")]
+    pub disk_reserve_mb: Option<u64>,
 }
 
 impl NetArgs {
@@ -270,9 +281,34 @@ impl NetArgs {
         );
     }
 
+    /// Puts the admission settings given into `admission`.
+    pub fn apply_admission(&self, admission: &mut AdmissionConfig) {
+        set(&mut admission.memory_overcommit, self.memory_overcommit);
+        set(&mut admission.memory_reserve_mb, self.memory_reserve_mb);
+        set(&mut admission.disk_reserve_mb, self.disk_reserve_mb);
+    }
+
     /// The settings given, as the environment variables that give them.
     pub fn env_vars(&self) -> Vec<(&'static str, String)> {
         let mut vars = Vec::new();
+        for (name, value) in [
+            (
+                "WRENN_MEMORY_OVERCOMMIT",
+                self.memory_overcommit.map(|v| v.to_string()),
+            ),
+            (
+                "WRENN_MEMORY_RESERVE_MB",
+                self.memory_reserve_mb.map(|v| v.to_string()),
+            ),
+            (
+                "WRENN_DISK_RESERVE_MB",
+                self.disk_reserve_mb.map(|v| v.to_string()),
+            ),
+        ] {
+            if let Some(v) = value {
+                vars.push((name, v));
+            }
+        }
         if !self.dns_resolvers.is_empty() {
             let ips: Vec<String> = self.dns_resolvers.iter().map(ToString::to_string).collect();
             vars.push(("WRENN_DNS_RESOLVERS", ips.join(",")));
