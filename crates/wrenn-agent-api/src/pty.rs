@@ -174,5 +174,7 @@ async fn open(
     Ok(ws
         .max_message_size(MAX_PTY_MESSAGE)
         .max_frame_size(MAX_PTY_MESSAGE)
-        .on_upgrade(move |socket| relay_pty(socket, session, |f| f, crate::session::DEFAULT_SEND_STALL)))
+        .on_upgrade(move |socket| {
+            relay_pty(socket, session, |f| f, crate::session::DEFAULT_SEND_STALL)
+        }))
 }
