@@ -353,6 +353,28 @@ mod tests {
     }
 
     #[test]
+    fn the_network_policy_is_kept_and_absent_without_one() {
+        let base: SandboxOnDisk = serde_json::from_str(EARLIER_AGENT_RECORD).unwrap();
+        assert_eq!(base.network, None);
+        assert!(serde_json::to_value(&base)
+            .unwrap()
+            .get("network")
+            .is_none());
+        let network = wrenn_types::network::SandboxNetwork {
+            allow_internet_access: Some(false),
+            allow_out: vec!["db.example.com".into()],
+            deny_out: vec!["203.0.113.0/24".into()],
+        };
+        let with = SandboxOnDisk {
+            network: Some(network.clone()),
+            ..base
+        };
+        let back: SandboxOnDisk =
+            serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(back.network, Some(network));
+    }
+
+    #[test]
     fn the_operation_under_way_is_kept_and_absent_at_rest() {
         let base: SandboxOnDisk = serde_json::from_str(EARLIER_AGENT_RECORD).unwrap();
         let at_rest = serde_json::to_value(&base).unwrap();
