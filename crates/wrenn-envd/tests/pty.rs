@@ -159,3 +159,52 @@ async fn kill_ends_the_terminal_and_bad_starts_are_errors() {
         assert_eq!(e["fatal"], true, "{first}: {e}");
     }
 }
+
+#[tokio::test]
+async fn job_control_and_a_bounded_replay() {
+    let envd = Envd::start_ignoring_interrupts();
+    let mut ws = open(
+        &envd,
+        json!({"type": "start", "cmd": "/bin/sh", "args": ["-i"]}),
+    )
+    .await;
+    let tag = control(&mut ws).await["tag"].as_str().unwrap().to_string();
+    // Ctrl-Z stops the foreground job; the shell lists it and takes it back.
+    key(&mut ws, "sleep 100\n").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    key(&mut ws, "\x1a").await;
+    key(&mut ws, "jobs; echo listed-$((3+4))\n").await;
+    let out = until(&mut ws, "listed-7").await;
+    assert!(out.contains("Stopped"), "{out}");
+    key(&mut ws, "kill -9 %1; echo killed-$((4+4))\n").await;
+    until(&mut ws, "killed-8").await;
+
+    // 200 KiB of output, then leave: a reconnect replays at most the ring's 64 KiB, the end
+    // of it included.
+    key(
+        &mut ws,
+        "head -c 204800 /dev/zero | tr '\\0' x; echo; echo end-$((5+5))\n",
+    )
+    .await;
+    until(&mut ws, "end-10\r\n").await;
+    drop(ws);
+    let mut again = open(&envd, json!({"type": "connect", "tag": tag})).await;
+    assert_eq!(control(&mut again).await["type"], "started");
+    let mut replay = Vec::new();
+    while !String::from_utf8_lossy(&replay).contains("end-10") {
+        let m = tokio::time::timeout(Duration::from_secs(10), again.next())
+            .await
+            .expect("replay in time")
+            .unwrap()
+            .unwrap();
+        if let Message::Binary(b) = m {
+            replay.extend_from_slice(&b);
+        }
+    }
+    assert!(replay.len() <= 64 * 1024, "replayed {} bytes", replay.len());
+    assert!(replay.len() > 32 * 1024, "replayed {} bytes", replay.len());
+    again
+        .send(Message::Text(r#"{"type":"kill"}"#.into()))
+        .await
+        .unwrap();
+}
