@@ -184,6 +184,58 @@ fn default_egress_policy_keeps_guests_to_the_internet_and_their_resolvers() {
     }
     assert_eq!(in_slot(&a, "ip", &["-6", "-o", "addr", "show"]).trim(), "");
 
+    // A network the host is directly connected to (outside the ranges denied anyway) is
+    // refused too, though the world answers on it: checked with the host's first such
+    // network, when it has one.
+    let lan = pool.inner.lock().host_nets.first().copied();
+    if let Some(lan) = lan {
+        let ip = Ipv4Addr::from_bits(lan.addr().to_bits() | u32::from(lan.prefix_len() < 31));
+        let host_addrs = pool.host_addresses();
+        if !host_addrs.contains(&ip) {
+            let table = world.table.to_string();
+            cmd::run(
+                "ip",
+                [
+                    "-n",
+                    &world.netns,
+                    "addr",
+                    "add",
+                    &format!("{ip}/32"),
+                    "dev",
+                    "eth0",
+                ],
+            )
+            .unwrap();
+            cmd::run(
+                "ip",
+                [
+                    "route",
+                    "add",
+                    &format!("{ip}/32"),
+                    "via",
+                    &world.addr.to_string(),
+                    "dev",
+                    &world.link,
+                    "table",
+                    &table,
+                ],
+            )
+            .unwrap();
+            assert_blocked(&ga.path, "a network of the host", ip, GUEST_PORT);
+            // Allowed by the sandbox, the same address answers: the refusal was the rule's.
+            let open = SandboxEgress {
+                allow: vec![egress::Ipv4Cidr::new(ip, 32).unwrap()],
+                ..SandboxEgress::default()
+            };
+            pool.set_sandbox_egress_blocking(a.index, open).unwrap();
+            assert!(fetch(Some(&ga.path), ip, GUEST_PORT)
+                .unwrap()
+                .starts_with("world "));
+            pool.set_sandbox_egress_blocking(a.index, SandboxEgress::default())
+                .unwrap();
+        }
+    }
+
     // The sandbox's own policy: an allowed network beats the default denial, a denied one
     // beats the default permission, and without internet nothing else passes.
     let metadata = Ipv4Addr::new(169, 254, 169, 254);
