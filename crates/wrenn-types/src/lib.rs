@@ -19,7 +19,6 @@ pub mod network;
 pub mod observe;
 pub mod process;
 pub mod pty;
-pub mod pty;
 pub mod stream;
 pub mod time;
 mod wire_enum;
