@@ -117,11 +117,12 @@ impl<'a> Bench<'a> {
 
     /// Every phase in order; a failing phase is reported and the next one runs.
     pub async fn run_all(&mut self) {
-        let phases: [(&str, PhaseFn); 7] = [
+        let phases: [(&str, PhaseFn); 8] = [
             ("cold boots", |b| Box::pin(b.cold_boots())),
             ("warm creates", |b| Box::pin(b.warm_creates())),
             ("exec round trips", |b| Box::pin(b.exec_round_trips())),
             ("agent-level lifecycle", |b| Box::pin(b.agent_level())),
+            ("jail overhead", |b| Box::pin(b.jail_overhead())),
             ("pause and resume", |b| Box::pin(b.pause_resume())),
             ("file throughput", |b| Box::pin(b.files())),
             ("concurrent creates", |b| Box::pin(b.concurrent())),
@@ -267,6 +268,69 @@ impl<'a> Bench<'a> {
             let _ = mgr.destroy(id).await;
         }
         Ok(())
+    }
+
+    /// Create and (later) resume on the manager with the VM jail and without it, alternating
+    /// sample by sample so drift in the host's load falls on both; the note gives the
+    /// difference of the medians.
+    async fn jail_overhead(&mut self) -> Result<()> {
+        if !wrenn_agent::vmm::jail::config().enabled {
+            return Err(anyhow!(
+                "the jail is off (WRENN_JAIL=off): nothing to compare"
+            ));
+        }
+        let first = self.agent.ops.len();
+        for (k, n) in [
+            ("jail_create_on", "create, jailed QEMU"),
+            ("jail_create_off", "create, QEMU without the jail"),
+            ("jail_resume_on", "resume (later), jailed QEMU"),
+            ("jail_resume_off", "resume (later), QEMU without the jail"),
+        ] {
+            self.agent.ops.push(Op::new(k, n, "ms"));
+        }
+        let mgr = self.sys.agent.manager.clone();
+        let mut failed = None;
+        for i in 0..self.plan.agent_samples {
+            for (jailed, create, resume) in
+                [(true, first, first + 2), (false, first + 1, first + 3)]
+            {
+                wrenn_agent::vmm::jail::bypass_for_measurement(!jailed);
+                let id = format!("bench-jail-{i}-{}", if jailed { "on" } else { "off" });
+                let res: Result<()> = async {
+                    let r = timed(mgr.create(&id, "minimal", 1, MEMORY_MB)).await;
+                    record(&mut self.agent.ops[create], (r.0.map_err(Into::into), r.1))?;
+                    // The first pause and resume move the clone's RAM; time a later one.
+                    for round in 0..2 {
+                        mgr.pause(&id).await?;
+                        let r = timed(mgr.resume(&id)).await;
+                        let r = (r.0.map_err(anyhow::Error::from), r.1);
+                        if round == 1 {
+                            record(&mut self.agent.ops[resume], r)?;
+                        } else {
+                            r.0?;
+                        }
+                    }
+                    Ok(())
+                }
+                .await;
+                let _ = mgr.destroy(&id).await;
+                if let Err(e) = res {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        wrenn_agent::vmm::jail::bypass_for_measurement(false);
+        for (on, off) in [(first, first + 1), (first + 2, first + 3)] {
+            let med = |i: usize| {
+                let mut v = self.agent.ops[i].samples.clone();
+                v.sort_by(f64::total_cmp);
+                (!v.is_empty()).then(|| crate::stats::percentile(&v, 50.0))
+            };
+            if let (Some(a), Some(b)) = (med(on), med(off)) {
+                self.agent.ops[on].note = Some(format!("median {:+.1} ms against no jail", a - b));
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Pause and resume at 256 MB and 2 GB; the first of each sandbox separately.

@@ -87,6 +87,22 @@ pub fn config() -> &'static JailConfig {
     CONFIG.get_or_init(JailConfig::from_env)
 }
 
+/// Set while a benchmark measures QEMUs started without the jail.
+static BYPASSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a QEMU started now is jailed: as configured, unless [`bypass_for_measurement`]
+/// is on.
+pub fn enabled() -> bool {
+    config().enabled && !BYPASSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// For benchmarks only (`wrenn-bench` compares create and resume with and without the
+/// jail in one process): while `on`, QEMUs start as the agent's user without the jail.
+/// VMs already running keep what they started with.
+pub fn bypass_for_measurement(on: bool) {
+    BYPASSED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Uids handed out whose QEMU may not be running yet.
 static RESERVED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 

@@ -167,7 +167,7 @@ impl Vm {
         let log = std::fs::File::create(spec.log_path()).map_err(io_err("QEMU log"))?;
         let (qmp_fd, tap_fd) = (listener.as_raw_fd(), tap_slot.as_raw_fd());
         let lease;
-        let (launch, jail_plan) = if cfg.enabled {
+        let (launch, jail_plan) = if jail::enabled() {
             lease = jail::allocate_uid(cfg).map_err(io_err("VM uid"))?;
             let files = jail::build(&spec.jail_path(), lease.0, cfg.shared_gid(), &spec)
                 .map_err(io_err("build jail"))?;
@@ -409,7 +409,7 @@ fn resolve_bin(bin: &Path) -> Result<std::path::PathBuf, VmError> {
     let p = found
         .and_then(|p| p.canonicalize().ok())
         .ok_or_else(|| VmError::Start(format!("{} not found", bin.display())))?;
-    if jail::config().enabled && !p.starts_with("/usr") {
+    if jail::enabled() && !p.starts_with("/usr") {
         return Err(VmError::Start(format!(
             "{}: the VM jail holds /usr only; install QEMU there",
             p.display()
