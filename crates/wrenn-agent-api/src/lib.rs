@@ -27,8 +27,7 @@ pub use error::AgentApiError;
 pub use pty::{relay_pty, ws_pty_session, PtyFrame, PtySession, MAX_PTY_MESSAGE};
 pub use router::router;
 pub use session::{
-    relay_exec, relay_exec_mapped, ws_client_config, ws_session, DEFAULT_SEND_STALL,
-    MAX_WS_MESSAGE,
+    relay_exec, relay_exec_mapped, ws_client_config, ws_session, DEFAULT_SEND_STALL, MAX_WS_MESSAGE,
 };
 
 use async_trait::async_trait;
