@@ -544,7 +544,12 @@ mod tests {
         assert_eq!(cfg.reconcile_interval, Duration::from_millis(2500));
         let e = cfg.exec_limits;
         assert_eq!(
-            (e.max_output_bytes, e.per_sandbox, e.per_team, e.stream_stall),
+            (
+                e.max_output_bytes,
+                e.per_sandbox,
+                e.per_team,
+                e.stream_stall
+            ),
             (65536, 3, 5, Duration::from_millis(700))
         );
         cfg.validate().expect("valid");
@@ -571,6 +576,7 @@ mod tests {
             &["--execs-per-sandbox", "0"],
             &["--execs-per-team", "0"],
             &["--stream-stall-ms", "0"],
+            &["--stream-stall-ms", "60001"],
         ] {
             assert!(
                 ServerCli::try_parse_from(std::iter::once("wrenn").chain(bad.iter().copied()))

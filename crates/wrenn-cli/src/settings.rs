@@ -129,9 +129,9 @@ pub struct ServerSettings {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub execs_per_team: Option<usize>,
     /// How long a stream's client may take no event before it is disconnected, in
-    /// milliseconds (default 30 000).
+    /// milliseconds (default 30 000, at most 60 000).
     #[arg(long, env = "WRENN_STREAM_STALL_MS", value_name = "MS",
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub stream_stall_ms: Option<u64>,
 }
 

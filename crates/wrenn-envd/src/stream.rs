@@ -25,12 +25,17 @@ const CLOSE_NORMAL: u16 = 1000;
 /// The socket broke while sending; the session must end (and kill what it started).
 struct Gone;
 
+/// Longest a send may wait for the reader (the agent) before the session counts as gone and
+/// its process group is killed: a backstop behind the control plane's stall limit (at most
+/// 60 s), for a peer whose connection ended without this side hearing of it.
+const SEND_STALL: Duration = Duration::from_secs(90);
+
 async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> Result<(), Gone> {
     let text = serde_json::to_string(msg).map_err(|_| Gone)?;
-    socket
-        .send(Message::Text(text.into()))
-        .await
-        .map_err(|_| Gone)
+    match tokio::time::timeout(SEND_STALL, socket.send(Message::Text(text.into()))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(Gone),
+    }
 }
 
 async fn close(mut socket: WebSocket) {

@@ -118,7 +118,8 @@ pub struct ExecLimits {
     /// `429 quota_exceeded`.
     pub per_team: usize,
     /// How long a stream's client may take no event before it is disconnected (default
-    /// 30 s): events are never buffered for a client that does not read.
+    /// 30 s, at most [`ExecLimits::MAX_STREAM_STALL`]): events are never buffered for a
+    /// client that does not read.
     pub stream_stall: Duration,
 }
 
@@ -126,6 +127,9 @@ impl ExecLimits {
     /// Largest configurable output cap: twice over, JSON-escaped, it stays within the agent
     /// client's exec answer limit.
     pub const MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+    /// Longest configurable stall time: envd ends a session whose reader takes nothing for
+    /// 90 s, which must stay beyond it.
+    pub const MAX_STREAM_STALL: Duration = Duration::from_secs(60);
 }
 
 impl Default for ExecLimits {
@@ -362,6 +366,7 @@ impl ServerConfig {
             || e.per_sandbox == 0
             || e.per_team == 0
             || e.stream_stall.is_zero()
+            || e.stream_stall > ExecLimits::MAX_STREAM_STALL
         {
             return Err(ConfigError::ExecLimits);
         }
@@ -422,8 +427,10 @@ pub enum ConfigError {
     SandboxBounds,
     /// An exec limit is zero, or the output cap is above its ceiling.
     #[error(
-        "exec limits must be above zero and the output cap at most {} bytes",
-        ExecLimits::MAX_OUTPUT_BYTES
+        "exec limits must be above zero, the output cap at most {} bytes and the stream \
+         stall at most {:?}",
+        ExecLimits::MAX_OUTPUT_BYTES,
+        ExecLimits::MAX_STREAM_STALL
     )]
     ExecLimits,
     /// `WRENN_FAILPOINTS` (or `failpoints`) names an unknown point or action.
