@@ -17,13 +17,13 @@
 //! | [`EXEC_STREAM`] | WebSocket of `wrenn_types::stream` messages |
 //! | [`WRITE_FILE`]`?path=/abs` | raw body, streamed → 204 |
 //! | [`READ_FILE`]`?path=/abs` | → raw bytes, streamed (`Content-Length` when known) |
+//! | [`LIST_DIR`] | `fs::ListDirRequest` → `fs::ListDirResponse` |
+//! | [`MAKE_DIR`] | `fs::MakeDirRequest` → `fs::MakeDirResponse` (409 `already_exists`) |
+//! | [`REMOVE_PATH`] | `fs::RemoveRequest` → 204 |
 //! | [`START_PROCESS`] | `process::StartProcess` → 201 `process::ProcessInfo` |
 //! | [`LIST_PROCESSES`] | → `process::ProcessList` |
 //! | [`KILL_PROCESS`]`?signal=SIGKILL\|SIGTERM` | → 204 |
 //! | [`ATTACH_PROCESS`] | WebSocket of `wrenn_types::stream` events (the process's output) |
-//! | [`LIST_DIR`] | `fs::ListDirRequest` → `fs::ListDirResponse` |
-//! | [`MAKE_DIR`] | `fs::MakeDirRequest` → `fs::MakeDirResponse` (409 `already_exists`) |
-//! | [`REMOVE_PATH`] | `fs::RemoveRequest` → 204 |
 //! | [`OPEN_PTY`] | WebSocket of a terminal: `wrenn_types::pty` control text, raw bytes |
 //! | [`LIST_TEMPLATES`] | → `[TemplateInfo]` |
 //! | [`DELETE_TEMPLATE`] | → 204 |
@@ -78,15 +78,17 @@ pub const EXEC: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/exec");
 pub const EXEC_STREAM: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/exec/stream");
 pub const WRITE_FILE: Route = Route::new(Method::PUT, "/v1/sandboxes/{id}/files");
 pub const READ_FILE: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/files");
+pub const LIST_DIR: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/files/list");
+pub const MAKE_DIR: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/files/mkdir");
+pub const REMOVE_PATH: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/files/remove");
 pub const START_PROCESS: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/processes");
 pub const LIST_PROCESSES: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/processes");
 pub const KILL_PROCESS: Route =
     Route::new(Method::DELETE, "/v1/sandboxes/{id}/processes/{selector}");
-pub const ATTACH_PROCESS: Route =
-    Route::new(Method::GET, "/v1/sandboxes/{id}/processes/{selector}/stream");
-pub const LIST_DIR: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/files/list");
-pub const MAKE_DIR: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/files/mkdir");
-pub const REMOVE_PATH: Route = Route::new(Method::POST, "/v1/sandboxes/{id}/files/remove");
+pub const ATTACH_PROCESS: Route = Route::new(
+    Method::GET,
+    "/v1/sandboxes/{id}/processes/{selector}/stream",
+);
 pub const OPEN_PTY: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/pty");
 pub const LIST_TEMPLATES: Route = Route::new(Method::GET, "/v1/templates");
 pub const DELETE_TEMPLATE: Route = Route::new(Method::DELETE, "/v1/templates/{name}");

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use wrenn_types::agent::{AgentErrorCode, CreateSandbox, FileQuery, SnapshotRequest};
 use wrenn_types::envd::ExecRequest;
-use wrenn_types::observe::MetricsQuery;
 use wrenn_types::fs::{ListDirRequest, MakeDirRequest, MakeDirResponse, RemoveRequest};
+use wrenn_types::observe::MetricsQuery;
 
 type Agent = State<Arc<dyn HostAgent>>;
 

@@ -17,11 +17,11 @@ use wrenn_types::agent::{
     AgentErrorCode, CreateSandbox, FileQuery, HostInfo, SandboxInfo, SnapshotRequest, TemplateInfo,
 };
 use wrenn_types::envd::{ExecRequest, ExecResponse};
-use wrenn_types::observe::{MetricPoint, MetricsQuery};
-use wrenn_types::process::{ProcessInfo, ProcessList, Signal, StartProcess};
 use wrenn_types::fs::{
     FileEntry, ListDirRequest, ListDirResponse, MakeDirRequest, MakeDirResponse, RemoveRequest,
 };
+use wrenn_types::observe::{MetricPoint, MetricsQuery};
+use wrenn_types::process::{ProcessInfo, ProcessList, Signal, StartProcess};
 use wrenn_types::ErrorBody;
 
 /// Time allowed for quick control calls (host info, lists, destroy).

@@ -1,17 +1,17 @@
 //! The control plane's side of the host agents. The operations are the [`HostAgent`] trait of
 //! `wrenn-agent-api` (re-exported here with its types), implemented by [`http::HttpAgent`]
 //! (a real agent over HTTP/WebSocket) and [`sim::SimAgent`] (an in-memory simulation for
-//! tests, with its command interpreter in `sim_exec`, its directory operations in `sim_fs`, its background processes in `sim_procs`, the faults a test can set in
-//! [`sim_faults`], its made-up resource samples in `sim_metrics`, and [`sim_server`] serving
+//! tests, with its command interpreter in `sim_exec`, its directory operations in `sim_fs`, the faults a test can set in
+//! [`sim_faults`], its made-up resource samples in `sim_metrics`, its background processes in `sim_procs`, and [`sim_server`] serving
 //! it over the agent API's own router).
 //! This module moves requests and bytes; it knows nothing of teams, the store or placement.
 
 pub mod http;
 pub mod sim;
 mod sim_exec;
+pub mod sim_faults;
 mod sim_fs;
 mod sim_metrics;
-pub mod sim_faults;
 mod sim_procs;
 mod sim_pty;
 pub mod sim_server;

@@ -362,7 +362,10 @@ impl HostAgent for SimAgent {
         let files = {
             let st = self.lock();
             let sb = st.sandboxes.get(id).ok_or_else(|| not_found(id))?;
-            if !matches!(sb.info.status, SandboxStatus::Running | SandboxStatus::Paused) {
+            if !matches!(
+                sb.info.status,
+                SandboxStatus::Running | SandboxStatus::Paused
+            ) {
                 return Err(conflict(id, sb.info.status));
             }
             sb.files.clone()
@@ -398,20 +401,20 @@ impl HostAgent for SimAgent {
                 encoding: Encoding::Utf8,
                 timed_out,
                 truncated: false,
-            });
-        }
-        let (stdout, stderr, exit_code) =
                 stdout_truncated: false,
                 stderr_truncated: false,
                 stdout_bytes: 0,
                 stderr_bytes: 0,
+            });
+        }
+        let (stdout, stderr, exit_code) =
             run_command(&req.cmd, &req.args, &req.env, req.cwd.as_deref(), &files);
-        Ok(ExecResponse {
-            stdout,
-            stderr,
         let cap = req.max_output_bytes.unwrap_or(usize::MAX);
         let (stdout, stdout_truncated, stdout_bytes) = super::sim_exec::cap_output(stdout, cap);
         let (stderr, stderr_truncated, stderr_bytes) = super::sim_exec::cap_output(stderr, cap);
+        Ok(ExecResponse {
+            stdout,
+            stderr,
             exit_code,
             duration_ms: started.elapsed().as_millis() as u64,
             encoding: Encoding::Utf8,

@@ -9,9 +9,9 @@
 //! [`App`]'s.
 
 mod capsule_commands;
-mod capsule_pty;
 mod capsule_files;
 mod capsule_observe;
+mod capsule_pty;
 mod capsules;
 mod extract;
 mod oauth;
@@ -292,9 +292,9 @@ async fn exec_stream(
     // 404 and 409 come before the upgrade, as plain HTTP answers.
     let sb = app.running(&team, &id).await?;
     let ws = ws.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let slot = app.exec_slot(&sb)?;
     let session = app.open_exec_stream(&sb).await?;
     Ok(ws
-    let slot = app.exec_slot(&sb)?;
         .max_message_size(limits::MAX_JSON_BODY)
         .max_frame_size(limits::MAX_JSON_BODY)
         .on_upgrade(move |socket| proxy_exec(socket, session, app, sb, slot)))
