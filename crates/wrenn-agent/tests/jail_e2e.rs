@@ -18,14 +18,17 @@ mod common;
 
 use common::*;
 
-const PREFIX: &str = "ej";
+/// Each test's own network prefix: two agents of one prefix in one process would each take
+/// the prefix's host rules as their own.
+const JAIL_PREFIX: &str = "ej";
+const LIMIT_PREFIX: &str = "ek";
 /// The first slot of each test (20 each).
 const JAIL_SLOTS: u32 = 9100;
 const LIMIT_SLOTS: u32 = 9120;
 
-async fn start_agent(first_slot: u32) -> TestAgent {
+async fn start_agent(prefix: &'static str, first_slot: u32) -> TestAgent {
     let slots = Slots {
-        prefix: PREFIX,
+        prefix,
         first: first_slot,
         count: 20,
         pool: 2,
@@ -135,7 +138,7 @@ fn qemu_runs_jailed_and_pause_resume_work() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let a = start_agent(JAIL_SLOTS).await;
+        let a = start_agent(JAIL_PREFIX, JAIL_SLOTS).await;
         let id = a.create("minimal", 256).await;
         let dir = a.sandbox_dir(&id);
         if jail::config().enabled {

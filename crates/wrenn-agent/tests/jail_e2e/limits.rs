@@ -2,7 +2,7 @@
 //! its limits, and a memory hog and a fork bomb in one guest leave another sandbox and the
 //! host's memory alone.
 
-use super::{median, start_agent, status_field, TestAgent, LIMIT_SLOTS};
+use super::{median, start_agent, status_field, TestAgent, LIMIT_PREFIX, LIMIT_SLOTS};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -244,7 +244,7 @@ fn a_memory_hog_and_a_fork_bomb_stay_in_their_guest() {
         .unwrap();
     rt.block_on(async {
         let cg = cgroup::cgroups().expect("this host has no usable cgroups (see wrenn doctor)");
-        let a = start_agent(LIMIT_SLOTS).await;
+        let a = start_agent(LIMIT_PREFIX, LIMIT_SLOTS).await;
         let (quiet, noisy) = (a.create("minimal", 256).await, a.create("minimal", 256).await);
         let pid = a.qemu_pid(&noisy);
         let _reap = Reap(vec![pid, a.qemu_pid(&quiet)]);
