@@ -6,7 +6,7 @@
 
 use super::capsule_files;
 use super::extract::{OptionalJson, Team};
-use super::{files_read, files_stream_write, files_write, PathArg, Res};
+use super::{destroy_sandbox, files_read, files_stream_write, files_write, ping, PathArg, Res};
 use crate::app::App;
 use crate::error::ApiError;
 use axum::body::Body;
@@ -31,7 +31,7 @@ pub(super) fn routes(app: &Arc<App>) -> Router<Arc<App>> {
         .route("/v1/capsules", post(create).get(list.layer(quick.clone())))
         .route(
             "/v1/capsules/{id}",
-            get(get_one.layer(quick.clone())).delete(destroy),
+            get(get_one.layer(quick.clone())).delete(destroy_sandbox),
         )
         .route("/v1/capsules/{id}/pause", post(pause))
         .route("/v1/capsules/{id}/resume", post(resume))
@@ -121,15 +121,6 @@ async fn get_one(
     Ok(Json(app.get_capsule(&team, &id).await?))
 }
 
-async fn destroy(
-    State(app): State<Arc<App>>,
-    Team(team): Team,
-    PathArg(id): PathArg,
-) -> Res<StatusCode> {
-    app.destroy_sandbox(&team, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
 async fn pause(
     State(app): State<Arc<App>>,
     Team(team): Team,
@@ -144,15 +135,6 @@ async fn resume(
     PathArg(id): PathArg,
 ) -> Res<impl IntoResponse> {
     Ok(Json(app.resume_capsule(&team, &id).await?))
-}
-
-async fn ping(
-    State(app): State<Arc<App>>,
-    Team(team): Team,
-    PathArg(id): PathArg,
-) -> Res<StatusCode> {
-    app.ping(&team, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]
