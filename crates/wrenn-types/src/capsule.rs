@@ -19,23 +19,15 @@ pub const RESERVED_METADATA_KEYS: [&str; 4] = [
     "envd_version",
 ];
 
-/// `POST /v1/capsules`. Every field is optional; the defaults are the control plane's.
+/// `POST /v1/capsules`: the fields of `POST /v1/sandboxes` (every one optional; the defaults
+/// are the control plane's) and the capsule's labels.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CreateCapsuleRequest {
-    #[serde(default)]
-    pub template: Option<String>,
-    #[serde(default)]
-    pub vcpus: Option<i64>,
-    #[serde(default)]
-    pub memory_mb: Option<i64>,
-    #[serde(default)]
-    pub timeout_sec: Option<i64>,
+    #[serde(flatten)]
+    pub sandbox: crate::api::CreateSandboxRequest,
     /// User labels, set at create only.
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
-    /// The capsule's egress policy (see [`crate::network`]); absent: the default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<crate::network::SandboxNetwork>,
 }
 
 /// The status words of a capsule: the stored state, or the operation under way.

@@ -9,7 +9,6 @@ use crate::store::{Operation, SandboxRecord};
 use std::collections::HashMap;
 use std::sync::Arc;
 use wrenn_types::agent::{AgentErrorCode, SandboxStatus};
-use wrenn_types::api::CreateSandboxRequest;
 use wrenn_types::capsule::{self, status, Capsule, CreateCapsuleRequest};
 use wrenn_types::fs::{FileEntry, ListDirRequest, ListDirResponse, MAX_LIST_DEPTH};
 
@@ -99,15 +98,8 @@ impl App {
         capsule::check_metadata(&labels).map_err(ApiError::BadRequest)?;
         let metadata =
             Some(serde_json::to_string(&labels).map_err(|e| ApiError::Internal(e.to_string()))?);
-        let create = CreateSandboxRequest {
-            template: req.template,
-            vcpus: req.vcpus,
-            memory_mb: req.memory_mb,
-            timeout_sec: req.timeout_sec,
-            network: req.network,
-        };
         let rec = self
-            .create_record(team_id, create, metadata.clone())
+            .create_record(team_id, req.sandbox, metadata.clone())
             .await?;
         Ok(capsule_view(&rec, metadata.as_deref()))
     }
