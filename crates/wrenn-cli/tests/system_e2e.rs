@@ -562,8 +562,10 @@ fn idle_sandbox_pauses_itself_and_resumes_intact() {
         let t = enter().await;
         let s = t.suite;
         let api = s.api(&s.alice);
-        let (sb, _) = api.create(json!({"timeout_sec": 2, "memory_mb": 256})).await;
-        assert_eq!(sb["timeout_sec"], 2);
+        // The timeout leaves room for a slow answer on a loaded host: a ping or status call
+        // that takes a second or two must not leave the sandbox idle past its timeout.
+        let (sb, _) = api.create(json!({"timeout_sec": 5, "memory_mb": 256})).await;
+        assert_eq!(sb["timeout_sec"], 5);
         let id = sb["id"].as_str().unwrap().to_string();
         api.sh(
             &id,
@@ -577,14 +579,14 @@ fn idle_sandbox_pauses_itself_and_resumes_intact() {
         let v = api
             .exec(
                 &id,
-                json!({"cmd": "sh", "args": ["-c", "sleep 4; echo finished"], "timeout_sec": 60}),
+                json!({"cmd": "sh", "args": ["-c", "sleep 7; echo finished"], "timeout_sec": 60}),
             )
             .await;
         assert_eq!(v["stdout"], "finished\n", "{v}");
         assert_eq!(api.status(&id).await, "running");
 
         // Pings keep it running past its timeout.
-        let until = Instant::now() + Duration::from_secs(5);
+        let until = Instant::now() + Duration::from_secs(8);
         while Instant::now() < until {
             let (st, v) = api.post_empty(&format!("/v1/sandboxes/{id}/ping")).await;
             assert_eq!(st, 204, "pinged sandbox was paused: {v}");
@@ -604,7 +606,7 @@ fn idle_sandbox_pauses_itself_and_resumes_intact() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         eprintln!(
-            "[numbers] auto-pause observed {:?} after the last ping (timeout 2 s, reaper {} ms)",
+            "[numbers] auto-pause observed {:?} after the last ping (timeout 5 s, reaper {} ms)",
             idle_from.elapsed(),
             common::REAPER_INTERVAL_MS
         );
