@@ -137,10 +137,25 @@ check_programs() {
   echo "==> all $count listed programs run"
 }
 
+# Node.js and npm build the web console (scripts/build.sh); the running system needs neither.
+# Installed from Debian only when missing: a host may have its own Node.js already.
+install_node() {
+  command -v npm >/dev/null && command -v node >/dev/null && return 0
+  echo "==> apt-get install: nodejs npm (to build the web console)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm \
+    || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+      --no-install-recommends nodejs npm; }
+}
+
 if [ "$check_only" = 0 ]; then
   start=$SECONDS
   install_packages
+  install_node
   echo "==> packages ready in $((SECONDS - start)) s"
+fi
+if ! command -v npm >/dev/null; then
+  echo "error: npm is not installed (it builds the web console): install the Debian packages nodejs and npm" >&2
+  exit 1
 fi
 check_programs
 if [ "$check_only" = 0 ] && ! command -v cargo >/dev/null; then

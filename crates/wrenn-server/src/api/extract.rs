@@ -1,6 +1,7 @@
 //! Request extractors of the public API: JSON bodies and query strings whose rejections
 //! become [`ApiError`]s, and the two credentials (Bearer JWT for accounts and keys,
-//! `X-API-Key` for everything else). Parsing only; no domain decisions.
+//! `X-API-Key` for everything else; without either, the console's session cookie, see
+//! `session`). Parsing only; no domain decisions.
 
 use crate::app::App;
 use crate::auth::Claims;
@@ -93,8 +94,16 @@ impl FromRequestParts<Arc<App>> for User {
         let header = parts
             .headers
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?;
+            .and_then(|v| v.to_str().ok());
+        let Some(header) = header else {
+            // The console's session cookie stands in for the header.
+            return match super::session::from_cookie(parts, app)? {
+                Some(claims) => Ok(User(claims)),
+                None => Err(ApiError::Unauthorized(
+                    "missing Authorization: Bearer token".into(),
+                )),
+            };
+        };
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -110,11 +119,14 @@ impl FromRequestParts<Arc<App>> for Team {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        let key = parts
-            .headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ApiError::Unauthorized("missing X-API-Key header".into()))?;
+        let key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        let Some(key) = key else {
+            // The console's session cookie stands in for the key: the user's team.
+            return match super::session::from_cookie(parts, app)? {
+                Some(claims) => Ok(Team(claims.team_id)),
+                None => Err(ApiError::Unauthorized("missing X-API-Key header".into())),
+            };
+        };
         Ok(Team(app.verify_api_key(key.trim()).await?))
     }
 }

@@ -5,7 +5,8 @@
 //! `/v1/capsules` is `capsules` (with `capsule_files`), sharing the sandbox handlers.
 //! Stats, usage, a capsule's metrics and the events stream are `capsule_observe`.
 //! Also here: `GET /metrics` (not part of the public spec, unauthenticated), the OAuth
-//! routes (`oauth`) and the per-request middleware (`observe`). No rules: those are
+//! routes (`oauth`), the console's session cookie (`session`), the embedded web console
+//! served at `/` (`console`) and the per-request middleware (`observe`). No rules: those are
 //! [`App`]'s.
 
 mod capsule_commands;
@@ -13,9 +14,11 @@ mod capsule_files;
 mod capsule_observe;
 mod capsule_pty;
 mod capsules;
+mod console;
 mod extract;
 mod oauth;
 mod observe;
+mod session;
 
 use crate::agent::{ByteStream, ExecSession};
 use crate::app::App;
@@ -40,6 +43,8 @@ use tokio::sync::mpsc;
 use tower_http::catch_panic::CatchPanicLayer;
 use wrenn_types::api;
 use wrenn_types::stream::ServerMessage;
+
+pub use console::built as console_built;
 
 /// The spec this router implements, served at `GET /openapi.yaml`.
 pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
@@ -117,7 +122,8 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(capsules::routes(&app))
         .merge(capsule_commands::routes())
         .merge(capsule_pty::routes())
-        .fallback(route_not_found)
+        .merge(session::routes())
+        .fallback(console::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::MAX_JSON_BODY))
         .layer(axum::middleware::from_fn(capsules::sdk_error_codes))
