@@ -7,7 +7,7 @@
 use crate::agent::http::HttpAgent;
 use crate::agent::{AgentApiError as AgentError, HostAgent};
 use crate::error::ApiError;
-use crate::store::{self, HostCapacity, HostRecord, Store};
+use crate::store::{self, HostCapacity, HostRecord, HostStatus, Store};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -76,7 +76,7 @@ impl Hosts {
             id: format!("host-{}", uuid::Uuid::new_v4().simple()),
             url: url.trim_end_matches('/').to_string(),
             token: token.to_string(),
-            status: HEALTHY.into(),
+            status: HostStatus::Healthy,
             cpus: 0,
             total_memory_mb: 0,
             free_memory_mb: 0,
@@ -140,7 +140,7 @@ impl Hosts {
                     };
                     if let Err(e) = self
                         .store
-                        .update_host_health(&id, HEALTHY, Some(cap), store::now())
+                        .update_host_health(&id, HostStatus::Healthy, Some(cap), store::now())
                         .await
                     {
                         tracing::warn!(host = %id, error = %e, "recording host health failed");
@@ -163,7 +163,7 @@ impl Hosts {
         tracing::warn!(host = %id, reason = %why, "host agent unreachable");
         let _ = self
             .store
-            .update_host_health(id, UNREACHABLE, None, store::now())
+            .update_host_health(id, HostStatus::Unreachable, None, store::now())
             .await;
     }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 use wrenn_server::auth::oauth::{sign_in, CallbackError, Profile};
 use wrenn_server::config::Quotas;
 use wrenn_server::store::{
-    self, ApiKeyRecord, HostCapacity, HostRecord, NewAccount, SandboxRecord, SnapshotReservation,
-    Store, StoreError, TeamRecord, TemplateRecord, UserRecord,
+    self, ApiKeyRecord, HostCapacity, HostRecord, HostStatus, NewAccount, SandboxRecord,
+    SnapshotReservation, Store, StoreError, TeamRecord, TemplateRecord, UserRecord,
 };
 
 const RACERS: usize = 8;
@@ -102,7 +102,7 @@ impl Store for GatedStore {
     async fn update_host_health(
         &self,
         id: &str,
-        status: &str,
+        status: HostStatus,
         capacity: Option<HostCapacity>,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {

@@ -155,14 +155,41 @@ pub struct HostRecord {
     pub url: String,
     /// Bearer token the control plane presents to the agent.
     pub token: String,
-    /// `healthy` or `unreachable`.
-    pub status: String,
+    pub status: HostStatus,
     pub cpus: i64,
     pub total_memory_mb: i64,
     pub free_memory_mb: i64,
     pub running: i64,
     pub last_seen: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+}
+
+/// Whether the control plane reached a host agent at its last health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostStatus {
+    Healthy,
+    Unreachable,
+}
+
+impl HostStatus {
+    /// Every status.
+    pub const ALL: [HostStatus; 2] = [Self::Healthy, Self::Unreachable];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// Parses a stored host status.
+pub(crate) fn parse_host_status(s: &str) -> Result<HostStatus, StoreError> {
+    HostStatus::ALL
+        .into_iter()
+        .find(|h| h.as_str() == s)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown host status {s:?}")))
 }
 
 /// Capacity numbers last reported by a host.
@@ -373,7 +400,7 @@ pub trait Store: Send + Sync + 'static {
     async fn update_host_health(
         &self,
         id: &str,
-        status: &str,
+        status: HostStatus,
         capacity: Option<HostCapacity>,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;

@@ -21,7 +21,7 @@ macro_rules! impl_store {
         type DbRow = <$db as sqlx::Database>::Row;
         use sqlx::Row as _;
         use $crate::store::{
-            ApiKeyRecord, HostCapacity, HostRecord, NewAccount, SandboxRecord,
+            ApiKeyRecord, HostCapacity, HostRecord, HostStatus, NewAccount, SandboxRecord,
             SnapshotReservation, StoreError, TeamRecord, TemplateRecord, UserRecord,
         };
         use chrono::{DateTime, Utc};
@@ -54,7 +54,7 @@ macro_rules! impl_store {
                 id: r.try_get(0)?,
                 url: r.try_get(1)?,
                 token: r.try_get(2)?,
-                status: r.try_get(3)?,
+                status: $crate::store::parse_host_status(r.try_get(3)?)?,
                 cpus: r.try_get(4)?,
                 total_memory_mb: r.try_get(5)?,
                 free_memory_mb: r.try_get(6)?,
@@ -228,7 +228,7 @@ macro_rules! impl_store {
                     .bind(&h.id)
                     .bind(&h.url)
                     .bind(&h.token)
-                    .bind(&h.status)
+                    .bind(h.status.as_str())
                     .bind(h.cpus)
                     .bind(h.total_memory_mb)
                     .bind(h.free_memory_mb)
@@ -249,7 +249,7 @@ macro_rules! impl_store {
             async fn update_host_health(
                 &self,
                 id: &str,
-                status: &str,
+                status: HostStatus,
                 capacity: Option<HostCapacity>,
                 at: DateTime<Utc>,
             ) -> Result<(), StoreError> {
@@ -259,7 +259,7 @@ macro_rules! impl_store {
                             "UPDATE hosts SET status = $1, cpus = $2, total_memory_mb = $3, \
                              free_memory_mb = $4, running = $5, last_seen = $6 WHERE id = $7",
                         )
-                        .bind(status)
+                        .bind(status.as_str())
                         .bind(c.cpus)
                         .bind(c.total_memory_mb)
                         .bind(c.free_memory_mb)
@@ -271,7 +271,7 @@ macro_rules! impl_store {
                     }
                     None => {
                         sqlx::query("UPDATE hosts SET status = $1 WHERE id = $2")
-                            .bind(status)
+                            .bind(status.as_str())
                             .bind(id)
                             .execute(&self.pool)
                             .await?;
