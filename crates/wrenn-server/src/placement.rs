@@ -15,8 +15,6 @@ use wrenn_types::agent::{HostInfo, TemplateInfo, TemplateKind};
 
 /// How long a health probe may take before the host counts as unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-pub const HEALTHY: &str = "healthy";
-pub const UNREACHABLE: &str = "unreachable";
 
 /// A host that answered a probe.
 pub struct LiveHost {
