@@ -20,3 +20,6 @@ pub const GUEST_ENVD_PATH: &str = "/usr/local/bin/wrenn-envd";
 pub const GUEST_INIT_PATH: &str = "/sbin/wrenn-init";
 /// The unprivileged user of every template.
 pub const GUEST_USER: &str = "user";
+/// A template's warm-up script: when a base template has it, its warm snapshot runs it (after
+/// envd is up, before saving), so that what it starts is already running in every clone.
+pub const GUEST_WARMUP_PATH: &str = "/usr/local/lib/wrenn/warmup";

@@ -6,7 +6,8 @@
 //! Layout:
 //! - `images/kernel/vmlinux`, `images/kernel/initrd.img`
 //! - `images/templates/<name>/rootfs.ext4`
-//! - `images/cache/base-<key>/`: the debootstrap tree of a template, reused while its inputs stay
+//! - `images/cache/base-<key>/`: the debootstrap tree of `minimal`, reused while its inputs stay;
+//!   `images/cache/code-runner-<key>/`: a copy of it with the code runner's packages (apt)
 //! - `images/tmp/`: work space of the running build; whatever is left there is removed
 //!
 //! Every artifact has a `<file>.key` stamp: a hash of all its inputs (package versions as apt
@@ -19,6 +20,7 @@
 
 mod apt;
 mod cache;
+pub mod code_runner;
 mod initramfs;
 mod kernel;
 mod progress;
@@ -56,6 +58,9 @@ const KERNEL_RECIPE: &str = "vmlinux-from-lz4-bzimage/1";
 const INITRD_RECIPE: &str = "initramfs-newc-gzip/1";
 /// Bump when the base tree recipe changes in a way the key does not already see.
 const BASE_RECIPE: &str = "debootstrap-base/1";
+/// Bump when the way a template's tree is made from another's changes in a way the key does
+/// not already see.
+const EXTEND_RECIPE: &str = "apt-install-on-copy/1";
 /// Bump when the image assembly changes in a way the key does not already see.
 const ROOTFS_RECIPE: &str = "mkfs-ext4-d/1";
 
@@ -77,7 +82,7 @@ pub struct Images {
     pub kernel: PathBuf,
     /// gzip'd cpio initramfs, passed with `-initrd`.
     pub initrd: PathBuf,
-    /// Base templates, today only [`MINIMAL_TEMPLATE`].
+    /// Base templates: [`MINIMAL_TEMPLATE`], and the code runner's under each of its names.
     pub templates: Vec<BaseTemplate>,
 }
 
@@ -184,8 +189,10 @@ pub fn images_ready(data_dir: &Path) -> bool {
     existing_images(data_dir).is_some()
 }
 
-/// The images already built under `data_dir`, without building anything; `None` when any is
-/// missing or incomplete.
+/// The images already built under `data_dir`, without building anything; `None` when the
+/// kernel, the initramfs or the `minimal` template is missing or incomplete. The code-runner
+/// template is listed (under each of its names) when it was built too: images made before it
+/// existed still start an agent.
 pub fn existing_images(data_dir: &Path) -> Option<Images> {
     let layout = Layout::new(data_dir);
     let (kernel, initrd) = (layout.kernel(), layout.initrd());
@@ -196,16 +203,76 @@ pub fn existing_images(data_dir: &Path) -> Option<Images> {
     {
         return None;
     }
-    let size_bytes = fs::metadata(&rootfs).ok()?.len();
+    let mut templates = Vec::new();
+    for recipe in recipes() {
+        let rootfs = layout.template_rootfs(recipe.name);
+        if !cache::is_published(&rootfs) {
+            continue;
+        }
+        let size_bytes = fs::metadata(&rootfs).ok()?.len();
+        templates.extend(recipe.named(rootfs, size_bytes));
+    }
     Some(Images {
         kernel,
         initrd,
-        templates: vec![BaseTemplate {
-            name: MINIMAL_TEMPLATE.to_string(),
-            rootfs,
-            size_bytes,
-        }],
+        templates,
     })
+}
+
+/// What makes one base template: its Debian packages, the files added to its tree and the
+/// lines its init runs before envd.
+struct Recipe {
+    name: &'static str,
+    /// Other names the template answers to (one image, listed once per name).
+    aliases: &'static [&'static str],
+    /// Prefix of its base tree's cache directory.
+    cache_prefix: &'static str,
+    /// Packages of its base tree: with `extends` false the debootstrap's, else the ones apt
+    /// installs on a copy of the previous recipe's tree.
+    packages: Vec<&'static str>,
+    /// Whether the tree starts from the previous recipe's (cheaper than a second debootstrap,
+    /// and apt resolves dependencies fully where debootstrap does not).
+    extends: bool,
+    files: Vec<(String, String, u32)>,
+    services: String,
+}
+
+impl Recipe {
+    /// The template under its name and each alias.
+    fn named(&self, rootfs: PathBuf, size_bytes: u64) -> Vec<BaseTemplate> {
+        std::iter::once(self.name)
+            .chain(self.aliases.iter().copied())
+            .map(|name| BaseTemplate {
+                name: name.to_string(),
+                rootfs: rootfs.clone(),
+                size_bytes,
+            })
+            .collect()
+    }
+}
+
+/// The base templates, in build order: `minimal`, then the code runner.
+fn recipes() -> Vec<Recipe> {
+    vec![
+        Recipe {
+            name: MINIMAL_TEMPLATE,
+            aliases: &[],
+            cache_prefix: "base-",
+            packages: rootfs::PACKAGES.to_vec(),
+            extends: false,
+            files: Vec::new(),
+            services: String::new(),
+        },
+        Recipe {
+            name: code_runner::TEMPLATE,
+            aliases: code_runner::ALIASES,
+            cache_prefix: "code-runner-",
+            packages: code_runner::PACKAGES.to_vec(),
+            extends: true,
+            files: code_runner::files(),
+            services: code_runner::services(),
+        },
+    ]
 }
 
 /// Step runner: reports start and end of each step to the progress sink.
@@ -297,9 +364,9 @@ fn check_envd(path: &Path) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// Builds (or finds up to date) the kernel, the initramfs and the `minimal` template under
-/// `cfg.data_dir`, reporting each step to `progress`. Blocking: async callers use
-/// `spawn_blocking`. Concurrent builds on one data directory wait for each other.
+/// Builds (or finds up to date) the kernel, the initramfs and the base templates (`minimal`,
+/// the code runner's) under `cfg.data_dir`, reporting each step to `progress`. Blocking: async
+/// callers use `spawn_blocking`. Concurrent builds on one data directory wait for each other.
 pub fn build_all(cfg: &ImageConfig, progress: &mut dyn Progress) -> Result<Images, ImageError> {
     check_envd(&cfg.envd_bin)?;
     let layout = Layout::new(&cfg.data_dir);
@@ -322,7 +389,7 @@ fn build_locked(
     let mut steps = Steps {
         progress,
         index: 0,
-        total: 5,
+        total: 3 + 2 * recipes().len(),
     };
 
     let resolved = steps.run(
@@ -405,52 +472,104 @@ fn build_locked(
         },
     )?;
 
-    // Template base tree.
     let mirror = apt::configured_mirror(rootfs::SUITE);
-    let mut base_key = KeyBuilder::new("base")
+    let mut templates = Vec::new();
+    let mut parent: Option<BaseTree> = None;
+    for recipe in recipes() {
+        let (named, tree) = build_template(
+            cfg,
+            layout,
+            &mut steps,
+            &recipe,
+            &mirror,
+            parent.as_ref().filter(|_| recipe.extends),
+        )?;
+        templates.extend(named);
+        parent = Some(tree);
+    }
+    Ok(Images {
+        kernel,
+        initrd,
+        templates,
+    })
+}
+
+/// A template's base tree in the cache and its key.
+struct BaseTree {
+    dir: PathBuf,
+    key: String,
+}
+
+/// The two steps of one base template: its base tree (debootstrap, or apt on a copy of
+/// `parent`; cached under `cache/<prefix><key>`) and its image. Returns the template under
+/// each of its names, and its tree for the next recipe.
+fn build_template(
+    cfg: &ImageConfig,
+    layout: &Layout,
+    steps: &mut Steps<'_>,
+    recipe: &Recipe,
+    mirror: &str,
+    parent: Option<&BaseTree>,
+) -> Result<(Vec<BaseTemplate>, BaseTree), ImageError> {
+    // Base tree.
+    let mut base_key = KeyBuilder::new("base");
+    if let Some(parent) = parent {
+        base_key = base_key
+            .field("recipe", EXTEND_RECIPE)
+            .field("parent", &parent.key);
+    }
+    let mut base_key = base_key
         .field("recipe", BASE_RECIPE)
         .field("suite", rootfs::SUITE)
         .field("variant", rootfs::VARIANT)
-        .field("mirror", &mirror)
-        .field("packages", rootfs::PACKAGES.join(","))
+        .field("mirror", mirror)
+        .field("packages", recipe.packages.join(","))
         .field("useradd", rootfs::useradd_args().join(" "));
-    for (path, text, mode) in rootfs::base_files() {
+    for (path, text, mode) in rootfs::base_files().iter().chain(&recipe.files) {
         base_key = base_key
-            .field("file", &path)
-            .field("text", &text)
+            .field("file", path)
+            .field("text", text)
             .field("mode", mode.to_string());
     }
     let base_key = base_key.finish();
-    let base_dir = layout.cache_dir().join(format!("base-{}", &base_key[..16]));
-    steps.run(
-        format!(
+    let base_dir = layout
+        .cache_dir()
+        .join(format!("{}{}", recipe.cache_prefix, &base_key[..16]));
+    let label = match parent {
+        None => format!(
             "debootstrap {} ({} + {} …)",
             rootfs::SUITE,
             rootfs::VARIANT,
-            rootfs::PACKAGES[..2].join(", ")
+            recipe.packages[..2].join(", ")
         ),
-        || {
-            if !cfg.force && base_dir.is_dir() {
-                return Ok(Ran::Cached(()));
-            }
-            let work = work_dir(layout, "base")?;
-            let target = work.join("root");
-            rootfs::debootstrap(&target, &mirror)?;
-            let cache_dir = layout.cache_dir();
-            fs::create_dir_all(&cache_dir).map_err(|e| ImageError::io("create", &cache_dir, e))?;
-            if base_dir.exists() {
-                fs::remove_dir_all(&base_dir)
-                    .map_err(|e| ImageError::io("remove", &base_dir, e))?;
-            }
-            fs::rename(&target, &base_dir)
-                .map_err(|e| ImageError::io("rename into", &base_dir, e))?;
-            Ok(Ran::Built(()))
-        },
-    )?;
+        Some(_) => format!(
+            "{} tree: apt-get install {}",
+            recipe.name,
+            recipe.packages.join(" ")
+        ),
+    };
+    steps.run(label, || {
+        if !cfg.force && base_dir.is_dir() {
+            return Ok(Ran::Cached(()));
+        }
+        let work = work_dir(layout, &format!("base-{}", recipe.name))?;
+        let target = work.join("root");
+        match parent {
+            None => rootfs::debootstrap(&target, mirror, &recipe.packages, &recipe.files)?,
+            Some(p) => rootfs::extend(&p.dir, &target, &recipe.packages, &recipe.files)?,
+        }
+        let cache_dir = layout.cache_dir();
+        fs::create_dir_all(&cache_dir).map_err(|e| ImageError::io("create", &cache_dir, e))?;
+        if base_dir.exists() {
+            fs::remove_dir_all(&base_dir).map_err(|e| ImageError::io("remove", &base_dir, e))?;
+        }
+        fs::rename(&target, &base_dir).map_err(|e| ImageError::io("rename into", &base_dir, e))?;
+        Ok(Ran::Built(()))
+    })?;
 
     // Template image.
-    let rootfs_path = layout.template_rootfs(MINIMAL_TEMPLATE);
-    let init = rootfs::init_script();
+    let rootfs_path = layout.template_rootfs(recipe.name);
+    let init = rootfs::init_script(&recipe.services);
     let resolv = rootfs::resolv_conf();
     let rootfs_key = KeyBuilder::new("rootfs")
         .field("recipe", ROOTFS_RECIPE)
@@ -460,7 +579,7 @@ fn build_locked(
         .field("resolv", &resolv)
         .finish();
     let size_bytes = steps.run(
-        format!("{MINIMAL_TEMPLATE}/rootfs.ext4 (envd + wrenn-init)"),
+        format!("{}/rootfs.ext4 (envd + wrenn-init)", recipe.name),
         || {
             if !cfg.force && cache::is_current(&rootfs_path, &rootfs_key) {
                 let len = fs::metadata(&rootfs_path)
@@ -468,7 +587,7 @@ fn build_locked(
                     .len();
                 return Ok(Ran::Cached(len));
             }
-            let work = work_dir(layout, "rootfs")?;
+            let work = work_dir(layout, &format!("rootfs-{}", recipe.name))?;
             let staging = work.join("staging");
             let out = work.join("rootfs.ext4");
             let size = rootfs::assemble(&base_dir, &staging, &cfg.envd_bin, &init, &resolv, &out)?;
@@ -477,15 +596,12 @@ fn build_locked(
         },
     )?;
     // Only the base tree in use is kept.
-    cache::remove_siblings(&layout.cache_dir(), "base-", &base_dir)?;
-
-    Ok(Images {
-        kernel,
-        initrd,
-        templates: vec![BaseTemplate {
-            name: MINIMAL_TEMPLATE.to_string(),
-            rootfs: rootfs_path,
-            size_bytes,
-        }],
-    })
+    cache::remove_siblings(&layout.cache_dir(), recipe.cache_prefix, &base_dir)?;
+    Ok((
+        recipe.named(rootfs_path, size_bytes),
+        BaseTree {
+            dir: base_dir,
+            key: base_key,
+        },
+    ))
 }

@@ -88,10 +88,16 @@ pub fn useradd_args() -> Vec<String> {
     .collect()
 }
 
-/// Runs debootstrap into `target` and prepares the base tree. On failure the error carries
-/// the tail of debootstrap's own log, which says more than its stderr.
-pub fn debootstrap(target: &Path, mirror: &str) -> Result<(), ImageError> {
-    let include = format!("--include={}", PACKAGES.join(","));
+/// Runs debootstrap into `target` with `packages` and prepares the base tree, adding `files`
+/// (paths relative to the root, text, permission bits) after [`base_files`]. On failure the
+/// error carries the tail of debootstrap's own log, which says more than its stderr.
+pub fn debootstrap(
+    target: &Path,
+    mirror: &str,
+    packages: &[&str],
+    files: &[(String, String, u32)],
+) -> Result<(), ImageError> {
+    let include = format!("--include={}", packages.join(","));
     let variant = format!("--variant={VARIANT}");
     let args = [
         OsStr::new(&variant),
@@ -114,16 +120,66 @@ pub fn debootstrap(target: &Path, mirror: &str) -> Result<(), ImageError> {
             source: e,
         });
     }
-    customise(target)
+    customise(target, files)
 }
 
-fn customise(root: &Path) -> Result<(), ImageError> {
+/// Makes `target` a full copy of the base tree `parent` with `packages` installed by apt
+/// inside it (dependencies, no recommends; the mirror is the tree's own apt source), then adds
+/// `files` and trims it again. The copy is a real one, not hard links: dpkg rewrites files
+/// that the parent tree must keep as they are.
+pub fn extend(
+    parent: &Path,
+    target: &Path,
+    packages: &[&str],
+    files: &[(String, String, u32)],
+) -> Result<(), ImageError> {
+    cmd::run(
+        "cp",
+        [OsStr::new("-a"), parent.as_os_str(), target.as_os_str()],
+    )
+    .map_err(ImageError::command)?;
+    // Name resolution for apt inside the tree; the image gets its own resolv.conf later.
+    replace_file(
+        &target.join("etc/resolv.conf"),
+        resolv_conf().as_bytes(),
+        0o644,
+    )?;
+    let apt = |args: &[&str]| -> Result<(), ImageError> {
+        let mut full: Vec<&OsStr> = vec![
+            target.as_os_str(),
+            OsStr::new("env"),
+            OsStr::new("DEBIAN_FRONTEND=noninteractive"),
+            OsStr::new("LANG=C.UTF-8"),
+            OsStr::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin"),
+            OsStr::new("apt-get"),
+            OsStr::new("-q"),
+        ];
+        full.extend(args.iter().map(OsStr::new));
+        cmd::run("chroot", &full)
+            .map(|_| ())
+            .map_err(|e| ImageError::Step {
+                what: format!("apt-get {} in the template tree", args.join(" ")),
+                source: e,
+            })
+    };
+    apt(&["update"])?;
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend_from_slice(packages);
+    apt(&install)?;
+    apt(&["clean"])?;
+    for (path, text, mode) in files {
+        replace_file(&target.join(path), text.as_bytes(), *mode)?;
+    }
+    trim(target)
+}
+
+fn customise(root: &Path, files: &[(String, String, u32)]) -> Result<(), ImageError> {
     let args = useradd_args();
     let mut full = vec![root.as_os_str().to_owned(), "useradd".into()];
     full.extend(args.iter().map(Into::into));
     cmd::run("chroot", &full).map_err(ImageError::command)?;
-    for (path, text, mode) in base_files() {
-        replace_file(&root.join(path), text.as_bytes(), mode)?;
+    for (path, text, mode) in base_files().iter().chain(files) {
+        replace_file(&root.join(path), text.as_bytes(), *mode)?;
     }
     trim(root)
 }
@@ -208,9 +264,10 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ImageErr
 ///
 /// It checks the mounts the initramfs should have made (reading `/proc/mounts` with shell
 /// builtins only) and makes any that are missing, sets the host name, configures `lo` and
-/// `eth0` with one `ip -batch` call, then runs envd in a restart loop. `wait` on the envd job
+/// `eth0` with one `ip -batch` call, runs the template's `services` lines (shell text, each
+/// starting something in the background; empty for `minimal`), then runs envd in a restart loop. `wait` on the envd job
 /// reaps every orphan the kernel hands to PID 1, and the loop never ends, so PID 1 never exits.
-pub fn init_script() -> String {
+pub fn init_script(services: &str) -> String {
     let envd = guest::GUEST_ENVD_PATH;
     let ip = guest::GUEST_IP;
     let prefix = guest::GUEST_PREFIX;
@@ -251,7 +308,7 @@ else
   echo "wrenn-init: no eth0; only lo is up"
   ip link set lo up
 fi
-while :; do
+{services}while :; do
   echo "wrenn-init: starting envd"
   {envd} &
   wait $!
@@ -364,7 +421,7 @@ mod tests {
 
     #[test]
     fn init_uses_the_guest_constants() {
-        let s = init_script();
+        let s = init_script("");
         assert!(s.contains(&format!(
             "addr add {}/{} dev eth0",
             guest::GUEST_IP,
@@ -379,7 +436,9 @@ mod tests {
     fn init_script_is_valid_sh() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("init");
-        fs::write(&p, init_script()).unwrap();
+        fs::write(&p, init_script("")).unwrap();
+        cmd::run("sh", [OsStr::new("-n"), p.as_os_str()]).unwrap();
+        fs::write(&p, init_script("/usr/local/bin/x &\n")).unwrap();
         // `sh -n` parses without running.
         cmd::run("sh", [OsStr::new("-n"), p.as_os_str()]).unwrap();
     }

@@ -22,6 +22,9 @@ const WARM_VERSION: &str = "1";
 const COLD_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Requests served through envd before the snapshot is saved.
 const WARMUP_EXECS: usize = 3;
+/// Longest run of a template's own warm-up script (a Jupyter server and its first kernel
+/// under TCG on a loaded host).
+const WARMUP_SCRIPT_TIMEOUT_SEC: u64 = 300;
 
 /// A warm snapshot to prepare before the first create needs it: a base template at a size.
 /// Written `TEMPLATE:VCPUS:MEMORY_MB`, e.g. `minimal:1:512`.
@@ -157,11 +160,20 @@ impl Manager {
             .ok_or_else(|| SandboxError::TemplateNotFound(template.to_string()))?
             .clone();
         let key = self.warm_key(&base);
+        // A template's names share one image, so they share its warm snapshot too: it is
+        // named after the first name listed for that image.
+        let canonical = self
+            .cfg
+            .images
+            .templates
+            .iter()
+            .find(|t| t.rootfs == base.rootfs)
+            .map_or(template, |t| t.name.as_str());
         let dir = self
             .cfg
             .data_dir
             .join("warm")
-            .join(format!("{template}-{vcpus}x{memory_mb}-{}", &key[..12]));
+            .join(format!("{canonical}-{vcpus}x{memory_mb}-{}", &key[..12]));
         let lock = self
             .warm_locks
             .lock()
@@ -176,13 +188,13 @@ impl Manager {
         let started = Instant::now();
         let tmp = temp_dir_in(&self.cfg.data_dir.join("warm"));
         match self
-            .make_warm(&base, template, vcpus, memory_mb, &key, &tmp)
+            .make_warm(&base, canonical, vcpus, memory_mb, &key, &tmp)
             .await
         {
             Ok(meta) => {
                 publish_dir(&tmp, &dir)?;
                 tracing::info!(
-                    "warm snapshot of {template}: saved as {} ({:.1}s in all)",
+                    "warm snapshot of {canonical}: saved as {} ({:.1}s in all)",
                     dir.display(),
                     started.elapsed().as_secs_f64()
                 );
@@ -278,6 +290,25 @@ impl Manager {
                     "warm snapshot of {template}: {WARMUP_EXECS} warm-up commands in {:.1}s",
                     t.elapsed().as_secs_f64()
                 );
+                // The template's own warm-up (e.g. the code runner's Jupyter kernel), if any.
+                let t = Instant::now();
+                let out = envd.exec(&warmup_script_exec()).await?;
+                if out.exit_code != 0 {
+                    return Err(SandboxError::Internal(format!(
+                        "warm-up script of {template} failed (exit {}{}): {} {}",
+                        out.exit_code,
+                        if out.timed_out { ", timed out" } else { "" },
+                        out.stdout.trim(),
+                        out.stderr.trim()
+                    )));
+                }
+                if !out.stdout.trim().is_empty() {
+                    tracing::info!(
+                        "warm snapshot of {template}: {} ({:.1}s)",
+                        out.stdout.trim(),
+                        t.elapsed().as_secs_f64()
+                    );
+                }
                 Ok::<(), SandboxError>(())
             }
             .await;
@@ -318,6 +349,17 @@ fn warmup_exec() -> wrenn_types::envd::ExecRequest {
     wrenn_types::envd::ExecRequest {
         timeout_sec: Some(30),
         ..wrenn_types::envd::ExecRequest::new("true")
+    }
+}
+
+/// Runs the template's warm-up script when its image has one; succeeds at once otherwise.
+fn warmup_script_exec() -> wrenn_types::envd::ExecRequest {
+    let path = crate::guest::GUEST_WARMUP_PATH;
+    wrenn_types::envd::ExecRequest {
+        args: vec!["-c".into(), format!("[ -x {path} ] || exit 0; exec {path}")],
+        timeout_sec: Some(WARMUP_SCRIPT_TIMEOUT_SEC),
+        max_output_bytes: Some(16 * 1024),
+        ..wrenn_types::envd::ExecRequest::new("/bin/sh")
     }
 }
 
