@@ -266,6 +266,7 @@ mod tests {
                 running: 0,
                 paused: 0,
                 templates: vec![],
+                pooled: 0,
             })
         }
         async fn list_sandboxes(&self) -> AgentResult<Vec<SandboxInfo>> {

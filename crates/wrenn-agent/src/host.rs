@@ -8,7 +8,7 @@
 use crate::images::{self, ImageConfig, Progress};
 use crate::net::NetConfig;
 use crate::sandbox::{
-    AdmissionConfig, Manager, ManagerConfig, SandboxError, WarmOutcome, WarmSpec,
+    AdmissionConfig, Manager, ManagerConfig, PoolConfig, SandboxError, WarmOutcome, WarmSpec,
 };
 use crate::vmm::{self, Accel, AccelChoice};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -28,6 +28,8 @@ pub struct AgentConfig {
     pub envd_bin: Option<PathBuf>,
     /// Admission against committed memory and free disk.
     pub admission: AdmissionConfig,
+    /// Warm pools' sizes.
+    pub pool: PoolConfig,
 }
 
 impl AgentConfig {
@@ -41,6 +43,7 @@ impl AgentConfig {
             token,
             envd_bin: None,
             admission: AdmissionConfig::default(),
+            pool: PoolConfig::default(),
         }
     }
 }
@@ -197,6 +200,7 @@ pub async fn start(
             accel,
             images: built,
             admission: cfg.admission,
+            pool: cfg.pool,
         },
         cfg.net.clone(),
     )

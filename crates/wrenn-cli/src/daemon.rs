@@ -98,6 +98,7 @@ impl AgentArgs {
         };
         self.net.apply(&mut cfg.net);
         self.net.apply_admission(&mut cfg.admission);
+        self.net.apply_pool(&mut cfg.pool);
         cfg.envd_bin = self.envd_bin.clone();
         Ok(cfg)
     }

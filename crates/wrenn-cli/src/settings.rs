@@ -7,8 +7,8 @@ use clap::builder::TypedValueParser as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 use wrenn_agent::net::NetConfig;
-use wrenn_agent::sandbox::AdmissionConfig;
 use wrenn_agent::sandbox::WarmSpec;
+use wrenn_agent::sandbox::{AdmissionConfig, PoolConfig};
 use wrenn_server::config::SignupMode;
 use wrenn_server::ServerConfig;
 
@@ -267,6 +267,15 @@ pub struct NetArgs {
     /// Free disk kept in the data directory beyond what a new sandbox needs, in MiB.
     #[arg(long, env = "WRENN_DISK_RESERVE_MB", value_name = "MIB")]
     pub disk_reserve_mb: Option<u64>,
+    /// Warm pools: most clones of one (template, vCPUs, memory) kept restored and stopped,
+    /// ready for a create; a shape's pool grows when its creates miss and shrinks when idle.
+    /// 0 (the default): no pools.
+    #[arg(long, env = "WRENN_POOL_SIZE", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(0..=16))]
+    pub pool_size: Option<u64>,
+    /// Memory all pooled clones together may commit (RAM plus per-VM overhead), in MiB.
+    #[arg(long, env = "WRENN_POOL_MEMORY_MB", value_name = "MIB")]
+    pub pool_memory_mb: Option<u64>,
 }
 
 impl NetArgs {
@@ -279,6 +288,14 @@ impl NetArgs {
             &mut net.rules_check_interval,
             self.rules_check_interval_ms.map(Duration::from_millis),
         );
+    }
+
+    /// Puts the warm pool settings given into `pool`.
+    pub fn apply_pool(&self, pool: &mut PoolConfig) {
+        if let Some(n) = self.pool_size {
+            *pool = PoolConfig::on(n as usize);
+        }
+        set(&mut pool.memory_budget_mb, self.pool_memory_mb);
     }
 
     /// Puts the admission settings given into `admission`.
@@ -303,6 +320,11 @@ impl NetArgs {
             (
                 "WRENN_DISK_RESERVE_MB",
                 self.disk_reserve_mb.map(|v| v.to_string()),
+            ),
+            ("WRENN_POOL_SIZE", self.pool_size.map(|v| v.to_string())),
+            (
+                "WRENN_POOL_MEMORY_MB",
+                self.pool_memory_mb.map(|v| v.to_string()),
             ),
         ] {
             if let Some(v) = value {

@@ -67,6 +67,10 @@ pub struct HostInfo {
     pub paused: u32,
     /// Templates this host can create sandboxes from.
     pub templates: Vec<String>,
+    /// Clones waiting in the agent's warm pools (no sandbox's yet; counted as committed
+    /// memory on the host, never in a team's quota).
+    #[serde(default)]
+    pub pooled: u32,
 }
 
 wire_enum! {

@@ -6,7 +6,8 @@
 //! Admission counts committed memory, never the host's momentary free memory: the RAM of every
 //! running VM plus a per-VM overhead ([`AdmissionConfig::vm_overhead_mb`]), plus what creates
 //! and resumes under way have been admitted for ([`Admitted`]), plus the new VM, must fit the
-//! host's total memory less a reserve, times the overcommit ratio. Free disk in the data
+//! host's total memory less a reserve, times the overcommit ratio. Pooled clones
+//! (`pool.rs`) count as committed too. Free disk in the data
 //! directory must hold the new VM's RAM (a pause writes it out) plus a reserve. Admission and
 //! its reservation happen under one lock, so concurrent creates cannot overshoot.
 
@@ -38,6 +39,7 @@ impl Manager {
                 .filter(|s| s.status == SandboxStatus::Paused)
                 .count() as u32,
             templates: self.templates().into_iter().map(|t| t.name).collect(),
+            pooled: self.pool_counts().pooled,
         }
     }
 }
@@ -164,12 +166,14 @@ impl Manager {
             .collect();
         let (total, _) = meminfo();
         let free_disk_mb = free_disk_mb(&self.cfg.data_dir);
+        let pooled = self.pools.committed_mb(cfg.vm_overhead_mb);
         let mut inflight = self.admissions.0.lock().unwrap_or_else(|e| e.into_inner());
-        let committed_mb = running
-            .iter()
-            .filter(|(rid, _)| rid != id && !inflight.contains_key(rid))
-            .map(|(_, mb)| mb)
-            .sum::<u64>()
+        let committed_mb = pooled
+            + running
+                .iter()
+                .filter(|(rid, _)| rid != id && !inflight.contains_key(rid))
+                .map(|(_, mb)| mb)
+                .sum::<u64>()
             + inflight
                 .iter()
                 .filter(|(rid, _)| *rid != id)

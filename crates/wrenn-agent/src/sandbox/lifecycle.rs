@@ -6,6 +6,7 @@
 //! files). It must not publish or delete templates or warm snapshots (see
 //! [`super::templates`], [`super::warm`]); it only links their files.
 
+use super::pool::{clone_files, Shape};
 use super::records::{
     self, ImageMeta, Op, RamMode, SandboxOnDisk, NEXT_STATE_FILE, OWN_RAM_FILE, TEMPLATE_RAM_FILE,
 };
@@ -99,6 +100,7 @@ impl Manager {
         let dir = self.sandbox_dir(id);
         // Declared before the lock: dropped after it, when the view says running.
         let mut _admitted = None;
+        let _under_way = self.pools.create_started();
         let entry = Entry::new(Inner {
             rec: SandboxOnDisk {
                 id: id.to_string(),
@@ -134,9 +136,40 @@ impl Manager {
         let made = async {
             self.fail("agent.create.after_register").await?;
             let (image_dir, meta) = self.snapshot_image(template, vcpus, memory_mb).await?;
-            _admitted = Some(self.admit(id, meta.memory_mb)?);
+            let shape = Shape {
+                template: template.to_string(),
+                vcpus: meta.vcpus,
+                memory_mb: meta.memory_mb,
+            };
+            let mut pooled = self.pool_take(&shape, &image_dir, &meta).await;
+            _admitted = Some(match self.admit(id, meta.memory_mb) {
+                Ok(a) => a,
+                // Pooled clones give way to a create that finds no room.
+                Err(e) => {
+                    if let Some(p) = pooled.take() {
+                        self.discard(p).await;
+                    }
+                    if !self.pool_make_room().await {
+                        return Err(e);
+                    }
+                    self.admit(id, meta.memory_mb)?
+                }
+            });
             inner.rec.vcpus = meta.vcpus;
             inner.rec.memory_mb = meta.memory_mb;
+            if let Some(p) = pooled {
+                match self.create_from_pool(&mut inner, &dir, p).await {
+                    Ok(()) => return Ok(()),
+                    // The guest never continued: a clone of the snapshot instead.
+                    Err(e) if inner.rec.status != SandboxStatus::Running => {
+                        tracing::warn!(sandbox = id, "pooled clone failed, cloning: {e}");
+                        self.teardown(&mut inner).await;
+                        let _ = std::fs::remove_dir_all(&dir);
+                        inner.rec.layers.clear();
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             self.clone_into(&mut inner, &dir, &image_dir, &meta).await
         }
         .await;
@@ -170,25 +203,7 @@ impl Manager {
         let t0 = std::time::Instant::now();
         std::fs::create_dir_all(dir).map_err(io("create sandbox dir"))?;
         records::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
-        disk::link_layers(image_dir, dir, &meta.layers).map_err(io("link template disk"))?;
-        disk::link(&image_dir.join("mem"), &dir.join(TEMPLATE_RAM_FILE))
-            .map_err(io("link template RAM"))?;
-        disk::link(&image_dir.join("state"), &dir.join("state"))
-            .map_err(io("link template state"))?;
-        let top = format!(
-            "disk-{}.qcow2",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        let backing = meta.layers.last().cloned().unwrap_or_default();
-        {
-            let (dir, top) = (dir.to_path_buf(), top.clone());
-            blocking("create overlay", move || {
-                disk::create_overlay(&dir, &backing, &top)
-            })
-            .await?;
-        }
-        inner.rec.layers = meta.layers.clone();
-        inner.rec.layers.push(top);
+        inner.rec.layers = clone_files(dir, image_dir, meta).await?;
         tracing::debug!(sandbox = %inner.rec.id, "files ready in {:?}", t0.elapsed());
         self.fail("agent.create.after_files").await?;
         let points = StartPoints {

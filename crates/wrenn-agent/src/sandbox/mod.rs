@@ -19,6 +19,7 @@
 //! - `templates.rs`: snapshot into a template, list and delete templates, publishing a
 //!   finished directory;
 //! - `warm.rs`: warm snapshots of base templates;
+//! - `pool.rs`: warm pools, clones restored ahead and stopped, which creates take;
 //! - `recover.rs`: finding the sandboxes of a previous run after a restart;
 //! - `capacity.rs`: the host's memory, the admission check, host info;
 //! - `metrics.rs`: the resource samples of running sandboxes (a sampling task, bounded rings);
@@ -29,18 +30,21 @@
 //! - `sandboxes/<id>/`: `sandbox.json`, RAM file, `state`, disk layers, QMP socket, console log
 //! - `templates/<name>/`: user snapshot templates (a snapshot image, see [`records`])
 //! - `warm/<template>-<vcpus>x<mem>-<key>/`: warm snapshots of base templates
+//! - `pool/<template>-<key>/`: pooled clones (renamed to `sandboxes/<id>/` when taken)
 
 mod capacity;
 pub mod disk;
 mod lifecycle;
 mod metrics;
 mod network;
+mod pool;
 pub mod records;
 mod recover;
 mod templates;
 mod warm;
 
 pub use capacity::AdmissionConfig;
+pub use pool::{PoolConfig, PoolCounts};
 pub use warm::{WarmOutcome, WarmSpec};
 
 use crate::envd_client::EnvdClient;
@@ -72,6 +76,8 @@ pub struct ManagerConfig {
     pub images: Images,
     /// Limits of admission against committed memory and free disk.
     pub admission: AdmissionConfig,
+    /// Warm pools' sizes ([`PoolConfig::OFF`]: none).
+    pub pool: PoolConfig,
 }
 
 /// A sandbox operation's failure; [`crate::api`] maps each to a status and error code.
@@ -242,6 +248,8 @@ pub struct Manager {
     samples: metrics::Samples,
     /// Creates and resumes admitted and under way (`capacity.rs`).
     admissions: capacity::Admissions,
+    /// Pooled clones (`pool.rs`).
+    pools: pool::Pools,
     me: Weak<Manager>,
 }
 

@@ -29,7 +29,7 @@ impl Manager {
     ) -> Result<Arc<Manager>, SandboxError> {
         let failpoints = Failpoints::parse(&std::env::var("WRENN_FAILPOINTS").unwrap_or_default())
             .map_err(|e| SandboxError::BadRequest(e.to_string()))?;
-        for d in ["sandboxes", "templates", "warm"] {
+        for d in ["sandboxes", "templates", "warm", "pool"] {
             std::fs::create_dir_all(cfg.data_dir.join(d)).map_err(io("create data dirs"))?;
         }
         remove_temp_dirs(&cfg.data_dir.join("templates"));
@@ -57,6 +57,9 @@ impl Manager {
                 found.push(found_one);
             }
         }
+        // Pooled clones are not kept across a restart: their QEMUs killed, slots left to the
+        // pool's clean-up below, directories removed.
+        Manager::clean_pool_dir(&cfg.data_dir).await;
         // Every QEMU of this data dir not re-attached is one nobody owns any more (a VM whose
         // sandbox was undone above, a warm boot or template build cut short).
         let attached: Vec<u32> = found
@@ -78,6 +81,7 @@ impl Manager {
             let net = net.clone();
             blocking("start slot pool", move || SlotPool::start(net, &in_use)).await?
         };
+        let pools = super::pool::Pools::new(cfg.pool);
         let mgr = Arc::new_cyclic(|me| Manager {
             cfg,
             pool,
@@ -87,9 +91,11 @@ impl Manager {
             failpoints,
             samples: Default::default(),
             admissions: Default::default(),
+            pools,
             me: me.clone(),
         });
         mgr.start_sampler();
+        mgr.start_pool_refiller();
         mgr.start_reresolver();
         for (rec, vm) in found {
             let id = rec.id.clone();
@@ -128,6 +134,7 @@ impl Manager {
     /// Stops every VM's supervision without stopping the VMs (they keep running for the next
     /// agent). Used on a clean agent shutdown.
     pub async fn detach_all(&self) {
+        self.pool_shutdown().await;
         let entries: Vec<_> = self.map().drain().map(|(_, e)| e).collect();
         for e in entries {
             let mut inner = e.lock().await;
@@ -284,7 +291,7 @@ async fn recover_one(
 /// Where the QEMUs of a data dir name their files: the sandboxes', warm snapshots' and
 /// templates' directories (never the images, which other data dirs link too).
 fn owned_prefixes(data_dir: &Path) -> Vec<String> {
-    ["sandboxes", "warm", "templates"]
+    ["sandboxes", "warm", "templates", "pool"]
         .iter()
         .map(|d| format!("{}/", data_dir.join(d).display()))
         .collect()
@@ -339,6 +346,7 @@ mod tests {
             qemu_bin: "qemu-system-x86_64".into(),
             accel: crate::vmm::Accel::Tcg,
             admission: Default::default(),
+            pool: crate::sandbox::PoolConfig::OFF,
             images: Images {
                 kernel: data_dir.join("vmlinux"),
                 initrd: data_dir.join("initrd"),

@@ -113,6 +113,8 @@ impl Manager {
         inner.rec.status = SandboxStatus::Stopped;
         retire_sandbox_dir(&dir);
         self.forget(id, &e);
+        // Clones pooled from a template this one replaced.
+        self.pool_drain(name).await;
         Ok(template_info(&meta, &self.template_dir(name)))
     }
 
@@ -235,7 +237,9 @@ impl Manager {
             return Err(SandboxError::TemplateNotFound(name.to_string()));
         }
         let _g = self.template_lock.lock().await;
-        retire_dir(&dir)
+        retire_dir(&dir)?;
+        self.pool_drain(name).await;
+        Ok(())
     }
 }
 

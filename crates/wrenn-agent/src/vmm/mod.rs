@@ -188,16 +188,9 @@ impl Vm {
             (Launch::plain(&spec, tap_fd, qmp_fd), None)
         };
         let cgroup_procs = match cgroup::cgroups() {
-            Some(cg) => {
-                let overhead = match spec.accel {
-                    Accel::Tcg => cgroup::OVERHEAD_TCG_MB,
-                    Accel::Kvm => cgroup::OVERHEAD_KVM_MB,
-                };
-                let limits =
-                    cgroup::Limits::for_vm(spec.vcpus, spec.memory_mb, overhead, cg.cpu_ratio);
-                cg.create(&spec.run_dir, &limits)
-                    .map_err(io_err("VM cgroup"))?
-            }
+            Some(cg) => cg
+                .create(&spec.run_dir, &limits_for(&spec, cg))
+                .map_err(io_err("VM cgroup"))?,
             None => vec![],
         };
         let plan = jail::ChildPlan {
@@ -350,6 +343,33 @@ impl Vm {
         Ok(())
     }
 
+    /// Follows this VM's run directory after the caller renamed it to `run_dir` (a pooled
+    /// clone becoming a sandbox): the spec's paths and the VM's cgroup follow it (the process
+    /// moves into the group of the new directory, the old group is removed). QEMU notices
+    /// nothing: it holds its files open, and its QMP socket and jail moved with the directory.
+    /// The directory should hold [`ORIGIN_FILE`] naming the QMP path QEMU was started with, so
+    /// [`is_our_qemu`] still knows it.
+    pub async fn moved_to(&mut self, run_dir: &Path) -> Result<(), VmError> {
+        let old = std::mem::replace(&mut self.spec.run_dir, run_dir.to_path_buf());
+        for p in [&mut self.spec.mem_path, &mut self.spec.disk] {
+            if let Ok(rel) = p.strip_prefix(&old) {
+                *p = run_dir.join(rel);
+            }
+        }
+        if let Some(cg) = cgroup::cgroups() {
+            use std::io::Write;
+            let limits = limits_for(&self.spec, cg);
+            let procs = cg.create(run_dir, &limits).map_err(io_err("VM cgroup"))?;
+            for mut f in procs {
+                f.write_all(self.pid.to_string().as_bytes())
+                    .map_err(io_err("move VM into its cgroup"))?;
+            }
+            cg.remove(&old).await;
+        }
+        self.clean_up_after_exit();
+        Ok(())
+    }
+
     /// Kills QEMU at once and waits until it is gone.
     pub async fn kill(&self) {
         kill_pid(self.pid);
@@ -377,6 +397,19 @@ impl Vm {
         });
     }
 }
+
+/// The cgroup limits of a VM of `spec`.
+fn limits_for(spec: &VmSpec, cg: &cgroup::Cgroups) -> cgroup::Limits {
+    let overhead = match spec.accel {
+        Accel::Tcg => cgroup::OVERHEAD_TCG_MB,
+        Accel::Kvm => cgroup::OVERHEAD_KVM_MB,
+    };
+    cgroup::Limits::for_vm(spec.vcpus, spec.memory_mb, overhead, cg.cpu_ratio)
+}
+
+/// A file of a run directory naming the QMP socket path its QEMU was started with, when the
+/// directory has moved since ([`Vm::moved_to`]).
+pub const ORIGIN_FILE: &str = "qmp.origin";
 
 fn dir_ino(p: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
@@ -448,10 +481,16 @@ pub fn is_our_qemu(pid: u32, qmp: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    let needle = qmp.display().to_string();
-    cmdline
-        .split(|b| *b == 0)
-        .any(|arg| String::from_utf8_lossy(arg).contains(&needle))
+    let mut needles = vec![qmp.display().to_string()];
+    if let Ok(origin) = std::fs::read_to_string(qmp.with_file_name(ORIGIN_FILE)) {
+        needles.push(origin.trim().to_string());
+    }
+    cmdline.split(|b| *b == 0).any(|arg| {
+        let arg = String::from_utf8_lossy(arg);
+        needles
+            .iter()
+            .any(|n| !n.is_empty() && arg.contains(n.as_str()))
+    })
 }
 
 fn kill_pid(pid: u32) {

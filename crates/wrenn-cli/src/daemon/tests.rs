@@ -225,6 +225,20 @@ fn agent_network_settings() {
 }
 
 #[test]
+fn agent_pool_settings() {
+    let cfg = parse_agent(&[]).unwrap().config().unwrap();
+    assert!(!cfg.pool.enabled(), "pools are off unless asked for");
+    let cfg = parse_agent(&["--pool-size", "3", "--pool-memory-mb", "4096"])
+        .unwrap()
+        .config()
+        .unwrap();
+    assert_eq!(cfg.pool.max_per_shape, 3);
+    assert_eq!(cfg.pool.memory_budget_mb, 4096);
+    assert!(cfg.pool.enabled());
+    assert!(parse_agent(&["--pool-size", "17"]).is_err());
+}
+
+#[test]
 fn agent_admission_settings() {
     let cfg = parse_agent(&[]).unwrap().config().unwrap();
     assert_eq!(

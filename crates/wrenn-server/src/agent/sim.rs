@@ -254,6 +254,7 @@ impl HostAgent for SimAgent {
                 .filter(|s| s.info.status == SandboxStatus::Paused)
                 .count() as u32,
             templates,
+            pooled: 0,
         })
     }
 
