@@ -10,6 +10,8 @@
 //!   parsing, one trait call per route, and one mapping of [`AgentApiError`] to a status and
 //!   an error body.
 //! - [`ws_session`] and [`relay_exec`]: the two ends of a streamed exec over WebSocket.
+//! - [`PortStream`]: a connection to a port of a guest (an HTTP upgrade on the wire), under
+//!   the control plane's port proxy.
 //!
 //! File bodies are streams both ways ([`ByteStream`], [`FileBody`]) and a streamed exec is a
 //! pair of channels ([`ExecSession`]), so no hop holds a whole file or a whole output. This
@@ -18,12 +20,14 @@
 
 mod error;
 pub mod paths;
+mod port;
 mod procs;
 mod pty;
 mod router;
 mod session;
 
 pub use error::AgentApiError;
+pub use port::{parse_port, PortIo, PortStream, PORT_UPGRADE};
 pub use pty::{relay_pty, ws_pty_session, PtyFrame, PtySession, MAX_PTY_MESSAGE};
 pub use router::router;
 pub use session::{
@@ -148,6 +152,16 @@ pub trait HostAgent: Send + Sync + 'static {
         Err(AgentApiError::new(
             wrenn_types::agent::AgentErrorCode::NotFound,
             format!("sandbox {id} has no terminals on this agent"),
+        ))
+    }
+
+    /// [`paths::OPEN_PORT`]: a connection to `port` of the sandbox's guest; a port with
+    /// nothing listening is `port_unreachable`.
+    async fn open_port(&self, id: &str, port: u16) -> AgentResult<PortStream> {
+        let _ = port;
+        Err(AgentApiError::new(
+            wrenn_types::agent::AgentErrorCode::NotFound,
+            format!("sandbox {id} has no ports on this agent"),
         ))
     }
 

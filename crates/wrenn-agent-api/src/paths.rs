@@ -25,6 +25,7 @@
 //! | [`KILL_PROCESS`]`?signal=SIGKILL\|SIGTERM` | → 204 |
 //! | [`ATTACH_PROCESS`] | WebSocket of `wrenn_types::stream` events (the process's output) |
 //! | [`OPEN_PTY`] | WebSocket of a terminal: `wrenn_types::pty` control text, raw bytes |
+//! | [`OPEN_PORT`] | HTTP/1.1 upgrade to `wrenn-port`: raw bytes to and from the guest's port (502 `port_unreachable` when nothing listens) |
 //! | [`LIST_TEMPLATES`] | → `[TemplateInfo]` |
 //! | [`DELETE_TEMPLATE`] | → 204 |
 //! | [`SANDBOX_METRICS`]`?range_secs=N` | → `[MetricPoint]` (`wrenn_types::observe`), oldest first |
@@ -90,6 +91,7 @@ pub const ATTACH_PROCESS: Route = Route::new(
     "/v1/sandboxes/{id}/processes/{selector}/stream",
 );
 pub const OPEN_PTY: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/pty");
+pub const OPEN_PORT: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/ports/{port}");
 pub const LIST_TEMPLATES: Route = Route::new(Method::GET, "/v1/templates");
 pub const DELETE_TEMPLATE: Route = Route::new(Method::DELETE, "/v1/templates/{name}");
 pub const SANDBOX_METRICS: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/metrics");

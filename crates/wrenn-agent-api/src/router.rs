@@ -48,6 +48,7 @@ pub fn router(agent: Arc<dyn HostAgent>, token: &str) -> Router {
         .operation(paths::SANDBOX_METRICS, sandbox_metrics)
         .merge(crate::procs::routes())
         .merge(crate::pty::routes())
+        .merge(crate::port::routes())
         .fallback(|| async { AgentApiError::new(AgentErrorCode::NotFound, "no such route") })
         .layer(middleware::from_fn_with_state(token, auth))
         .with_state(agent)

@@ -1,8 +1,8 @@
 //! The real agent's side of its internal API: [`ManagerAgent`] implements
 //! [`wrenn_agent_api::HostAgent`] with one [`Manager`] call per operation (exec and files go on
-//! to the sandbox's envd), and the one mapping of the manager's and envd's errors to the
-//! agent's wire codes. Routes, auth and the HTTP layer are [`wrenn_agent_api::router`]'s.
-//! No VM, network or disk work happens here.
+//! to the sandbox's envd, a port connection to the guest's address in its slot), and the one
+//! mapping of the manager's and envd's errors to the agent's wire codes. Routes, auth and the
+//! HTTP layer are [`wrenn_agent_api::router`]'s. No VM, network or disk work happens here.
 
 use crate::envd_client::EnvdError;
 use crate::sandbox::{Activity, Manager, SandboxError};
@@ -19,6 +19,9 @@ use wrenn_types::envd::{EnvdErrorCode, ExecRequest, ExecResponse};
 use wrenn_types::fs::{FileEntry, ListDirRequest, ListDirResponse};
 use wrenn_types::observe::MetricPoint;
 use wrenn_types::process::{ProcessInfo, Signal, StartProcess};
+
+/// How long a connection to a guest's port may take to be accepted.
+const PORT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the agent's router serves.
 #[derive(Clone)]
@@ -168,6 +171,27 @@ impl HostAgent for ManagerAgent {
         let (envd, _active) = self.0.envd(id).await?;
         let ws = envd.open_pty().await?;
         Ok(wrenn_agent_api::ws_pty_session(ws, "envd"))
+    }
+
+    async fn open_port(&self, id: &str, port: u16) -> AgentResult<wrenn_agent_api::PortStream> {
+        // A proxied connection does not hold the sandbox's activity either: a WebSocket may
+        // stay open for days, and a pause freezes it with the guest.
+        let addr = self.0.guest_addr(id, port).await?;
+        let unreachable = |why: String| {
+            AgentApiError::new(
+                AgentErrorCode::PortUnreachable,
+                format!("nothing accepts connections on port {port} of sandbox {id}: {why}"),
+            )
+        };
+        match tokio::time::timeout(PORT_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
+        {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(Box::new(stream))
+            }
+            Ok(Err(e)) => Err(unreachable(e.kind().to_string())),
+            Err(_) => Err(unreachable("connect timed out".into())),
+        }
     }
 }
 

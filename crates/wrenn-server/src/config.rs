@@ -103,6 +103,81 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Output caps and concurrency limits of exec and streams ([`ExecLimits`]).
     pub exec_limits: ExecLimits,
+    /// The port proxy: its domain, who may use it and its limits ([`ProxyConfig`]).
+    pub proxy: ProxyConfig,
+}
+
+/// The port proxy (`api::proxy`): HTTP and WebSocket to a port of a capsule, at
+/// `http://{port}-{capsule id}.{domain}/…` (the `Host` header decides) or at
+/// `/v1/capsules/{id}/proxy/{port}/…` on the API's own address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// The domain whose names `{port}-{capsule id}.{domain}` reach capsule ports (a wildcard
+    /// DNS name, `*.{domain}`, pointing at this server), lowercase, without a port. `None`
+    /// (the default): any domain, the first label alone decides.
+    pub domain: Option<String>,
+    /// Who may use the proxy ([`ProxyAuth`]; default: an API key of the capsule's team).
+    pub auth: ProxyAuth,
+    /// Proxied requests and connections open at once to one capsule (default 64); beyond it
+    /// `429 quota_exceeded`.
+    pub per_capsule: usize,
+    /// The same across a team's capsules (default 256).
+    pub per_team: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            domain: None,
+            auth: ProxyAuth::ApiKey,
+            per_capsule: 64,
+            per_team: 256,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// `domain` as the proxy compares it: lowercase, without a trailing dot or a port;
+    /// `None` if it is no host name.
+    pub fn normalize_domain(domain: &str) -> Option<String> {
+        let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+        let d = match d.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.to_string(),
+            _ => d,
+        };
+        let ok = !d.is_empty()
+            && d.len() <= 253
+            && d.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        ok.then_some(d)
+    }
+}
+
+/// Who may use the port proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyAuth {
+    /// An API key of the capsule's team (`X-API-Key`, or `Authorization: Bearer <key>`), as
+    /// the SDK sends it. The key is not passed on to the guest.
+    #[default]
+    ApiKey,
+    /// No credential: the URL is the secret (a capsule id has about 62 random bits). Anyone
+    /// who learns the URL (a shared link, a log, a `Referer`) reaches the port while the
+    /// capsule runs; meant for sharing a web app with a browser, which cannot add a header.
+    Url,
+}
+
+impl std::str::FromStr for ProxyAuth {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "api-key" => Ok(Self::ApiKey),
+            "url" => Ok(Self::Url),
+            other => Err(format!("proxy auth must be api-key or url, not {other:?}")),
+        }
+    }
 }
 
 /// Limits on execs and streams, so one tenant's output cannot exhaust the control plane.
@@ -306,6 +381,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_connections", &self.max_connections)
             .field("request_timeout", &self.request_timeout)
             .field("exec_limits", &self.exec_limits)
+            .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
@@ -335,6 +411,7 @@ impl ServerConfig {
             max_connections: crate::listener::DEFAULT_MAX_CONNECTIONS,
             request_timeout: Duration::from_secs(30),
             exec_limits: ExecLimits::default(),
+            proxy: ProxyConfig::default(),
         }
     }
 
@@ -369,6 +446,14 @@ impl ServerConfig {
             || e.stream_stall > ExecLimits::MAX_STREAM_STALL
         {
             return Err(ConfigError::ExecLimits);
+        }
+        let p = &self.proxy;
+        let domain_ok = match p.domain.as_deref() {
+            None => true,
+            Some(d) => ProxyConfig::normalize_domain(d).as_deref() == Some(d),
+        };
+        if !domain_ok || p.per_capsule == 0 || p.per_team == 0 {
+            return Err(ConfigError::Proxy);
         }
         self.oauth.validate(self.public_url.as_deref())?;
         Ok(())
@@ -433,6 +518,12 @@ pub enum ConfigError {
         ExecLimits::MAX_STREAM_STALL
     )]
     ExecLimits,
+    /// The proxy domain is no lowercase host name, or a proxy limit is zero.
+    #[error(
+        "the proxy domain must be a lowercase host name without a port, and the proxy's \
+         connection limits above zero"
+    )]
+    Proxy,
     /// `WRENN_FAILPOINTS` (or `failpoints`) names an unknown point or action.
     #[error(transparent)]
     Failpoints(#[from] crate::failpoints::FailpointError),

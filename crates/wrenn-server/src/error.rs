@@ -190,6 +190,14 @@ pub enum ApiError {
     /// The team is at one of its quotas; the message names it.
     #[error("team quota exceeded: {0}")]
     QuotaExceeded(QuotaExceeded),
+    /// Nothing accepts connections on a capsule's port (the port proxy; code `agent_error`,
+    /// 502, and no host details).
+    #[error("nothing answered on port {port} of capsule {id}")]
+    PortUnreachable { id: String, port: u16 },
+    /// A capsule or team already has as many proxied connections open as allowed (code
+    /// `quota_exceeded`).
+    #[error("{0}")]
+    ProxyBusy(String),
     /// The database failed.
     #[error("storage error: {0}")]
     Store(StoreError),
@@ -223,6 +231,7 @@ impl From<AgentApiError> for ApiError {
                 // user's): a 502. Unknown sandboxes and templates are caught by the callers
                 // that expect them.
                 AgentErrorCode::Unauthorized
+                | AgentErrorCode::PortUnreachable
                 | AgentErrorCode::NotFound
                 | AgentErrorCode::TemplateNotFound
                 | AgentErrorCode::AlreadyExists
@@ -268,7 +277,8 @@ impl ApiError {
             RateLimited(_) => ErrorCode::RateLimited,
             SignupClosed => ErrorCode::SignupClosed,
             Timeout => ErrorCode::Timeout,
-            Agent(_) | NoHost => ErrorCode::AgentError,
+            Agent(_) | NoHost | PortUnreachable { .. } => ErrorCode::AgentError,
+            ProxyBusy(_) => ErrorCode::QuotaExceeded,
             Store(_) | Internal(_) => ErrorCode::InternalError,
         }
     }

@@ -26,6 +26,8 @@ wire_enum! {
         TooLarge = "too_large" (413),
         /// No background process in the sandbox has that pid or tag.
         ProcessNotFound = "process_not_found" (404),
+        /// Nothing accepts connections on the asked port of the sandbox's guest.
+        PortUnreachable = "port_unreachable" (502),
         Internal = "internal" (500),
         /// A code this build does not know (from an agent of another version); never sent.
         #[serde(other)]

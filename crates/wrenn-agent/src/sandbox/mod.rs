@@ -355,6 +355,24 @@ impl Manager {
     }
 }
 
+impl Manager {
+    /// Where the host reaches `port` of a running sandbox's guest (its slot's address; the
+    /// slot's NAT forwards every port to the guest).
+    pub async fn guest_addr(&self, id: &str, port: u16) -> Result<SocketAddr, SandboxError> {
+        let e = self.entry(id)?;
+        let inner = e.lock().await;
+        match (&inner.rec.status, &inner.slot, inner.rec.op) {
+            (SandboxStatus::Running, Some(slot), None) => {
+                Ok(SocketAddr::new(slot.host_ip.into(), port))
+            }
+            (s, _, _) => Err(SandboxError::Conflict(format!(
+                "sandbox {id} is {}, not running",
+                s.as_str()
+            ))),
+        }
+    }
+}
+
 /// A sandbox an operation found gone once it had the lock (destroyed, snapshotted or a failed
 /// create while it waited).
 fn ensure_present(rec: &SandboxOnDisk) -> Result<(), SandboxError> {

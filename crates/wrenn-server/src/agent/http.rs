@@ -1,9 +1,9 @@
 //! [`HttpAgent`]: the [`HostAgent`] client for a real host agent at a base URL, over HTTP/JSON
-//! (reqwest) and WebSocket (tokio-tungstenite), with `Authorization: Bearer <token>` on every
-//! request. URLs are built from the routes of [`paths`]. File bodies are streamed both ways
-//! and never collected here; JSON answers and error bodies are read up to a limit
-//! ([`MAX_ANSWER_BYTES`], [`MAX_EXEC_ANSWER_BYTES`], [`MAX_ERROR_BYTES`]), so an agent cannot
-//! make the control plane hold an unbounded answer.
+//! (reqwest), WebSocket (tokio-tungstenite) and, for a guest's port, an upgraded connection,
+//! with `Authorization: Bearer <token>` on every request. URLs are built from the routes of
+//! [`paths`]. File bodies are streamed both ways and never collected here; JSON answers and
+//! error bodies are read up to a limit ([`MAX_ANSWER_BYTES`], [`MAX_EXEC_ANSWER_BYTES`],
+//! [`MAX_ERROR_BYTES`]), so an agent cannot make the control plane hold an unbounded answer.
 
 use super::{AgentApiError, AgentResult, ByteStream, ExecSession, FileBody, HostAgent};
 use async_trait::async_trait;
@@ -32,6 +32,8 @@ const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Time allowed for listing, creating or removing guest paths (a deep listing or a large
 /// tree's removal takes a while).
 const FILES_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time allowed for the agent to connect to a guest's port and answer.
+const PORT_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Slack added to an exec's own timeout.
 const EXEC_SLACK: Duration = Duration::from_secs(30);
 /// Largest JSON answer read from an agent (host info, lists, a sandbox, a template).
@@ -312,6 +314,28 @@ impl HostAgent for HttpAgent {
     async fn open_pty(&self, id: &str) -> AgentResult<wrenn_agent_api::PtySession> {
         let ws = self.connect_ws(&paths::OPEN_PTY.fill(id)).await?;
         Ok(wrenn_agent_api::ws_pty_session(ws, "agent"))
+    }
+
+    async fn open_port(&self, id: &str, port: u16) -> AgentResult<wrenn_agent_api::PortStream> {
+        let path = paths::OPEN_PORT.fill_two(id, &port.to_string());
+        let req = self
+            .client
+            .request(
+                paths::OPEN_PORT.method.clone(),
+                format!("{}{path}", self.base),
+            )
+            .bearer_auth(&self.token)
+            .header("connection", "upgrade")
+            .header("upgrade", wrenn_agent_api::PORT_UPGRADE);
+        // The agent answers once the guest accepted the connection (or refused it).
+        let resp = tokio::time::timeout(PORT_OPEN_TIMEOUT, req.send())
+            .await
+            .map_err(|_| AgentApiError::Transport("the agent did not answer in time".into()))?
+            .map_err(transport)?;
+        if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(error_from_response(resp).await);
+        }
+        Ok(Box::new(resp.upgrade().await.map_err(transport)?))
     }
 
     async fn write_file(&self, id: &str, path: &str, body: ByteStream) -> AgentResult<()> {

@@ -55,6 +55,8 @@ pub(super) struct SimState {
     pub(super) procs: HashMap<String, Vec<super::sim_procs::SimProc>>,
     /// The egress policy each create asked for, by sandbox.
     pub(super) networks: HashMap<String, wrenn_types::network::SandboxNetwork>,
+    /// Ports a test exposed, by sandbox and guest port (`sim_ports`).
+    pub(super) ports: HashMap<(String, u16), std::net::SocketAddr>,
 }
 
 /// The simulated agent.
@@ -532,6 +534,10 @@ impl HostAgent for SimAgent {
 
     async fn open_pty(&self, id: &str) -> AgentResult<wrenn_agent_api::PtySession> {
         self.sim_open_pty(id)
+    }
+
+    async fn open_port(&self, id: &str, port: u16) -> AgentResult<wrenn_agent_api::PortStream> {
+        self.sim_open_port(id, port).await
     }
 
     async fn list_dir(&self, id: &str, req: &ListDirRequest) -> AgentResult<ListDirResponse> {

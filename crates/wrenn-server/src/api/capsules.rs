@@ -64,7 +64,8 @@ pub fn sdk_code(code: &str) -> &str {
 }
 
 /// Middleware: on `/v1/capsules` paths, an error body's `code` becomes the SDK's
-/// ([`sdk_code`]); status and message are unchanged. Other paths pass untouched.
+/// ([`sdk_code`]); status and message are unchanged. Other paths, and a guest's answers
+/// through the port proxy, pass untouched.
 pub(super) async fn sdk_error_codes(
     req: axum::extract::Request,
     next: axum::middleware::Next,
@@ -72,7 +73,10 @@ pub(super) async fn sdk_error_codes(
     let path = req.uri().path();
     let capsules = path == "/v1/capsules" || path.starts_with("/v1/capsules/");
     let resp = next.run(req).await;
-    if !capsules || !(resp.status().is_client_error() || resp.status().is_server_error()) {
+    // A capsule's own answer through the port proxy is the guest's, never rewritten.
+    let guests = resp.extensions().get::<super::proxy::Proxied>().is_some();
+    if !capsules || guests || !(resp.status().is_client_error() || resp.status().is_server_error())
+    {
         return resp;
     }
     let json = resp

@@ -18,6 +18,7 @@ mod console;
 mod extract;
 mod oauth;
 mod observe;
+mod proxy;
 mod session;
 
 use crate::agent::{ByteStream, ExecSession};
@@ -122,11 +123,17 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(capsules::routes(&app))
         .merge(capsule_commands::routes())
         .merge(capsule_pty::routes())
+        .merge(proxy::routes())
         .merge(session::routes())
         .fallback(console::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::MAX_JSON_BODY))
         .layer(axum::middleware::from_fn(capsules::sdk_error_codes))
+        // A request whose Host names a capsule's port is the proxy's, whatever its path.
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            proxy::by_host,
+        ))
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
                 ApiError::Internal("request handler panicked".into()).into_response()

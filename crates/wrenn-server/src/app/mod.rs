@@ -8,8 +8,9 @@
 //! pause, resume, destroy), `capsules` (the `/v1/capsules` view: labels, status words,
 //! guest directory operations), `snapshots` (snapshot templates), `reaper` (the idle reaper's
 //! pass), `reconcile` (the reconciler's pass), `usage` (the usage meter's pass and daily
-//! usage), `stats` (team stats, a capsule's resource samples) and `events` (the team's
-//! lifecycle events and their subscribers). Beside them, `ops` runs a lifecycle
+//! usage), `stats` (team stats, a capsule's resource samples), `proxy` (who reaches a
+//! capsule's port, and how many connections at once) and `events` (the team's lifecycle events
+//! and their subscribers). Beside them, `ops` runs a lifecycle
 //! operation to completion in a task of its own, one at a time per sandbox, and records its
 //! intent; `settle` finishes or undoes an operation that was cut short, from what the agent
 //! says. This file owns the shared state ([`App`] and its construction) and what belongs to
@@ -24,6 +25,7 @@ mod keys;
 mod lifecycle;
 mod ops;
 mod processes;
+mod proxy;
 mod reaper;
 mod reconcile;
 mod sandboxes;
@@ -77,6 +79,8 @@ pub struct App {
     key_touches: Mutex<HashMap<String, Instant>>,
     /// Execs, exec streams and attaches running now, per sandbox and per team.
     exec_slots: exec_slots::ExecSlots,
+    /// Proxied requests and connections open now, per capsule and per team (`proxy`).
+    proxy_slots: exec_slots::ExecSlots,
 }
 
 /// RFC 3339 with milliseconds, UTC, as every timestamp of the public API.
@@ -100,6 +104,7 @@ impl App {
             cfg,
             key_touches: Mutex::new(HashMap::new()),
             exec_slots: exec_slots::ExecSlots::default(),
+            proxy_slots: exec_slots::ExecSlots::default(),
             metrics: Metrics::default(),
             failpoints,
             instance: format!("cp-{}", crate::auth::random_id(12)),
