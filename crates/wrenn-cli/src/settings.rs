@@ -1,6 +1,6 @@
 //! The settings the long-running roles share with their flags: which warm snapshots to prepare
-//! (`--prewarm`), the control plane's settings (signup, quotas, bounds, proxies, limits) and the
-//! agent's network settings. Each flag overrides its library's default only when given, and
+//! (`--prewarm`), the control plane's settings (signup, quotas, bounds, proxies, limits, the
+//! port proxy) and the agent's network settings. Each flag overrides its library's default only when given, and
 //! maps back to its `WRENN_` variable for the service's settings file.
 
 use clap::builder::TypedValueParser as _;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use wrenn_agent::net::NetConfig;
 use wrenn_agent::sandbox::WarmSpec;
 use wrenn_agent::sandbox::{AdmissionConfig, PoolConfig};
-use wrenn_server::config::SignupMode;
+use wrenn_server::config::{ProxyAuth, ProxyConfig, SignupMode};
 use wrenn_server::ServerConfig;
 
 /// The warm snapshot prepared at start unless told otherwise: the control plane's default
@@ -133,6 +133,35 @@ pub struct ServerSettings {
     #[arg(long, env = "WRENN_STREAM_STALL_MS", value_name = "MS",
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub stream_stall_ms: Option<u64>,
+    /// The port proxy's domain: `{port}-{capsule id}.{domain}` reaches a capsule's port (point
+    /// a wildcard DNS name `*.{domain}` at this server). The SDK's WRENN_PROXY_DOMAIN value
+    /// works as it is (a port is ignored). Default: any domain (the first label decides).
+    #[arg(long, env = "WRENN_PROXY_DOMAIN", value_name = "DOMAIN",
+          value_parser = parse_proxy_domain)]
+    pub proxy_domain: Option<String>,
+    /// Who may use the port proxy: api-key (an API key of the capsule's team, as the SDK
+    /// sends it) or url (no credential: the URL is the secret). Default: api-key.
+    #[arg(
+        long,
+        env = "WRENN_PROXY_AUTH",
+        value_name = "MODE",
+        value_parser = clap::builder::PossibleValuesParser::new(["api-key", "url"])
+            .try_map(|s| s.parse::<ProxyAuth>())
+    )]
+    pub proxy_auth: Option<ProxyAuth>,
+    /// Proxied requests and connections open at once to one capsule (default 64).
+    #[arg(long, env = "WRENN_PROXY_PER_CAPSULE", value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub proxy_per_capsule: Option<usize>,
+    /// The same across a team's capsules (default 256).
+    #[arg(long, env = "WRENN_PROXY_PER_TEAM", value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub proxy_per_team: Option<usize>,
+}
+
+/// A proxy domain as the control plane keeps it (lowercase, no port).
+fn parse_proxy_domain(s: &str) -> Result<String, String> {
+    ProxyConfig::normalize_domain(s).ok_or_else(|| format!("{s:?} is not a host name"))
 }
 
 /// Replaces `field` with `value` when there is one.
@@ -176,6 +205,13 @@ impl ServerSettings {
             &mut e.stream_stall,
             self.stream_stall_ms.map(Duration::from_millis),
         );
+        let p = &mut cfg.proxy;
+        if let Some(d) = &self.proxy_domain {
+            p.domain = Some(d.clone());
+        }
+        set(&mut p.auth, self.proxy_auth);
+        set(&mut p.per_capsule, self.proxy_per_capsule);
+        set(&mut p.per_team, self.proxy_per_team);
     }
 
     /// The settings given, as the environment variables that give them.
@@ -219,11 +255,23 @@ impl ServerSettings {
             ("WRENN_EXEC_MAX_OUTPUT_BYTES", self.exec_max_output_bytes),
             ("WRENN_EXECS_PER_SANDBOX", self.execs_per_sandbox),
             ("WRENN_EXECS_PER_TEAM", self.execs_per_team),
+            ("WRENN_PROXY_PER_CAPSULE", self.proxy_per_capsule),
+            ("WRENN_PROXY_PER_TEAM", self.proxy_per_team),
         ];
         for (k, v) in counts {
             if let Some(v) = v {
                 vars.push((k, v.to_string()));
             }
+        }
+        if let Some(d) = &self.proxy_domain {
+            vars.push(("WRENN_PROXY_DOMAIN", d.clone()));
+        }
+        if let Some(a) = self.proxy_auth {
+            let mode = match a {
+                ProxyAuth::ApiKey => "api-key",
+                ProxyAuth::Url => "url",
+            };
+            vars.push(("WRENN_PROXY_AUTH", mode.to_string()));
         }
         let millis = [
             ("WRENN_REQUEST_TIMEOUT_MS", self.request_timeout_ms),

@@ -175,6 +175,48 @@ fn server_settings_round_trip_through_their_environment_variables() {
     assert!(ServerSettings::default().env_vars().is_empty());
 }
 
+#[test]
+fn proxy_settings_reach_the_control_plane_and_its_settings_file() {
+    let defaults = server_config(&[]);
+    assert_eq!(defaults.proxy, wrenn_server::config::ProxyConfig::default());
+    let args = [
+        "--proxy-domain",
+        "Sandbox.Example.com:8080",
+        "--proxy-auth",
+        "url",
+        "--proxy-per-capsule",
+        "5",
+        "--proxy-per-team",
+        "9",
+    ];
+    let cfg = server_config(&args);
+    let p = &cfg.proxy;
+    // The SDK's WRENN_PROXY_DOMAIN (with the API's port) names the same domain.
+    assert_eq!(p.domain.as_deref(), Some("sandbox.example.com"));
+    assert_eq!(p.auth, wrenn_server::config::ProxyAuth::Url);
+    assert_eq!((p.per_capsule, p.per_team), (5, 9));
+    cfg.validate().expect("valid");
+    let cli = ServerCli::try_parse_from(std::iter::once("wrenn").chain(args)).unwrap();
+    let vars = cli.settings.env_vars();
+    let find = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+    assert_eq!(find("WRENN_PROXY_DOMAIN"), Some("sandbox.example.com"));
+    assert_eq!(find("WRENN_PROXY_AUTH"), Some("url"));
+    assert_eq!(find("WRENN_PROXY_PER_CAPSULE"), Some("5"));
+    assert_eq!(find("WRENN_PROXY_PER_TEAM"), Some("9"));
+    for bad in [
+        &["--proxy-domain", "http://x.example.com"][..],
+        &["--proxy-domain", "*.example.com"],
+        &["--proxy-domain", ""],
+        &["--proxy-auth", "none"],
+        &["--proxy-per-capsule", "0"],
+    ] {
+        assert!(
+            ServerCli::try_parse_from(std::iter::once("wrenn").chain(bad.iter().copied())).is_err(),
+            "{bad:?} accepted"
+        );
+    }
+}
+
 #[derive(Parser)]
 struct AgentCli {
     #[command(flatten)]
