@@ -26,7 +26,8 @@ function App() {
 
   const signedIn = (s: Session) => {
     setSession(s);
-    navigate("/");
+    // The callback page leaves no entry in the history.
+    navigate("/", location.pathname === "/auth/github/callback");
   };
 
   if (path === "/auth/github/callback") return <GithubCallback onSignedIn={signedIn} />;

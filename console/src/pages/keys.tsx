@@ -96,7 +96,7 @@ export function KeysPage() {
             <tr key={k.id}>
               <td>{k.name}</td>
               <td>
-                <code>{k.key_prefix}…</code>
+                <code>{k.key_prefix}</code>
               </td>
               <td class="wide">{fmtTime(k.created_at)}</td>
               <td class="wide">{fmtTime(k.last_used)}</td>
