@@ -42,6 +42,12 @@ pub fn files() -> Vec<(String, String, u32)> {
             server_config(),
             0o644,
         ),
+        // Tracebacks as plain text: callers read them as strings, not on a terminal.
+        (
+            "etc/ipython/ipython_kernel_config.json".into(),
+            "{\n  \"InteractiveShell\": {\"colors\": \"NoColor\"}\n}\n".into(),
+            0o644,
+        ),
         (
             SERVICE_PATH.trim_start_matches('/').into(),
             service_script(),

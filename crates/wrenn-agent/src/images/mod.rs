@@ -219,8 +219,8 @@ pub fn existing_images(data_dir: &Path) -> Option<Images> {
     })
 }
 
-/// What makes one base template: its Debian packages, the files added to its tree and the
-/// lines its init runs before envd.
+/// What makes one base template: its Debian packages, the files added to its image (at
+/// assembly, so changing one does not run apt again) and the lines its init runs before envd.
 struct Recipe {
     name: &'static str,
     /// Other names the template answers to (one image, listed once per name).
@@ -525,10 +525,10 @@ fn build_template(
         .field("mirror", mirror)
         .field("packages", recipe.packages.join(","))
         .field("useradd", rootfs::useradd_args().join(" "));
-    for (path, text, mode) in rootfs::base_files().iter().chain(&recipe.files) {
+    for (path, text, mode) in rootfs::base_files() {
         base_key = base_key
-            .field("file", path)
-            .field("text", text)
+            .field("file", &path)
+            .field("text", &text)
             .field("mode", mode.to_string());
     }
     let base_key = base_key.finish();
@@ -555,8 +555,8 @@ fn build_template(
         let work = work_dir(layout, &format!("base-{}", recipe.name))?;
         let target = work.join("root");
         match parent {
-            None => rootfs::debootstrap(&target, mirror, &recipe.packages, &recipe.files)?,
-            Some(p) => rootfs::extend(&p.dir, &target, &recipe.packages, &recipe.files)?,
+            None => rootfs::debootstrap(&target, mirror, &recipe.packages)?,
+            Some(p) => rootfs::extend(&p.dir, &target, &recipe.packages)?,
         }
         let cache_dir = layout.cache_dir();
         fs::create_dir_all(&cache_dir).map_err(|e| ImageError::io("create", &cache_dir, e))?;
@@ -571,13 +571,19 @@ fn build_template(
     let rootfs_path = layout.template_rootfs(recipe.name);
     let init = rootfs::init_script(&recipe.services);
     let resolv = rootfs::resolv_conf();
-    let rootfs_key = KeyBuilder::new("rootfs")
+    let mut rootfs_key = KeyBuilder::new("rootfs")
         .field("recipe", ROOTFS_RECIPE)
         .field("base", &base_key)
         .field("envd-sha256", cache::file_sha256(&cfg.envd_bin)?)
         .field("init", &init)
-        .field("resolv", &resolv)
-        .finish();
+        .field("resolv", &resolv);
+    for (path, text, mode) in &recipe.files {
+        rootfs_key = rootfs_key
+            .field("file", path)
+            .field("text", text)
+            .field("mode", mode.to_string());
+    }
+    let rootfs_key = rootfs_key.finish();
     let size_bytes = steps.run(
         format!("{}/rootfs.ext4 (envd + wrenn-init)", recipe.name),
         || {
@@ -590,7 +596,15 @@ fn build_template(
             let work = work_dir(layout, &format!("rootfs-{}", recipe.name))?;
             let staging = work.join("staging");
             let out = work.join("rootfs.ext4");
-            let size = rootfs::assemble(&base_dir, &staging, &cfg.envd_bin, &init, &resolv, &out)?;
+            let size = rootfs::assemble(
+                &base_dir,
+                &staging,
+                &cfg.envd_bin,
+                &init,
+                &resolv,
+                &recipe.files,
+                &out,
+            )?;
             cache::publish_file(&out, &rootfs_path, &rootfs_key)?;
             Ok(Ran::Built(size))
         },

@@ -88,15 +88,9 @@ pub fn useradd_args() -> Vec<String> {
     .collect()
 }
 
-/// Runs debootstrap into `target` with `packages` and prepares the base tree, adding `files`
-/// (paths relative to the root, text, permission bits) after [`base_files`]. On failure the
+/// Runs debootstrap into `target` with `packages` and prepares the base tree. On failure the
 /// error carries the tail of debootstrap's own log, which says more than its stderr.
-pub fn debootstrap(
-    target: &Path,
-    mirror: &str,
-    packages: &[&str],
-    files: &[(String, String, u32)],
-) -> Result<(), ImageError> {
+pub fn debootstrap(target: &Path, mirror: &str, packages: &[&str]) -> Result<(), ImageError> {
     let include = format!("--include={}", packages.join(","));
     let variant = format!("--variant={VARIANT}");
     let args = [
@@ -120,19 +114,14 @@ pub fn debootstrap(
             source: e,
         });
     }
-    customise(target, files)
+    customise(target)
 }
 
 /// Makes `target` a full copy of the base tree `parent` with `packages` installed by apt
-/// inside it (dependencies, no recommends; the mirror is the tree's own apt source), then adds
-/// `files` and trims it again. The copy is a real one, not hard links: dpkg rewrites files
+/// inside it (dependencies, no recommends; the mirror is the tree's own apt source), then
+/// trims it again. The copy is a real one, not hard links: dpkg rewrites files
 /// that the parent tree must keep as they are.
-pub fn extend(
-    parent: &Path,
-    target: &Path,
-    packages: &[&str],
-    files: &[(String, String, u32)],
-) -> Result<(), ImageError> {
+pub fn extend(parent: &Path, target: &Path, packages: &[&str]) -> Result<(), ImageError> {
     cmd::run(
         "cp",
         [OsStr::new("-a"), parent.as_os_str(), target.as_os_str()],
@@ -167,19 +156,16 @@ pub fn extend(
     install.extend_from_slice(packages);
     apt(&install)?;
     apt(&["clean"])?;
-    for (path, text, mode) in files {
-        replace_file(&target.join(path), text.as_bytes(), *mode)?;
-    }
     trim(target)
 }
 
-fn customise(root: &Path, files: &[(String, String, u32)]) -> Result<(), ImageError> {
+fn customise(root: &Path) -> Result<(), ImageError> {
     let args = useradd_args();
     let mut full = vec![root.as_os_str().to_owned(), "useradd".into()];
     full.extend(args.iter().map(Into::into));
     cmd::run("chroot", &full).map_err(ImageError::command)?;
-    for (path, text, mode) in base_files().iter().chain(files) {
-        replace_file(&root.join(path), text.as_bytes(), *mode)?;
+    for (path, text, mode) in base_files() {
+        replace_file(&root.join(path), text.as_bytes(), mode)?;
     }
     trim(root)
 }
@@ -350,8 +336,8 @@ pub fn nameservers(text: &str) -> Vec<String> {
 }
 
 /// Builds the template image `out` from the base tree: a hard-linked copy of `base` in
-/// `staging` receives envd, the init and resolv.conf (as new files, the base is never
-/// modified), then `mkfs.ext4 -d` writes a sparse image of the used size plus
+/// `staging` receives envd, the init, resolv.conf and the template's `files` (paths relative
+/// to the root, text, permission bits; all as new files, the base is never modified), then `mkfs.ext4 -d` writes a sparse image of the used size plus
 /// [`FREE_SPACE_BYTES`]. Returns the image size in bytes.
 pub fn assemble(
     base: &Path,
@@ -359,6 +345,7 @@ pub fn assemble(
     envd: &Path,
     init: &str,
     resolv: &str,
+    files: &[(String, String, u32)],
     out: &Path,
 ) -> Result<u64, ImageError> {
     cmd::run(
@@ -372,6 +359,9 @@ pub fn assemble(
     drop(envd_bytes);
     replace_file(&rel(guest::GUEST_INIT_PATH), init.as_bytes(), 0o755)?;
     replace_file(&rel("/etc/resolv.conf"), resolv.as_bytes(), 0o644)?;
+    for (path, text, mode) in files {
+        replace_file(&staging.join(path), text.as_bytes(), *mode)?;
+    }
 
     let du = cmd::run(
         "du",
