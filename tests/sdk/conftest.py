@@ -3,7 +3,8 @@ against a running `wrenn up` whose address and API key are in WRENN_BASE_URL and
 WRENN_API_KEY (crates/wrenn-cli/tests/sdk_e2e.rs starts it and runs this suite).
 
 It owns the capsule that most tests share (sync and async handles on one VM), the event loop
-the async tests run on, a deadline per test and small polling helpers; the tests judge.
+the async tests run on, a deadline per test, small polling helpers and the port proxy's names
+on loopback (WRENN_PROXY_DOMAIN, *.localhost); the tests judge.
 """
 
 from __future__ import annotations
@@ -12,11 +13,31 @@ import asyncio
 import os
 import random
 import signal
+import socket
 import time
 from collections.abc import Callable
 
 import pytest
 from wrenn import AsyncCapsule, Capsule
+
+# Port proxy names on loopback. The SDK builds http://{port}-{id}.{WRENN_PROXY_DOMAIN} (get_url,
+# the code runner); the suite's domain is localhost with the API's port, and names under
+# .localhost resolve to loopback (RFC 6761; hosts without systemd's resolver do not do it, so
+# the suite does it in this process only).
+if not os.environ.get("WRENN_PROXY_DOMAIN") and os.environ.get("WRENN_BASE_URL"):
+    _port = os.environ["WRENN_BASE_URL"].rstrip("/").rsplit(":", 1)[-1]
+    os.environ["WRENN_PROXY_DOMAIN"] = f"localhost:{_port}"
+_system_getaddrinfo = socket.getaddrinfo
+
+
+def _getaddrinfo(host, *args, **kwargs):
+    name = host.decode() if isinstance(host, bytes) else host
+    if isinstance(name, str) and name.lower().rstrip(".").endswith(".localhost"):
+        host = "127.0.0.1"
+    return _system_getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = _getaddrinfo
 
 # One test's longest run: a hung call fails its test instead of the whole run.
 TEST_DEADLINE_SEC = int(os.environ.get("WRENN_SDK_TEST_DEADLINE", "240"))
