@@ -171,6 +171,12 @@ try {
       null,
       { timeout: 60_000 },
     );
+    // The charts show the sandbox's samples (taken every 2 s while it runs).
+    await page.waitForFunction(
+      () => [...document.querySelectorAll(".chart figcaption strong")].every((e) => e.textContent !== "—"),
+      null,
+      { timeout: 60_000 },
+    );
     // The terminal follows the window's size.
     await page.setViewportSize({ width: 900, height: 800 });
     await page.waitForTimeout(500);
@@ -215,6 +221,12 @@ try {
     await page.locator("[data-testid=status]", { hasText: "running" }).waitFor({ timeout: VM_TIMEOUT });
     // The snapshot kept the uploaded file.
     await page.locator("[data-file='hello-console.txt']").waitFor({ timeout: 60_000 });
+    // Make a folder, delete the file.
+    await page.fill("input[name=new-dir]", "made-here");
+    await page.getByRole("button", { name: "Make folder" }).click();
+    await page.locator("[data-file='made-here']").waitFor({ timeout: 60_000 });
+    await page.locator("[data-file='hello-console.txt'] button", { hasText: "Delete" }).click();
+    await page.locator("[data-file='hello-console.txt']").waitFor({ state: "detached", timeout: 60_000 });
   });
 
   await step("destroy both sandboxes", async () => {

@@ -108,14 +108,20 @@ fn session_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|v| !v.is_empty() && v.len() <= MAX_TOKEN)
 }
 
-/// Refuses a request sent by a page of another origin (`Origin` present and not this host).
-fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+/// Refuses a request sent by a page of another origin: `Origin` present and neither this
+/// request's host nor the origin of the public URL (behind a proxy that rewrites `Host`).
+fn check_origin(headers: &HeaderMap, public_url: Option<&str>) -> Result<(), ApiError> {
     let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
         return Ok(());
     };
     let host = headers.get(HOST).and_then(|v| v.to_str().ok());
     let origin_host = origin.split_once("://").map(|(_, h)| h);
-    if host.is_some() && origin_host == host {
+    let public = public_url.and_then(|u| {
+        let (scheme, rest) = u.split_once("://")?;
+        Some((scheme, rest.split('/').next()?))
+    });
+    let is_public = public.is_some_and(|(scheme, host)| origin == format!("{scheme}://{host}"));
+    if is_public || (host.is_some() && origin_host == host) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized(
@@ -132,7 +138,7 @@ pub(super) fn from_cookie(parts: &Parts, app: &App) -> Result<Option<Claims>, Ap
         return Ok(None);
     };
     let claims = app.verify_jwt(token)?;
-    check_origin(&parts.headers)?;
+    check_origin(&parts.headers, app.cfg.public_url.as_deref())?;
     let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     if !safe {
         let sent = parts
@@ -160,7 +166,7 @@ async fn create(
     headers: HeaderMap,
     JsonBody(req): JsonBody<CreateSession>,
 ) -> Res<Response> {
-    check_origin(&headers)?;
+    check_origin(&headers, app.cfg.public_url.as_deref())?;
     let token = req.token.trim();
     if token.is_empty() || token.len() > MAX_TOKEN {
         return Err(ApiError::Unauthorized("invalid or expired token".into()));
@@ -240,9 +246,17 @@ mod tests {
             ("host", "localhost:8080"),
             ("origin", "http://localhost:8080"),
         ]);
-        assert!(check_origin(&same).is_ok());
-        assert!(check_origin(&headers(&[("host", "localhost:8080")])).is_ok());
+        assert!(check_origin(&same, None).is_ok());
+        assert!(check_origin(&headers(&[("host", "localhost:8080")]), None).is_ok());
         let other = headers(&[("host", "localhost:8080"), ("origin", "http://evil.test")]);
-        assert!(check_origin(&other).is_err());
+        assert!(check_origin(&other, None).is_err());
+        assert!(check_origin(&other, Some("https://wrenn.example/api")).is_err());
+        // Behind a proxy that rewrites Host, the public URL's origin is the console's.
+        let proxied = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "https://wrenn.example"),
+        ]);
+        assert!(check_origin(&proxied, Some("https://wrenn.example/api")).is_ok());
+        assert!(check_origin(&proxied, Some("http://wrenn.example")).is_err());
     }
 }
