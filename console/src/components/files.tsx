@@ -4,12 +4,14 @@ import { useEffect, useState } from "preact/hooks";
 import { blob, call, describe, fmtBytes, fmtTime, upload, type FileEntry } from "../api";
 
 const join = (dir: string, name: string) => (dir.endsWith("/") ? dir : dir + "/") + name;
+const HOME = "/home/user";
 const parent = (dir: string) => dir.replace(/\/[^/]+\/?$/, "") || "/";
 
 export function FileBrowser(props: { id: string; running: boolean }) {
   const base = `/v1/capsules/${encodeURIComponent(props.id)}/files`;
-  const [dir, setDir] = useState("/tmp");
-  const [typed, setTyped] = useState("/tmp");
+  // The template user's home; "/" where a template has none.
+  const [dir, setDir] = useState(HOME);
+  const [typed, setTyped] = useState(HOME);
   const [entries, setEntries] = useState<FileEntry[] | null>(null);
   const [error, setError] = useState("");
   const [progress, setProgress] = useState<number | null>(null);
@@ -23,7 +25,7 @@ export function FileBrowser(props: { id: string; running: boolean }) {
         setDir(d);
         setTyped(d);
       })
-      .catch((e) => setError(describe(e)));
+      .catch((e) => (d === HOME && e?.status === 404 ? load("/") : setError(describe(e))));
   };
   useEffect(() => {
     if (props.running) load();
