@@ -5,15 +5,13 @@ the port proxy to the guest's Jupyter server and kernel WebSocket. The template'
 holds a started `wrenn` kernel: the SDK reuses it (no second kernel appears), and the first
 `run_code` after create is measured against one that has to start a kernel itself.
 
-The SDK names a capsule's port `{port}-{capsule id}.{host of WRENN_BASE_URL}` (here
-`8888-<id>.127.0.0.1:<port>`); the suite has no wildcard DNS, so names under the base URL's
-host resolve to it (`resolve_proxy_names`), as a wildcard record would.
+The SDK reaches the guest's port 8888 at `8888-{capsule id}.{WRENN_PROXY_DOMAIN}`, which the
+suite's conftest points at loopback.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import httpx
@@ -22,24 +20,6 @@ from wrenn.code_runner import AsyncCapsule as CodeAsyncCapsule
 from wrenn.code_runner import Capsule as CodeCapsule
 
 from conftest import wait_until
-
-
-@pytest.fixture(scope="module", autouse=True)
-def resolve_proxy_names():
-    """Resolves `*.{base host}` to the base host for this module's connections."""
-    base_host = httpx.URL(os.environ["WRENN_BASE_URL"]).host
-    suffix = "." + base_host
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host, *args, **kwargs):
-        name = host.decode() if isinstance(host, bytes) else host
-        if isinstance(name, str) and name.endswith(suffix):
-            host = base_host
-        return real(host, *args, **kwargs)
-
-    socket.getaddrinfo = getaddrinfo
-    yield
-    socket.getaddrinfo = real
 
 
 @pytest.fixture(scope="module")
