@@ -7,6 +7,7 @@
 mod chart;
 mod client;
 mod host;
+mod peers;
 mod report;
 mod runs;
 mod stats;
@@ -32,6 +33,10 @@ struct Args {
     /// Most idle sandboxes to hold at once (default 30, 5 with --quick).
     #[arg(long)]
     cap: Option<usize>,
+    /// Samples of each peers row (gVisor, raw QEMU, Wrenn with and without the warm pool;
+    /// default 10, 3 with --quick).
+    #[arg(long)]
+    peer_samples: Option<usize>,
     /// Accelerator: auto, kvm or tcg.
     #[arg(long, env = "WRENN_ACCEL", default_value = "auto")]
     accel: String,
@@ -75,6 +80,9 @@ async fn run(args: Args) -> Result<()> {
     if let Some(cap) = args.cap {
         plan.density_cap = cap;
     }
+    if let Some(n) = args.peer_samples {
+        plan.peer_samples = n;
+    }
     let started = Instant::now();
     let mut report = report::Report {
         started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -105,10 +113,11 @@ async fn run(args: Args) -> Result<()> {
     let runs::Bench {
         api,
         agent,
+        peers,
         density,
         ..
     } = bench;
-    report.sections = vec![api, agent];
+    report.sections = vec![api, agent, peers];
     report.density = density;
     eprintln!("==> cleaning up");
     sys.shutdown().await;

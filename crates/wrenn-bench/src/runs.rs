@@ -24,6 +24,8 @@ pub struct Plan {
     pub concurrency: Vec<usize>,
     pub density_cap: usize,
     pub agent_samples: usize,
+    /// Samples of each row of the peers section (gVisor, the raw limit, Wrenn pool on/off).
+    pub peer_samples: usize,
 }
 
 impl Plan {
@@ -38,6 +40,7 @@ impl Plan {
             concurrency: vec![10, 30],
             density_cap: 5,
             agent_samples: 3,
+            peer_samples: 3,
         }
     }
 
@@ -52,6 +55,7 @@ impl Plan {
             concurrency: vec![10, 30],
             density_cap: 30,
             agent_samples: 8,
+            peer_samples: 10,
         }
     }
 }
@@ -66,14 +70,14 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Runs `f` and returns its result with how long it took, in milliseconds.
-async fn timed<T>(f: impl Future<Output = T>) -> (T, f64) {
+pub(crate) async fn timed<T>(f: impl Future<Output = T>) -> (T, f64) {
     let t = Instant::now();
     let r = f.await;
     (r, ms(t.elapsed()))
 }
 
 /// Records a timed result into `op`; passes the result on.
-fn record<T>(op: &mut Op, (r, t): (Result<T>, f64)) -> Result<T> {
+pub(crate) fn record<T>(op: &mut Op, (r, t): (Result<T>, f64)) -> Result<T> {
     match &r {
         Ok(_) => op.add(t),
         Err(e) => op.fail(format!("{e:#}")),
@@ -87,6 +91,7 @@ pub struct Bench<'a> {
     pub plan: Plan,
     pub api: Section,
     pub agent: Section,
+    pub peers: Section,
     pub density: Density,
 }
 
@@ -106,6 +111,13 @@ impl<'a> Bench<'a> {
                 how: "sandbox manager called directly, no HTTP (the host agent's own cost)".into(),
                 ops: Vec::new(),
             },
+            peers: Section {
+                name: "peers".into(),
+                how: "gVisor and raw QEMU beside Wrenn's create-to-first-result (public API), \
+                      same host, same run"
+                    .into(),
+                ops: Vec::new(),
+            },
             density: Density::default(),
         }
     }
@@ -117,7 +129,7 @@ impl<'a> Bench<'a> {
 
     /// Every phase in order; a failing phase is reported and the next one runs.
     pub async fn run_all(&mut self) {
-        let phases: [(&str, PhaseFn); 8] = [
+        let phases: [(&str, PhaseFn); 9] = [
             ("cold boots", |b| Box::pin(b.cold_boots())),
             ("warm creates", |b| Box::pin(b.warm_creates())),
             ("exec round trips", |b| Box::pin(b.exec_round_trips())),
@@ -126,6 +138,9 @@ impl<'a> Bench<'a> {
             ("pause and resume", |b| Box::pin(b.pause_resume())),
             ("file throughput", |b| Box::pin(b.files())),
             ("concurrent creates", |b| Box::pin(b.concurrent())),
+            ("gVisor, the raw limit and the warm pool", |b| {
+                Box::pin(b.peers())
+            }),
         ];
         for (name, phase) in phases {
             eprintln!("==> {name}");
