@@ -7,7 +7,7 @@
 //! running VM plus a per-VM overhead ([`AdmissionConfig::vm_overhead_mb`]), plus what creates
 //! and resumes under way have been admitted for ([`Admitted`]), plus the new VM, must fit the
 //! host's total memory less a reserve, times the overcommit ratio. Pooled clones
-//! (`pool.rs`) count as committed too. Free disk in the data
+//! (`pool/`) count as committed too. Free disk in the data
 //! directory must hold the new VM's RAM (a pause writes it out) plus a reserve. Admission and
 //! its reservation happen under one lock, so concurrent creates cannot overshoot.
 

@@ -19,7 +19,7 @@
 //! - `templates.rs`: snapshot into a template, list and delete templates, publishing a
 //!   finished directory;
 //! - `warm.rs`: warm snapshots of base templates;
-//! - `pool.rs`: warm pools, clones restored ahead and stopped, which creates take;
+//! - `pool/`: warm pools, clones restored ahead and stopped, which creates take;
 //! - `recover.rs`: finding the sandboxes of a previous run after a restart;
 //! - `capacity.rs`: the host's memory, the admission check, host info;
 //! - `metrics.rs`: the resource samples of running sandboxes (a sampling task, bounded rings);
@@ -248,7 +248,7 @@ pub struct Manager {
     samples: metrics::Samples,
     /// Creates and resumes admitted and under way (`capacity.rs`).
     admissions: capacity::Admissions,
-    /// Pooled clones (`pool.rs`).
+    /// Pooled clones (`pool/`).
     pools: pool::Pools,
     me: Weak<Manager>,
 }

@@ -271,13 +271,15 @@ impl Manager {
         if let Some(egress) = egress {
             self.pool.set_sandbox_egress(index, egress).await?;
         }
-        inner.rec.status = SandboxStatus::Running;
-        records::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
         let envd = inner.slot.as_ref().map(envd_for).transpose()?;
         let (Some(vm), Some(envd)) = (&inner.vm, envd) else {
             return Err(SandboxError::Internal("the pooled VM went away".into()));
         };
+        // The guest ran before (in the pool), so it continues before the record says running:
+        // a clone whose QEMU died in the pool fails here and the create falls back to a clone.
         vm.cont().await?;
+        inner.rec.status = SandboxStatus::Running;
+        records::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
         self.fail("agent.create.after_start").await?;
         if envd.set_clock(std::time::SystemTime::now()).await.is_err() {
             // A first connection refused while the guest's network wakes up: wait for envd.
