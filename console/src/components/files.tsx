@@ -123,7 +123,7 @@ export function FileBrowser(props: { id: string; running: boolean }) {
               <td>
                 {f.type === "directory" ? (
                   <a href="#" onClick={(e) => { e.preventDefault(); load(f.path); }}>
-                    📁 {f.name}/
+                    {f.name}/
                   </a>
                 ) : (
                   <span>{f.name}</span>
