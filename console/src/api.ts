@@ -44,7 +44,7 @@ export interface FileEntry {
   path: string;
   type: "file" | "directory" | "symlink";
   size: number;
-  modified_at?: string;
+  modified_at?: string | number;
 }
 
 let csrf = "";
@@ -169,4 +169,8 @@ export const fmtBytes = (n: number) => {
   return `${n < 10 && i > 0 ? n.toFixed(1) : Math.round(n)} ${units[i]}`;
 };
 
-export const fmtTime = (s?: string | null) => (s ? new Date(s).toLocaleString() : "—");
+/** A time of the API: an RFC 3339 string, or Unix seconds (file listings). */
+export const fmtTime = (s?: string | number | null) =>
+  s === undefined || s === null || s === ""
+    ? "—"
+    : new Date(typeof s === "number" ? s * 1000 : s).toLocaleString();

@@ -164,7 +164,7 @@ try {
 
   await step("terminal runs python3", async () => {
     await page.getByText("Terminal: connected").waitFor({ timeout: 60_000 });
-    await page.locator(".terminal").click();
+    await page.locator(".term-box").click();
     await page.keyboard.type("python3 -c 'print(6*7)'\n", { delay: 15 });
     await page.waitForFunction(
       () => [...document.querySelectorAll(".xterm-rows > div")].some((r) => r.textContent.trim() === "42"),

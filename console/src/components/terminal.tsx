@@ -92,7 +92,7 @@ export function TerminalView(props: { id: string; running: boolean }) {
           <button onClick={() => setGeneration(generation + 1)}>Reconnect</button>
         )}
       </div>
-      <div class="terminal" ref={box} />
+      <div class="term-box" ref={box} />
     </div>
   );
 }
