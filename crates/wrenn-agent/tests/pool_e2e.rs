@@ -1,0 +1,379 @@
+//! End-to-end test of warm pools with real microVMs: an agent (a child process, so it can be
+//! killed as a crash would) with pools on. A first create misses and the pool refills; a
+//! create then takes the pooled clone (its directory carries the QMP origin file only a
+//! pooled clone has) and works as any sandbox: exec, files, its own disk, its clock set,
+//! pause and resume; a create of another shape misses and falls back to a plain clone. After
+//! the agent is killed, a new one re-attaches the sandboxes made from the pool, kills the
+//! pooled clones and removes their directories, so every QEMU of the data dir belongs to a
+//! running sandbox. A pooled create snapshots into a template; deleting that template drains
+//! its pool; destroying everything leaves no QEMU and no directory.
+//!
+//! Needs root and the guest images, as `vm_e2e.rs`. Slots 9960-9999, network prefix `wp`.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use wrenn_agent::host::{self, AgentConfig};
+use wrenn_agent::images::NoProgress;
+use wrenn_agent::net::NetConfig;
+use wrenn_agent::sandbox::PoolConfig;
+
+mod common;
+
+use common::{images_dir, rand_suffix, read_pid, TOKEN};
+
+const CHILD_DIR_VAR: &str = "WRENN_POOL_AGENT_DIR";
+
+fn agent_config(dir: &Path) -> AgentConfig {
+    let mut cfg = AgentConfig::new(dir.to_path_buf(), TOKEN.into());
+    cfg.net = NetConfig {
+        prefix: "wp".into(),
+        first_slot: 9960,
+        max_slots: 40,
+        pool_size: 1,
+        ..NetConfig::default()
+    };
+    cfg.pool = PoolConfig {
+        max_per_shape: 1,
+        memory_budget_mb: 2048,
+        idle_shrink: Duration::from_secs(3600),
+    };
+    cfg
+}
+
+/// The child: an agent with pools on, serving on loopback until killed.
+#[test]
+#[ignore = "run by pool_e2e as its child agent"]
+fn serve_agent_for_pool() {
+    let Some(dir) = std::env::var_os(CHILD_DIR_VAR).map(PathBuf::from) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let agent = host::start(agent_config(&dir), Box::new(NoProgress))
+            .await
+            .expect("agent starts (are the images built? run scripts/test)");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tmp = dir.join("agent.port.tmp");
+        std::fs::write(&tmp, port.to_string()).unwrap();
+        std::fs::rename(&tmp, dir.join("agent.port")).unwrap();
+        axum::serve(listener, agent.router).await.unwrap();
+    });
+}
+
+struct Child {
+    proc: std::process::Child,
+    base: String,
+    http: reqwest::Client,
+    dir: PathBuf,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
+impl Child {
+    async fn start(dir: &Path) -> Child {
+        let port_file = dir.join("agent.port");
+        let _ = std::fs::remove_file(&port_file);
+        let proc = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "serve_agent_for_pool",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(CHILD_DIR_VAR, dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "the child agent never served");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Child {
+            proc,
+            base: format!("http://127.0.0.1:{}", port.trim()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .build()
+                .unwrap(),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn create(&self, template: &str, memory_mb: u32) -> String {
+        let id = format!("sb-p{}", rand_suffix());
+        let body = json!({"id": id, "template": template, "vcpus": 1, "memory_mb": memory_mb});
+        let (s, v) = self
+            .call(reqwest::Method::POST, "/v1/sandboxes", Some(body))
+            .await;
+        assert_eq!(s, 201, "create: {v}");
+        assert_eq!(v["status"], "running", "{v}");
+        id
+    }
+
+    async fn sh(&self, id: &str, script: &str) -> String {
+        let body = json!({"cmd": "sh", "args": ["-c", script], "timeout_sec": 60});
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/sandboxes/{id}/exec"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, 200, "exec {script:?}: {v}");
+        assert_eq!(v["exit_code"], 0, "{script:?}: {v}");
+        v["stdout"].as_str().unwrap().to_string()
+    }
+
+    async fn op(&self, id: &str, op: &str) {
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/sandboxes/{id}/{op}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{op}: {v}");
+    }
+
+    async fn destroy(&self, id: &str) {
+        let (s, v) = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/sandboxes/{id}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 204, "destroy: {v}");
+    }
+
+    async fn pooled(&self) -> u64 {
+        let (s, v) = self.call(reqwest::Method::GET, "/v1/host", None).await;
+        assert_eq!(s, 200, "{v}");
+        v["pooled"].as_u64().expect("host info has pooled")
+    }
+
+    /// Waits (generously: a refill restores a VM under TCG) until `n` clones are pooled.
+    async fn wait_pooled(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            let got = self.pooled().await;
+            if got == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "pooled stays {got}, not {n}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Whether the sandbox was made from a pooled clone.
+    fn made_from_pool(&self, id: &str) -> bool {
+        self.dir
+            .join("sandboxes")
+            .join(id)
+            .join(wrenn_agent::vmm::ORIGIN_FILE)
+            .exists()
+    }
+
+    /// The guest's wall clock is within 3 s of the host's.
+    async fn assert_clock(&self, id: &str) {
+        let guest: i64 = self.sh(id, "date +%s").await.trim().parse().unwrap();
+        let host = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!(
+            (guest - host).abs() <= 3,
+            "guest clock {guest}, host {host}"
+        );
+    }
+
+    /// Every QEMU naming this data dir is the QEMU of a running sandbox (by its pid file),
+    /// and every running sandbox has one; `pool/` holds nothing.
+    async fn assert_no_orphans(&self) {
+        let (_, list) = self.call(reqwest::Method::GET, "/v1/sandboxes", None).await;
+        let mut want: Vec<u32> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["status"] == "running")
+            .map(|s| read_pid(&self.dir.join("sandboxes").join(s["id"].as_str().unwrap())))
+            .collect();
+        want.sort();
+        assert_eq!(
+            qemus_naming(&self.dir),
+            want,
+            "QEMUs against running sandboxes"
+        );
+        let left: Vec<_> = std::fs::read_dir(self.dir.join("pool"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "pool dirs left: {left:?}");
+    }
+}
+
+/// The pids of the QEMUs whose command line names a path in `dir`.
+fn qemus_naming(dir: &Path) -> Vec<u32> {
+    let needle = format!("{}/", dir.display());
+    let mut out: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.first().is_some_and(|a| a.contains("qemu-system"))
+                && args.iter().any(|a| a.contains(&needle))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn creates_take_pooled_clones_and_nothing_outlives_the_pool() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir =
+            images_dir()
+                .join("e2e")
+                .join(format!("pool-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(images_dir().join("images"), dir.join("images")).unwrap();
+
+        let a = Child::start(&dir).await;
+        assert_eq!(a.pooled().await, 0, "no demand, no pool");
+        // The first create of a shape misses (and boots its warm snapshot).
+        let first = a.create("minimal", 256).await;
+        assert!(!a.made_from_pool(&first));
+        a.wait_pooled(1).await;
+        // The next takes the pooled clone, and the pool refills.
+        let t = Instant::now();
+        let pooled = a.create("minimal", 256).await;
+        eprintln!("create from the pool: {:?}", t.elapsed());
+        assert!(a.made_from_pool(&pooled), "the create took no pooled clone");
+        a.wait_pooled(1).await;
+        // A sandbox of its own: exec, files, its disk, its clock.
+        assert_eq!(a.sh(&pooled, "echo hi").await, "hi\n");
+        a.sh(&first, "echo first > /root/who").await;
+        a.sh(&pooled, "echo pooled > /root/who").await;
+        assert_eq!(a.sh(&first, "cat /root/who").await, "first\n");
+        assert_eq!(a.sh(&pooled, "cat /root/who").await, "pooled\n");
+        a.assert_clock(&pooled).await;
+        // Pause and resume keep its files and processes' world.
+        a.op(&pooled, "pause").await;
+        a.op(&pooled, "resume").await;
+        assert_eq!(a.sh(&pooled, "cat /root/who").await, "pooled\n");
+        a.assert_clock(&pooled).await;
+        // A shape with no pool misses and falls back to a clone.
+        let other = a.create("minimal", 384).await;
+        assert!(!a.made_from_pool(&other));
+        assert_eq!(a.sh(&other, "echo other").await, "other\n");
+        // A second pooled create: a distinct sandbox.
+        a.wait_pooled(2).await; // minimal 256 and, after its miss, minimal 384
+        let second = a.create("minimal", 256).await;
+        assert!(a.made_from_pool(&second));
+        assert_eq!(
+            a.sh(&second, "cat /root/who 2>/dev/null || echo none")
+                .await,
+            "none\n"
+        );
+        a.assert_clock(&second).await;
+
+        // A crash: the next agent keeps the sandboxes, pooled ones included, and nothing else.
+        drop(a);
+        let a = Child::start(&dir).await;
+        for id in [&first, &pooled, &other, &second] {
+            let (s, v) = a
+                .call(reqwest::Method::GET, &format!("/v1/sandboxes/{id}"), None)
+                .await;
+            assert_eq!(
+                (s, v["status"].as_str()),
+                (200, Some("running")),
+                "{id}: {v}"
+            );
+        }
+        assert_eq!(a.sh(&pooled, "cat /root/who").await, "pooled\n");
+        assert_eq!(a.pooled().await, 0);
+        a.assert_no_orphans().await;
+
+        // A pooled create snapshots into a template; deleting the template drains its pool.
+        let name = format!("pool-tpl-{}", rand_suffix());
+        let (s, v) = a
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/sandboxes/{second}/snapshot"),
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(s, 201, "snapshot: {v}");
+        let from_tpl = a.create(&name, 256).await;
+        a.wait_pooled(1).await;
+        let (s, v) = a
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/templates/{name}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 204, "delete template: {v}");
+        assert_eq!(a.pooled().await, 0, "the template's pool is drained");
+        a.assert_no_orphans().await;
+
+        for id in [&first, &pooled, &other, &from_tpl] {
+            a.destroy(id).await;
+        }
+        a.assert_no_orphans().await;
+        assert!(qemus_naming(&dir).is_empty());
+        let left: Vec<_> = std::fs::read_dir(dir.join("sandboxes"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "sandbox dirs left: {left:?}");
+        drop(a);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
