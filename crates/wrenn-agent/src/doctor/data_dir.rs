@@ -6,8 +6,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const GIB: u64 = 1 << 30;
-/// Room a first image build takes (Debian tree, packages, the template image) with margin.
-const IMAGE_BUILD_BYTES: u64 = 2 * GIB;
+/// Room a first image build takes (the Debian trees, packages, the two template images, about
+/// 1.6 GiB) with margin.
+const IMAGE_BUILD_BYTES: u64 = 3 * GIB;
 /// Below this, few sandboxes fit: each running or paused one keeps its RAM in a file here.
 const LOW_DISK_BYTES: u64 = 4 * GIB;
 
@@ -152,13 +153,26 @@ pub fn images(data_dir: &Path, envd_bin: Option<&Path>) -> Check {
             .iter()
             .map(|t| format!("{} ({})", t.name, human_bytes(t.size_bytes)))
             .collect();
-        return Check::ok(
-            name,
-            format!(
-                "kernel, initramfs and template {} built",
-                templates.join(", ")
-            ),
+        let summary = format!(
+            "kernel, initramfs and template {} built",
+            templates.join(", ")
         );
+        // Images built before the code runner's template existed still start an agent.
+        if !built
+            .templates
+            .iter()
+            .any(|t| t.name == images::code_runner::TEMPLATE)
+        {
+            return Check::warning(
+                name,
+                format!(
+                    "{summary}; the code runner's template {} is not (its creates fail)",
+                    images::code_runner::TEMPLATE
+                ),
+                "wrenn images build",
+            );
+        }
+        return Check::ok(name, summary);
     }
     let envd = envd_bin
         .map(Path::to_path_buf)
@@ -178,5 +192,43 @@ pub fn images(data_dir: &Path, envd_bin: Option<&Path>) -> Check {
             "not built, and no static wrenn-envd to build them with",
             "scripts/build.sh builds it beside wrenn; or set WRENN_ENVD_BIN",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::Status;
+
+    fn publish(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"x").unwrap();
+        let mut stamp = path.as_os_str().to_owned();
+        stamp.push(".key");
+        std::fs::write(stamp, b"k").unwrap();
+    }
+
+    #[test]
+    fn images_without_the_code_runner_template_are_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("images");
+        publish(&img.join("kernel/vmlinux"));
+        publish(&img.join("kernel/initrd.img"));
+        publish(&img.join("templates/minimal/rootfs.ext4"));
+        let c = images(dir.path(), None);
+        assert_eq!(c.status, Status::Warning, "{}", c.detail);
+        assert!(c.detail.contains("code-runner-beta is not"), "{}", c.detail);
+        assert_eq!(c.fix.as_deref(), Some("wrenn images build"));
+
+        publish(&img.join("templates/code-runner-beta/rootfs.ext4"));
+        let c = images(dir.path(), None);
+        assert_eq!(c.status, Status::Ok, "{}", c.detail);
+        assert!(
+            c.detail.contains("minimal (")
+                && c.detail.contains("code-runner-beta (")
+                && c.detail.contains("python-interpreter-v0-beta ("),
+            "{}",
+            c.detail
+        );
     }
 }
