@@ -1,7 +1,7 @@
 // The web console in a real browser (Debian's Chromium, headless, driven by playwright-core)
 // against a real `wrenn up` with real microVMs: sign up, an API key shown once, a sandbox
-// with a terminal (python3 prints 42), a file upload, pause and resume, a snapshot and a
-// sandbox started from it, destroy; then GitHub sign-in through a stand-in GitHub served
+// with a terminal (python3 prints 42), a file upload, pause and resume, a snapshot (which
+// destroys its sandbox) and a sandbox started from it, destroy; then GitHub sign-in through a stand-in GitHub served
 // here. Screenshots of each step go to WRENN_SCREENSHOTS (target/console-screenshots).
 //
 // Environment: WRENN_URL (the console), GITHUB_STUB_PORT (where the stand-in GitHub listens;
@@ -210,9 +210,10 @@ try {
 
   let fromTemplate = "";
   await step("snapshot and start from the template", async () => {
+    // The snapshot saves the sandbox as a template and destroys it; the console goes to the
+    // templates.
     await page.getByRole("button", { name: "Snapshot" }).click();
-    await page.getByText("Snapshotting…").waitFor({ state: "detached", timeout: VM_TIMEOUT });
-    await page.getByRole("link", { name: "Templates" }).click();
+    await page.waitForURL((u) => u.pathname === "/templates", { timeout: VM_TIMEOUT });
     const row = page.locator("[data-template='console-e2e-snap']");
     await row.waitFor({ timeout: VM_TIMEOUT });
     await row.getByRole("button", { name: "Start sandbox" }).click();
@@ -229,12 +230,10 @@ try {
     await page.locator("[data-file='hello-console.txt']").waitFor({ state: "detached", timeout: 60_000 });
   });
 
-  await step("destroy both sandboxes", async () => {
-    for (const id of [fromTemplate, sandboxId]) {
-      await page.goto(`${BASE}/sandboxes/${encodeURIComponent(id)}`);
-      await page.getByRole("button", { name: "Destroy" }).click();
-      await page.waitForURL((u) => u.pathname === "/", { timeout: VM_TIMEOUT });
-    }
+  await step("destroy", async () => {
+    if (!page.url().endsWith(encodeURIComponent(fromTemplate))) throw new Error("not on the new sandbox's page: " + page.url());
+    await page.getByRole("button", { name: "Destroy" }).click();
+    await page.waitForURL((u) => u.pathname === "/", { timeout: VM_TIMEOUT });
     if (!dialogs.some((d) => d.startsWith("Destroy sandbox"))) throw new Error("no confirmation asked");
     await page.getByText("No sandboxes.").waitFor({ timeout: 60_000 });
     await page.getByRole("link", { name: "Templates" }).click();

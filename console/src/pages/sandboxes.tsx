@@ -25,10 +25,22 @@ export function SandboxActions(props: {
     }
   };
   const id = encodeURIComponent(sb.id);
-  const snapshot = () => {
-    const name = prompt("Name of the new template (letters, digits, - and _):", `${sb.id}-snap`);
+  // A snapshot saves the sandbox as a template and then destroys it (the API's contract).
+  const snapshot = async () => {
+    const name = prompt(
+      `Save ${sb.id} as a template, then destroy the sandbox. Template name (letters, digits, - and _):`,
+      `${sb.id}-snap`,
+    );
     if (!name) return;
-    run("Snapshotting…", () => call("POST", "/v1/snapshots", { sandbox_id: sb.id, name }));
+    setBusy("Snapshotting…");
+    props.onError("");
+    try {
+      await call("POST", "/v1/snapshots", { sandbox_id: sb.id, name });
+      navigate("/templates");
+    } catch (e) {
+      props.onError(describe(e));
+      setBusy("");
+    }
   };
   const destroy = () => {
     if (!confirm(`Destroy sandbox ${sb.id}? Its files are lost.`)) return;
