@@ -165,7 +165,9 @@ pub enum ProxyAuth {
     ApiKey,
     /// No credential: the URL is the secret (a capsule id has about 62 random bits). Anyone
     /// who learns the URL (a shared link, a log, a `Referer`) reaches the port while the
-    /// capsule runs; meant for sharing a web app with a browser, which cannot add a header.
+    /// capsule runs (a code-runner capsule's Jupyter server, which has no token of its own,
+    /// runs code for them); meant for sharing a web app with a browser, which cannot add a
+    /// header.
     Url,
 }
 
