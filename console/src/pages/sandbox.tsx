@@ -80,7 +80,8 @@ export function SandboxPage(props: { id: string }) {
           done={(destroyed) => (destroyed ? navigate("/") : load())} />
       </div>
       <p class="muted">
-        {sb.template} · {sb.vcpus} vCPU · {sb.memory_mb} MB · idle timeout {sb.timeout_sec} s · created{" "}
+        {sb.template} · {sb.vcpus} vCPU · {sb.memory_mb} MB ·{" "}
+        {sb.timeout_sec ? `pauses after ${sb.timeout_sec} s idle` : "no idle timeout"} · created{" "}
         {fmtTime(sb.created_at)}
       </p>
       {error && <p class="error">{error}</p>}

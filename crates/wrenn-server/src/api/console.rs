@@ -82,9 +82,6 @@ pub(super) async fn fallback(method: Method, uri: Uri) -> Response {
     if method != Method::GET && method != Method::HEAD {
         return method_not_allowed().await.into_response();
     }
-    if !built() {
-        return page(NOT_BUILT.as_bytes());
-    }
     if path != "/index.html" {
         if let Some(bytes) = find(path) {
             let cache = if path.starts_with("/assets/") {
