@@ -12,9 +12,8 @@
 
 mod api;
 
-pub use api::{Api, Reply};
+pub use api::Api;
 
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
