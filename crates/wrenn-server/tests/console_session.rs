@@ -4,7 +4,7 @@
 
 mod support;
 
-use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
+use reqwest::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
 use reqwest::Method;
 use serde_json::{json, Value};
 use support::{assert_error, TestServer};
@@ -12,8 +12,15 @@ use support::{assert_error, TestServer};
 #[tokio::test]
 async fn console_is_served_at_the_root_and_never_over_the_api() {
     let ts = TestServer::start().await;
+    // What a browser sends when it navigates.
+    let html = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
     for path in ["/", "/keys", "/sandboxes/sb-1", "/auth/github/callback"] {
-        let r = ts.req(Method::GET, path).send().await.unwrap();
+        let r = ts
+            .req(Method::GET, path)
+            .header(ACCEPT, html)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{path}");
         let ct = r.headers()[CONTENT_TYPE].to_str().unwrap().to_string();
         assert!(ct.starts_with("text/html"), "{path}: {ct}");
@@ -22,7 +29,27 @@ async fn console_is_served_at_the_root_and_never_over_the_api() {
         let body = r.text().await.unwrap();
         assert!(body.contains("Wrenn"), "{path}: {body}");
     }
-    // API paths keep their JSON errors.
+    // The root is the console for any client; another page path only for a browser, while a
+    // script asking for a path nothing serves gets the API's JSON 404.
+    let r = ts.req(Method::GET, "/").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_error(
+        ts.req(Method::GET, "/keys").send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    // API paths keep their JSON errors, also for a browser.
+    assert_error(
+        ts.req(Method::GET, "/v1/nope")
+            .header(ACCEPT, html)
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
     assert_error(
         ts.req(Method::GET, "/v1/nope").send().await.unwrap(),
         404,

@@ -6,8 +6,8 @@
 //! never. A binary built without the console answers a page that says how to build it.
 
 use super::{method_not_allowed, route_not_found};
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::{HeaderName, Method, StatusCode, Uri};
+use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 /// `(path, bytes)` of every file of `console/dist`, sorted by path; empty when not built.
@@ -72,9 +72,20 @@ fn page(body: &'static [u8]) -> Response {
         .into_response()
 }
 
-/// The router's fallback: the console for GET and HEAD outside the API, the API's error
-/// answers otherwise.
-pub(super) async fn fallback(method: Method, uri: Uri) -> Response {
+/// Whether a request is a browser's page load: it asks for HTML (`Accept: text/html`, which
+/// browsers send when they navigate). Other clients (scripts, SDKs, `curl` by default) asking
+/// for a path that is neither a route nor a file keep the API's JSON 404.
+fn wants_page(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/html"))
+}
+
+/// The router's fallback: the console for GET and HEAD outside the API (its files for anyone,
+/// its page paths for browsers, and `/` for everyone), the API's error answers otherwise.
+pub(super) async fn fallback(method: Method, uri: Uri, headers: HeaderMap) -> Response {
     let path = uri.path();
     if is_api(path) {
         return route_not_found(uri.clone()).await.into_response();
@@ -102,7 +113,10 @@ pub(super) async fn fallback(method: Method, uri: Uri) -> Response {
     }
     // A missing file (an old hashed asset, a typo) is a 404, not the page.
     let last = path.rsplit('/').next().unwrap_or_default();
-    if path.starts_with("/assets/") || (last.contains('.') && path != "/index.html") {
+    if path.starts_with("/assets/")
+        || (last.contains('.') && path != "/index.html")
+        || (path != "/" && !wants_page(&headers))
+    {
         return route_not_found(uri.clone()).await.into_response();
     }
     page(find("/index.html").unwrap_or(NOT_BUILT.as_bytes()))
