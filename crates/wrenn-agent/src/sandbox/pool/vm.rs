@@ -204,6 +204,13 @@ impl Manager {
             vm.cont().await?;
             envd.wait_ready(crate::sandbox::lifecycle::RESTORE_READY_TIMEOUT)
                 .await?;
+            // A sandbox's first commands, run once in this QEMU, so their code is already
+            // translated (under TCG) when the create that takes the clone runs them. A buffered
+            // exec leaves nothing behind in envd (no process list entry); a template without
+            // Python skips that part.
+            if let Err(e) = envd.exec(&warmup_exec()).await {
+                tracing::debug!("pooled clone's warm-up command: {e}");
+            }
             vm.qmp
                 .execute("stop", serde_json::Value::Null)
                 .await
@@ -326,6 +333,18 @@ pub(in crate::sandbox) async fn clone_files(
     let mut layers = meta.layers.clone();
     layers.push(top);
     Ok(layers)
+}
+
+/// The warm-up command of a pooled clone: a shell, `true` and Python's start-up.
+fn warmup_exec() -> wrenn_types::envd::ExecRequest {
+    wrenn_types::envd::ExecRequest {
+        args: vec![
+            "-c".into(),
+            "true; command -v python3 >/dev/null && python3 -c pass; true".into(),
+        ],
+        timeout_sec: Some(30),
+        ..wrenn_types::envd::ExecRequest::new("sh")
+    }
 }
 
 /// The record a pooled clone's VM is described by (no sandbox yet).
