@@ -118,6 +118,7 @@ try {
   });
   const email = `console-${randomBytes(4).toString("hex")}@example.com`;
   let sandboxId = "";
+  let key = "";
 
   await step("sign up", async () => {
     await page.goto(BASE + "/signup");
@@ -137,7 +138,7 @@ try {
     await page.getByRole("link", { name: "API keys" }).click();
     await page.fill("input[name=key-name]", "console-key");
     await page.getByRole("button", { name: "Create key" }).click();
-    const key = (await page.locator("[data-testid=new-key] code").textContent()).trim();
+    key = (await page.locator("[data-testid=new-key] code").textContent()).trim();
     if (key.length < 20) throw new Error("short key: " + key);
     await page.getByRole("button", { name: "Copy" }).click();
     await page.getByRole("button", { name: "Copied" }).waitFor();
@@ -240,6 +241,25 @@ try {
     const row = page.locator("[data-template='console-e2e-snap']");
     await row.getByRole("button", { name: "Delete" }).click();
     await row.waitFor({ state: "detached", timeout: 60_000 });
+  });
+
+  await step("list follows the events stream", async () => {
+    // A sandbox made and destroyed through the API appears and goes without a reload.
+    await page.getByRole("link", { name: "Sandboxes" }).click();
+    await page.getByText("No sandboxes.").waitFor();
+    const api = (method, path, body) =>
+      fetch(BASE + path, {
+        method,
+        headers: { "x-api-key": key, "content-type": "application/json" },
+        body: body && JSON.stringify(body),
+      });
+    const r = await api("POST", "/v1/sandboxes", {});
+    if (r.status !== 201) throw new Error("create through the API: " + r.status + " " + (await r.text()));
+    const { id } = await r.json();
+    await page.locator(`[data-sandbox='${id}']`).waitFor({ timeout: 60_000 });
+    const d = await api("DELETE", `/v1/sandboxes/${id}`);
+    if (d.status !== 204) throw new Error("destroy through the API: " + d.status);
+    await page.locator(`[data-sandbox='${id}']`).waitFor({ state: "detached", timeout: 60_000 });
   });
   }
 
