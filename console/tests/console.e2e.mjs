@@ -178,10 +178,34 @@ try {
       null,
       { timeout: 60_000 },
     );
-    // The terminal follows the window's size.
-    await page.setViewportSize({ width: 900, height: 800 });
-    await page.waitForTimeout(500);
+    // The terminal follows the window's size: `stty size` sees fewer columns in a narrower one.
+    const sizes = () =>
+      page.evaluate(() =>
+        [...document.querySelectorAll(".xterm-rows > div")]
+          .map((r) => r.textContent.trim())
+          .filter((t) => /^\d+ \d+$/.test(t)),
+      );
+    const stty = async () => {
+      const before = (await sizes()).length;
+      await page.keyboard.type("stty size\n", { delay: 15 });
+      await page.waitForFunction(
+        (n) =>
+          [...document.querySelectorAll(".xterm-rows > div")]
+            .map((r) => r.textContent.trim())
+            .filter((t) => /^\d+ \d+$/.test(t)).length > n,
+        before,
+        { timeout: 30_000 },
+      );
+      const all = await sizes();
+      return all[all.length - 1].split(" ").map(Number);
+    };
+    const [, wide] = await stty();
+    await page.setViewportSize({ width: 800, height: 900 });
+    await page.waitForTimeout(1000);
+    const [, narrow] = await stty();
+    if (!(narrow < wide)) throw new Error(`columns after narrowing the window: ${narrow}, before: ${wide}`);
     await page.setViewportSize({ width: 1200, height: 900 });
+    await page.waitForTimeout(500);
   });
 
   await step("upload a file", async () => {
