@@ -22,8 +22,15 @@ from wrenn.code_runner import Capsule as CodeCapsule
 from conftest import wait_until
 
 
+def report(request: pytest.FixtureRequest, line: str) -> None:
+    """Prints a `[numbers]` line past pytest's capture, so the suite's log shows it."""
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled():
+        print(f"[numbers] code runner: {line}", flush=True)
+
+
 @pytest.fixture(scope="module")
-def runner():
+def runner(request):
     """A code-runner capsule and the time its create took. The template's warm snapshot is
     made first (a cold boot that starts the Jupyter server and a kernel), by a create that may
     wait longer than the SDK's 30 s, so the measured create restores as it would on a server
@@ -34,9 +41,10 @@ def runner():
         t = time.monotonic()
         resp = http.post("/v1/capsules", json={"template": "code-runner-beta"})
         assert resp.status_code in (200, 201), resp.text
-        print(
-            f"\n[numbers] code runner: first create of the template (its warm snapshot made "
-            f"unless it was there) {time.monotonic() - t:.1f} s"
+        report(
+            request,
+            f"first create of the template (its warm snapshot made unless it was there) "
+            f"{time.monotonic() - t:.1f} s",
         )
         assert http.delete(f"/v1/capsules/{resp.json()['id']}").status_code == 204
     started = time.monotonic()
@@ -53,7 +61,7 @@ def kernels(c: CodeCapsule) -> list[dict]:
     return resp.json()
 
 
-def test_run_code_state_stdout_and_errors(runner):
+def test_run_code_state_stdout_and_errors(request, runner):
     c, created = runner
     # The warm snapshot's kernel is running before the first call.
     before = kernels(c)
@@ -63,16 +71,16 @@ def test_run_code_state_stdout_and_errors(runner):
     first = c.run_code("x = 42")
     first_sec = time.monotonic() - t
     assert first.error is None and not first.timed_out, first
-    print(
-        f"\n[numbers] code runner: create {created:.2f} s, first run_code after create "
-        f"{first_sec:.2f} s (warm kernel)"
+    report(
+        request,
+        f"create {created:.2f} s, first run_code after create {first_sec:.2f} s (warm kernel)",
     )
     # The SDK took the kernel that was already running: still exactly that one.
     assert [k["id"] for k in kernels(c)] == [before[0]["id"]]
 
     t = time.monotonic()
     doubled = c.run_code("x * 2")
-    print(f"[numbers] code runner: next run_code {time.monotonic() - t:.3f} s")
+    report(request, f"next run_code {time.monotonic() - t:.3f} s")
     assert doubled.error is None, doubled.error
     assert doubled.text == "84"
     assert doubled.results[0].is_main_result
@@ -121,7 +129,7 @@ def test_run_code_async_shares_the_kernel(loop, runner):
     assert failed.error.name == "NameError" and "undefined_name" in failed.error.value
 
 
-def test_first_run_code_with_a_kernel_started_cold(runner):
+def test_first_run_code_with_a_kernel_started_cold(request, runner):
     """For comparison: a kernel started after create (what the warm snapshot saves), from
     the request that starts it to the answer of its first run_code. The SDK's proxy client
     gives up on a request after 5 s, and the kernel WebSocket answers only once the kernel
@@ -151,9 +159,10 @@ def test_first_run_code_with_a_kernel_started_cold(runner):
     try:
         cold_sec = time.monotonic() - t
         assert e.error is None and e.text == "3", e
-        print(
-            f"\n[numbers] code runner: kernel started after create, start + first run_code "
-            f"{cold_sec:.2f} s ({attempts} attempt(s) of the SDK's run_code)"
+        report(
+            request,
+            f"kernel started after create, start + first run_code {cold_sec:.2f} s "
+            f"({attempts} attempt(s) of the SDK's run_code)",
         )
         assert cold._kernel_id == kernel_id
         # The deleted kernel's names went with it.
