@@ -151,6 +151,16 @@ try {
     // The key works against the API.
     const r = await fetch(BASE + "/v1/sandboxes", { headers: { "x-api-key": key } });
     if (r.status !== 200) throw new Error("the new key is refused: " + r.status);
+    // A second key, deleted (after a confirmation), stops working.
+    await page.fill("input[name=key-name]", "short-lived");
+    await page.getByRole("button", { name: "Create key" }).click();
+    const doomed = (await page.locator("[data-testid=new-key] code").textContent()).trim();
+    await page.getByRole("button", { name: "Done" }).click();
+    await page.getByRole("row", { name: /short-lived/ }).getByRole("button", { name: "Delete" }).click();
+    await page.getByRole("cell", { name: "short-lived" }).waitFor({ state: "detached" });
+    if (!dialogs.some((d) => d.includes("short-lived"))) throw new Error("no confirmation asked");
+    const gone = await fetch(BASE + "/v1/sandboxes", { headers: { "x-api-key": doomed } });
+    if (gone.status !== 401) throw new Error("a deleted key still works: " + gone.status);
   });
 
   if (!SKIP_VMS) {
