@@ -6,6 +6,7 @@
 //! - [`cmd`]: the one place external commands are run, with their stderr kept on failure.
 //! - [`failpoints`]: named failure points in the sandbox operations, for tests.
 //! - [`doctor`]: the host checks of `wrenn doctor`, run by `wrenn up` and `wrenn agent` at start.
+//! - [`startup`]: starting an agent ([`startup::start`]): data directory, images, recovery, API.
 
 pub mod api;
 pub mod cmd;
@@ -13,8 +14,8 @@ pub mod doctor;
 pub mod envd_client;
 pub mod failpoints;
 pub mod guest;
-pub mod host;
 pub mod images;
 pub mod net;
 pub mod sandbox;
+pub mod startup;
 pub mod vmm;

@@ -13,9 +13,9 @@
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use wrenn_agent::host::{self, AgentConfig};
 use wrenn_agent::images::NoProgress;
 use wrenn_agent::net::NetConfig;
+use wrenn_agent::startup::{self, AgentConfig};
 
 mod common;
 
@@ -53,7 +53,7 @@ fn serve_agent_for_durability() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let agent = host::start(agent_config(&dir), Box::new(NoProgress))
+        let agent = startup::start(agent_config(&dir), Box::new(NoProgress))
             .await
             .expect("agent starts (are the images built? run scripts/test)");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -477,7 +477,7 @@ fn operations_survive_dropped_clients_and_agent_crashes() {
         assert_eq!(s, 204, "destroy: {v}");
         a.kill();
         assert!(qemu_sandboxes(&dir).is_empty());
-        let agent = host::start(agent_config(&dir), Box::new(NoProgress))
+        let agent = startup::start(agent_config(&dir), Box::new(NoProgress))
             .await
             .unwrap();
         assert!(agent.manager.list().await.is_empty());

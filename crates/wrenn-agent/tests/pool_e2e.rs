@@ -13,10 +13,10 @@
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use wrenn_agent::host::{self, AgentConfig};
 use wrenn_agent::images::NoProgress;
 use wrenn_agent::net::NetConfig;
 use wrenn_agent::sandbox::PoolConfig;
+use wrenn_agent::startup::{self, AgentConfig};
 
 mod common;
 
@@ -54,7 +54,7 @@ fn serve_agent_for_pool() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let agent = host::start(agent_config(&dir), Box::new(NoProgress))
+        let agent = startup::start(agent_config(&dir), Box::new(NoProgress))
             .await
             .expect("agent starts (are the images built? run scripts/test)");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -376,7 +376,7 @@ fn creates_take_pooled_clones_and_nothing_outlives_the_pool() {
         // The killed agent's own slots go with a last start's clean-up: none in use, none
         // left after its shutdown.
         drop(a);
-        let agent = host::start(agent_config(&dir), Box::new(NoProgress))
+        let agent = startup::start(agent_config(&dir), Box::new(NoProgress))
             .await
             .unwrap();
         assert!(agent.manager.list().await.is_empty());

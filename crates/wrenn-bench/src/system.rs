@@ -10,9 +10,9 @@ use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use wrenn_agent::host::{self, Agent, AgentConfig};
 use wrenn_agent::images::NoProgress;
 use wrenn_agent::net::NetConfig;
+use wrenn_agent::startup::{self, Agent, AgentConfig};
 
 /// Prefix of this benchmark's network namespaces and devices.
 pub const NET_PREFIX: &str = "bn";
@@ -80,7 +80,7 @@ impl System {
             max_slots: MAX_SLOTS,
             ..NetConfig::default()
         };
-        let agent = host::start(cfg, Box::new(NoProgress))
+        let agent = startup::start(cfg, Box::new(NoProgress))
             .await
             .context("start the host agent")?;
         let mut tasks = Vec::new();

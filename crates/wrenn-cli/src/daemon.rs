@@ -9,9 +9,9 @@ use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::time::Duration;
 use wrenn_agent::doctor;
-use wrenn_agent::host::{self, AgentConfig};
 use wrenn_agent::images::{self, ImageConfig, StderrProgress};
 use wrenn_agent::net::NetConfig;
+use wrenn_agent::startup::{self, AgentConfig};
 use wrenn_server::config::SignupMode;
 use wrenn_server::ServerConfig;
 
@@ -107,7 +107,7 @@ impl AgentArgs {
 pub async fn run_agent(args: AgentArgs) -> Result<()> {
     let cfg = args.config()?;
     crate::doctor::check_before_start(doctor::Options::from(&cfg)).await?;
-    let agent = host::start(cfg, Box::new(StderrProgress::new())).await?;
+    let agent = startup::start(cfg, Box::new(StderrProgress::new())).await?;
     create_files_owner_only();
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -145,7 +145,7 @@ pub async fn run_agent(args: AgentArgs) -> Result<()> {
 
 /// A clean agent stop: running VMs stay up (the next agent finds them again) with their
 /// network; idle pooled network slots are removed.
-async fn release_agent(agent: &host::Agent) {
+async fn release_agent(agent: &startup::Agent) {
     agent.manager.detach_all().await;
     let pool = agent.manager.slot_pool().clone();
     match tokio::task::spawn_blocking(move || pool.close_idle()).await {
@@ -166,9 +166,9 @@ pub async fn shutdown_signal() {
 }
 
 /// Creates the data directory if missing and makes it private (see
-/// [`host::secure_data_dir`]): mode 0700, the secrets and the database in it 0600.
+/// [`startup::secure_data_dir`]): mode 0700, the secrets and the database in it 0600.
 pub fn secure_data_dir(dir: &std::path::Path) -> Result<()> {
-    host::secure_data_dir(dir)
+    startup::secure_data_dir(dir)
         .with_context(|| format!("making the data directory {} private", dir.display()))
 }
 
@@ -289,7 +289,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         ..agent_args
     };
     eprintln!("==> preparing the host agent (guest images are built on first start)");
-    let agent = host::start(agent_args.config()?, Box::new(StderrProgress::new())).await?;
+    let agent = startup::start(agent_args.config()?, Box::new(StderrProgress::new())).await?;
     create_files_owner_only();
     let agent_listener = tokio::net::TcpListener::bind(&args.agent_listen)
         .await

@@ -1,8 +1,8 @@
 //! Placement: the registry of host agents (rows in the store plus one [`HostAgent`] client
 //! each), their health, the base templates they offer, and the choice of host for a new
 //! sandbox (the least-loaded healthy host that has the template). It does not decide
-//! anything about teams or sandbox records. (Not to be confused with the agent's `host`,
-//! its start-up, nor its `net` host rules.)
+//! anything about teams or sandbox records. (Not to be confused with the agent's `net` host
+//! rules.)
 
 use crate::agent::http::HttpAgent;
 use crate::agent::{AgentApiError as AgentError, HostAgent};

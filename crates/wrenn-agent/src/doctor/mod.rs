@@ -14,7 +14,7 @@ mod network;
 pub mod programs;
 mod system;
 
-use crate::host::AgentConfig;
+use crate::startup::AgentConfig;
 use crate::vmm::AccelChoice;
 use std::fmt;
 use std::path::PathBuf;

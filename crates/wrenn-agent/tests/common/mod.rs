@@ -12,9 +12,9 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
-use wrenn_agent::host::{self, Agent, AgentConfig};
 use wrenn_agent::images::NoProgress;
 use wrenn_agent::net::NetConfig;
+use wrenn_agent::startup::{self, Agent, AgentConfig};
 
 /// The bearer token of every test agent.
 pub const TOKEN: &str = "test-agent-token-0123456789";
@@ -95,7 +95,7 @@ impl TestAgent {
             ..NetConfig::default()
         };
         tweak(&mut cfg);
-        let agent = host::start(cfg, Box::new(NoProgress))
+        let agent = startup::start(cfg, Box::new(NoProgress))
             .await
             .expect("agent starts (are the images built? run scripts/test)");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -50,7 +50,7 @@ impl AgentConfig {
 
 /// Why an agent could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum AgentError {
+pub enum StartError {
     /// The configuration cannot work.
     #[error("{0}")]
     Config(String),
@@ -125,13 +125,13 @@ pub struct Prewarm(tokio::sync::watch::Receiver<Option<Result<(), String>>>);
 
 impl Prewarm {
     /// Waits until every warm snapshot is prepared; the first failure, if one failed.
-    pub async fn done(&self) -> Result<(), AgentError> {
+    pub async fn done(&self) -> Result<(), StartError> {
         let mut rx = self.0.clone();
         let outcome = match rx.wait_for(Option::is_some).await {
             Ok(v) => v.clone(),
             Err(_) => Some(Err("the warm-up task ended without an answer".into())),
         };
-        outcome.unwrap_or(Ok(())).map_err(AgentError::Prewarm)
+        outcome.unwrap_or(Ok(())).map_err(StartError::Prewarm)
     }
 
     /// True once every warm snapshot is prepared (false while under way or after a failure).
@@ -144,14 +144,14 @@ impl Prewarm {
 pub async fn start(
     cfg: AgentConfig,
     mut progress: Box<dyn Progress + Send>,
-) -> Result<Agent, AgentError> {
+) -> Result<Agent, StartError> {
     if cfg.token.len() < 16 {
-        return Err(AgentError::Config(
+        return Err(StartError::Config(
             "the agent token must be at least 16 characters".into(),
         ));
     }
-    cfg.admission.validate().map_err(AgentError::Config)?;
-    secure_data_dir(&cfg.data_dir).map_err(|source| AgentError::DataDir {
+    cfg.admission.validate().map_err(StartError::Config)?;
+    secure_data_dir(&cfg.data_dir).map_err(|source| StartError::DataDir {
         path: cfg.data_dir.clone(),
         source,
     })?;
@@ -163,7 +163,7 @@ pub async fn start(
                 .clone()
                 .or_else(images::locate_envd)
                 .ok_or_else(|| {
-                    AgentError::Config(
+                    StartError::Config(
                     "guest images are missing and no static wrenn-envd was found to build them \
                      (set WRENN_ENVD_BIN)"
                         .into(),
@@ -176,7 +176,7 @@ pub async fn start(
             };
             tokio::task::spawn_blocking(move || images::build_all(&icfg, progress.as_mut()))
                 .await
-                .map_err(|e| AgentError::Config(format!("image build task: {e}")))??
+                .map_err(|e| StartError::Config(format!("image build task: {e}")))??
         }
     };
     let accel = vmm::choose_accel(cfg.accel);
