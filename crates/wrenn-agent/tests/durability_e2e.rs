@@ -11,7 +11,7 @@
 //! default `/var/lib/wrenn`), like `vm_e2e.rs`.
 
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use wrenn_agent::images::NoProgress;
 use wrenn_agent::net::NetConfig;
@@ -19,6 +19,7 @@ use wrenn_agent::startup::{self, AgentConfig};
 
 mod common;
 
+use common::child::{self, ChildAgent};
 use common::{scratch_dir, TOKEN};
 
 /// Fixed prefix and slots: a run cleans up whatever a killed earlier run left behind.
@@ -39,119 +40,25 @@ fn agent_config(dir: &Path) -> AgentConfig {
     cfg
 }
 
-/// The child: an agent on the data dir named by [`CHILD_DIR_VAR`], serving on loopback until
-/// it is killed; its port goes to `agent.port` in the data dir. Does nothing in a normal run.
+/// The child: an agent on the data dir named by [`CHILD_DIR_VAR`] (see
+/// [`common::child::serve_child`]). Does nothing in a normal run.
 #[test]
 #[ignore = "run by durability_e2e as its child agent"]
 fn serve_agent_for_durability() {
-    let Some(dir) = std::env::var_os(CHILD_DIR_VAR).map(PathBuf::from) else {
-        return;
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let agent = startup::start(agent_config(&dir), Box::new(NoProgress))
-            .await
-            .expect("agent starts (are the images built? run scripts/test)");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let tmp = dir.join("agent.port.tmp");
-        std::fs::write(&tmp, port.to_string()).unwrap();
-        std::fs::rename(&tmp, dir.join("agent.port")).unwrap();
-        axum::serve(listener, agent.router).await.unwrap();
-    });
-}
-
-/// The agent under test: a child process serving on loopback.
-struct ChildAgent {
-    proc: std::process::Child,
-    base: String,
-    http: reqwest::Client,
-}
-
-/// A test that fails leaves no agent behind (its VMs are removed by the next run's start).
-impl Drop for ChildAgent {
-    fn drop(&mut self) {
-        let _ = self.proc.kill();
-        let _ = self.proc.wait();
-    }
+    child::serve_child(CHILD_DIR_VAR, agent_config);
 }
 
 impl ChildAgent {
     /// Starts an agent on `dir` with the failure points of `failpoints` armed.
     async fn start(dir: &Path, failpoints: &str) -> ChildAgent {
-        let port_file = dir.join("agent.port");
-        let _ = std::fs::remove_file(&port_file);
-        let proc = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "serve_agent_for_durability",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(CHILD_DIR_VAR, dir)
-            .env("WRENN_FAILPOINTS", failpoints)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let port = loop {
-            if let Ok(p) = std::fs::read_to_string(&port_file) {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "the child agent never served");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        ChildAgent {
-            proc,
-            base: format!("http://127.0.0.1:{}", port.trim()),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(180))
-                .build()
-                .unwrap(),
-        }
-    }
-
-    /// Kills the agent as a crash would (its VMs stay).
-    fn kill(self) {
-        drop(self);
-    }
-
-    /// Waits until the agent has ended (a failure point killed it).
-    async fn wait_killed(mut self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.proc.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the failure point never killed it"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN)
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.request(method, path);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ChildAgent::spawn(
+            "serve_agent_for_durability",
+            CHILD_DIR_VAR,
+            dir,
+            &[("WRENN_FAILPOINTS", failpoints)],
+            Duration::from_secs(180),
         )
+        .await
     }
 
     /// Sends a request over a connection of its own and gives up on it (closes the

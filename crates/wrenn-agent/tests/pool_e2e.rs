@@ -10,8 +10,8 @@
 //!
 //! Needs root and the guest images, as `vm_e2e.rs`. Slots 9960-9999, network prefix `wp`.
 
-use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use serde_json::json;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use wrenn_agent::images::NoProgress;
 use wrenn_agent::net::NetConfig;
@@ -20,6 +20,7 @@ use wrenn_agent::startup::{self, AgentConfig};
 
 mod common;
 
+use common::child::{self, ChildAgent};
 use common::{images_dir, rand_suffix, read_pid, TOKEN};
 
 const CHILD_DIR_VAR: &str = "WRENN_POOL_AGENT_DIR";
@@ -41,94 +42,23 @@ fn agent_config(dir: &Path) -> AgentConfig {
     cfg
 }
 
-/// The child: an agent with pools on, serving on loopback until killed.
+/// The child: an agent with pools on (see [`common::child::serve_child`]).
 #[test]
 #[ignore = "run by pool_e2e as its child agent"]
 fn serve_agent_for_pool() {
-    let Some(dir) = std::env::var_os(CHILD_DIR_VAR).map(PathBuf::from) else {
-        return;
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let agent = startup::start(agent_config(&dir), Box::new(NoProgress))
-            .await
-            .expect("agent starts (are the images built? run scripts/test)");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let tmp = dir.join("agent.port.tmp");
-        std::fs::write(&tmp, port.to_string()).unwrap();
-        std::fs::rename(&tmp, dir.join("agent.port")).unwrap();
-        axum::serve(listener, agent.router).await.unwrap();
-    });
+    child::serve_child(CHILD_DIR_VAR, agent_config);
 }
 
-struct Child {
-    proc: std::process::Child,
-    base: String,
-    http: reqwest::Client,
-    dir: PathBuf,
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.proc.kill();
-        let _ = self.proc.wait();
-    }
-}
-
-impl Child {
-    async fn start(dir: &Path) -> Child {
-        let port_file = dir.join("agent.port");
-        let _ = std::fs::remove_file(&port_file);
-        let proc = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "serve_agent_for_pool",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env(CHILD_DIR_VAR, dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let port = loop {
-            if let Ok(p) = std::fs::read_to_string(&port_file) {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "the child agent never served");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        Child {
-            proc,
-            base: format!("http://127.0.0.1:{}", port.trim()),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(300))
-                .build()
-                .unwrap(),
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+impl ChildAgent {
+    async fn start(dir: &Path) -> ChildAgent {
+        ChildAgent::spawn(
+            "serve_agent_for_pool",
+            CHILD_DIR_VAR,
+            dir,
+            &[],
+            Duration::from_secs(300),
         )
+        .await
     }
 
     async fn create(&self, template: &str, memory_mb: u32) -> String {
@@ -283,7 +213,7 @@ fn creates_take_pooled_clones_and_nothing_outlives_the_pool() {
         std::fs::create_dir_all(&dir).unwrap();
         std::os::unix::fs::symlink(images_dir().join("images"), dir.join("images")).unwrap();
 
-        let a = Child::start(&dir).await;
+        let a = ChildAgent::start(&dir).await;
         assert_eq!(a.pooled().await, 0, "no demand, no pool");
         // The first create of a shape misses (and boots its warm snapshot).
         let first = a.create("minimal", 256).await;
@@ -324,7 +254,7 @@ fn creates_take_pooled_clones_and_nothing_outlives_the_pool() {
 
         // A crash: the next agent keeps the sandboxes, pooled ones included, and nothing else.
         drop(a);
-        let a = Child::start(&dir).await;
+        let a = ChildAgent::start(&dir).await;
         for id in [&first, &pooled, &other, &second] {
             let (s, v) = a
                 .call(reqwest::Method::GET, &format!("/v1/sandboxes/{id}"), None)

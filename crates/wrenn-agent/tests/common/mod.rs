@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod child;
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
