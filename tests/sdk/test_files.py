@@ -132,6 +132,9 @@ def test_exists_and_remove_file_and_directory(capsule):
     assert capsule.files.exists(f"{d}/f.txt")
     assert not capsule.files.exists(f"{d}/nothing")
     assert not capsule.files.exists(f"{d}/no/such/dir")
+    # Under a regular file: the listed parent is no directory, which is not found too.
+    assert not capsule.files.exists(f"{d}/f.txt/x")
+    assert not capsule.files.exists(f"{d}/f.txt/x/y")
 
     capsule.files.remove(f"{d}/f.txt")
     assert not capsule.files.exists(f"{d}/f.txt")

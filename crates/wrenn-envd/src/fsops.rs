@@ -157,10 +157,17 @@ pub async fn list(dir: PathBuf, depth: u32) -> Result<ListDirResponse, FileError
         })?
 }
 
+/// A path that is no directory (a file, or under one) has no entries to list: not found,
+/// as for a missing path, so "is there an `x` in this directory?" has one "no" answer.
 fn list_blocking(dir: &Path, depth: u32) -> Result<ListDirResponse, FileError> {
-    let meta = std::fs::metadata(dir).map_err(|e| io_err("stat", dir, e))?;
+    let no_dir = || FileError::NotFound(format!("{} (not a directory)", dir.display()));
+    let meta = match std::fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Err(no_dir()),
+        Err(e) => return Err(io_err("stat", dir, e)),
+    };
     if !meta.is_dir() {
-        return Err(FileError::NotADirectory(dir.display().to_string()));
+        return Err(no_dir());
     }
     let names = Names::load();
     let mut out = ListDirResponse {
@@ -307,7 +314,11 @@ mod tests {
         ));
         assert!(matches!(
             list(root.join("a.txt"), 1).await,
-            Err(FileError::NotADirectory(_))
+            Err(FileError::NotFound(_))
+        ));
+        assert!(matches!(
+            list(root.join("a.txt/under"), 1).await,
+            Err(FileError::NotFound(_))
         ));
         assert!(matches!(
             list(root.to_path_buf(), MAX_LIST_DEPTH + 1).await,

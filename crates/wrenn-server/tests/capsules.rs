@@ -376,6 +376,12 @@ async fn list_mkdir_remove() {
     // Files.exists lists a missing parent: `not_found`.
     let r = post_json(&t, &acc.key, &files("list"), json!({"path": "/missing"})).await;
     assert_error(r, 404, "not_found").await;
+    // ... or a file as the parent (`exists("/work/a/f.txt/x")`) or a path under one: no
+    // directory there either, so `not_found` too (not a 400 the SDK would raise).
+    for path in ["/work/a/f.txt", "/work/a/f.txt/x"] {
+        let r = post_json(&t, &acc.key, &files("list"), json!({"path": path})).await;
+        assert_error(r, 404, "not_found").await;
+    }
     let r = post_json(
         &t,
         &acc.key,

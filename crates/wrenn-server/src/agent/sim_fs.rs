@@ -141,9 +141,7 @@ impl SimAgent {
             files: &sb.files,
             dirs: made,
         };
-        if tree.files.contains_key(&dir) {
-            return Err(bad_request(format!("a parent of {dir} is not a directory")));
-        }
+        // A file (or a path under one) is no directory to list: not found, as envd says.
         if !tree.is_dir(&dir) {
             return Err(file_not_found(&dir));
         }
