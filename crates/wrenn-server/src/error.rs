@@ -66,6 +66,10 @@ pub enum ErrorCode {
     /// Signup is closed on this control plane (additive to the seed spec).
     #[serde(rename = "signup_closed")]
     SignupClosed,
+    /// The caller is known but this request of theirs is refused: a session cookie sent
+    /// without its CSRF token or from another origin (additive to the seed spec).
+    #[serde(rename = "forbidden")]
+    Forbidden,
     /// The request took longer than the server allows (additive to the seed spec).
     #[serde(rename = "timeout")]
     Timeout,
@@ -95,7 +99,7 @@ impl ErrorCode {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             NoCapacity => StatusCode::SERVICE_UNAVAILABLE,
             QuotaExceeded | RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            SignupClosed => StatusCode::FORBIDDEN,
+            SignupClosed | Forbidden => StatusCode::FORBIDDEN,
             Timeout => StatusCode::GATEWAY_TIMEOUT,
             AgentError => StatusCode::BAD_GATEWAY,
             InternalError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -118,6 +122,10 @@ pub enum ApiError {
     /// Credentials (JWT or API key) are missing or invalid.
     #[error("{0}")]
     Unauthorized(String),
+    /// Valid credentials, but the request carrying them is refused (a session cookie
+    /// without its CSRF token, or from another origin).
+    #[error("{0}")]
+    Forbidden(String),
     /// Login with an unknown email or a wrong password (one message for both).
     #[error("invalid email or password")]
     InvalidCredentials,
@@ -257,6 +265,7 @@ impl ApiError {
             InvalidJson(_) => ErrorCode::InvalidJson,
             UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
             Unauthorized(_) => ErrorCode::Unauthorized,
+            Forbidden(_) => ErrorCode::Forbidden,
             InvalidCredentials => ErrorCode::InvalidCredentials,
             EmailTaken => ErrorCode::EmailTaken,
             SandboxNotFound(_) => ErrorCode::SandboxNotFound,
@@ -347,7 +356,7 @@ mod tests {
     use super::*;
 
     /// Every code with its wire name and status, as the spec's clients know them.
-    const CODES: [(ErrorCode, &str, u16); 26] = [
+    const CODES: [(ErrorCode, &str, u16); 27] = [
         (ErrorCode::BadRequest, "bad_request", 400),
         (ErrorCode::InvalidJson, "invalid_json", 400),
         (
@@ -379,6 +388,7 @@ mod tests {
         (ErrorCode::QuotaExceeded, "quota_exceeded", 429),
         (ErrorCode::RateLimited, "rate_limited", 429),
         (ErrorCode::SignupClosed, "signup_closed", 403),
+        (ErrorCode::Forbidden, "forbidden", 403),
         (ErrorCode::Timeout, "timeout", 504),
         (ErrorCode::AgentError, "agent_error", 502),
         (ErrorCode::InternalError, "internal_error", 500),

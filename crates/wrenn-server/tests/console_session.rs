@@ -159,7 +159,9 @@ async fn session_cookie_with_csrf_stands_in_for_token_and_key() {
         .send()
         .await
         .unwrap();
-    let e = assert_error(r, 401, "unauthorized").await;
+    // Signed in, but the request is refused: 403 `forbidden`, not a 401 that reads as
+    // "signed out".
+    let e = assert_error(r, 403, "forbidden").await;
     assert!(e["error"]["message"].as_str().unwrap().contains("CSRF"));
     let r = with(Method::POST, "/v1/api-keys")
         .header("x-csrf-token", "0".repeat(64))
@@ -167,7 +169,7 @@ async fn session_cookie_with_csrf_stands_in_for_token_and_key() {
         .send()
         .await
         .unwrap();
-    assert_error(r, 401, "unauthorized").await;
+    assert_error(r, 403, "forbidden").await;
     let r = with(Method::POST, "/v1/api-keys")
         .header("x-csrf-token", &csrf)
         .json(&json!({"name": "from-console"}))
@@ -188,7 +190,7 @@ async fn session_cookie_with_csrf_stands_in_for_token_and_key() {
         .send()
         .await
         .unwrap();
-    assert_error(r, 401, "unauthorized").await;
+    assert_error(r, 403, "forbidden").await;
 
     // The key routes take the cookie as the user's team.
     let r = with(Method::POST, "/v1/sandboxes")
@@ -215,7 +217,7 @@ async fn session_cookie_with_csrf_stands_in_for_token_and_key() {
         .send()
         .await
         .unwrap();
-    assert_error(r, 401, "unauthorized").await;
+    assert_error(r, 403, "forbidden").await;
 
     // Without any credential the answers are the spec's, as before.
     let r = ts.req(Method::GET, "/v1/sandboxes").send().await.unwrap();

@@ -8,8 +8,9 @@
 //! A request that carries neither `Authorization: Bearer` nor `X-API-Key` may be
 //! authenticated by the cookie instead ([`from_cookie`], used by the extractors): then a
 //! state-changing method must send the CSRF token back in `X-CSRF-Token`, and a request
-//! whose `Origin` is not the server's own is refused. The CSRF token is an HMAC of the
-//! session token under the server's secret, so it needs no storage and dies with the session.
+//! whose `Origin` is not the server's own is refused (both 403 `forbidden`: the caller is
+//! known, this request is not accepted). The CSRF token is an HMAC of the session token
+//! under the server's secret, so it needs no storage and dies with the session.
 
 use super::extract::JsonBody;
 use super::Res;
@@ -124,7 +125,7 @@ fn check_origin(headers: &HeaderMap, public_url: Option<&str>) -> Result<(), Api
     if is_public || (host.is_some() && origin_host == host) {
         Ok(())
     } else {
-        Err(ApiError::Unauthorized(
+        Err(ApiError::Forbidden(
             "a session cookie is only accepted from the console's own origin".into(),
         ))
     }
@@ -149,7 +150,7 @@ pub(super) fn from_cookie(parts: &Parts, app: &App) -> Result<Option<Claims>, Ap
         let want = csrf_token(app, token);
         let same: bool = subtle::ConstantTimeEq::ct_eq(sent.as_bytes(), want.as_bytes()).into();
         if !same {
-            return Err(ApiError::Unauthorized(
+            return Err(ApiError::Forbidden(
                 "missing or wrong X-CSRF-Token for a request signed in by the session cookie"
                     .into(),
             ));
