@@ -115,6 +115,9 @@ def test_get_info_list_ping_is_running(life):
     assert (mine.id, mine.status) == (life.capsule_id, Status.running)
     by_id = Capsule.get_info(life.capsule_id)
     assert (by_id.id, by_id.status, by_id.memory_mb) == (life.capsule_id, Status.running, 512)
+    # The disk's capacity: at least the size of the guest's root filesystem on it.
+    root_mb = int(life.commands.run("df -m --output=size / | tail -n1").stdout.strip())
+    assert by_id.disk_size_mb is not None and by_id.disk_size_mb >= root_mb > 0, by_id
     listed = {c.id: c for c in Capsule.list()}
     assert life.capsule_id in listed and listed[life.capsule_id].status == Status.running
     life.ping()

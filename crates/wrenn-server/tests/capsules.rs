@@ -94,6 +94,8 @@ async fn lifecycle_with_metadata_and_status_words() {
     assert_eq!(got["metadata"]["env"], "test");
     // Disk use from the latest resource sample (the simulated agent's: 8 MiB), on GET only.
     assert_eq!(got["disk_used_mb"], 8, "{got}");
+    // The disk's capacity, as the agent reports it (the simulated agent's: 2048 MiB).
+    assert_eq!(got["disk_size_mb"], 2048, "{got}");
     let list: Vec<Value> = call(&t, &acc.key, Method::GET, "/v1/capsules")
         .await
         .json()
@@ -102,6 +104,7 @@ async fn lifecycle_with_metadata_and_status_words() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["metadata"]["owner.team"], "a-1");
     assert!(list[0].get("disk_used_mb").is_none());
+    assert!(list[0].get("disk_size_mb").is_none());
 
     // The same sandbox under the seed's route, in the seed's shape.
     let sb = t.get(&acc.key, id).await.unwrap();

@@ -124,6 +124,10 @@ pub struct SandboxInfo {
     /// Why the sandbox is in `error`, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The capacity of the guest's disk in MiB (its image's virtual size), on a single
+    /// sandbox's GET; absent in lists, while the disk is not made yet, and from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -43,6 +43,29 @@ pub fn create_overlay(dir: &Path, backing: &str, name: &str) -> Result<(), CmdEr
     Ok(())
 }
 
+/// The guest disk's capacity in MiB: the virtual size (from the qcow2 header) of the
+/// sandbox's writable layer `disk-*.qcow2` in `dir`, the same as every layer of its chain.
+/// `None` when there is no such layer or its header is unreadable.
+pub fn capacity_mb(dir: &Path) -> Option<u64> {
+    let layer = std::fs::read_dir(dir).ok()?.flatten().find(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.starts_with("disk-") && name.ends_with(".qcow2")
+    })?;
+    qcow2_virtual_size(&layer.path()).map(|b| b / (1024 * 1024))
+}
+
+/// Bytes 24..32 of a qcow2 header (after the magic `QFI\xfb`): the virtual size, big-endian.
+fn qcow2_virtual_size(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut head = [0u8; 32];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    if head[..4] != *b"QFI\xfb" {
+        return None;
+    }
+    Some(u64::from_be_bytes(head[24..32].try_into().ok()?))
+}
+
 /// Writes the whole chain ending in `top` into one standalone qcow2 `out`.
 pub fn flatten(top: &Path, out: &Path) -> Result<(), CmdError> {
     cmd::run(
@@ -100,6 +123,23 @@ mod tests {
         assert!(!info.contains("backing file"), "{info}");
         // An existing link target is refused, never overwritten.
         assert!(link(&b.path().join("l1.qcow2"), &b.path().join("l2.qcow2")).is_err());
+    }
+
+    #[test]
+    fn capacity_is_the_virtual_size_of_the_writable_layer() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(capacity_mb(d.path()), None);
+        let base = std::fs::File::create(d.path().join("base.ext4")).unwrap();
+        base.set_len(96 << 20).unwrap();
+        create_overlay(d.path(), "base.ext4", "l1.qcow2").unwrap();
+        // Not the sandbox's own layer yet: no capacity to report.
+        assert_eq!(capacity_mb(d.path()), None);
+        create_overlay(d.path(), "l1.qcow2", "disk-1.qcow2").unwrap();
+        assert_eq!(capacity_mb(d.path()), Some(96));
+        // A file named like a layer that is no qcow2 is not believed.
+        let e = tempfile::tempdir().unwrap();
+        std::fs::write(e.path().join("disk-1.qcow2"), vec![0u8; 64]).unwrap();
+        assert_eq!(capacity_mb(e.path()), None);
     }
 
     #[test]

@@ -332,9 +332,11 @@ impl Manager {
         out
     }
 
-    /// One sandbox.
+    /// One sandbox, with its disk's capacity when its writable layer is there.
     pub async fn get(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
-        Ok(self.entry(id)?.view())
+        let mut view = self.entry(id)?.view();
+        view.disk_size_mb = disk::capacity_mb(&self.sandbox_dir(id));
+        Ok(view)
     }
 
     /// The envd client of a running sandbox with nothing under way, and the mark of an exec or
@@ -483,6 +485,7 @@ fn info(rec: &SandboxOnDisk) -> SandboxInfo {
         host_ip: rec.host_ip.clone(),
         started_at: rec.started_at.clone(),
         error: rec.error.clone(),
+        disk_size_mb: None,
     }
 }
 

@@ -33,6 +33,8 @@ use wrenn_types::time::Timestamp;
 
 /// Memory the simulated host pretends to have.
 const SIM_TOTAL_MEMORY_MB: u64 = 16 * 1024;
+/// The capacity the simulated agent reports for every guest disk.
+const SIM_DISK_SIZE_MB: u64 = 2048;
 
 pub(super) struct SimSandbox {
     pub(super) info: SandboxInfo,
@@ -299,6 +301,7 @@ impl HostAgent for SimAgent {
             host_ip: format!("10.{}.{}.{}", 200 + self.host_index, n / 250, n % 250 + 1),
             started_at: Some(now()),
             error: None,
+            disk_size_mb: None,
         };
         {
             let mut st = self.lock();
@@ -320,7 +323,11 @@ impl HostAgent for SimAgent {
     async fn get_sandbox(&self, id: &str) -> AgentResult<SandboxInfo> {
         let st = self.lock();
         let sb = st.sandboxes.get(id).ok_or_else(|| not_found(id))?;
-        Ok(sb.info.clone())
+        // As the agent: the disk's capacity on a single sandbox's GET only.
+        Ok(SandboxInfo {
+            disk_size_mb: Some(SIM_DISK_SIZE_MB),
+            ..sb.info.clone()
+        })
     }
 
     async fn destroy(&self, id: &str) -> AgentResult<()> {

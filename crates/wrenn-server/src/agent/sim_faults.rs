@@ -118,6 +118,7 @@ impl SimAgent {
             host_ip: String::new(),
             started_at: Some(now()),
             error: None,
+            disk_size_mb: None,
         };
         self.lock().sandboxes.insert(
             id.into(),

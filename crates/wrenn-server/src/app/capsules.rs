@@ -118,7 +118,22 @@ impl App {
         let meta = self.store.sandbox_metadata(team_id, Some(id)).await?;
         let mut view = capsule_view(&rec, meta.first().map(|(_, m)| m.as_str()));
         view.disk_used_mb = self.disk_used_mb(&rec).await;
+        view.disk_size_mb = self.disk_size_mb(&rec).await;
         Ok(view)
+    }
+
+    /// MiB the capsule's disk holds at most, as its agent reports it; `None` when the agent
+    /// does not say or does not answer in time (as [`Self::disk_used_mb`]).
+    async fn disk_size_mb(&self, rec: &SandboxRecord) -> Option<i64> {
+        if !matches!(rec.status, SandboxStatus::Running | SandboxStatus::Paused) {
+            return None;
+        }
+        let agent = self.hosts.agent(&rec.host_id).ok()?;
+        let info = tokio::time::timeout(DISK_SAMPLE_WAIT, agent.get_sandbox(&rec.id))
+            .await
+            .ok()?
+            .ok()?;
+        info.disk_size_mb.map(|mb| mb as i64)
     }
 
     /// MiB of the capsule's own disk layer (what it wrote beyond its template), from its
