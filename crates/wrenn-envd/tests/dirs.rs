@@ -86,6 +86,11 @@ async fn mkdir_list_remove_over_http() {
     )
     .await;
     assert_error(status, &body, 404, "not_found");
+    // A file, or a path under one, is no directory to list: not found as well.
+    for path in [format!("{root}/a/f.bin"), format!("{root}/a/f.bin/x")] {
+        let (status, body) = post(&envd, "/files/list", json!({ "path": path })).await;
+        assert_error(status, &body, 404, "not_found");
+    }
     let (status, body) = post(&envd, "/files/list", json!({"path": "relative"})).await;
     assert_error(status, &body, 400, "bad_request");
     let (status, body) = post(&envd, "/files/list", json!({"nopath": 1})).await;
