@@ -5,13 +5,12 @@
 //! closes. What runs over the connection (HTTP, WebSocket, anything) is the client's business;
 //! the copy holds a fixed buffer per direction.
 
-use crate::paths::{self, Route};
+use crate::paths;
+use crate::router::Operations;
 use crate::{AgentApiError, AgentResult, HostAgent};
 use axum::extract::{Path, Request, State};
-use axum::handler::Handler;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{on, MethodFilter};
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
@@ -37,16 +36,7 @@ pub fn parse_port(s: &str) -> Option<u16> {
 }
 
 pub(crate) fn routes() -> Router<Arc<dyn HostAgent>> {
-    at(Router::new(), paths::OPEN_PORT, open)
-}
-
-fn at<H: Handler<T, Arc<dyn HostAgent>>, T: 'static>(
-    r: Router<Arc<dyn HostAgent>>,
-    route: Route,
-    handler: H,
-) -> Router<Arc<dyn HostAgent>> {
-    let filter = MethodFilter::try_from(route.method).expect("a standard HTTP method");
-    r.route(route.path, on(filter, handler))
+    Router::new().operation(paths::OPEN_PORT, open)
 }
 
 fn bad_request(message: impl Into<String>) -> AgentApiError {

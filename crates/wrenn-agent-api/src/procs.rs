@@ -2,15 +2,14 @@
 //! beside it), merged into [`crate::router`]: parsing, one [`HostAgent`] call each, and the
 //! attach session relayed like a streamed exec.
 
-use crate::paths::{self, Route};
+use crate::paths;
+use crate::router::Operations;
 use crate::{relay_exec, AgentApiError, AgentResult, HostAgent};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
-use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{on, MethodFilter};
 use axum::{Json, Router};
 use std::sync::Arc;
 use wrenn_types::agent::AgentErrorCode;
@@ -18,22 +17,13 @@ use wrenn_types::process::{KillQuery, ProcessList, Selector, Signal, StartProces
 
 type Agent = State<Arc<dyn HostAgent>>;
 
-fn at<H: Handler<T, Arc<dyn HostAgent>>, T: 'static>(
-    r: Router<Arc<dyn HostAgent>>,
-    route: Route,
-    handler: H,
-) -> Router<Arc<dyn HostAgent>> {
-    let filter = MethodFilter::try_from(route.method).expect("a standard HTTP method");
-    r.route(route.path, on(filter, handler))
-}
-
 /// The process routes, to be merged before the router's auth layer.
 pub(crate) fn routes() -> Router<Arc<dyn HostAgent>> {
-    let r = Router::new();
-    let r = at(r, paths::START_PROCESS, start);
-    let r = at(r, paths::LIST_PROCESSES, list);
-    let r = at(r, paths::KILL_PROCESS, kill);
-    at(r, paths::ATTACH_PROCESS, attach)
+    Router::new()
+        .operation(paths::START_PROCESS, start)
+        .operation(paths::LIST_PROCESSES, list)
+        .operation(paths::KILL_PROCESS, kill)
+        .operation(paths::ATTACH_PROCESS, attach)
 }
 
 fn bad(message: impl Into<String>) -> AgentApiError {

@@ -6,13 +6,12 @@
 //! messages are at most [`MAX_PTY_MESSAGE`], and a client that takes nothing for the stall
 //! time is disconnected (the terminal runs on; it can connect again by tag).
 
-use crate::paths::{self, Route};
+use crate::paths;
+use crate::router::Operations;
 use crate::{AgentResult, HostAgent};
 use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::handler::Handler;
 use axum::response::Response;
-use axum::routing::{on, MethodFilter};
 use axum::Router;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -150,17 +149,7 @@ pub async fn relay_pty(
 
 /// The terminal route, to be merged before the router's auth layer.
 pub(crate) fn routes() -> Router<Arc<dyn HostAgent>> {
-    let r = Router::new();
-    at(r, paths::OPEN_PTY, open)
-}
-
-fn at<H: Handler<T, Arc<dyn HostAgent>>, T: 'static>(
-    r: Router<Arc<dyn HostAgent>>,
-    route: Route,
-    handler: H,
-) -> Router<Arc<dyn HostAgent>> {
-    let filter = MethodFilter::try_from(route.method).expect("a standard HTTP method");
-    r.route(route.path, on(filter, handler))
+    Router::new().operation(paths::OPEN_PTY, open)
 }
 
 /// The session is opened before the upgrade, so a missing or stopped sandbox is an ordinary

@@ -54,8 +54,9 @@ pub fn router(agent: Arc<dyn HostAgent>, token: &str) -> Router {
         .with_state(agent)
 }
 
-/// Adding a handler at a [`Route`] (routes sharing a path are merged by axum).
-trait Operations<S> {
+/// Adding a handler at a [`Route`] (routes sharing a path are merged by axum); every route
+/// module of this crate adds its handlers this way.
+pub(crate) trait Operations<S> {
     fn operation<H: Handler<T, S>, T: 'static>(self, route: Route, handler: H) -> Self;
 }
 
