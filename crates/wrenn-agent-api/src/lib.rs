@@ -12,12 +12,15 @@
 //! - [`ws_session`] and [`relay_exec`]: the two ends of a streamed exec over WebSocket.
 //! - [`PortStream`]: a connection to a port of a guest (an HTTP upgrade on the wire), under
 //!   the control plane's port proxy.
+//! - [`TemplateCopy`]: a snapshot template's copy between agents (manifest, ranged reads,
+//!   writes at an offset, commit), reached through [`HostAgent::template_copy`].
 //!
 //! File bodies are streams both ways ([`ByteStream`], [`FileBody`]) and a streamed exec is a
 //! pair of channels ([`ExecSession`]), so no hop holds a whole file or a whole output. This
 //! crate does no VM, disk or network work of its own and must not depend on the agent or the
 //! control plane.
 
+mod copy;
 mod error;
 pub mod paths;
 mod port;
@@ -26,6 +29,7 @@ mod pty;
 mod router;
 mod session;
 
+pub use copy::{status_of, TemplateCopy};
 pub use error::AgentApiError;
 pub use port::{parse_port, PortIo, PortStream, PORT_UPGRADE};
 pub use pty::{relay_pty, ws_pty_session, PtyFrame, PtySession, MAX_PTY_MESSAGE};
@@ -172,6 +176,12 @@ pub trait HostAgent: Send + Sync + 'static {
     async fn make_dir(&self, id: &str, path: &str) -> AgentResult<FileEntry>;
     /// [`paths::REMOVE_PATH`]: the file, link or directory tree at `path`.
     async fn remove_path(&self, id: &str, path: &str) -> AgentResult<()>;
+
+    /// The template copy operations of this agent ([`paths::TEMPLATE_MANIFEST`] and the
+    /// routes beside it); `None` when it does not copy templates.
+    fn template_copy(&self) -> Option<&dyn TemplateCopy> {
+        None
+    }
 
     /// [`Self::read_file_body`] without the length.
     async fn read_file(&self, id: &str, path: &str) -> AgentResult<ByteStream> {

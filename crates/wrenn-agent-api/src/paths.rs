@@ -29,6 +29,12 @@
 //! | [`LIST_TEMPLATES`] | → `[TemplateInfo]` |
 //! | [`DELETE_TEMPLATE`] | → 204 |
 //! | [`SANDBOX_METRICS`]`?range_secs=N` | → `[MetricPoint]` (`wrenn_types::observe`), oldest first |
+//! | [`TEMPLATE_MANIFEST`] | → `copy::TemplateManifest` (a snapshot template's files, sizes, SHA-256) |
+//! | [`TEMPLATE_FILE`]`?offset=N` | → raw bytes of one file from `N` on, streamed |
+//! | [`BEGIN_COPY`] | `copy::TemplateManifest` → `copy::CopyStatus` (what a copy under way holds) |
+//! | [`RECEIVE_COPY_FILE`]`?offset=N` | raw body, streamed, appended at `N` → `copy::CopyHeld` (409 if `N` is not what it holds) |
+//! | [`COMMIT_COPY`] | → 201 `TemplateInfo` (409 `conflict` when a digest differs) |
+//! | [`ABORT_COPY`] | → 204 |
 
 use axum::http::Method;
 
@@ -95,6 +101,13 @@ pub const OPEN_PORT: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/ports/{
 pub const LIST_TEMPLATES: Route = Route::new(Method::GET, "/v1/templates");
 pub const DELETE_TEMPLATE: Route = Route::new(Method::DELETE, "/v1/templates/{name}");
 pub const SANDBOX_METRICS: Route = Route::new(Method::GET, "/v1/sandboxes/{id}/metrics");
+pub const TEMPLATE_MANIFEST: Route = Route::new(Method::GET, "/v1/templates/{name}/manifest");
+pub const TEMPLATE_FILE: Route = Route::new(Method::GET, "/v1/templates/{name}/files/{file}");
+pub const BEGIN_COPY: Route = Route::new(Method::PUT, "/v1/template-copies/{name}");
+pub const RECEIVE_COPY_FILE: Route =
+    Route::new(Method::PUT, "/v1/template-copies/{name}/files/{file}");
+pub const COMMIT_COPY: Route = Route::new(Method::POST, "/v1/template-copies/{name}/commit");
+pub const ABORT_COPY: Route = Route::new(Method::DELETE, "/v1/template-copies/{name}");
 
 #[cfg(test)]
 mod tests {

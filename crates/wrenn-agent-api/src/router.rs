@@ -49,6 +49,7 @@ pub fn router(agent: Arc<dyn HostAgent>, token: &str) -> Router {
         .merge(crate::procs::routes())
         .merge(crate::pty::routes())
         .merge(crate::port::routes())
+        .merge(crate::copy::routes())
         .fallback(|| async { AgentApiError::new(AgentErrorCode::NotFound, "no such route") })
         .layer(middleware::from_fn_with_state(token, auth))
         .with_state(agent)
