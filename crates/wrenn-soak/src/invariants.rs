@@ -5,16 +5,18 @@
 //!   there; paused: resume works and the file is there) or in `error`, with its files kept when
 //!   it had ever been handed to its user;
 //! - nothing exists that no record owns: no QEMU process of the data dir outside a running
-//!   sandbox, no sandbox directory the agent has no record of, no VM or snapshot template the
-//!   database does not know, no more network namespaces of the prefix than running sandboxes
-//!   plus the agent's ready pool, no host link of the prefix without its namespace (the
-//!   per-sandbox firewall rules live in the namespaces; the prefix's host chains stay while
-//!   the agent runs);
+//!   sandbox or the agent's warm pool (found through the agent's pid files,
+//!   [`crate::qemus`]), no sandbox directory the agent has no record of, no VM or snapshot
+//!   template the database does not know, no more network namespaces of the prefix than
+//!   running sandboxes plus the agent's ready slots and pooled clones, no host link of the
+//!   prefix without its namespace (the per-sandbox firewall rules live in the namespaces; the
+//!   prefix's host chains stay while the agent runs);
 //! - the database (the public API's lists) and the agent (its internal API's lists) agree.
 //!
 //! It owns the observation and the verdict ([`Findings`]); it knows nothing of how the faults
 //! were made. The agent is reached with the token `wrenn up` keeps in its data directory.
 
+use crate::qemus::Owner;
 use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -128,6 +130,8 @@ struct Observed {
     dirs: BTreeSet<String>,
     /// Live QEMUs of the data dir: pid → the sandbox id it runs, or its command line.
     qemus: Vec<(i32, Result<String, String>)>,
+    /// Live QEMUs of the agent's warm pool (each holds a network slot of its own).
+    pooled: usize,
     /// Slot indexes of the prefix's network namespaces.
     netns: BTreeSet<u32>,
     /// Slot indexes of the prefix's host-side links (`<prefix>v<index>`).
@@ -148,40 +152,6 @@ async fn get_json(rb: reqwest::RequestBuilder, what: &str) -> Result<Value> {
 
 fn array(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or_default()
-}
-
-/// Every QEMU whose command line names a path in `data_dir`, with the sandbox it runs.
-pub fn qemus_of(data_dir: &Path) -> Vec<(i32, Result<String, String>)> {
-    let inside = format!("{}/", data_dir.display());
-    let sandboxes = format!("{}/sandboxes/", data_dir.display());
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = raw
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if !args.first().is_some_and(|a| a.contains("qemu-system")) {
-            continue;
-        }
-        if !args.iter().any(|a| a.contains(&inside)) {
-            continue;
-        }
-        let id = args.iter().find_map(|a| {
-            let (_, rest) = a.split_once(&sandboxes)?;
-            rest.split('/').next().map(str::to_string)
-        });
-        out.push((pid, id.ok_or_else(|| args.join(" "))));
-    }
-    out
 }
 
 /// Slot indexes of the network namespaces of `prefix` (`<prefix>-ns<index>`).
@@ -256,7 +226,13 @@ async fn observe(t: &Target) -> Result<Observed> {
             o.dirs.insert(name);
         }
     }
-    o.qemus = qemus_of(&t.data_dir);
+    for (pid, owner) in crate::qemus::qemus_of(&t.data_dir) {
+        match owner {
+            Owner::Sandbox(id) => o.qemus.push((pid, Ok(id))),
+            Owner::Pooled => o.pooled += 1,
+            Owner::Unknown(cmd) => o.qemus.push((pid, Err(cmd))),
+        }
+    }
     o.netns = namespaces_of(&t.net_prefix);
     o.links = links_of(&t.net_prefix);
     Ok(o)
@@ -314,10 +290,12 @@ fn judge(o: &Observed) -> (Vec<String>, Vec<String>) {
         .filter_map(|(id, _)| o.slots.get(id).copied())
         .collect();
     let spare: Vec<u32> = o.netns.difference(&held).copied().collect();
-    if spare.len() > POOL_READY {
+    if spare.len() > POOL_READY + o.pooled {
         orphans.push(format!(
-            "{} network namespaces of no running sandbox (at most {POOL_READY} ready): {spare:?}",
-            spare.len()
+            "{} network namespaces of no running sandbox (at most {POOL_READY} ready and {} of \
+             pooled clones): {spare:?}",
+            spare.len(),
+            o.pooled
         ));
     }
     for slot in o.links.difference(&o.netns) {
@@ -492,6 +470,16 @@ mod tests {
     #[test]
     fn a_healthy_system_has_nothing_to_report() {
         assert_eq!(judge(&healthy()), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_pooled_clone_holds_a_namespace_of_its_own() {
+        // 8 and 9 are ready slots; three more namespaces are one too many without clones.
+        let mut o = healthy();
+        o.netns.extend([1, 2, 3]);
+        assert!(!judge(&o).0.is_empty());
+        o.pooled = 3;
+        assert_eq!(judge(&o), (vec![], vec![]));
     }
 
     #[test]
