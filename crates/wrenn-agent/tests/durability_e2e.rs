@@ -162,11 +162,34 @@ fn new_id() -> String {
     format!("sb-d{:06}", rand::random::<u32>() % 1_000_000)
 }
 
-/// The sandboxes whose directory some live QEMU names on its command line.
+/// The sandboxes some live QEMU of the data dir runs, found as the agent records them: by the
+/// pid file in the sandbox's directory (a clone taken from a warm pool names its `pool/`
+/// directory on its command line, not the sandbox's), else by the sandbox directory its
+/// command line names (started, pid file not yet written). Pooled clones (a pid file in
+/// `pool/`, or `pool/` on the command line) run no sandbox and are not listed.
 fn qemu_sandboxes(dir: &Path) -> Vec<String> {
-    let prefix = format!("{}/", dir.join("sandboxes").display());
+    let pid_files = |sub: &str| -> Vec<(u32, String)> {
+        std::fs::read_dir(dir.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let pid = std::fs::read_to_string(e.path().join("qemu.pid")).ok()?;
+                Some((
+                    pid.trim().parse().ok()?,
+                    e.file_name().to_string_lossy().into(),
+                ))
+            })
+            .collect()
+    };
+    let (sandboxes, pooled) = (pid_files("sandboxes"), pid_files("pool"));
+    let prefix = |sub: &str| format!("{}/", dir.join(sub).display());
+    let (in_sandboxes, in_pool) = (prefix("sandboxes"), prefix("pool"));
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
         let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
             continue;
         };
@@ -177,13 +200,23 @@ fn qemu_sandboxes(dir: &Path) -> Vec<String> {
         if !args.first().is_some_and(|a| a.contains("qemu-system")) {
             continue;
         }
-        for a in &args {
-            if let Some(rest) = a.split_once(&prefix).map(|(_, r)| r) {
-                let id = rest.split('/').next().unwrap_or_default().to_string();
-                if !out.contains(&id) {
-                    out.push(id);
-                }
-            }
+        let named = |p: &str| {
+            args.iter().find_map(|a| {
+                let (_, rest) = a.split_once(p)?;
+                rest.split('/').next().map(str::to_string)
+            })
+        };
+        let id = if let Some((_, id)) = sandboxes.iter().find(|(p, _)| *p == pid) {
+            id.clone()
+        } else if pooled.iter().any(|(p, _)| *p == pid) || named(&in_pool).is_some() {
+            continue;
+        } else if let Some(id) = named(&in_sandboxes) {
+            id
+        } else {
+            continue;
+        };
+        if !out.contains(&id) {
+            out.push(id);
         }
     }
     out.sort();
