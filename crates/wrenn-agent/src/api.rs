@@ -133,6 +133,10 @@ impl HostAgent for ManagerAgent {
         Ok(self.0.templates())
     }
 
+    fn template_copy(&self) -> Option<&dyn wrenn_agent_api::TemplateCopy> {
+        Some(self)
+    }
+
     async fn delete_template(&self, name: &str) -> AgentResult<()> {
         Ok(self.0.delete_template(name).await?)
     }

@@ -9,6 +9,7 @@
 //! - [`startup`]: starting an agent ([`startup::start`]): data directory, images, recovery, API.
 
 pub mod api;
+mod api_copy;
 pub mod cmd;
 pub mod doctor;
 pub mod envd_client;

@@ -139,7 +139,11 @@ mod tests {
             with(vec![file(".hidden", 1)]),
             with(vec![file("a", 1), file("a", 2)]),
             with(vec![file("a", MAX_COPY_BYTES), file("b", 1)]),
-            with((0..=MAX_COPY_FILES).map(|i| file(&format!("f{i}"), 1)).collect()),
+            with(
+                (0..=MAX_COPY_FILES)
+                    .map(|i| file(&format!("f{i}"), 1))
+                    .collect(),
+            ),
             with(vec![CopyFile {
                 sha256: "zz".repeat(32),
                 ..file("a", 1)

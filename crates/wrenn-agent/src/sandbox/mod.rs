@@ -19,6 +19,8 @@
 //! - `templates.rs`: snapshot into a template, list and delete templates, publishing a
 //!   finished directory;
 //! - `warm.rs`: warm snapshots of base templates;
+//! - `copy.rs`: a snapshot template's copy to or from another host (manifest, ranged reads,
+//!   a copy under way, its checked commit);
 //! - `pool/`: warm pools, clones restored ahead and stopped, which creates take;
 //! - `recover.rs`: finding the sandboxes of a previous run after a restart;
 //! - `capacity.rs`: the host's memory, the admission check, host info;
@@ -31,8 +33,10 @@
 //! - `templates/<name>/`: user snapshot templates (a snapshot image, see [`records`])
 //! - `warm/<template>-<vcpus>x<mem>-<key>/`: warm snapshots of base templates
 //! - `pool/<template>-<key>/`: pooled clones (renamed to `sandboxes/<id>/` when taken)
+//! - `incoming/<name>/`: a template's copy under way from another host (not a template)
 
 mod capacity;
+mod copy;
 pub mod disk;
 mod lifecycle;
 mod metrics;

@@ -260,7 +260,7 @@ pub(super) fn template_from(templates: &Path, id: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn template_info(meta: &ImageMeta, dir: &Path) -> TemplateInfo {
+pub(super) fn template_info(meta: &ImageMeta, dir: &Path) -> TemplateInfo {
     TemplateInfo {
         name: meta.name.clone(),
         kind: TemplateKind::Snapshot,
