@@ -26,6 +26,9 @@ pub enum ErrorCode {
     Unauthorized,
     #[serde(rename = "invalid_credentials")]
     InvalidCredentials,
+    /// A host's join token is unknown, malformed, used or expired (additive to the seed spec).
+    #[serde(rename = "invalid_join_token")]
+    InvalidJoinToken,
     #[serde(rename = "email_taken")]
     EmailTaken,
     #[serde(rename = "sandbox_not_found")]
@@ -86,7 +89,7 @@ impl ErrorCode {
         match self {
             BadRequest | InvalidJson => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Unauthorized | InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Unauthorized | InvalidCredentials | InvalidJoinToken => StatusCode::UNAUTHORIZED,
             SandboxNotFound
             | TemplateNotFound
             | ApiKeyNotFound
@@ -129,6 +132,10 @@ pub enum ApiError {
     /// Login with an unknown email or a wrong password (one message for both).
     #[error("invalid email or password")]
     InvalidCredentials,
+    /// A host's join token was refused; the message says why (unknown, malformed, used,
+    /// expired, or made for another CA).
+    #[error("{0}")]
+    InvalidJoinToken(String),
     /// Signup with an email that already has an account.
     #[error("email already registered")]
     EmailTaken,
@@ -267,6 +274,7 @@ impl ApiError {
             Unauthorized(_) => ErrorCode::Unauthorized,
             Forbidden(_) => ErrorCode::Forbidden,
             InvalidCredentials => ErrorCode::InvalidCredentials,
+            InvalidJoinToken(_) => ErrorCode::InvalidJoinToken,
             EmailTaken => ErrorCode::EmailTaken,
             SandboxNotFound(_) => ErrorCode::SandboxNotFound,
             TemplateNotFound(_) => ErrorCode::TemplateNotFound,

@@ -22,6 +22,7 @@ pub mod failpoints;
 pub mod listener;
 pub mod metrics;
 mod periodic;
+pub mod pki;
 pub mod placement;
 pub mod reaper;
 pub mod reconciler;

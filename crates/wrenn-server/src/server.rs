@@ -55,6 +55,8 @@ impl Drop for Server {
 /// once).
 pub async fn build(cfg: ServerConfig) -> Result<Server, BuildError> {
     cfg.validate()?;
+    // `https://` hosts are spoken to with a control-plane identity from this data dir's CA.
+    crate::pki::client::use_data_dir(&cfg.data_dir);
     if cfg
         .database_url
         .as_deref()

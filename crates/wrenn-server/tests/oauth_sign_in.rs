@@ -99,6 +99,39 @@ impl Store for GatedStore {
     async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         self.inner.list_hosts().await
     }
+    async fn insert_join_token(
+        &self,
+        token: &wrenn_server::store::JoinTokenRecord,
+    ) -> Result<(), StoreError> {
+        self.inner.insert_join_token(token).await
+    }
+    async fn list_join_tokens(
+        &self,
+    ) -> Result<Vec<wrenn_server::store::JoinTokenRecord>, StoreError> {
+        self.inner.list_join_tokens().await
+    }
+    async fn spend_join_token(
+        &self,
+        token_hash: &str,
+        at: DateTime<Utc>,
+    ) -> Result<wrenn_server::store::JoinTokenSpend, StoreError> {
+        self.inner.spend_join_token(token_hash, at).await
+    }
+    async fn record_joined_host(
+        &self,
+        rotated: Option<&str>,
+        new_id: &str,
+        url: &str,
+        cert_sha256: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        self.inner
+            .record_joined_host(rotated, new_id, url, cert_sha256, at)
+            .await
+    }
+    async fn host_cert_sha256(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.inner.host_cert_sha256(id).await
+    }
     async fn update_host_health(
         &self,
         id: &str,

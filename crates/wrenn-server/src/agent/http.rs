@@ -1,6 +1,8 @@
 //! [`HttpAgent`]: the [`HostAgent`] client for a real host agent at a base URL, over HTTP/JSON
 //! (reqwest), WebSocket (tokio-tungstenite) and, for a guest's port, an upgraded connection,
-//! with `Authorization: Bearer <token>` on every request. URLs are built from the routes of
+//! with `Authorization: Bearer <token>` on every request, or, for an `https://` host (one that
+//! joined), mutual TLS with this process's control-plane certificate
+//! ([`crate::pki::client`]) and no token. URLs are built from the routes of
 //! [`paths`]. File bodies are streamed both ways and never collected here; JSON answers and
 //! error bodies are read up to a limit ([`MAX_ANSWER_BYTES`], [`MAX_EXEC_ANSWER_BYTES`],
 //! [`MAX_ERROR_BYTES`]), so an agent cannot make the control plane hold an unbounded answer.
@@ -9,6 +11,7 @@ use super::{AgentApiError, AgentResult, ByteStream, ExecSession, FileBody, HostA
 use async_trait::async_trait;
 use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use wrenn_agent_api::paths::{self, Route};
@@ -49,6 +52,8 @@ pub struct HttpAgent {
     base: String,
     token: String,
     client: reqwest::Client,
+    /// The TLS configuration of an `https://` host (shared by its WebSockets).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for HttpAgent {
@@ -65,28 +70,55 @@ fn transport(e: reqwest::Error) -> AgentApiError {
 }
 
 impl HttpAgent {
-    /// A client for the agent at `base` (e.g. `http://127.0.0.1:7070`).
+    /// A client for the agent at `base` (e.g. `http://127.0.0.1:7070`); an `https://` base
+    /// is spoken to with this process's control-plane identity.
     pub fn new(base: &str, token: &str) -> AgentResult<Self> {
-        let client = reqwest::Client::builder()
+        if base.starts_with("https://") {
+            let tls = crate::pki::client::config().map_err(|e| {
+                AgentApiError::Transport(format!("no TLS identity for {base}: {e}"))
+            })?;
+            return Self::with_tls(base, tls);
+        }
+        Self::build(base, token, None)
+    }
+
+    /// A client for the `https://` agent at `base`, with mutual TLS configured by `tls`.
+    pub fn with_tls(base: &str, tls: Arc<rustls::ClientConfig>) -> AgentResult<Self> {
+        Self::build(base, "", Some(tls))
+    }
+
+    fn build(base: &str, token: &str, tls: Option<Arc<rustls::ClientConfig>>) -> AgentResult<Self> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(transport)?;
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(tls) = &tls {
+            builder = builder
+                .use_preconfigured_tls(rustls::ClientConfig::clone(tls))
+                .https_only(true);
+        }
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
-            client,
+            client: builder.build().map_err(transport)?,
+            tls,
         })
+    }
+
+    /// `rb` with the bearer token, when this host has one (a TLS host has none).
+    fn auth(&self, rb: RequestBuilder) -> RequestBuilder {
+        if self.token.is_empty() {
+            rb
+        } else {
+            rb.bearer_auth(&self.token)
+        }
     }
 
     /// A request for `route`, its parameter (if it has one) filled with `param`.
     fn req(&self, route: Route, param: &str) -> RequestBuilder {
-        self.client
-            .request(
-                route.method.clone(),
-                format!("{}{}", self.base, route.fill(param)),
-            )
-            .bearer_auth(&self.token)
+        self.auth(self.client.request(
+            route.method.clone(),
+            format!("{}{}", self.base, route.fill(param)),
+        ))
     }
 
     /// Sends and turns any non-success answer into [`AgentApiError::Api`].
@@ -151,14 +183,21 @@ impl HttpAgent {
         let mut request = format!("{ws_base}{path}")
             .into_client_request()
             .map_err(|e| AgentApiError::Protocol(e.to_string()))?;
-        let auth = format!("Bearer {}", self.token)
-            .parse()
-            .map_err(|_| AgentApiError::Protocol("agent token is not a valid header".into()))?;
-        request.headers_mut().insert("authorization", auth);
-        let (ws, _) = match tokio_tungstenite::connect_async_with_config(
+        if !self.token.is_empty() {
+            let auth = format!("Bearer {}", self.token)
+                .parse()
+                .map_err(|_| AgentApiError::Protocol("agent token is not a valid header".into()))?;
+            request.headers_mut().insert("authorization", auth);
+        }
+        let connector = self
+            .tls
+            .as_ref()
+            .map(|tls| tokio_tungstenite::Connector::Rustls(tls.clone()));
+        let (ws, _) = match tokio_tungstenite::connect_async_tls_with_config(
             request,
             Some(wrenn_agent_api::ws_client_config()),
             false,
+            connector,
         )
         .await
         {
@@ -297,9 +336,7 @@ impl HostAgent for HttpAgent {
         let route = paths::KILL_PROCESS;
         let url = format!("{}{}", self.base, route.fill_two(id, selector));
         let rb = self
-            .client
-            .request(route.method.clone(), url)
-            .bearer_auth(&self.token)
+            .auth(self.client.request(route.method.clone(), url))
             .query(&[("signal", signal.as_str())])
             .timeout(QUICK_TIMEOUT);
         self.send(rb).await?;
@@ -319,12 +356,10 @@ impl HostAgent for HttpAgent {
     async fn open_port(&self, id: &str, port: u16) -> AgentResult<wrenn_agent_api::PortStream> {
         let path = paths::OPEN_PORT.fill_two(id, &port.to_string());
         let req = self
-            .client
-            .request(
+            .auth(self.client.request(
                 paths::OPEN_PORT.method.clone(),
                 format!("{}{path}", self.base),
-            )
-            .bearer_auth(&self.token)
+            ))
             .header("connection", "upgrade")
             .header("upgrade", wrenn_agent_api::PORT_UPGRADE);
         // The agent answers once the guest accepted the connection (or refused it).

@@ -16,6 +16,7 @@ mod capsule_pty;
 mod capsules;
 mod console;
 mod extract;
+mod hosts_join;
 mod oauth;
 mod observe;
 mod proxy;
@@ -124,6 +125,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(capsule_commands::routes())
         .merge(capsule_pty::routes())
         .merge(proxy::routes())
+        .merge(hosts_join::routes())
         .merge(session::routes())
         .fallback(console::fallback)
         .method_not_allowed_fallback(method_not_allowed)

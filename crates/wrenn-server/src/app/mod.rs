@@ -43,6 +43,8 @@ pub use sandboxes::check_command;
 pub use snapshots::valid_template_name;
 pub use usage::run_meter;
 
+pub mod host_join;
+
 use crate::auth::JwtKeys;
 use crate::config::ServerConfig;
 use crate::failpoints::Failpoints;

@@ -26,6 +26,9 @@ use chrono::{DateTime, SubsecRound, Utc};
 use std::sync::Arc;
 use wrenn_types::agent::SandboxStatus;
 
+mod host_join;
+mod sql_join;
+pub use host_join::{JoinTokenRecord, JoinTokenSpend};
 pub use usage::{DailyUsage, Held, MeteredSandbox, UsageCredit, UsagePass};
 
 /// Errors of the storage layer.
@@ -396,6 +399,33 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the stored record (its id is the existing one when the url was known).
     async fn upsert_host(&self, host: &HostRecord) -> Result<HostRecord, StoreError>;
     async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+
+    // --- host joining (`host_join`) ---
+
+    /// Stores a join token (its hash only).
+    async fn insert_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError>;
+    /// Every join token, oldest first.
+    async fn list_join_tokens(&self) -> Result<Vec<JoinTokenRecord>, StoreError>;
+    /// Spends the token with this hash at `at` if it is unused and unexpired (atomically:
+    /// one of two concurrent spends wins), else says why not.
+    async fn spend_join_token(
+        &self,
+        token_hash: &str,
+        at: DateTime<Utc>,
+    ) -> Result<JoinTokenSpend, StoreError>;
+    /// Records a joined host and its certificate's SHA-256: the host `rotated` (its url
+    /// updated; `None` if it is gone), or a new host `new_id` (or the host with that url).
+    /// Returns the host's id.
+    async fn record_joined_host(
+        &self,
+        rotated: Option<&str>,
+        new_id: &str,
+        url: &str,
+        cert_sha256: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError>;
+    /// The SHA-256 of the certificate last issued to a host (`None`: never joined).
+    async fn host_cert_sha256(&self, id: &str) -> Result<Option<String>, StoreError>;
     /// Records a health check: status, capacity (when healthy) and last_seen.
     async fn update_host_health(
         &self,

@@ -90,6 +90,8 @@ macro_rules! impl_store {
             Ok(())
         }
 
+        $crate::store::sql_join::join_queries!($db);
+
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
             async fn create_account(&self, a: &NewAccount) -> Result<(), StoreError> {
@@ -125,6 +127,42 @@ macro_rules! impl_store {
                 let q = format!("SELECT {USER_COLS} FROM users u WHERE u.email = $1");
                 let row = sqlx::query(&q).bind(email).fetch_optional(&self.pool).await?;
                 row.as_ref().map(user_row).transpose()
+            }
+
+            async fn insert_join_token(
+                &self,
+                token: &$crate::store::JoinTokenRecord,
+            ) -> Result<(), StoreError> {
+                join::insert_token(&self.pool, token).await
+            }
+
+            async fn list_join_tokens(
+                &self,
+            ) -> Result<Vec<$crate::store::JoinTokenRecord>, StoreError> {
+                join::list_tokens(&self.pool).await
+            }
+
+            async fn spend_join_token(
+                &self,
+                token_hash: &str,
+                at: DateTime<Utc>,
+            ) -> Result<$crate::store::JoinTokenSpend, StoreError> {
+                join::spend_token(&self.pool, token_hash, at).await
+            }
+
+            async fn record_joined_host(
+                &self,
+                rotated: Option<&str>,
+                new_id: &str,
+                url: &str,
+                cert_sha256: &str,
+                at: DateTime<Utc>,
+            ) -> Result<Option<String>, StoreError> {
+                join::record_host(&self.pool, rotated, new_id, url, cert_sha256, at).await
+            }
+
+            async fn host_cert_sha256(&self, id: &str) -> Result<Option<String>, StoreError> {
+                join::host_cert(&self.pool, id).await
             }
 
             async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
