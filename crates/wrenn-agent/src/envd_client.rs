@@ -26,13 +26,47 @@ use wrenn_types::ErrorBody;
 
 /// Connect timeout of ordinary requests.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Connect timeout of one readiness probe: short, so a probe sent before the guest's network
-/// is up does not delay the next one.
-const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(50);
-/// Whole-request timeout of one readiness probe.
+/// Timeout of a first readiness probe: short, so a probe sent before the guest's network is up
+/// does not delay the next one. Each probe that times out doubles it for the next, up to
+/// [`PROBE_TIMEOUT`]: a guest that is up but starved of CPU (many guests resuming at once
+/// under TCG) answers late, and probes given up after 50 ms would never see it answer.
+const PROBE_FIRST_TIMEOUT: Duration = Duration::from_millis(50);
+/// Longest timeout of one readiness probe (connect and answer).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Pause between readiness probes.
+/// Pause between readiness probes of one guest while it is the only one waited for; with
+/// more guests waited for at once it grows with their number
+/// ([`probe_interval`]), so a burst of creates does not spend the host's CPU on the probes
+/// of guests that have not run yet.
 const PROBE_INTERVAL: Duration = Duration::from_millis(5);
+/// Longest pause between readiness probes.
+const PROBE_MAX_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Guests being waited for right now ([`EnvdClient::wait_ready`]), in this process.
+static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The pause between readiness probes when `waiting` guests are waited for at once: 5 ms for
+/// one or two, growing by 2.5 ms a guest, at most [`PROBE_MAX_INTERVAL`].
+fn probe_interval(waiting: usize) -> Duration {
+    let n = u32::try_from(waiting.clamp(2, 1000)).unwrap_or(1000);
+    (PROBE_INTERVAL * n / 2).min(PROBE_MAX_INTERVAL)
+}
+
+/// One guest waited for, counted in [`WAITING`] until dropped.
+struct Waiting;
+
+impl Waiting {
+    fn start() -> Waiting {
+        WAITING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Extra time a buffered exec gets on top of its own timeout before the client gives up.
 const EXEC_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
 /// How much of a non-JSON error answer is kept for the error message.
@@ -125,7 +159,7 @@ impl EnvdClient {
         };
         Ok(Self {
             http: build(CONNECT_TIMEOUT)?,
-            probe: build(PROBE_CONNECT_TIMEOUT)?,
+            probe: build(PROBE_TIMEOUT)?,
             base: base.to_string(),
         })
     }
@@ -164,17 +198,20 @@ impl EnvdClient {
     }
 
     /// Polls `/health` every few milliseconds until envd answers or `timeout` passes. Meant
-    /// for right after a guest starts or resumes.
+    /// for right after a guest starts or resumes. A probe that times out gives the next one
+    /// twice its time; the pause between probes grows with the guests waited for at once.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Health, EnvdError> {
+        let _waiting = Waiting::start();
         let began = Instant::now();
         let deadline = began + timeout;
         let url = self.url("/health");
+        let mut probe_timeout = PROBE_FIRST_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let attempt = self
                 .probe
                 .get(&url)
-                .timeout(left.min(PROBE_TIMEOUT).max(Duration::from_millis(1)))
+                .timeout(left.min(probe_timeout).max(Duration::from_millis(1)))
                 .send()
                 .await;
             let last_error = match attempt {
@@ -185,15 +222,21 @@ impl EnvdClient {
                     },
                     Err(e) => e.to_string(),
                 },
-                Err(e) => e.to_string(),
+                Err(e) => {
+                    if e.is_timeout() {
+                        probe_timeout = (probe_timeout * 2).min(PROBE_TIMEOUT);
+                    }
+                    e.to_string()
+                }
             };
-            if Instant::now() + PROBE_INTERVAL >= deadline {
+            let pause = probe_interval(WAITING.load(std::sync::atomic::Ordering::Acquire));
+            if Instant::now() + pause >= deadline {
                 return Err(EnvdError::NotReady {
                     waited: began.elapsed(),
                     last_error,
                 });
             }
-            tokio::time::sleep(PROBE_INTERVAL).await;
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -430,5 +473,15 @@ mod tests {
         assert_eq!(e.code(), Some(EnvdErrorCode::NotFound));
         assert_eq!(e.status(), Some(404));
         assert_eq!(EnvdError::Protocol("x".into()).code(), None);
+    }
+
+    #[test]
+    fn probes_slow_down_with_the_guests_waited_for() {
+        assert_eq!(probe_interval(0), Duration::from_millis(5));
+        assert_eq!(probe_interval(1), Duration::from_millis(5));
+        assert_eq!(probe_interval(2), Duration::from_millis(5));
+        assert_eq!(probe_interval(10), Duration::from_millis(25));
+        assert_eq!(probe_interval(30), Duration::from_millis(75));
+        assert_eq!(probe_interval(500), PROBE_MAX_INTERVAL);
     }
 }
