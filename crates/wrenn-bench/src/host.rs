@@ -1,5 +1,5 @@
-//! Readings of the host from `/proc`: load average, available memory and the proportional
-//! set size of a process. Read-only; parse failures give zero or `None`, never an error.
+//! Readings of the host from `/proc`: load average, available memory, the CPU time all
+//! processes used so far and the proportional set size of a process. Read-only; parse failures give zero or `None`, never an error.
 
 use std::path::Path;
 
@@ -38,6 +38,32 @@ fn parse_loadavg(text: &str) -> [f64; 3] {
     out
 }
 
+/// CPU time the host's CPUs spent busy since boot (all but idle and I/O wait), in seconds, from
+/// the `cpu` line of `/proc/stat` (in USER_HZ, 100 a second).
+pub fn cpu_busy_s() -> f64 {
+    parse_cpu_busy(&std::fs::read_to_string("/proc/stat").unwrap_or_default())
+}
+
+fn parse_cpu_busy(text: &str) -> f64 {
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest times are inside user).
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    busy as f64 / 100.0
+}
+
 /// Proportional set size of process `pid` in MB (MiB), from `smaps_rollup`.
 pub fn pss_mb(pid: u32) -> Option<f64> {
     let text = std::fs::read_to_string(
@@ -52,6 +78,13 @@ pub fn pss_mb(pid: u32) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_cpu_leaves_out_idle_and_io_wait() {
+        let stat = "cpu  100 20 30 5000 400 6 7 8 0 0\ncpu0 50 10 15 2500 200 3 3 4 0 0\n";
+        assert!((parse_cpu_busy(stat) - 1.71).abs() < 1e-9);
+        assert_eq!(parse_cpu_busy("nothing"), 0.0);
+    }
 
     #[test]
     fn parses_proc_fields() {

@@ -37,6 +37,10 @@ struct Args {
     /// default 10, 3 with --quick).
     #[arg(long)]
     peer_samples: Option<usize>,
+    /// Only the phases whose name contains one of these words (comma-separated, e.g.
+    /// `bursts,concurrent`); the cold boots that make the warm snapshot always run.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Accelerator: auto, kvm or tcg.
     #[arg(long, env = "WRENN_ACCEL", default_value = "auto")]
     accel: String,
@@ -83,6 +87,7 @@ async fn run(args: Args) -> Result<()> {
     if let Some(n) = args.peer_samples {
         plan.peer_samples = n;
     }
+    plan.only = args.only.clone();
     let started = Instant::now();
     let mut report = report::Report {
         started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

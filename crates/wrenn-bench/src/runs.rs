@@ -26,6 +26,8 @@ pub struct Plan {
     pub agent_samples: usize,
     /// Samples of each row of the peers section (gVisor, the raw limit, Wrenn pool on/off).
     pub peer_samples: usize,
+    /// Only the phases whose name contains one of these (all when empty).
+    pub only: Vec<String>,
 }
 
 impl Plan {
@@ -41,6 +43,7 @@ impl Plan {
             density_cap: 5,
             agent_samples: 3,
             peer_samples: 3,
+            only: Vec::new(),
         }
     }
 
@@ -56,7 +59,13 @@ impl Plan {
             density_cap: 30,
             agent_samples: 8,
             peer_samples: 10,
+            only: Vec::new(),
         }
+    }
+
+    /// Whether the phase `name` runs.
+    pub fn selected(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| name.contains(o.as_str()))
     }
 }
 
@@ -129,7 +138,7 @@ impl<'a> Bench<'a> {
 
     /// Every phase in order; a failing phase is reported and the next one runs.
     pub async fn run_all(&mut self) {
-        let phases: [(&str, PhaseFn); 9] = [
+        let phases: [(&str, PhaseFn); 10] = [
             ("cold boots", |b| Box::pin(b.cold_boots())),
             ("warm creates", |b| Box::pin(b.warm_creates())),
             ("exec round trips", |b| Box::pin(b.exec_round_trips())),
@@ -138,17 +147,25 @@ impl<'a> Bench<'a> {
             ("pause and resume", |b| Box::pin(b.pause_resume())),
             ("file throughput", |b| Box::pin(b.files())),
             ("concurrent creates", |b| Box::pin(b.concurrent())),
+            ("agent bursts", |b| Box::pin(b.agent_bursts())),
             ("gVisor, the raw limit and the warm pool", |b| {
                 Box::pin(b.peers())
             }),
         ];
         for (name, phase) in phases {
+            // The cold boots make the warm snapshot every later phase clones.
+            if name != "cold boots" && !self.plan.selected(name) {
+                continue;
+            }
             eprintln!("==> {name}");
             if let Err(e) = phase(self).await {
                 eprintln!("    {name} failed: {e:#}");
                 let op = self.api_op(&format!("phase_{}", name.replace(' ', "_")), name, "ms");
                 self.api.ops[op].fail(format!("{e:#}"));
             }
+        }
+        if !self.plan.selected("density") {
+            return;
         }
         eprintln!("==> density and idle memory");
         if let Err(e) = self.density().await {
@@ -252,35 +269,6 @@ impl<'a> Bench<'a> {
             let r = timed(mgr.destroy(&id)).await;
             let _ = record(&mut self.agent.ops[6], (r.0.map_err(Into::into), r.1));
             res?;
-        }
-        // The same burst as the API's smallest concurrent step, without the control plane.
-        let n = self.plan.concurrency.first().copied().unwrap_or(10);
-        let mut op = Op::new(
-            &format!("agent_create_concurrent_{n}"),
-            &format!("create, {n} at once (each)"),
-            "ms",
-        );
-        let ids: Vec<String> = (0..n).map(|i| format!("bench-burst-{i}")).collect();
-        let started = Instant::now();
-        let results = futures_util::future::join_all(
-            ids.iter()
-                .map(|id| timed(mgr.create(id, "minimal", 1, MEMORY_MB))),
-        )
-        .await;
-        let wall = started.elapsed();
-        let mut made = 0;
-        for (r, t) in results {
-            if record(&mut op, (r.map_err(anyhow::Error::from), t)).is_ok() {
-                made += 1;
-            }
-        }
-        op.note = Some(format!(
-            "{made} of {n} created in {:.1} s wall time",
-            wall.as_secs_f64()
-        ));
-        self.agent.ops.push(op);
-        for id in &ids {
-            let _ = mgr.destroy(id).await;
         }
         Ok(())
     }
@@ -450,6 +438,46 @@ impl<'a> Bench<'a> {
         .await;
         self.sys.api.destroy(&id).await?;
         res
+    }
+
+    /// The API's bursts of creates without the control plane: N creates at once on the
+    /// agent's manager (no HTTP), each one's latency and the wall time, then all destroyed.
+    async fn agent_bursts(&mut self) -> Result<()> {
+        let mgr = self.sys.agent.manager.clone();
+        for n in self.plan.concurrency.clone() {
+            let mut op = Op::new(
+                &format!("agent_create_concurrent_{n}"),
+                &format!("create, {n} at once (each)"),
+                "ms",
+            );
+            let ids: Vec<String> = (0..n).map(|i| format!("bench-burst-{i}")).collect();
+            let started = Instant::now();
+            let busy = crate::host::cpu_busy_s();
+            let results = futures_util::future::join_all(
+                ids.iter()
+                    .map(|id| timed(mgr.create(id, "minimal", 1, MEMORY_MB))),
+            )
+            .await;
+            let wall = started.elapsed();
+            let busy = crate::host::cpu_busy_s() - busy;
+            let mut made = 0;
+            for (r, t) in results {
+                if record(&mut op, (r.map_err(anyhow::Error::from), t)).is_ok() {
+                    made += 1;
+                }
+            }
+            // The host's busy CPU time over the burst, all processes (the agent, its network
+            // commands and the QEMUs): a burst cannot end sooner than this over the CPUs.
+            op.note = Some(format!(
+                "{made} of {n} created in {:.1} s wall time; host CPU busy {busy:.1} s \
+                 ({:.0} ms a create)",
+                wall.as_secs_f64(),
+                busy * 1000.0 / n.max(1) as f64
+            ));
+            self.agent.ops.push(op);
+            futures_util::future::join_all(ids.iter().map(|id| mgr.destroy(id))).await;
+        }
+        Ok(())
     }
 
     /// N creates at once; each one's latency, the wall time and the failures.
