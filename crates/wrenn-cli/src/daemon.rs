@@ -4,7 +4,7 @@
 //! already answer, and say they are ready only once those are made (a create arriving earlier
 //! waits for its snapshot). Errors end here as one clear line.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +16,8 @@ use wrenn_server::config::SignupMode;
 use wrenn_server::ServerConfig;
 
 pub use crate::settings::{NetArgs, PrewarmArgs, ServerSettings};
+
+pub mod agent_tls;
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
 pub fn init_logging() {
@@ -58,9 +60,10 @@ pub struct AgentArgs {
     /// Address of the internal API.
     #[arg(long, env = "WRENN_AGENT_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: String,
-    /// Bearer token the control plane uses (at least 16 characters).
+    /// Bearer token the control plane uses (at least 16 characters); not needed once the
+    /// agent joined (mutual TLS). With --join, the join token if no other is given.
     #[arg(long, env = "WRENN_AGENT_TOKEN", hide_env_values = true)]
-    pub token: String,
+    pub token: Option<String>,
     /// Accelerator: auto, kvm or tcg.
     #[arg(long, env = "WRENN_ACCEL", default_value = "auto")]
     pub accel: String,
@@ -83,11 +86,14 @@ pub struct AgentArgs {
     pub net: NetArgs,
     #[command(flatten)]
     pub prewarm: PrewarmArgs,
+    #[command(flatten)]
+    pub join: agent_tls::JoinArgs,
 }
 
 impl AgentArgs {
     pub fn config(&self) -> Result<AgentConfig> {
-        let mut cfg = AgentConfig::new(self.data_dir.clone(), self.token.clone());
+        let token = self.token.clone().unwrap_or_default();
+        let mut cfg = AgentConfig::new(self.data_dir.clone(), token);
         cfg.accel = self.accel.parse().map_err(|e: String| anyhow!(e))?;
         cfg.qemu_bin = self.qemu.clone();
         cfg.net = NetConfig {
@@ -104,7 +110,23 @@ impl AgentArgs {
     }
 }
 
-pub async fn run_agent(args: AgentArgs) -> Result<()> {
+pub async fn run_agent(mut args: AgentArgs) -> Result<()> {
+    let tls = agent_tls::prepare(
+        &args.data_dir,
+        &args.join,
+        args.token.as_deref(),
+        &args.listen,
+    )
+    .await?;
+    match &tls {
+        // Mutual TLS authenticates the control plane; the router's token is internal.
+        Some(_) => args.token = Some(random_hex(24)),
+        None if args.token.is_none() => bail!(
+            "--token (or WRENN_AGENT_TOKEN) is needed unless the agent joins a control plane \
+             (--join URL)"
+        ),
+        None => {}
+    }
     let cfg = args.config()?;
     crate::doctor::check_before_start(doctor::Options::from(&cfg)).await?;
     let agent = startup::start(cfg, Box::new(StderrProgress::new())).await?;
@@ -113,15 +135,33 @@ pub async fn run_agent(args: AgentArgs) -> Result<()> {
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
-        "agent listening on http://{addr} ({:?} guests)",
+        "agent listening on {scheme}://{addr} ({:?} guests)",
         agent.manager.accel()
     );
     // The API answers while the warm snapshots are made: a create waits for its snapshot.
     let prewarm = agent.prewarm(args.prewarm.specs());
-    let serve = axum::serve(listener, agent.router.clone())
-        .with_graceful_shutdown(shutdown_signal())
-        .into_future();
+    let serve: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> =
+        match &tls {
+            Some((id, config)) => {
+                tracing::info!(host = %id.host_id, "serving the agent API over mutual TLS only");
+                let token = args.token.clone().unwrap_or_default();
+                let router =
+                    wrenn_server::pki::tls::authenticated_by_tls(agent.router.clone(), &token);
+                Box::pin(wrenn_server::pki::tls::serve_tls(
+                    listener,
+                    config.clone(),
+                    router,
+                    shutdown_signal(),
+                ))
+            }
+            None => Box::pin(
+                axum::serve(listener, agent.router.clone())
+                    .with_graceful_shutdown(shutdown_signal())
+                    .into_future(),
+            ),
+        };
     tokio::pin!(serve);
     let outcome = tokio::select! {
         r = &mut serve => Some(r),
@@ -134,7 +174,7 @@ pub async fn run_agent(args: AgentArgs) -> Result<()> {
         // Stopped, or failed, before the warm snapshots were ready.
         Some(r) => r,
         None => {
-            tracing::info!("agent ready at http://{addr}");
+            tracing::info!("agent ready at {scheme}://{addr}");
             serve.await
         }
     };
@@ -266,7 +306,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
     let agent_args = AgentArgs {
         data_dir: args.data_dir.clone(),
         listen: args.agent_listen.clone(),
-        token: String::new(),
+        token: None,
         accel: args.accel.clone(),
         qemu: "qemu-system-x86_64".into(),
         net_prefix: args.net_prefix.clone(),
@@ -275,6 +315,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         envd_bin: args.envd_bin.clone(),
         net: args.net.clone(),
         prewarm: args.prewarm.clone(),
+        join: Default::default(),
     };
     crate::doctor::check_before_start(doctor::Options::from(&agent_args.config()?)).await?;
     secure_data_dir(&args.data_dir)?;
@@ -285,7 +326,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
     };
 
     let agent_args = AgentArgs {
-        token: agent_token.clone(),
+        token: Some(agent_token.clone()),
         ..agent_args
     };
     eprintln!("==> preparing the host agent (guest images are built on first start)");
