@@ -155,6 +155,22 @@ async fn plain_http_gets_no_answer() {
     assert!(http.host_info().await.is_err());
 }
 
+#[tokio::test]
+async fn an_https_host_without_a_ca_here_is_unreachable_not_an_error_of_the_registry() {
+    // This test process has no data dir's CA: the client is made (a registry keeps loading
+    // its other hosts) and every call fails as a transport error saying why.
+    let agent = serve().await;
+    let http = HttpAgent::new(&agent.url, "").unwrap();
+    match http.host_info().await {
+        Err(wrenn_server::agent::AgentApiError::Transport(why)) => {
+            assert!(why.contains("no TLS identity"), "{why}")
+        }
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+    assert!(http.exec_stream("sb").await.is_err());
+    assert!(http.open_port("sb", 80).await.is_err());
+}
+
 /// A TLS client trusting the CA (so only its own certificate can fail the handshake).
 fn client_with(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
     let config = match identity {

@@ -54,6 +54,9 @@ pub struct HttpAgent {
     client: reqwest::Client,
     /// The TLS configuration of an `https://` host (shared by its WebSockets).
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Why this `https://` host cannot be spoken to (no CA in this server's data dir): every
+    /// call fails with it, so the host counts as unreachable and the others are unaffected.
+    no_identity: Option<String>,
 }
 
 impl std::fmt::Debug for HttpAgent {
@@ -74,10 +77,15 @@ impl HttpAgent {
     /// is spoken to with this process's control-plane identity.
     pub fn new(base: &str, token: &str) -> AgentResult<Self> {
         if base.starts_with("https://") {
-            let tls = crate::pki::client::config().map_err(|e| {
-                AgentApiError::Transport(format!("no TLS identity for {base}: {e}"))
-            })?;
-            return Self::with_tls(base, tls);
+            return match crate::pki::client::config() {
+                Ok(tls) => Self::with_tls(base, tls),
+                Err(e) => {
+                    tracing::warn!(host = %base, "no TLS identity for this host: {e}");
+                    let mut agent = Self::build(base, "", None)?;
+                    agent.no_identity = Some(format!("no TLS identity for {base}: {e}"));
+                    Ok(agent)
+                }
+            };
         }
         Self::build(base, token, None)
     }
@@ -101,7 +109,16 @@ impl HttpAgent {
             token: token.to_string(),
             client: builder.build().map_err(transport)?,
             tls,
+            no_identity: None,
         })
+    }
+
+    /// Fails when this host cannot be spoken to (see `no_identity`).
+    fn usable(&self) -> AgentResult<()> {
+        match &self.no_identity {
+            Some(why) => Err(AgentApiError::Transport(why.clone())),
+            None => Ok(()),
+        }
     }
 
     /// `rb` with the bearer token, when this host has one (a TLS host has none).
@@ -123,6 +140,7 @@ impl HttpAgent {
 
     /// Sends and turns any non-success answer into [`AgentApiError::Api`].
     async fn send(&self, rb: RequestBuilder) -> AgentResult<Response> {
+        self.usable()?;
         let resp = rb.send().await.map_err(transport)?;
         if resp.status().is_success() {
             return Ok(resp);
@@ -170,6 +188,7 @@ impl HttpAgent {
             tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
         >,
     > {
+        self.usable()?;
         let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
             format!("wss://{rest}")
         } else if let Some(rest) = self.base.strip_prefix("http://") {
@@ -354,6 +373,7 @@ impl HostAgent for HttpAgent {
     }
 
     async fn open_port(&self, id: &str, port: u16) -> AgentResult<wrenn_agent_api::PortStream> {
+        self.usable()?;
         let path = paths::OPEN_PORT.fill_two(id, &port.to_string());
         let req = self
             .auth(self.client.request(
