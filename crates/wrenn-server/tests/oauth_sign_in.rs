@@ -249,6 +249,20 @@ impl Store for GatedStore {
     async fn host_template_names(&self, host_id: &str) -> Result<Vec<String>, StoreError> {
         self.inner.host_template_names(host_id).await
     }
+    async fn add_template_copy(
+        &self,
+        agent_name: &str,
+        host_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.add_template_copy(agent_name, host_id, at).await
+    }
+    async fn template_copy_hosts(&self, agent_name: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.template_copy_hosts(agent_name).await
+    }
+    async fn forget_template_copies(&self, agent_name: &str) -> Result<(), StoreError> {
+        self.inner.forget_template_copies(agent_name).await
+    }
     async fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.inner.try_lease(name, holder, ttl).await
     }

@@ -14,6 +14,7 @@
 
 pub mod postgres;
 mod sql;
+mod sql_copies;
 mod sql_lifecycle;
 mod sql_quota;
 mod sql_usage;
@@ -544,6 +545,18 @@ pub trait Store: Send + Sync + 'static {
     /// The agent names of every template and reservation on a host, of any team (what the
     /// reconciler must not delete there).
     async fn host_template_names(&self, host_id: &str) -> Result<Vec<String>, StoreError>;
+    /// Records that `host_id` holds a published copy of the snapshot template `agent_name`
+    /// (made on another host); recording it twice is one record.
+    async fn add_template_copy(
+        &self,
+        agent_name: &str,
+        host_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// The hosts other than its own that hold a copy of the existing template `agent_name`.
+    async fn template_copy_hosts(&self, agent_name: &str) -> Result<Vec<String>, StoreError>;
+    /// Forgets every copy of the template `agent_name` (after they were deleted).
+    async fn forget_template_copies(&self, agent_name: &str) -> Result<(), StoreError>;
 
     // --- singleton work ---
 

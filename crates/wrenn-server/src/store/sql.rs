@@ -12,6 +12,7 @@ macro_rules! impl_store {
         $crate::store::sql_lifecycle::lifecycle_queries!($db);
         $crate::store::sql_quota::quota_queries!($db);
         $crate::store::sql_usage::usage_queries!($db);
+        $crate::store::sql_copies::copy_queries!($db);
         const USER_COLS: &str = "u.id, u.email, u.password_hash, u.team_id, u.created_at";
         const KEY_COLS: &str =
             "id, team_id, name, key_hash, key_prefix, created_by, created_at, last_used";
@@ -481,6 +482,23 @@ macro_rules! impl_store {
 
             async fn host_template_names(&self, host_id: &str) -> Result<Vec<String>, StoreError> {
                 lifecycle::host_template_names(&self.pool, host_id).await
+            }
+
+            async fn add_template_copy(
+                &self,
+                agent_name: &str,
+                host_id: &str,
+                at: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                copies::add(&self.pool, agent_name, host_id, at).await
+            }
+
+            async fn template_copy_hosts(&self, agent_name: &str) -> Result<Vec<String>, StoreError> {
+                copies::hosts(&self.pool, agent_name).await
+            }
+
+            async fn forget_template_copies(&self, agent_name: &str) -> Result<(), StoreError> {
+                copies::forget(&self.pool, agent_name).await
             }
 
             async fn try_lease(

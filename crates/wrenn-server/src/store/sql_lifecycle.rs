@@ -427,7 +427,9 @@ macro_rules! lifecycle_queries {
         ) -> Result<Vec<String>, StoreError> {
             let rows = sqlx::query(
                 "SELECT agent_name FROM templates WHERE host_id = $1 \
-                 UNION ALL SELECT agent_name FROM snapshot_reservations WHERE host_id = $1",
+                 UNION ALL SELECT agent_name FROM snapshot_reservations WHERE host_id = $1 \
+                 UNION ALL SELECT c.agent_name FROM template_copies c \
+                 JOIN templates t ON t.agent_name = c.agent_name WHERE c.host_id = $1",
             )
             .bind(host_id)
             .fetch_all(pool)
