@@ -30,8 +30,12 @@ pub trait TemplateCopy: Send + Sync {
     /// size and digest.
     async fn template_manifest(&self, name: &str) -> AgentResult<TemplateManifest>;
     /// [`paths::TEMPLATE_FILE`]: the file `file` of the template from byte `offset` on.
-    async fn read_template_file(&self, name: &str, file: &str, offset: u64)
-        -> AgentResult<FileBody>;
+    async fn read_template_file(
+        &self,
+        name: &str,
+        file: &str,
+        offset: u64,
+    ) -> AgentResult<FileBody>;
     /// [`paths::BEGIN_COPY`]: starts, or continues, receiving the template of `manifest`;
     /// what is already held. A copy held under another manifest is started over.
     async fn begin_copy(&self, manifest: &TemplateManifest) -> AgentResult<CopyStatus>;

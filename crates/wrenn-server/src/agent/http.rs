@@ -27,6 +27,9 @@ use wrenn_types::observe::{MetricPoint, MetricsQuery};
 use wrenn_types::process::{ProcessInfo, ProcessList, Signal, StartProcess};
 use wrenn_types::ErrorBody;
 
+#[path = "http_copy.rs"]
+mod copy;
+
 /// Time allowed for quick control calls (host info, lists, destroy).
 const QUICK_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time allowed for VM lifecycle calls (create, pause, resume, snapshot): under emulation
@@ -434,6 +437,10 @@ impl HostAgent for HttpAgent {
 
     async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>> {
         self.call(paths::LIST_TEMPLATES, "", QUICK_TIMEOUT).await
+    }
+
+    fn template_copy(&self) -> Option<&dyn wrenn_agent_api::TemplateCopy> {
+        Some(self)
     }
 
     async fn delete_template(&self, name: &str) -> AgentResult<()> {
