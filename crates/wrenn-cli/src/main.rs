@@ -1,11 +1,12 @@
 //! `wrenn`: one binary for every role — `up` (control plane and agent in one process),
-//! `server`, `agent`, `images build`, `doctor`, `accounts add` — and the client of the public
+//! `server`, `agent`, `images build`, `doctor`, `accounts add`, `hosts` — and the client of the public
 //! API.
 
 mod accounts;
 mod client;
 mod daemon;
 mod doctor;
+mod hosts;
 mod service;
 mod settings;
 
@@ -48,6 +49,12 @@ enum Command {
         #[command(subcommand)]
         command: accounts::AccountsCommand,
     },
+    /// Administer the hosts on the control plane's host, through its database (no server
+    /// needed): join tokens (add, rotate), list, drain, undrain, remove.
+    Hosts {
+        #[command(subcommand)]
+        command: hosts::HostsCommand,
+    },
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -77,6 +84,9 @@ fn main() -> Result<()> {
     if let Command::Accounts { command } = cli.command {
         std::process::exit(accounts::main(command, cli.client.json));
     }
+    if let Command::Hosts { command } = cli.command {
+        std::process::exit(hosts::main(command, cli.client.json));
+    }
     daemon::init_logging();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -100,7 +110,9 @@ fn main() -> Result<()> {
                 }
                 Ok(())
             }
-            Command::Client(_) | Command::Accounts { .. } => unreachable!("handled above"),
+            Command::Client(_) | Command::Accounts { .. } | Command::Hosts { .. } => {
+                unreachable!("handled above")
+            }
         }
     })
 }

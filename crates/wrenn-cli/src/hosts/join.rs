@@ -66,7 +66,7 @@ async fn make(rotate: Option<&str>, ttl: Duration, db: &DbArgs, json: bool) -> R
     cfg.database_url = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
     // The CA lives in the data dir whatever the database; kept private like the server's.
     secure_data_dir(&db.data_dir).map_err(|e| format!("{e:#}"))?;
-    let store = wrenn_server::open_store(&cfg)
+    let store = wrenn_server::store::open(&cfg.effective_database_url())
         .await
         .map_err(|e| format!("opening the database: {e}"))?;
     let (token, rec) = new_join_token(&*store, &db.data_dir, rotate, ttl)
