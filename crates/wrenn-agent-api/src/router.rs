@@ -270,6 +270,9 @@ mod tests {
                 paused: 0,
                 templates: vec![],
                 pooled: 0,
+                committed_memory_mb: 0,
+                commit_limit_mb: 0,
+                disk_free_mb: 0,
             })
         }
         async fn list_sandboxes(&self) -> AgentResult<Vec<SandboxInfo>> {

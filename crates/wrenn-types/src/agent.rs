@@ -73,6 +73,17 @@ pub struct HostInfo {
     /// memory on the host, never in a team's quota).
     #[serde(default)]
     pub pooled: u32,
+    /// Memory committed to sandboxes, pooled clones and admitted operations, VM overheads
+    /// included, MiB (0 from an agent that does not say).
+    #[serde(default)]
+    pub committed_memory_mb: u64,
+    /// The most memory the agent admits to commit (its total less its reserve, times its
+    /// overcommit ratio), MiB; 0 from an agent that does not say.
+    #[serde(default)]
+    pub commit_limit_mb: u64,
+    /// Free space of the agent's data directory's filesystem, MiB (0 when unknown).
+    #[serde(default)]
+    pub disk_free_mb: u64,
 }
 
 wire_enum! {

@@ -40,8 +40,17 @@ impl Manager {
                 .count() as u32,
             templates: self.templates().into_iter().map(|t| t.name).collect(),
             pooled: self.pool_counts().pooled,
+            committed_memory_mb: self.committed_mb(""),
+            commit_limit_mb: commit_limit_mb(&self.cfg.admission, total),
+            disk_free_mb: free_disk_mb(&self.cfg.data_dir),
         }
     }
+}
+
+/// The most memory `cfg` admits to commit on a host of `total_mb`, MiB.
+fn commit_limit_mb(cfg: &AdmissionConfig, total_mb: u64) -> u64 {
+    let usable = total_mb.saturating_sub(cfg.memory_reserve_mb) as f64;
+    (usable * cfg.memory_overcommit) as u64
 }
 
 /// (total, available) memory of the host in MiB.
@@ -111,8 +120,7 @@ pub struct HostResources {
 /// Whether a VM of `memory_mb` fits `host` under `cfg`; the refusal says why in numbers.
 pub fn decide(cfg: &AdmissionConfig, host: HostResources, memory_mb: u64) -> Result<(), String> {
     let need = memory_mb + cfg.vm_overhead_mb;
-    let usable = host.total_memory_mb.saturating_sub(cfg.memory_reserve_mb) as f64;
-    let limit = (usable * cfg.memory_overcommit) as u64;
+    let limit = commit_limit_mb(cfg, host.total_memory_mb);
     if host.committed_mb + need > limit {
         return Err(format!(
             "not enough memory on this host: {} MiB committed to sandboxes, {need} MiB more \
@@ -157,28 +165,9 @@ impl Manager {
     /// disk) and counts it as committed until the returned guard is dropped.
     pub(super) fn admit(&self, id: &str, memory_mb: u32) -> Result<Admitted<'_>, SandboxError> {
         let cfg = &self.cfg.admission;
-        let running: Vec<(String, u64)> = self
-            .map()
-            .values()
-            .map(|e| e.view())
-            .filter(|v| v.status == SandboxStatus::Running)
-            .map(|v| (v.id, u64::from(v.memory_mb) + cfg.vm_overhead_mb))
-            .collect();
         let (total, _) = meminfo();
         let free_disk_mb = free_disk_mb(&self.cfg.data_dir);
-        let pooled = self.pools.committed_mb(cfg.vm_overhead_mb);
-        let mut inflight = self.admissions.0.lock().unwrap_or_else(|e| e.into_inner());
-        let committed_mb = pooled
-            + running
-                .iter()
-                .filter(|(rid, _)| rid != id && !inflight.contains_key(rid))
-                .map(|(_, mb)| mb)
-                .sum::<u64>()
-            + inflight
-                .iter()
-                .filter(|(rid, _)| *rid != id)
-                .map(|(_, mb)| mb)
-                .sum::<u64>();
+        let (committed_mb, mut inflight) = self.committed_locked(id);
         let host = HostResources {
             total_memory_mb: total,
             committed_mb,
@@ -190,6 +179,41 @@ impl Manager {
             admissions: &self.admissions,
             id: id.to_string(),
         })
+    }
+}
+
+impl Manager {
+    /// Memory committed now (running VMs, pooled clones, admitted operations; overheads
+    /// included), MiB, leaving out sandbox `id` (none for `""`).
+    fn committed_mb(&self, id: &str) -> u64 {
+        self.committed_locked(id).0
+    }
+
+    /// [`Self::committed_mb`] and the admissions' lock, held so an admission can be added
+    /// before another is counted.
+    fn committed_locked(&self, id: &str) -> (u64, std::sync::MutexGuard<'_, HashMap<String, u64>>) {
+        let cfg = &self.cfg.admission;
+        let running: Vec<(String, u64)> = self
+            .map()
+            .values()
+            .map(|e| e.view())
+            .filter(|v| v.status == SandboxStatus::Running)
+            .map(|v| (v.id, u64::from(v.memory_mb) + cfg.vm_overhead_mb))
+            .collect();
+        let pooled = self.pools.committed_mb(cfg.vm_overhead_mb);
+        let inflight = self.admissions.0.lock().unwrap_or_else(|e| e.into_inner());
+        let committed = pooled
+            + running
+                .iter()
+                .filter(|(rid, _)| rid != id && !inflight.contains_key(rid))
+                .map(|(_, mb)| mb)
+                .sum::<u64>()
+            + inflight
+                .iter()
+                .filter(|(rid, _)| *rid != id)
+                .map(|(_, mb)| mb)
+                .sum::<u64>();
+        (committed, inflight)
     }
 }
 

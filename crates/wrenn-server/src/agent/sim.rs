@@ -33,6 +33,8 @@ use wrenn_types::time::Timestamp;
 
 /// Memory the simulated host pretends to have.
 const SIM_TOTAL_MEMORY_MB: u64 = 16 * 1024;
+/// Free disk the simulated host reports, MiB.
+const SIM_DISK_FREE_MB: u64 = 100 * 1024;
 /// The capacity the simulated agent reports for every guest disk.
 const SIM_DISK_SIZE_MB: u64 = 2048;
 
@@ -237,6 +239,7 @@ fn conflict(id: &str, status: SandboxStatus) -> AgentApiError {
 #[async_trait]
 impl HostAgent for SimAgent {
     async fn host_info(&self) -> AgentResult<HostInfo> {
+        self.faults.answering()?;
         let st = self.lock();
         let running: Vec<&SimSandbox> = st
             .sandboxes
@@ -259,10 +262,14 @@ impl HostAgent for SimAgent {
                 .count() as u32,
             templates,
             pooled: 0,
+            committed_memory_mb: used,
+            commit_limit_mb: SIM_TOTAL_MEMORY_MB,
+            disk_free_mb: SIM_DISK_FREE_MB,
         })
     }
 
     async fn list_sandboxes(&self) -> AgentResult<Vec<SandboxInfo>> {
+        self.faults.answering()?;
         Ok(self
             .lock()
             .sandboxes
@@ -560,6 +567,7 @@ impl HostAgent for SimAgent {
     }
 
     async fn list_templates(&self) -> AgentResult<Vec<TemplateInfo>> {
+        self.faults.answering()?;
         let mut v: Vec<TemplateInfo> = self
             .lock()
             .templates

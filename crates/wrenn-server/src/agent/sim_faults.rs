@@ -1,7 +1,8 @@
 //! Faults of the simulated agent, for the control plane's tests: a lifecycle call that is slow
 //! to answer (the work is done at once, the answer comes after the delay, so a client that
 //! gives up in between leaves the control plane to record what the agent did, as with a real
-//! agent that finishes an operation whatever happens to its caller), a call that fails, and a
+//! agent that finishes an operation whatever happens to its caller), a call that fails, a host
+//! that stops answering its probes (`set_silent`), and a
 //! host that disagrees with the database (a sandbox it forgot, one nobody created, one whose
 //! VM died, a snapshot template nobody names). It does nothing unless a test asks.
 
@@ -27,6 +28,8 @@ pub enum SimOp {
 pub(super) struct Faults {
     delays: Mutex<HashMap<SimOp, Duration>>,
     failing: Mutex<HashMap<SimOp, (AgentErrorCode, String)>>,
+    /// The host is silent: its probes (info, lists) fail as a dead host's would.
+    silent: std::sync::atomic::AtomicBool,
 }
 
 impl Faults {
@@ -37,6 +40,16 @@ impl Faults {
             Some((code, message)) => Err(AgentApiError::new(*code, message.clone())),
             None => Ok(()),
         }
+    }
+
+    /// A transport error while the host is silent ([`SimAgent::set_silent`]).
+    pub(super) fn answering(&self) -> AgentResult<()> {
+        if self.silent.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(AgentApiError::Transport(
+                "simulated host is not answering".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Waits the delay set for `op` (the work is done; the answer is late).
@@ -54,6 +67,14 @@ impl Faults {
 }
 
 impl SimAgent {
+    /// Makes the host stop answering its probes (host info, sandbox and template lists), as
+    /// a dead or cut-off host would, or answer again; its sandboxes are kept as they are.
+    pub fn set_silent(&self, silent: bool) {
+        self.faults
+            .silent
+            .store(silent, std::sync::atomic::Ordering::Release);
+    }
+
     /// Answers `op` only `delay` after doing it (zero: at once).
     pub fn set_delay(&self, op: SimOp, delay: Duration) {
         let mut delays = self.faults.delays.lock().unwrap_or_else(|p| p.into_inner());
