@@ -28,6 +28,8 @@ pub struct Plan {
     pub peer_samples: usize,
     /// Only the phases whose name contains one of these (all when empty).
     pub only: Vec<String>,
+    /// Whether the pooled burst runs (filling the pool takes a minute or more under TCG).
+    pub pooled_burst: bool,
 }
 
 impl Plan {
@@ -44,6 +46,7 @@ impl Plan {
             agent_samples: 3,
             peer_samples: 3,
             only: Vec::new(),
+            pooled_burst: false,
         }
     }
 
@@ -60,6 +63,7 @@ impl Plan {
             agent_samples: 8,
             peer_samples: 10,
             only: Vec::new(),
+            pooled_burst: true,
         }
     }
 
@@ -70,7 +74,7 @@ impl Plan {
 }
 
 /// Memory of the sandboxes most phases use (the API's default).
-const MEMORY_MB: u32 = 512;
+pub(crate) const MEMORY_MB: u32 = 512;
 /// The memory sizes pause and resume are compared at.
 const PAUSE_SIZES: [u32; 2] = [256, 2048];
 
@@ -138,7 +142,7 @@ impl<'a> Bench<'a> {
 
     /// Every phase in order; a failing phase is reported and the next one runs.
     pub async fn run_all(&mut self) {
-        let phases: [(&str, PhaseFn); 10] = [
+        let phases: [(&str, PhaseFn); 11] = [
             ("cold boots", |b| Box::pin(b.cold_boots())),
             ("warm creates", |b| Box::pin(b.warm_creates())),
             ("exec round trips", |b| Box::pin(b.exec_round_trips())),
@@ -148,6 +152,9 @@ impl<'a> Bench<'a> {
             ("file throughput", |b| Box::pin(b.files())),
             ("concurrent creates", |b| Box::pin(b.concurrent())),
             ("agent bursts", |b| Box::pin(b.agent_bursts())),
+            ("agent bursts from the warm pool", |b| {
+                Box::pin(b.agent_pooled_burst())
+            }),
             ("gVisor, the raw limit and the warm pool", |b| {
                 Box::pin(b.peers())
             }),
@@ -438,46 +445,6 @@ impl<'a> Bench<'a> {
         .await;
         self.sys.api.destroy(&id).await?;
         res
-    }
-
-    /// The API's bursts of creates without the control plane: N creates at once on the
-    /// agent's manager (no HTTP), each one's latency and the wall time, then all destroyed.
-    async fn agent_bursts(&mut self) -> Result<()> {
-        let mgr = self.sys.agent.manager.clone();
-        for n in self.plan.concurrency.clone() {
-            let mut op = Op::new(
-                &format!("agent_create_concurrent_{n}"),
-                &format!("create, {n} at once (each)"),
-                "ms",
-            );
-            let ids: Vec<String> = (0..n).map(|i| format!("bench-burst-{i}")).collect();
-            let started = Instant::now();
-            let busy = crate::host::cpu_busy_s();
-            let results = futures_util::future::join_all(
-                ids.iter()
-                    .map(|id| timed(mgr.create(id, "minimal", 1, MEMORY_MB))),
-            )
-            .await;
-            let wall = started.elapsed();
-            let busy = crate::host::cpu_busy_s() - busy;
-            let mut made = 0;
-            for (r, t) in results {
-                if record(&mut op, (r.map_err(anyhow::Error::from), t)).is_ok() {
-                    made += 1;
-                }
-            }
-            // The host's busy CPU time over the burst, all processes (the agent, its network
-            // commands and the QEMUs): a burst cannot end sooner than this over the CPUs.
-            op.note = Some(format!(
-                "{made} of {n} created in {:.1} s wall time; host CPU busy {busy:.1} s \
-                 ({:.0} ms a create)",
-                wall.as_secs_f64(),
-                busy * 1000.0 / n.max(1) as f64
-            ));
-            self.agent.ops.push(op);
-            futures_util::future::join_all(ids.iter().map(|id| mgr.destroy(id))).await;
-        }
-        Ok(())
     }
 
     /// N creates at once; each one's latency, the wall time and the failures.

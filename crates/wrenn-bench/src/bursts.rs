@@ -1,0 +1,118 @@
+//! The agent's bursts of creates: N creates at once on the sandbox manager (no HTTP, no
+//! control plane), without the warm pool and then with it filled ahead, each with its wall
+//! time and the host's busy CPU time over the burst. Every sandbox made is destroyed here and
+//! the pool is turned off again.
+
+use crate::report::Op;
+use crate::runs::{record, timed, Bench, MEMORY_MB};
+use anyhow::{anyhow, Result};
+use std::time::{Duration, Instant};
+use wrenn_agent::sandbox::{Manager, PoolConfig};
+
+/// Clones a shape's pool holds for the pooled burst (the most `wrenn up --pool-size` takes).
+const POOL_SIZE: usize = 16;
+/// Longest wait for the pool to be refilled.
+const REFILL_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Bench<'_> {
+    /// The API's burst sizes on the agent directly, pool off.
+    pub async fn agent_bursts(&mut self) -> Result<()> {
+        let mgr = self.sys.agent.manager.clone();
+        for n in self.plan.concurrency.clone() {
+            let mut op = Op::new(
+                &format!("agent_create_concurrent_{n}"),
+                &format!("create, {n} at once (each)"),
+                "ms",
+            );
+            let note = burst(&mgr, &mut op, n).await;
+            op.note = Some(note);
+            self.agent.ops.push(op);
+        }
+        Ok(())
+    }
+
+    /// The largest burst with the pool on and filled: a first burst of [`POOL_SIZE`] misses
+    /// raises the shape's target to [`POOL_SIZE`]; once the refill has made that many clones
+    /// (its time and the host memory they take are noted), the burst takes them first.
+    pub async fn agent_pooled_burst(&mut self) -> Result<()> {
+        if !self.plan.pooled_burst {
+            eprintln!("    skipped (full mode or --only)");
+            return Ok(());
+        }
+        let mgr = self.sys.agent.manager.clone();
+        let n = self.plan.concurrency.iter().copied().max().unwrap_or(30);
+        mgr.set_pool_config(PoolConfig {
+            max_per_shape: POOL_SIZE,
+            memory_budget_mb: POOL_SIZE as u64 * (u64::from(MEMORY_MB) + 128),
+            idle_shrink: Duration::from_secs(3600),
+        })
+        .await;
+        let r = async {
+            let mut misses = Op::new("agent_pool_misses", "misses", "ms");
+            burst(&mgr, &mut misses, POOL_SIZE).await;
+            let before = crate::host::mem_available_mb();
+            let busy = crate::host::cpu_busy_s();
+            let started = Instant::now();
+            while (mgr.pool_counts().pooled as usize) < POOL_SIZE {
+                if started.elapsed() > REFILL_TIMEOUT {
+                    return Err(anyhow!(
+                        "the pool held {} of {POOL_SIZE} clones after {} s",
+                        mgr.pool_counts().pooled,
+                        REFILL_TIMEOUT.as_secs()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let refill = started.elapsed().as_secs_f64();
+            let busy = crate::host::cpu_busy_s() - busy;
+            let per_clone_mb =
+                before.saturating_sub(crate::host::mem_available_mb()) as f64 / POOL_SIZE as f64;
+            let mut op = Op::new(
+                &format!("agent_create_concurrent_{n}_pool"),
+                &format!("create, {n} at once, {POOL_SIZE} pooled (each)"),
+                "ms",
+            );
+            let note = burst(&mgr, &mut op, n).await;
+            op.note = Some(format!(
+                "{note}; the pool's {POOL_SIZE} clones were made in {refill:.0} s \
+                 ({:.2} s of host CPU and {per_clone_mb:.0} MB of host memory each)",
+                busy / POOL_SIZE as f64
+            ));
+            self.agent.ops.push(op);
+            Ok(())
+        }
+        .await;
+        mgr.set_pool_config(PoolConfig::OFF).await;
+        r
+    }
+}
+
+/// `n` creates at once on `mgr`, each recorded into `op`, then all destroyed; returns the
+/// note: how many were made, the wall time and the host's busy CPU time over the burst (all
+/// processes: the agent, its network commands and the QEMUs; a burst cannot end sooner than
+/// this over the CPUs).
+async fn burst(mgr: &Manager, op: &mut Op, n: usize) -> String {
+    let ids: Vec<String> = (0..n).map(|i| format!("bench-burst-{i}")).collect();
+    let started = Instant::now();
+    let busy = crate::host::cpu_busy_s();
+    let results = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| timed(mgr.create(id, "minimal", 1, MEMORY_MB))),
+    )
+    .await;
+    let wall = started.elapsed();
+    let busy = crate::host::cpu_busy_s() - busy;
+    let mut made = 0;
+    for (r, t) in results {
+        if record(op, (r.map_err(anyhow::Error::from), t)).is_ok() {
+            made += 1;
+        }
+    }
+    futures_util::future::join_all(ids.iter().map(|id| mgr.destroy(id))).await;
+    format!(
+        "{made} of {n} created in {:.1} s wall time; host CPU busy {busy:.1} s ({:.0} ms a \
+         create)",
+        wall.as_secs_f64(),
+        busy * 1000.0 / n.max(1) as f64
+    )
+}
