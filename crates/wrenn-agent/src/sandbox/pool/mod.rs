@@ -55,9 +55,9 @@ impl PoolConfig {
 }
 
 impl Default for PoolConfig {
-    /// Off until asked for: a pooled clone's QEMU is named on its command line by its pool
-    /// directory, not by the sandbox it becomes, and the soak and fault harnesses still find a
-    /// sandbox's QEMU by that name.
+    /// Off until asked for: under TCG a refill costs seconds of CPU (restore, envd, the
+    /// warm-up) after every create it serves, more than the ~0.5 s a hit saves when creates
+    /// come back to back (`crates/wrenn-bench/README.md`, "The pool as a default").
     fn default() -> Self {
         PoolConfig::OFF
     }
