@@ -70,6 +70,7 @@ pub struct SimAgent {
     next_file: AtomicU64,
     host_index: u8,
     pub(super) faults: Faults,
+    pub(super) copies: super::sim_copy::Copies,
 }
 
 impl SimAgent {
@@ -99,6 +100,7 @@ impl SimAgent {
             next_file: AtomicU64::new(0),
             host_index,
             faults: Faults::default(),
+            copies: super::sim_copy::Copies::new()?,
         })
     }
 
@@ -576,6 +578,10 @@ impl HostAgent for SimAgent {
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
+    }
+
+    fn template_copy(&self) -> Option<&dyn wrenn_agent_api::TemplateCopy> {
+        Some(self)
     }
 
     async fn delete_template(&self, name: &str) -> AgentResult<()> {
