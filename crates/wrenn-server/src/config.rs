@@ -67,6 +67,9 @@ pub struct ServerConfig {
     /// How often the reconciler compares the database with every agent (it also runs once
     /// at start).
     pub reconcile_interval: Duration,
+    /// How often each control plane probes every host (`heartbeat`); a host that has not
+    /// answered for three intervals is unreachable.
+    pub heartbeat_interval: Duration,
     /// How long a VM or snapshot template that no record owns must stay unowned on its agent
     /// before the reconciler removes it (covers the moment between an agent creating a thing
     /// and the database recording it).
@@ -372,6 +375,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("oauth", &self.oauth)
             .field("reaper_interval", &self.reaper_interval)
             .field("reconcile_interval", &self.reconcile_interval)
+            .field("heartbeat_interval", &self.heartbeat_interval)
             .field("orphan_grace", &self.orphan_grace)
             .field("op_stale_after", &self.op_stale_after)
             .field("failpoints", &self.failpoints)
@@ -402,6 +406,7 @@ impl ServerConfig {
             oauth: OAuthConfig::default(),
             reaper_interval: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(2),
             orphan_grace: Duration::from_secs(60),
             op_stale_after: Duration::from_secs(15 * 60),
             failpoints: None,
@@ -430,7 +435,7 @@ impl ServerConfig {
         if self.reaper_interval.is_zero() {
             return Err(ConfigError::ZeroReaperInterval);
         }
-        if self.reconcile_interval.is_zero() {
+        if self.reconcile_interval.is_zero() || self.heartbeat_interval.is_zero() {
             return Err(ConfigError::ZeroReconcileInterval);
         }
         let b = &self.sandbox_bounds;
@@ -500,7 +505,7 @@ pub enum ConfigError {
     #[error("reaper interval must be greater than zero")]
     ZeroReaperInterval,
     /// Nor can the reconciler.
-    #[error("reconcile interval must be greater than zero")]
+    #[error("reconcile and heartbeat intervals must be greater than zero")]
     ZeroReconcileInterval,
     /// A sandbox bound is below the smallest sandbox or above the fixed ceiling.
     #[error(

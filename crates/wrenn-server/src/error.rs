@@ -76,6 +76,10 @@ pub enum ErrorCode {
     /// The request took longer than the server allows (additive to the seed spec).
     #[serde(rename = "timeout")]
     Timeout,
+    /// The sandbox's host has missed its heartbeats; its sandboxes are unavailable until it
+    /// returns (additive to the seed spec).
+    #[serde(rename = "host_unreachable")]
+    HostUnreachable,
     #[serde(rename = "agent_error")]
     AgentError,
     #[serde(rename = "internal_error")]
@@ -100,7 +104,7 @@ impl ErrorCode {
             EmailTaken | SandboxNotRunning | SandboxNotPaused | Conflict | SnapshotExists
             | NameReserved => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            NoCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            NoCapacity | HostUnreachable => StatusCode::SERVICE_UNAVAILABLE,
             QuotaExceeded | RateLimited => StatusCode::TOO_MANY_REQUESTS,
             SignupClosed | Forbidden => StatusCode::FORBIDDEN,
             Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -190,6 +194,12 @@ pub enum ApiError {
     /// A host agent failed or could not be reached.
     #[error("host agent error: {0}")]
     Agent(AgentApiError),
+    /// The sandbox's host missed its heartbeats: nothing can be done with the sandbox until
+    /// it returns (code `host_unreachable`, 503).
+    #[error(
+        "the sandbox's host is unreachable; the sandbox is unavailable until its host returns"
+    )]
+    HostUnreachable,
     /// No host agent answered, so the sandbox could not be placed.
     #[error("host agent error: no host agent is reachable")]
     NoHost,
@@ -290,6 +300,7 @@ impl ApiError {
             ReservedName(_) => ErrorCode::NameReserved,
             PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             NoCapacity => ErrorCode::NoCapacity,
+            HostUnreachable => ErrorCode::HostUnreachable,
             QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             RateLimited(_) => ErrorCode::RateLimited,
             SignupClosed => ErrorCode::SignupClosed,
@@ -364,7 +375,7 @@ mod tests {
     use super::*;
 
     /// Every code with its wire name and status, as the spec's clients know them.
-    const CODES: [(ErrorCode, &str, u16); 27] = [
+    const CODES: [(ErrorCode, &str, u16); 28] = [
         (ErrorCode::BadRequest, "bad_request", 400),
         (ErrorCode::InvalidJson, "invalid_json", 400),
         (
@@ -398,6 +409,7 @@ mod tests {
         (ErrorCode::SignupClosed, "signup_closed", 403),
         (ErrorCode::Forbidden, "forbidden", 403),
         (ErrorCode::Timeout, "timeout", 504),
+        (ErrorCode::HostUnreachable, "host_unreachable", 503),
         (ErrorCode::AgentError, "agent_error", 502),
         (ErrorCode::InternalError, "internal_error", 500),
     ];

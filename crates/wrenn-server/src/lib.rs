@@ -19,6 +19,8 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod failpoints;
+pub mod heartbeat;
+pub mod leader;
 pub mod listener;
 pub mod metrics;
 mod periodic;
@@ -32,4 +34,6 @@ pub mod store;
 
 pub use config::{limits, ConfigError, GithubConfig, OAuthConfig, ServerConfig};
 pub use error::{ApiError, ErrorCode};
-pub use server::{add_account, build, serve, serve_limited, AddedAccount, BuildError, Server};
+pub use server::{
+    add_account, build, open_store, serve, serve_limited, AddedAccount, BuildError, Server,
+};

@@ -1,6 +1,7 @@
 //! The reconciler's loop: a background task that runs a pass at start and then every
-//! `reconcile_interval` (see [`crate::app::App::reconcile`]). It owns only its loop; it
-//! stops when the control plane is dropped.
+//! `reconcile_interval` (see [`crate::app::App::reconcile`]), only on the leading control
+//! plane (`crate::leader`). It owns only its loop; it stops when the control plane is
+//! dropped.
 
 use crate::app::App;
 use std::sync::Weak;
@@ -11,6 +12,10 @@ pub async fn run(app: Weak<App>) {
         app,
         |a| a.cfg.reconcile_interval,
         |app| async move {
+            // One control plane at a time (`crate::leader`).
+            if !app.leader.leads() {
+                return;
+            }
             match app.reconcile().await {
                 Ok(report) if report.changed_anything() => {
                     tracing::info!(

@@ -1,6 +1,6 @@
 //! The entry points for the `wrenn` binary: [`build`] a [`Server`] from a [`ServerConfig`]
-//! (opens the store, loads known hosts, arms failure points, starts the auto-pause reaper,
-//! the reconciler and the usage meter), register host agents, get the [`axum::Router`], and [`serve`] it on
+//! (opens the store, loads known hosts, arms failure points, starts the heartbeat, the
+//! leader lock, the auto-pause reaper, the reconciler and the usage meter), register host agents, get the [`axum::Router`], and [`serve`] it on
 //! a listener.
 
 use crate::agent::HostAgent;
@@ -38,6 +38,8 @@ pub struct Server {
     reaper: JoinHandle<()>,
     reconciler: JoinHandle<()>,
     meter: JoinHandle<()>,
+    heartbeat: JoinHandle<()>,
+    leader: JoinHandle<()>,
 }
 
 impl Drop for Server {
@@ -46,6 +48,9 @@ impl Drop for Server {
         self.reaper.abort();
         self.reconciler.abort();
         self.meter.abort();
+        self.heartbeat.abort();
+        // Closes the leader lock's connection: another control plane takes over.
+        self.leader.abort();
     }
 }
 
@@ -78,6 +83,11 @@ pub async fn build(cfg: ServerConfig) -> Result<Server, BuildError> {
     let store = store::open(&cfg.effective_database_url()).await?;
     let app = Arc::new(App::new(store, cfg, oauth, failpoints));
     app.hosts.load().await.map_err(BuildError::Hosts)?;
+    let heartbeat = tokio::spawn(crate::heartbeat::run(Arc::downgrade(&app)));
+    let leader = tokio::spawn(crate::leader::run(
+        Arc::downgrade(&app),
+        app.cfg.effective_database_url(),
+    ));
     let reaper = tokio::spawn(crate::reaper::run(Arc::downgrade(&app)));
     let reconciler = tokio::spawn(crate::reconciler::run(Arc::downgrade(&app)));
     let meter = tokio::spawn(crate::app::run_meter(Arc::downgrade(&app)));
@@ -86,6 +96,8 @@ pub async fn build(cfg: ServerConfig) -> Result<Server, BuildError> {
         reaper,
         reconciler,
         meter,
+        heartbeat,
+        leader,
     })
 }
 
@@ -136,6 +148,21 @@ impl Server {
         self.app.meter_usage().await
     }
 
+    /// Whether this control plane leads (runs the reaper and the reconciler; `crate::leader`).
+    pub fn is_leader(&self) -> bool {
+        self.app.leader.leads()
+    }
+
+    /// Reaper passes this control plane ran as leader.
+    pub fn reaper_passes(&self) -> u64 {
+        self.app.leader.reaper_passes()
+    }
+
+    /// Runs one heartbeat pass now (`crate::heartbeat`).
+    pub async fn heartbeat_now(&self) {
+        self.app.hosts.beat().await
+    }
+
     /// The failure points (`crate::failpoints`), to arm and disarm in tests.
     pub fn failpoints(&self) -> &Failpoints {
         &self.app.failpoints
@@ -161,6 +188,20 @@ pub async fn serve_limited(
         router.into_make_service_with_connect_info::<crate::listener::Peer>(),
     )
     .await
+}
+
+/// Opens the store of `cfg` (running its migrations) and nothing else, for administration
+/// tools beside a running control plane on the same database (`wrenn hosts …`).
+pub async fn open_store(cfg: &ServerConfig) -> Result<Arc<dyn Store>, ApiError> {
+    if cfg
+        .database_url
+        .as_deref()
+        .is_none_or(|u| !u.contains("://"))
+    {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| ApiError::Internal(format!("cannot create the data dir: {e}")))?;
+    }
+    Ok(crate::store::open(&cfg.effective_database_url()).await?)
 }
 
 /// An account created by an administrator.

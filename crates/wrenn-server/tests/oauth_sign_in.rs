@@ -143,6 +143,16 @@ impl Store for GatedStore {
             .update_host_health(id, status, capacity, at)
             .await
     }
+    async fn set_host_draining(&self, id: &str, draining: bool) -> Result<bool, StoreError> {
+        self.inner.set_host_draining(id, draining).await
+    }
+    async fn remove_host(
+        &self,
+        id: &str,
+        force: bool,
+    ) -> Result<wrenn_server::store::RemovedHost, StoreError> {
+        self.inner.remove_host(id, force).await
+    }
     async fn insert_sandbox(&self, sb: &SandboxRecord) -> Result<(), StoreError> {
         self.inner.insert_sandbox(sb).await
     }

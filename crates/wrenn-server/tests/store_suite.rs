@@ -9,7 +9,7 @@ use store_checks::{account, metadata, sandbox, usage};
 use chrono::Duration;
 use std::sync::Arc;
 use wrenn_server::store::{
-    self, now, ApiKeyRecord, HostCapacity, HostRecord, HostStatus, Intent, Operation,
+    self, now, ApiKeyRecord, HostCapacity, HostRecord, HostStatus, Intent, Operation, RemovedHost,
     SandboxRecord, SnapshotReservation, Store, StoreError, TemplateRecord,
 };
 use wrenn_types::agent::SandboxStatus;
@@ -128,6 +128,7 @@ async fn hosts(s: &dyn Store) -> String {
         running: 0,
         last_seen: None,
         created_at: now(),
+        draining: false,
     };
     let stored = s.upsert_host(&h).await.unwrap();
     assert_eq!(stored, h);
@@ -486,6 +487,57 @@ async fn suite(s: Arc<dyn Store>) {
     templates(&*s, &host).await;
     reservations(&*s, &host).await;
     leases(&*s).await;
+    host_admin(&*s).await;
+}
+
+/// Drain flags and host removal: refused with sandboxes unless forced, which forgets them.
+async fn host_admin(s: &dyn Store) {
+    let h = HostRecord {
+        id: "host-adm".into(),
+        url: "sim://admin".into(),
+        token: String::new(),
+        status: HostStatus::Healthy,
+        cpus: 0,
+        total_memory_mb: 0,
+        free_memory_mb: 0,
+        running: 0,
+        last_seen: None,
+        created_at: now(),
+        draining: false,
+    };
+    s.upsert_host(&h).await.unwrap();
+    assert!(s.set_host_draining("host-adm", true).await.unwrap());
+    assert!(!s.set_host_draining("host-none", true).await.unwrap());
+    let listed = s.list_hosts().await.unwrap();
+    let adm = listed.iter().find(|h| h.id == "host-adm").unwrap();
+    assert!(adm.draining);
+    // Registering the url again keeps the flag.
+    let again = s.upsert_host(&h).await.unwrap();
+    assert!(again.draining);
+    s.create_account(&account("adm")).await.unwrap();
+    s.insert_sandbox(&sandbox("sb-adm", "team-adm", "host-adm", 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.remove_host("host-adm", false).await.unwrap(),
+        RemovedHost::HasSandboxes(1)
+    );
+    assert!(s.get_sandbox("team-adm", "sb-adm").await.unwrap().is_some());
+    assert_eq!(
+        s.remove_host("host-adm", true).await.unwrap(),
+        RemovedHost::Removed { sandboxes: 1 }
+    );
+    assert!(s.get_sandbox("team-adm", "sb-adm").await.unwrap().is_none());
+    assert!(!s
+        .list_hosts()
+        .await
+        .unwrap()
+        .iter()
+        .any(|h| h.id == "host-adm"));
+    assert_eq!(
+        s.remove_host("host-adm", false).await.unwrap(),
+        RemovedHost::NotFound
+    );
 }
 
 #[tokio::test]

@@ -41,6 +41,9 @@ pub mod status {
     pub const STOPPING: &str = "stopping";
     pub const STOPPED: &str = "stopped";
     pub const ERROR: &str = "error";
+    /// Placed on a host that has missed its heartbeats: unavailable until the host returns
+    /// (computed when read, never stored).
+    pub const MISSING: &str = "missing";
 }
 
 /// One capsule as `/v1/capsules` shows it.

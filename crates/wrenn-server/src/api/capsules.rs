@@ -57,7 +57,7 @@ pub fn sdk_code(code: &str) -> &str {
         "sandbox_not_found" | "template_not_found" | "file_not_found" | "not_found" => "not_found",
         "sandbox_not_running" | "sandbox_not_paused" => "invalid_state",
         "snapshot_exists" | "name_reserved" => "conflict",
-        "no_capacity" => "host_unavailable",
+        "no_capacity" | "host_unreachable" => "host_unavailable",
         "invalid_credentials" => "unauthorized",
         other => other,
     }

@@ -117,6 +117,10 @@ impl App {
         let rec = self.capsule_record(team_id, id).await?;
         let meta = self.store.sandbox_metadata(team_id, Some(id)).await?;
         let mut view = capsule_view(&rec, meta.first().map(|(_, m)| m.as_str()));
+        if self.unavailable(&rec) {
+            view.status = status::MISSING.into();
+            return Ok(view);
+        }
         view.disk_used_mb = self.disk_used_mb(&rec).await;
         view.disk_size_mb = self.disk_size_mb(&rec).await;
         Ok(view)
@@ -163,7 +167,13 @@ impl App {
             .collect();
         Ok(recs
             .iter()
-            .map(|r| capsule_view(r, meta.get(&r.id).map(String::as_str)))
+            .map(|r| {
+                let mut view = capsule_view(r, meta.get(&r.id).map(String::as_str));
+                if self.unavailable(r) {
+                    view.status = status::MISSING.into();
+                }
+                view
+            })
             .collect())
     }
 

@@ -120,6 +120,7 @@ impl App {
                         .map_err(|e| match e {
                             NoPlacement::NoTemplate => ApiError::TemplateNotFound(template.clone()),
                             NoPlacement::NoLiveHost => ApiError::NoHost,
+                            NoPlacement::AllDraining => ApiError::NoCapacity,
                         })?;
                     (host.id, host.agent, template.clone())
                 }

@@ -20,6 +20,7 @@ mod accounts;
 mod capsules;
 mod events;
 mod exec_slots;
+mod hosts;
 pub(crate) use exec_slots::ExecSlot;
 mod keys;
 mod lifecycle;
@@ -60,6 +61,8 @@ use std::time::Instant;
 pub struct App {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) hosts: Hosts,
+    /// Whether this control plane runs the reaper and the reconciler (`crate::leader`).
+    pub(crate) leader: crate::leader::Leader,
     pub(crate) cfg: ServerConfig,
     /// OAuth providers and the signed-state machinery (`auth::oauth`).
     pub(crate) oauth: crate::auth::oauth::OAuth,
@@ -98,7 +101,8 @@ impl App {
         failpoints: Failpoints,
     ) -> Self {
         Self {
-            hosts: Hosts::new(store.clone()),
+            hosts: Hosts::new(store.clone(), cfg.heartbeat_interval),
+            leader: crate::leader::Leader::new(store.single_writer()),
             oauth,
             jwt: JwtKeys::new(&cfg.jwt_secret),
             guards: accounts::AuthGuards::new(&cfg.auth_limits),

@@ -24,6 +24,10 @@ impl App {
             if last + chrono::Duration::seconds(sb.timeout_sec) > now {
                 continue;
             }
+            // Its host is silent: left as it is until the host returns.
+            if self.hosts.is_unreachable(&sb.host_id) {
+                continue;
+            }
             self.fail("reaper.before_claim").await?;
             let id = sb.id.clone();
             let reaped = self

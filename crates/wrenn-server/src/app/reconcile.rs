@@ -81,7 +81,12 @@ impl App {
         // One control plane per SQLite file: the lease is this process's, also when a crashed
         // predecessor's row still names it (waiting it out would leave its cut-short
         // operations unsettled).
-        if !self.store.single_writer() && !self.store.try_lease(LEASE, &self.instance, ttl).await? {
+        // The leader (`crate::leader`) holds the advisory lock: no other control plane
+        // reconciles, also while a dead predecessor's lease has not expired.
+        if !self.store.single_writer()
+            && !self.leader.leads()
+            && !self.store.try_lease(LEASE, &self.instance, ttl).await?
+        {
             return Ok(ReconcileReport {
                 skipped: true,
                 ..Default::default()
@@ -90,6 +95,12 @@ impl App {
         let mut report = ReconcileReport::default();
         let mut unowned = HashSet::new();
         for (host_id, agent) in self.hosts.all() {
+            // A silent host's sandboxes keep their records as they are until it returns;
+            // the first pass after that compares them again.
+            if self.hosts.is_unreachable(&host_id) {
+                report.failed_hosts.push(host_id);
+                continue;
+            }
             if let Err(e) = self
                 .reconcile_host(&host_id, &agent, &mut report, &mut unowned)
                 .await

@@ -92,7 +92,8 @@ impl App {
     }
 
     pub async fn get_sandbox(&self, team_id: &str, id: &str) -> Result<api::Sandbox, ApiError> {
-        Ok(sandbox_view(&self.sandbox(team_id, id).await?))
+        let rec = self.sandbox(team_id, id).await?;
+        Ok(self.shown(&rec, sandbox_view(&rec)))
     }
 
     pub async fn list_sandboxes(&self, team_id: &str) -> Result<Vec<api::Sandbox>, ApiError> {
@@ -101,7 +102,7 @@ impl App {
             .list_sandboxes(team_id)
             .await?
             .iter()
-            .map(sandbox_view)
+            .map(|r| self.shown(r, sandbox_view(r)))
             .collect())
     }
 

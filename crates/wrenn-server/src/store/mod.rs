@@ -15,6 +15,7 @@
 pub mod postgres;
 mod sql;
 mod sql_copies;
+mod sql_hosts;
 mod sql_lifecycle;
 mod sql_quota;
 mod sql_usage;
@@ -166,6 +167,19 @@ pub struct HostRecord {
     pub running: i64,
     pub last_seen: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// Takes no new sandboxes (its running ones stay); set by `wrenn hosts drain`.
+    pub draining: bool,
+}
+
+/// What [`Store::remove_host`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovedHost {
+    /// No host with that id.
+    NotFound,
+    /// Refused: this many sandboxes are placed on the host (and removal was not forced).
+    HasSandboxes(i64),
+    /// Removed, with the records of this many sandboxes placed on it.
+    Removed { sandboxes: i64 },
 }
 
 /// Whether the control plane reached a host agent at its last health check.
@@ -435,6 +449,11 @@ pub trait Store: Send + Sync + 'static {
         capacity: Option<HostCapacity>,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+    /// Sets a host's drain flag; false if there is no such host.
+    async fn set_host_draining(&self, id: &str, draining: bool) -> Result<bool, StoreError>;
+    /// Removes a host: refused while sandboxes are placed on it unless `force`, which
+    /// forgets their records (and the host's templates and snapshot reservations) with it.
+    async fn remove_host(&self, id: &str, force: bool) -> Result<RemovedHost, StoreError>;
 
     // --- sandboxes ---
 

@@ -13,11 +13,12 @@ macro_rules! impl_store {
         $crate::store::sql_quota::quota_queries!($db);
         $crate::store::sql_usage::usage_queries!($db);
         $crate::store::sql_copies::copy_queries!($db);
+        $crate::store::sql_hosts::host_queries!($db);
         const USER_COLS: &str = "u.id, u.email, u.password_hash, u.team_id, u.created_at";
         const KEY_COLS: &str =
             "id, team_id, name, key_hash, key_prefix, created_by, created_at, last_used";
         const HOST_COLS: &str = "id, url, token, status, cpus, total_memory_mb, free_memory_mb, \
-             running, last_seen, created_at";
+             running, last_seen, created_at, draining";
 
         type DbRow = <$db as sqlx::Database>::Row;
         use sqlx::Row as _;
@@ -62,6 +63,7 @@ macro_rules! impl_store {
                 running: r.try_get(7)?,
                 last_seen: r.try_get(8)?,
                 created_at: r.try_get(9)?,
+                draining: r.try_get(10)?,
             })
         }
 
@@ -259,7 +261,7 @@ macro_rules! impl_store {
 
             async fn upsert_host(&self, h: &HostRecord) -> Result<HostRecord, StoreError> {
                 let q = format!(
-                    "INSERT INTO hosts ({HOST_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                    "INSERT INTO hosts ({HOST_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
                      ON CONFLICT (url) DO UPDATE SET token = excluded.token, status = excluded.status \
                      RETURNING {HOST_COLS}"
                 );
@@ -274,6 +276,7 @@ macro_rules! impl_store {
                     .bind(h.running)
                     .bind(h.last_seen)
                     .bind(h.created_at)
+                    .bind(h.draining)
                     .fetch_one(&self.pool)
                     .await?;
                 host_row(&row)
@@ -317,6 +320,18 @@ macro_rules! impl_store {
                     }
                 }
                 Ok(())
+            }
+
+            async fn set_host_draining(&self, id: &str, draining: bool) -> Result<bool, StoreError> {
+                host_admin::set_draining(&self.pool, id, draining).await
+            }
+
+            async fn remove_host(
+                &self,
+                id: &str,
+                force: bool,
+            ) -> Result<$crate::store::RemovedHost, StoreError> {
+                host_admin::remove(&self.pool, id, force).await
             }
 
             async fn insert_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
