@@ -129,10 +129,34 @@ async fn the_control_plane_speaks_json_websocket_and_port_upgrade_over_mutual_tl
         .unwrap();
     assert_eq!(&got, b"ping through tls");
 
-    // Many calls, one client: connections are reused (no handshake per request).
-    for _ in 0..20 {
+    // Many calls, one client: connections are reused (no handshake per request), so a call
+    // over mutual TLS costs about what it costs over plain HTTP.
+    let calls = 200;
+    let t = std::time::Instant::now();
+    for _ in 0..calls {
         http.get_sandbox("sb-tls").await.unwrap();
     }
+    let tls_each = t.elapsed() / calls;
+    let plain_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain_url = format!("http://{}", plain_listener.local_addr().unwrap());
+    let plain_router = sim_server::router(agent.sim.clone(), TOKEN);
+    tokio::spawn(async move { axum::serve(plain_listener, plain_router).await });
+    let plain = HttpAgent::new(&plain_url, TOKEN).unwrap();
+    plain.get_sandbox("sb-tls").await.unwrap();
+    let t = std::time::Instant::now();
+    for _ in 0..calls {
+        plain.get_sandbox("sb-tls").await.unwrap();
+    }
+    let plain_each = t.elapsed() / calls;
+    eprintln!(
+        "[numbers] agent call over mutual TLS {tls_each:?}, over plain HTTP {plain_each:?} \
+         ({calls} sequential calls each, one client, loopback)"
+    );
+    // A handshake per call would cost several times a call (generous for a loaded machine).
+    assert!(
+        tls_each < plain_each * 5 + Duration::from_millis(2),
+        "TLS {tls_each:?} against plain {plain_each:?}"
+    );
 }
 
 #[tokio::test]
