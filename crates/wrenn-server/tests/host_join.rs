@@ -1,7 +1,8 @@
 //! `POST /v1/hosts/join`: a one-time token joins once; a used, expired, unknown, malformed or
 //! foreign token, a bad CSR and a bad URL are refused in the API's error format; the answer's
 //! certificate chains to the CA and names the advertised host; the store holds only token
-//! hashes; a rotation keeps the host's id and replaces its certificate.
+//! hashes; a rotation keeps the host's id and replaces its certificate; the store spends a token
+//! once under concurrent joins, on SQLite and PostgreSQL.
 
 mod support;
 
@@ -274,4 +275,102 @@ async fn the_join_route_is_in_the_served_spec() {
     let spec = r.text().await.unwrap();
     assert!(spec.contains("/v1/hosts/join:"));
     assert!(spec.contains("invalid_join_token"));
+}
+
+/// The store's side of joining, the same on both backends: a token is spent by exactly one of
+/// several concurrent joins; expired and unknown tokens say so; a joined host is recorded
+/// once per URL and a rotation updates its row.
+async fn store_joins(store: std::sync::Arc<dyn wrenn_server::store::Store>) {
+    use wrenn_server::store::JoinTokenSpend;
+    let now = chrono::Utc::now();
+    let token = JoinToken::generate(&"1".repeat(64));
+    let rec = |id: &str, hash: String, expires: chrono::DateTime<chrono::Utc>| JoinTokenRecord {
+        id: id.into(),
+        token_hash: hash,
+        host_id: None,
+        expires_at: expires,
+        used_at: None,
+        created_at: now,
+    };
+    store
+        .insert_join_token(&rec("jt-a", token.hash(), now + chrono::Duration::hours(1)))
+        .await
+        .unwrap();
+    let spends = (0..8).map(|_| {
+        let store = store.clone();
+        let hash = token.hash();
+        tokio::spawn(async move { store.spend_join_token(&hash, chrono::Utc::now()).await })
+    });
+    let mut outcomes = Vec::new();
+    for s in spends {
+        outcomes.push(s.await.unwrap().unwrap());
+    }
+    let spent = outcomes
+        .iter()
+        .filter(|o| matches!(o, JoinTokenSpend::Spent { host_id: None }))
+        .count();
+    assert_eq!(spent, 1, "{outcomes:?}");
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, JoinTokenSpend::Spent { .. } | JoinTokenSpend::Used)));
+
+    let old = JoinToken::generate(&"1".repeat(64));
+    store
+        .insert_join_token(&rec("jt-b", old.hash(), now - chrono::Duration::seconds(1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.spend_join_token(&old.hash(), now).await.unwrap(),
+        JoinTokenSpend::Expired
+    );
+    assert_eq!(
+        store.spend_join_token(&"0".repeat(64), now).await.unwrap(),
+        JoinTokenSpend::Unknown
+    );
+
+    let url = "https://127.0.0.1:17600";
+    let id = store
+        .record_joined_host(None, "host-a", url, "aa", now)
+        .await
+        .unwrap();
+    assert_eq!(id.as_deref(), Some("host-a"));
+    // The same URL again is the same host, with the new certificate.
+    let again = store
+        .record_joined_host(None, "host-b", url, "bb", now)
+        .await
+        .unwrap();
+    assert_eq!(again.as_deref(), Some("host-a"));
+    assert_eq!(
+        store.host_cert_sha256("host-a").await.unwrap().as_deref(),
+        Some("bb")
+    );
+    let rotated = store
+        .record_joined_host(Some("host-a"), "x", "https://127.0.0.1:17601", "cc", now)
+        .await
+        .unwrap();
+    assert_eq!(rotated.as_deref(), Some("host-a"));
+    let hosts = store.list_hosts().await.unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].url, "https://127.0.0.1:17601");
+    assert_eq!(
+        store
+            .record_joined_host(Some("host-gone"), "x", url, "dd", now)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn the_store_spends_a_token_once_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wrenn.db").display().to_string();
+    store_joins(wrenn_server::store::open(&path).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn the_store_spends_a_token_once_on_postgres() {
+    let pg = support::pg::PgServer::start();
+    let url = pg.create_database("host_join").await;
+    store_joins(wrenn_server::store::open(&url).await.unwrap()).await;
 }
