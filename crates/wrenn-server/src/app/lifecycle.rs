@@ -104,14 +104,14 @@ impl App {
         if template.len() > wrenn_types::names::MAX_NAME_LEN {
             return Err(ApiError::TemplateNotFound(template));
         }
-        // A team snapshot first, then a base template on the least-loaded host.
+        // A team snapshot first (on a host that holds it, or copied to one that can take the
+        // create), then a base template on the least-loaded host.
         let (host_id, agent, agent_template) =
             match self.store.get_template(team_id, &template).await? {
-                Some(t) => (
-                    t.host_id.clone(),
-                    self.hosts.agent(&t.host_id)?,
-                    t.agent_name,
-                ),
+                Some(t) => {
+                    let (host_id, agent) = self.place_from_snapshot(&t, memory_mb).await?;
+                    (host_id, agent, t.agent_name)
+                }
                 None => {
                     let host = self
                         .hosts

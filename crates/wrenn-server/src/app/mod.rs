@@ -6,9 +6,11 @@
 //! The jobs: `accounts` (signup, login, OAuth login, sessions), `keys` (API keys: issue,
 //! list, revoke, check), `sandboxes` (reads, exec, files, activity), `lifecycle` (create,
 //! pause, resume, destroy), `capsules` (the `/v1/capsules` view: labels, status words,
-//! guest directory operations), `snapshots` (snapshot templates), `reaper` (the idle reaper's
+//! guest directory operations), `snapshots` (snapshot templates), `template_copy` (a snapshot's
+//! copies on other hosts: placement of its creates, the relayed copy, their deletion), `reaper` (the idle reaper's
 //! pass), `reconcile` (the reconciler's pass), `usage` (the usage meter's pass and daily
-//! usage), `stats` (team stats, a capsule's resource samples), `proxy` (who reaches a
+//! usage), `stats` (team stats, a capsule's resource samples), `hosts` (what a
+//! silent host means for its sandboxes' views), `proxy` (who reaches a
 //! capsule's port, and how many connections at once) and `events` (the team's lifecycle events
 //! and their subscribers). Beside them, `ops` runs a lifecycle
 //! operation to completion in a task of its own, one at a time per sandbox, and records its
@@ -33,6 +35,7 @@ mod sandboxes;
 mod settle;
 mod snapshots;
 mod stats;
+pub mod template_copy;
 mod usage;
 
 pub(crate) use accounts::add_password_account;

@@ -258,6 +258,7 @@ impl App {
             Err(e) if e.code() == Some(codes::TEMPLATE_NOT_FOUND) => {}
             Err(e) => return Err(ApiError::Agent(e)),
         }
+        self.delete_template_copies(&t.agent_name).await?;
         self.store.delete_template(team_id, name).await?;
         Ok(())
     }
