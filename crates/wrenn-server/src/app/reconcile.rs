@@ -81,11 +81,12 @@ impl App {
         // One control plane per SQLite file: the lease is this process's, also when a crashed
         // predecessor's row still names it (waiting it out would leave its cut-short
         // operations unsettled).
-        // The leader (`crate::leader`) holds the advisory lock: no other control plane
-        // reconciles, also while a dead predecessor's lease has not expired.
+        // The leader (`crate::leader`) takes the lease too, so a pass run by hand elsewhere
+        // is refused, but reconciles without it: the advisory lock says no other control
+        // plane leads, also while a dead predecessor's lease has not expired.
         if !self.store.single_writer()
-            && !self.leader.leads()
             && !self.store.try_lease(LEASE, &self.instance, ttl).await?
+            && !self.leader.leads()
         {
             return Ok(ReconcileReport {
                 skipped: true,

@@ -97,11 +97,14 @@ impl Hosts {
     /// Creates clients for the hosts in the store not known yet, forgets those no longer
     /// there, and takes each row's drain flag (the heartbeat's first step; also at start).
     pub async fn load(&self) -> Result<(), ApiError> {
+        let asked = Instant::now();
         let rows = self.store.list_hosts().await?;
-        self.sync(&rows)
+        self.sync(&rows, asked)
     }
 
-    fn sync(&self, rows: &[HostRecord]) -> Result<(), ApiError> {
+    /// Takes `rows`, read from the store at `asked`: a host registered since then is kept
+    /// although the rows do not name it yet.
+    fn sync(&self, rows: &[HostRecord], asked: Instant) -> Result<(), ApiError> {
         for h in rows {
             let known = self.read_agents().contains_key(&h.id);
             if !known && (h.url.starts_with("http://") || h.url.starts_with("https://")) {
@@ -109,13 +112,20 @@ impl Hosts {
                 self.insert(&h.id, Arc::new(agent));
             }
         }
-        let ids: std::collections::HashSet<&str> = rows.iter().map(|h| h.id.as_str()).collect();
+        let mut keep: std::collections::HashSet<String> =
+            rows.iter().map(|h| h.id.clone()).collect();
+        let mut beats = self.beats.write().unwrap_or_else(|p| p.into_inner());
+        keep.extend(
+            beats
+                .iter()
+                .filter(|(_, b)| b.known_since >= asked)
+                .map(|(id, _)| id.clone()),
+        );
         self.agents
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|id, _| ids.contains(id.as_str()));
-        let mut beats = self.beats.write().unwrap_or_else(|p| p.into_inner());
-        beats.retain(|id, _| ids.contains(id.as_str()));
+            .retain(|id, _| keep.contains(id));
+        beats.retain(|id, _| keep.contains(id));
         for h in rows {
             if self.read_agents().contains_key(&h.id) {
                 beats
