@@ -6,8 +6,9 @@
 //! sandboxes read as unavailable, creates avoid its host, and its restart brings them back
 //! usable; after a SIGKILL of the leading server the other serves every sandbox and new
 //! creates and takes over the reaper. Agents join with one-time tokens and serve mutual TLS
-//! only (a plain-HTTP client gets nothing); creates avoid a drained host; a host with
-//! sandboxes is not removed, an idle drained one is.
+//! only (a plain-HTTP client gets nothing); with the template's host drained a create from the
+//! template runs on another host (copied there); a host with sandboxes is not removed, an idle
+//! drained one is.
 //!
 //! Needs root, PostgreSQL's server binaries and the guest images; never skipped. Run:
 //! `flock -o /tmp/wrenn-vm-tests.lock cargo test -p wrenn-cli --test multihost_e2e -- --nocapture`.
@@ -244,7 +245,9 @@ fn tls_only(c: &Cluster, rt: &tokio::runtime::Runtime) {
     });
 }
 
-/// Drain and remove: with the template's host drained, base creates avoid it; removing a host with a sandbox (`busy_sb`'s) is refused while the idle
+/// Drain and remove: with the template's host drained, base creates avoid it (and, with
+/// `copy`, a create from the template is placed on another host, the template copied there,
+/// and has its files); removing a host with a sandbox (`busy_sb`'s) is refused while the idle
 /// drained host is removed and forgotten.
 fn drain_and_remove(
     c: &Cluster,
@@ -257,6 +260,7 @@ fn drain_and_remove(
     let v = c.hosts_cli(&["drain", &drained]);
     assert_eq!(v["draining"], true, "{v}");
     c.wait_heartbeats();
+    template_copied(c, api, rt, template_host);
     rt.block_on(async {
         let base = api[0].create(json!({})).await;
         assert_ne!(
@@ -299,6 +303,35 @@ fn drain_and_remove(
     });
 }
 
+/// With the template's host drained, a create from the template is placed on another host
+/// (the template copied there agent to agent) and has the file written before the snapshot.
+fn template_copied(
+    c: &Cluster,
+    api: &[Api; 2],
+    rt: &tokio::runtime::Runtime,
+    template_host: usize,
+) {
+    rt.block_on(async {
+        let t = Instant::now();
+        // The copy moves the whole template (base image included) between the hosts: tens of
+        // seconds in a debug build under TCG, more on a loaded machine.
+        let from = api[1]
+            .create_within(json!({"template": "mh-template"}), Duration::from_secs(900))
+            .await;
+        eprintln!(
+            "[numbers] create from a template made on another host (copied): {:?}",
+            t.elapsed()
+        );
+        let h = c.host_of(&from).expect("host of the copy's sandbox");
+        assert_ne!(h, template_host, "a create went to the drained host");
+        assert_eq!(
+            api[0].sh(&from, "cat /home/user/where.txt").await,
+            "made-on-one-host\n"
+        );
+        api[1].destroy(&from).await;
+    });
+}
+
 /// Twelve creates at once (half through each server): prints creates per second and where
 /// they went, checks each answers, destroys them.
 fn creates_per_second(c: &Cluster, api: &[Api; 2], rt: &tokio::runtime::Runtime) {
@@ -318,8 +351,10 @@ fn creates_per_second(c: &Cluster, api: &[Api; 2], rt: &tokio::runtime::Runtime)
     }
     let rate = N as f64 / took.as_secs_f64();
     eprintln!(
-        "[numbers] {N} creates at once across three hosts: {took:?}, {rate:.2} creates/s, \
-         per host {per_host:?}"
+        "[numbers] {N} creates at once across three hosts ({} guests, {} CPUs): {took:?}, \
+         {rate:.2} creates/s, per host {per_host:?}",
+        c.accel(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     rt.block_on(async {
         let checks = ids.iter().enumerate().map(|(i, id)| {

@@ -319,6 +319,17 @@ impl Cluster {
         }
     }
 
+    /// The accelerator the first agent reports in its log ("Kvm" or "Tcg").
+    pub fn accel(&self) -> String {
+        let log =
+            std::fs::read_to_string(self.hosts[0].data_dir.join("agent.log")).unwrap_or_default();
+        log.lines()
+            .find_map(|l| l.split_once(" guests)").map(|(a, _)| a))
+            .and_then(|a| a.rsplit('(').next())
+            .unwrap_or("unknown")
+            .to_string()
+    }
+
     /// The last lines of every process's log (for failure messages).
     pub fn logs(&self) -> String {
         let mut out = String::new();
