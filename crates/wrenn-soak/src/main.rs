@@ -50,6 +50,10 @@ struct Args {
     /// Keep the data dir afterwards (for a look at what went wrong).
     #[arg(long)]
     keep: bool,
+    /// Run wrenn up with warm pools of this many clones a shape (`--pool-size`; off when
+    /// not given, as wrenn up's default).
+    #[arg(long)]
+    pool_size: Option<u32>,
 }
 
 #[tokio::main]
@@ -89,6 +93,10 @@ async fn soak(args: Args) -> Result<bool> {
         "--prewarm".into(),
         format!("minimal:1:{}", client::MEMORY_MB),
     ];
+    if let Some(n) = args.pool_size {
+        up.extra_args
+            .extend(["--pool-size".to_string(), n.to_string()]);
+    }
     let t0 = Instant::now();
     let took = up.start("").await?;
     println!("wrenn up ready after {took:.1?}");
