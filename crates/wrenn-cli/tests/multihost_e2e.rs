@@ -1,14 +1,15 @@
 //! Multi-host end-to-end test: a private PostgreSQL, two `wrenn server` processes sharing it
-//! (on the test bridge's address, which the agents join through), and three `wrenn agent` processes with real VMs, each in a network namespace
-//! of its own acting as its own machine (see `multihost/`). Checked through the public API of
-//! either server: sandboxes spread over the hosts, creates per second across the three hosts
-//! (printed), a snapshot template made on one host serves creates; a SIGKILLed agent's
-//! sandboxes read as unavailable, creates avoid its host, and its restart brings them back
-//! usable; after a SIGKILL of the leading server the other serves every sandbox and new
-//! creates and takes over the reaper. Agents join with one-time tokens and serve mutual TLS
-//! only (a plain-HTTP client gets nothing); with the template's host drained a create from the
-//! template runs on another host (copied there); a host with sandboxes is not removed, an idle
-//! drained one is.
+//! (on the test bridge's address, which the agents join through), and three `wrenn agent`
+//! processes with real VMs, each in a network namespace of its own acting as its own machine
+//! (see `multihost/`). Checked through the public API of either server: sandboxes spread
+//! over the hosts, creates per second across the three hosts (printed), a snapshot template
+//! made on one host serves creates; a SIGKILLed agent's sandboxes read as unavailable,
+//! creates avoid its host, and its restart brings them back usable; after a SIGKILL of the
+//! leading server the other serves every sandbox and new creates and takes over the reaper.
+//! Agents join with one-time tokens and serve mutual TLS only (a plain-HTTP client gets
+//! nothing); with the template's host drained a create from the template runs on another
+//! host (copied there); drained hosts get no creates and keep their sandboxes working; a host
+//! with sandboxes is not removed, an idle drained one is.
 //!
 //! Needs root, PostgreSQL's server binaries and the guest images; never skipped. Run:
 //! `flock -o /tmp/wrenn-vm-tests.lock cargo test -p wrenn-cli --test multihost_e2e -- --nocapture`.
@@ -245,10 +246,10 @@ fn tls_only(c: &Cluster, rt: &tokio::runtime::Runtime) {
     });
 }
 
-/// Drain and remove: with the template's host drained, base creates avoid it (and, with
-/// `copy`, a create from the template is placed on another host, the template copied there,
-/// and has its files); removing a host with a sandbox (`busy_sb`'s) is refused while the idle
-/// drained host is removed and forgotten.
+/// Drain and remove: with the template's host drained a create from the template is placed
+/// on another host (copied there); with the busy host drained too every create goes to the
+/// third host while the busy host's sandbox keeps working; removing a host with a sandbox
+/// (`busy_sb`'s) is refused while the idle drained host is removed and forgotten.
 fn drain_and_remove(
     c: &Cluster,
     api: &[Api; 2],
@@ -261,18 +262,29 @@ fn drain_and_remove(
     assert_eq!(v["draining"], true, "{v}");
     c.wait_heartbeats();
     template_copied(c, api, rt, template_host);
+    // The busy host drained too: creates all go to the third host, and the sandbox on the
+    // drained busy host keeps working.
+    let busy = c.host_of(busy_sb).expect("host of the busy sandbox");
+    let v = c.hosts_cli(&["drain", &c.hosts[busy].id]);
+    assert_eq!(v["draining"], true, "{v}");
+    c.wait_heartbeats();
+    let third = 3 - busy - template_host;
     rt.block_on(async {
-        let base = api[0].create(json!({})).await;
-        assert_ne!(
-            c.host_of(&base),
-            Some(template_host),
-            "a create went to the drained host"
-        );
-        api[0].destroy(&base).await;
+        for a in api {
+            let base = a.create(json!({})).await;
+            assert_eq!(
+                c.host_of(&base),
+                Some(third),
+                "a create went to a drained host"
+            );
+            a.destroy(&base).await;
+        }
+        assert_eq!(api[0].sh(busy_sb, "echo kept").await, "kept\n");
         let (s, v) = api[1].delete("/v1/snapshots/mh-template").await;
         assert_eq!(s, 204, "{v}");
     });
-    let busy = c.host_of(busy_sb).expect("host of the busy sandbox");
+    let v = c.hosts_cli(&["undrain", &c.hosts[busy].id]);
+    assert_eq!(v["draining"], false, "{v}");
     let out = c.hosts_cli_raw(&["remove", &c.hosts[busy].id]);
     assert!(!out.status.success(), "a host with a sandbox was removed");
     let err = String::from_utf8_lossy(&out.stderr);
