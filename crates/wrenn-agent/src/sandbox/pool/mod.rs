@@ -116,6 +116,9 @@ pub(super) struct Pools {
     pub creates: AtomicUsize,
     /// Memory (MiB, overhead included) of the clone being made, if one is.
     making_mb: AtomicUsize,
+    /// Held by the refill task while it makes a clone and puts it in the pool (or gives it
+    /// back), so turning the pools off waits for that clone and removes it too.
+    refilling: tokio::sync::Mutex<()>,
 }
 
 /// The pooled counts of a host, for its host info.

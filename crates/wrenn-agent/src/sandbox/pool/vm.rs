@@ -80,8 +80,11 @@ impl Manager {
         }
     }
 
-    /// Removes every pooled clone (the agent stops).
+    /// Turns the pools off and removes every pooled clone (the agent stops), the one a refill
+    /// is making too (waited for).
     pub async fn pool_shutdown(&self) {
+        *self.pools.cfg.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let _no_refill = self.pools.refilling.lock().await;
         for p in self.pools.drain(None) {
             self.discard(p).await;
         }
@@ -127,6 +130,10 @@ impl Manager {
             // Creates first: a refill starts only while none is under way.
             while self.pools.creates.load(Ordering::Acquire) > 0 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _refilling = self.pools.refilling.lock().await;
+            if self.pools.cfg().is_none() {
+                return; // turned off (or the agent stops) meanwhile
             }
             match self.make_pooled(&shape).await {
                 Ok(p) => {
