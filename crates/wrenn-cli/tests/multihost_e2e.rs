@@ -160,8 +160,9 @@ fn leader(c: &Cluster) -> Option<usize> {
     (0..c.servers.len()).find(|&i| c.servers[i].is_running() && c.servers[i].leads())
 }
 
-/// SIGKILL of the leading server: the other serves every sandbox in `alive`, creates, and
-/// takes over the reaper (a sandbox with a short timeout it creates is auto-paused).
+/// SIGKILL of the leading server: the other serves every sandbox in `alive` (exec and the
+/// exec stream), creates, and takes over the reaper (a sandbox with a short timeout it
+/// creates is auto-paused).
 fn server_death(c: &mut Cluster, api: &[Api; 2], rt: &tokio::runtime::Runtime, alive: &[String]) {
     let dead = rt.block_on(poll("one server leads", 60, || async { leader(c) }));
     let other = 1 - dead;
@@ -180,6 +181,9 @@ fn server_death(c: &mut Cluster, api: &[Api; 2], rt: &tokio::runtime::Runtime, a
         for id in alive {
             assert!(listed.contains(&id.as_str()), "{id} not listed: {list}");
             assert_eq!(a.sh(id, "echo alive").await, "alive\n");
+            // Streams too, whichever server created the sandbox.
+            let (out, code) = a.stream_sh(id, "echo streamed; echo twice").await;
+            assert_eq!((out.as_str(), code), ("streamed\ntwice\n", 0));
         }
         let fresh = a.create(json!({"timeout_sec": 3})).await;
         assert_eq!(a.sh(&fresh, "echo fresh").await, "fresh\n");

@@ -80,6 +80,47 @@ impl Api {
         self.get(&format!("/v1/sandboxes/{id}")).await
     }
 
+    /// Runs `script` through the exec stream WebSocket; returns its stdout and exit code.
+    pub async fn stream_sh(&self, id: &str, script: &str) -> (String, i64) {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+        let url = format!(
+            "ws://{}/v1/sandboxes/{id}/exec/stream",
+            self.base.trim_start_matches("http://")
+        );
+        let mut req = url.into_client_request().expect("ws request");
+        req.headers_mut()
+            .insert("x-api-key", self.key.parse().expect("key header"));
+        let limit = std::time::Duration::from_secs(120);
+        let (mut ws, _) = tokio::time::timeout(limit, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("exec stream connect timed out")
+            .unwrap_or_else(|e| panic!("exec stream through {}: {e}", self.base));
+        let start = json!({"type": "start", "cmd": "sh", "args": ["-c", script]});
+        ws.send(Message::Text(start.to_string().into()))
+            .await
+            .expect("send start");
+        let (mut out, mut exit) = (String::new(), None);
+        while let Some(frame) = tokio::time::timeout(limit, ws.next())
+            .await
+            .expect("no exec stream event in time")
+        {
+            match frame.expect("exec stream broke") {
+                Message::Text(t) => {
+                    let ev: Value = serde_json::from_str(t.as_str()).expect("event is JSON");
+                    match ev["type"].as_str() {
+                        Some("stdout") => out.push_str(ev["data"].as_str().unwrap_or_default()),
+                        Some("exit") => exit = ev["exit_code"].as_i64(),
+                        _ => {}
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        (out, exit.expect("the stream ended without an exit event"))
+    }
+
     /// Destroys; asserts 204.
     pub async fn destroy(&self, id: &str) {
         let (s, v) = self.delete(&format!("/v1/sandboxes/{id}")).await;
