@@ -292,3 +292,36 @@ async fn clients_without_the_control_plane_role_are_refused() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_pinned_client_takes_only_the_certificate_last_issued_to_the_host() {
+    // The host's certificate as served, and a newer one the CA issued to the same address
+    // (a rotation): the control plane pins the newer one, so the old one is refused although
+    // it still chains to the CA and names the host.
+    let agent = serve().await;
+    let base = client::config_from(&agent.ca).unwrap();
+    let sha = |pem: &str| pki::fingerprint(&pki::first_cert_der(pem).unwrap());
+    let served = HttpAgent::with_tls(
+        &agent.url,
+        Arc::new(pki::pin::pinned(&base, agent.ca.cert_pem(), &sha(&agent.agent_cert)).unwrap()),
+    )
+    .unwrap();
+    served.host_info().await.unwrap();
+
+    let (_, csr) = pki::new_key_and_csr().unwrap();
+    let rotated = agent
+        .ca
+        .sign_agent_csr(&csr, &agent.url, "host-tls")
+        .unwrap();
+    let stale = HttpAgent::with_tls(
+        &agent.url,
+        Arc::new(pki::pin::pinned(&base, agent.ca.cert_pem(), &sha(&rotated)).unwrap()),
+    )
+    .unwrap();
+    match stale.host_info().await {
+        Err(wrenn_server::agent::AgentApiError::Transport(_)) => {}
+        other => panic!("a certificate other than the pinned one was accepted: {other:?}"),
+    }
+    assert!(stale.exec_stream("sb").await.is_err());
+    assert!(stale.open_port("sb", 80).await.is_err());
+}

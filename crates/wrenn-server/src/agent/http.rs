@@ -79,8 +79,18 @@ impl HttpAgent {
     /// A client for the agent at `base` (e.g. `http://127.0.0.1:7070`); an `https://` base
     /// is spoken to with this process's control-plane identity.
     pub fn new(base: &str, token: &str) -> AgentResult<Self> {
+        Self::pinned(base, token, None)
+    }
+
+    /// [`HttpAgent::new`] for a joined host: an `https://` host must also present the
+    /// certificate whose SHA-256 is `pin` (the one last issued to it), when one is given.
+    pub fn pinned(base: &str, token: &str, pin: Option<&str>) -> AgentResult<Self> {
         if base.starts_with("https://") {
-            return match crate::pki::client::config() {
+            let tls = match pin {
+                Some(pin) => crate::pki::client::pinned_config(pin),
+                None => crate::pki::client::config(),
+            };
+            return match tls {
                 Ok(tls) => Self::with_tls(base, tls),
                 Err(e) => {
                     tracing::warn!(host = %base, "no TLS identity for this host: {e}");

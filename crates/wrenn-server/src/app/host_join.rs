@@ -148,11 +148,22 @@ impl App {
         let cert_pem = if recorded == host_id {
             cert_pem
         } else {
-            // A host already had this URL: the certificate names that host's id.
-            ca.sign_agent_csr(&req.csr_pem, &url, &recorded)
-                .map_err(|e| ApiError::Internal(format!("signing a host's CSR: {e}")))?
+            // A host already had this URL: the certificate names that host's id, and the
+            // pin recorded for it is this certificate's.
+            let cert_pem = ca
+                .sign_agent_csr(&req.csr_pem, &url, &recorded)
+                .map_err(|e| ApiError::Internal(format!("signing a host's CSR: {e}")))?;
+            let cert_sha =
+                pki::fingerprint(&pki::first_cert_der(&cert_pem).map_err(|e| {
+                    ApiError::Internal(format!("reading a signed certificate: {e}"))
+                })?);
+            self.store
+                .record_joined_host(Some(&recorded), &recorded, &url, &cert_sha, store::now())
+                .await?
+                .ok_or_else(|| refused("the host it rotates was removed"))?;
+            cert_pem
         };
-        if let Err(e) = self.hosts.register(&url, "").await {
+        if let Err(e) = self.hosts.take_up_joined(&recorded).await {
             // The heartbeat takes it up from the store.
             tracing::warn!(host = %recorded, "registering a joined host: {e}");
         }

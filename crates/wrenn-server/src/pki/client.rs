@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 
 static PKI_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 static CONFIG: Mutex<Option<Arc<rustls::ClientConfig>>> = Mutex::new(None);
+/// The CA certificate `CONFIG` trusts (the roots of a pinned configuration).
+static CA_PEM: Mutex<Option<String>> = Mutex::new(None);
 
 /// The directory of this process's CA: `<data_dir>/pki`.
 pub fn pki_dir(data_dir: &Path) -> PathBuf {
@@ -38,7 +40,21 @@ pub fn config() -> Result<Arc<rustls::ClientConfig>, PkiError> {
         .unwrap_or_else(|p| p.into_inner())
         .clone()
         .ok_or_else(|| PkiError::NoCa("(no data dir set)".into()))?;
-    let cfg = Arc::new(config_from(&Ca::load(&dir)?)?);
+    let ca = Ca::load(&dir)?;
+    let cfg = Arc::new(config_from(&ca)?);
+    *CA_PEM.lock().unwrap_or_else(|p| p.into_inner()) = Some(ca.cert_pem().to_string());
     *cached = Some(cfg.clone());
     Ok(cfg)
+}
+
+/// The process's client configuration for one joined host: [`config`] that also pins the
+/// host's certificate to the SHA-256 recorded at its join (see [`super::pin`]).
+pub fn pinned_config(sha256: &str) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+    let base = config()?;
+    let ca_pem = CA_PEM
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .ok_or_else(|| PkiError::NoCa("(no CA loaded)".into()))?;
+    Ok(Arc::new(super::pin::pinned(&base, &ca_pem, sha256)?))
 }

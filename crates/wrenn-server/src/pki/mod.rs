@@ -15,6 +15,7 @@
 //! the join's rules are `app::host_join`'s.
 
 pub mod client;
+pub mod pin;
 pub mod tls;
 pub mod token;
 

@@ -48,7 +48,7 @@ fn key(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(tls_err)
 }
 
-fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, PkiError> {
+pub(crate) fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, PkiError> {
     let mut roots = RootCertStore::empty();
     for c in certs(ca_pem)? {
         roots.add(c).map_err(tls_err)?;

@@ -60,6 +60,14 @@ impl Beat {
     }
 }
 
+/// What a host's HTTP client was made for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClientFor {
+    url: String,
+    /// SHA-256 of the certificate last issued to it (a joined `https://` host).
+    pin: Option<String>,
+}
+
 /// A host's health as this control plane sees it now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
@@ -76,6 +84,9 @@ pub struct Hosts {
     store: Arc<dyn Store>,
     agents: RwLock<HashMap<String, Arc<dyn HostAgent>>>,
     beats: RwLock<HashMap<String, Beat>>,
+    /// The URL and certificate pin each joined host's client was made for (hosts in the
+    /// store with an `http(s)://` URL): a rotation that changes either makes a new client.
+    made_for: RwLock<HashMap<String, ClientFor>>,
     /// Silence after which a host is unreachable.
     unreachable_after: Duration,
     /// How long one probe may take.
@@ -89,6 +100,7 @@ impl Hosts {
             store,
             agents: RwLock::new(HashMap::new()),
             beats: RwLock::new(HashMap::new()),
+            made_for: RwLock::new(HashMap::new()),
             unreachable_after: interval * MISSED_BEATS,
             probe_timeout: (interval * 2).clamp(Duration::from_millis(500), Duration::from_secs(5)),
         }
@@ -99,17 +111,47 @@ impl Hosts {
     pub async fn load(&self) -> Result<(), ApiError> {
         let asked = Instant::now();
         let rows = self.store.list_hosts().await?;
-        self.sync(&rows, asked)
+        let mut pins = HashMap::new();
+        for h in rows.iter().filter(|h| h.url.starts_with("https://")) {
+            pins.insert(h.id.clone(), self.store.host_cert_sha256(&h.id).await?);
+        }
+        self.sync(&rows, &pins, asked)
     }
 
-    /// Takes `rows`, read from the store at `asked`: a host registered since then is kept
-    /// although the rows do not name it yet.
-    fn sync(&self, rows: &[HostRecord], asked: Instant) -> Result<(), ApiError> {
+    /// Takes `rows`, read from the store at `asked` (with the certificate pins of the
+    /// `https://` ones): a host registered since then is kept although the rows do not name
+    /// it yet; a joined host whose URL or pin changed (a rotation) gets a new client.
+    fn sync(
+        &self,
+        rows: &[HostRecord],
+        pins: &HashMap<String, Option<String>>,
+        asked: Instant,
+    ) -> Result<(), ApiError> {
         for h in rows {
+            if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                continue;
+            }
+            let wanted = ClientFor {
+                url: h.url.clone(),
+                pin: pins.get(&h.id).cloned().flatten(),
+            };
             let known = self.read_agents().contains_key(&h.id);
-            if !known && (h.url.starts_with("http://") || h.url.starts_with("https://")) {
-                let agent = HttpAgent::new(&h.url, &h.token)?;
+            let made_for = self
+                .made_for
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&h.id)
+                .cloned();
+            // A host registered in this process (`register`) has no record here: its client
+            // stays as it was made.
+            let stale = known && made_for.is_some_and(|m| m != wanted);
+            if !known || stale {
+                let agent = HttpAgent::pinned(&h.url, &h.token, wanted.pin.as_deref())?;
                 self.insert(&h.id, Arc::new(agent));
+                self.made_for
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(h.id.clone(), wanted);
             }
         }
         let mut keep: std::collections::HashSet<String> =
@@ -126,6 +168,10 @@ impl Hosts {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|id, _| keep.contains(id));
         beats.retain(|id, _| keep.contains(id));
+        self.made_for
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| keep.contains(id));
         for h in rows {
             if self.read_agents().contains_key(&h.id) {
                 beats
@@ -152,6 +198,18 @@ impl Hosts {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.to_string(), Beat::new(false));
+    }
+
+    /// Takes up a host that has just joined or rotated its credential: its row's URL and
+    /// certificate pin make its client (replacing one made for an older certificate), and
+    /// it is probed at once.
+    pub async fn take_up_joined(&self, id: &str) -> Result<(), ApiError> {
+        self.load().await?;
+        let agent = self.read_agents().get(id).cloned();
+        if let Some(agent) = agent {
+            self.beat_one(id, agent).await;
+        }
+        Ok(())
     }
 
     /// Registers (or re-registers, by URL) a host agent reachable over HTTP.
