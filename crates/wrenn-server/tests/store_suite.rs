@@ -523,11 +523,54 @@ async fn host_admin(s: &dyn Store) {
         RemovedHost::HasSandboxes(1)
     );
     assert!(s.get_sandbox("team-adm", "sb-adm").await.unwrap().is_some());
+    // Two snapshot templates made on it, one of them copied to another host.
+    let other = HostRecord {
+        id: "host-adm-2".into(),
+        url: "sim://admin-2".into(),
+        ..h.clone()
+    };
+    s.upsert_host(&other).await.unwrap();
+    for (i, agent) in ["adm-kept", "adm-lost"].into_iter().enumerate() {
+        s.insert_sandbox(&sandbox(&format!("sb-adm-t{i}"), "team-adm", "host-adm", 0))
+            .await
+            .unwrap();
+        let t = TemplateRecord {
+            id: format!("tp-{agent}"),
+            team_id: "team-adm".into(),
+            name: agent.into(),
+            agent_name: agent.into(),
+            host_id: "host-adm".into(),
+            vcpus: 1,
+            memory_mb: 256,
+            size_bytes: 1,
+            created_at: now(),
+        };
+        s.commit_snapshot(&t, &format!("sb-adm-t{i}"))
+            .await
+            .unwrap();
+    }
+    s.add_template_copy("adm-kept", "host-adm-2", now())
+        .await
+        .unwrap();
     assert_eq!(
         s.remove_host("host-adm", true).await.unwrap(),
         RemovedHost::Removed { sandboxes: 1 }
     );
     assert!(s.get_sandbox("team-adm", "sb-adm").await.unwrap().is_none());
+    // The copied template lives on at its copy's host, which is now its own; the other went
+    // with the host.
+    let kept = s
+        .get_template("team-adm", "adm-kept")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.host_id, "host-adm-2");
+    assert!(s.template_copy_hosts("adm-kept").await.unwrap().is_empty());
+    assert!(s
+        .get_template("team-adm", "adm-lost")
+        .await
+        .unwrap()
+        .is_none());
     assert!(!s
         .list_hosts()
         .await

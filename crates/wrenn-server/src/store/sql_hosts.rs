@@ -1,8 +1,8 @@
 //! Host administration queries shared by both backends like [`super::sql`]: one macro that
 //! defines, for a given sqlx database, a module `host_admin` with the drain flag and the
 //! removal of a host (refused while sandboxes are placed on it unless forced; a forced
-//! removal forgets the host's sandboxes, templates and snapshot reservations with it, in one
-//! transaction).
+//! removal forgets the host's sandboxes, snapshot reservations and the templates no other
+//! host holds a copy of, in one transaction; a template copied elsewhere moves to its copy).
 
 macro_rules! host_queries {
     ($db:ty) => {
@@ -54,6 +54,16 @@ macro_rules! host_queries {
                 for q in [
                     "DELETE FROM sandboxes WHERE host_id = $1",
                     "DELETE FROM snapshot_reservations WHERE host_id = $1",
+                    // A template with a copy on another host lives on there: the oldest copy
+                    // becomes its home (and is no longer a copy).
+                    "UPDATE templates SET host_id = (SELECT c.host_id FROM template_copies c \
+                     WHERE c.agent_name = templates.agent_name AND c.host_id <> $1 \
+                     ORDER BY c.created_at, c.host_id LIMIT 1) \
+                     WHERE host_id = $1 AND EXISTS (SELECT 1 FROM template_copies c \
+                     WHERE c.agent_name = templates.agent_name AND c.host_id <> $1)",
+                    "DELETE FROM template_copies WHERE host_id = $1 OR EXISTS (SELECT 1 \
+                     FROM templates t WHERE t.agent_name = template_copies.agent_name \
+                     AND t.host_id = template_copies.host_id)",
                     "DELETE FROM templates WHERE host_id = $1",
                     "DELETE FROM hosts WHERE id = $1",
                 ] {
