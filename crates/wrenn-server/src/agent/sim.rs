@@ -104,28 +104,6 @@ impl SimAgent {
         })
     }
 
-    /// Makes every following create fail with an internal error (to test error paths).
-    pub fn set_fail_creates(&self, fail: bool) {
-        self.set_fail(SimOp::Create, fail);
-    }
-
-    /// Status of a sandbox as the simulated host sees it.
-    pub fn sandbox_status(&self, id: &str) -> Option<SandboxStatus> {
-        self.lock().sandboxes.get(id).map(|s| s.info.status)
-    }
-
-    /// The egress policy the sandbox's create request carried, if any.
-    pub fn sandbox_network(&self, id: &str) -> Option<wrenn_types::network::SandboxNetwork> {
-        self.lock().networks.get(id).cloned()
-    }
-
-    /// Names of all templates (base and snapshot) on the simulated host.
-    pub fn template_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.lock().templates.keys().cloned().collect();
-        v.sort();
-        v
-    }
-
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

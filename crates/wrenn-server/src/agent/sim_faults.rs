@@ -4,7 +4,9 @@
 //! agent that finishes an operation whatever happens to its caller), a call that fails, a host
 //! that stops answering its probes (`set_silent`), and a
 //! host that disagrees with the database (a sandbox it forgot, one nobody created, one whose
-//! VM died, a snapshot template nobody names). It does nothing unless a test asks.
+//! VM died, a snapshot template nobody names); and what a test reads back of the simulated
+//! host (a sandbox's status and egress policy, its templates). It does nothing unless a test
+//! asks.
 
 use super::sim::{now, SimAgent, SimSandbox, SimTemplate};
 use super::{AgentApiError, AgentResult};
@@ -67,6 +69,28 @@ impl Faults {
 }
 
 impl SimAgent {
+    /// Makes every following create fail with an internal error (to test error paths).
+    pub fn set_fail_creates(&self, fail: bool) {
+        self.set_fail(SimOp::Create, fail);
+    }
+
+    /// Status of a sandbox as the simulated host sees it.
+    pub fn sandbox_status(&self, id: &str) -> Option<SandboxStatus> {
+        self.lock().sandboxes.get(id).map(|s| s.info.status)
+    }
+
+    /// The egress policy the sandbox's create request carried, if any.
+    pub fn sandbox_network(&self, id: &str) -> Option<wrenn_types::network::SandboxNetwork> {
+        self.lock().networks.get(id).cloned()
+    }
+
+    /// Names of all templates (base and snapshot) on the simulated host.
+    pub fn template_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().templates.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     /// Makes the host stop answering its probes (host info, sandbox and template lists), as
     /// a dead or cut-off host would, or answer again; its sandboxes are kept as they are.
     pub fn set_silent(&self, silent: bool) {

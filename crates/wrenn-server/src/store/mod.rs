@@ -29,8 +29,11 @@ use std::sync::Arc;
 use wrenn_types::agent::SandboxStatus;
 
 mod host_join;
+mod hosts;
 mod sql_join;
 pub use host_join::{JoinTokenRecord, JoinTokenSpend};
+pub(crate) use hosts::parse_host_status;
+pub use hosts::{HostCapacity, HostRecord, HostStatus, RemovedHost};
 pub use usage::{DailyUsage, Held, MeteredSandbox, UsageCredit, UsagePass};
 
 /// Errors of the storage layer.
@@ -151,72 +154,6 @@ pub struct ApiKeyRecord {
     pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
     pub last_used: Option<DateTime<Utc>>,
-}
-
-/// A host agent the control plane can place sandboxes on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostRecord {
-    pub id: String,
-    pub url: String,
-    /// Bearer token the control plane presents to the agent.
-    pub token: String,
-    pub status: HostStatus,
-    pub cpus: i64,
-    pub total_memory_mb: i64,
-    pub free_memory_mb: i64,
-    pub running: i64,
-    pub last_seen: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    /// Takes no new sandboxes (its running ones stay); set by `wrenn hosts drain`.
-    pub draining: bool,
-}
-
-/// What [`Store::remove_host`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RemovedHost {
-    /// No host with that id.
-    NotFound,
-    /// Refused: this many sandboxes are placed on the host (and removal was not forced).
-    HasSandboxes(i64),
-    /// Removed, with the records of this many sandboxes placed on it.
-    Removed { sandboxes: i64 },
-}
-
-/// Whether the control plane reached a host agent at its last health check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostStatus {
-    Healthy,
-    Unreachable,
-}
-
-impl HostStatus {
-    /// Every status.
-    pub const ALL: [HostStatus; 2] = [Self::Healthy, Self::Unreachable];
-
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Healthy => "healthy",
-            Self::Unreachable => "unreachable",
-        }
-    }
-}
-
-/// Parses a stored host status.
-pub(crate) fn parse_host_status(s: &str) -> Result<HostStatus, StoreError> {
-    HostStatus::ALL
-        .into_iter()
-        .find(|h| h.as_str() == s)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown host status {s:?}")))
-}
-
-/// Capacity numbers last reported by a host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct HostCapacity {
-    pub cpus: i64,
-    pub total_memory_mb: i64,
-    pub free_memory_mb: i64,
-    pub running: i64,
 }
 
 /// A lifecycle operation under way on a sandbox. It is recorded (as the sandbox's
