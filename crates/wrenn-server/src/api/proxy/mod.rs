@@ -33,8 +33,8 @@ use wrenn_agent_api::parse_port;
 #[derive(Clone, Copy)]
 pub(crate) struct Proxied;
 
-/// Longest capsule id accepted in a proxy address.
-const MAX_ID: usize = 64;
+/// Longest capsule id accepted in a proxy address: the one rule's longest name.
+const MAX_ID: usize = wrenn_types::names::MAX_NAME_LEN;
 
 pub(super) fn routes() -> Router<Arc<App>> {
     Router::new()
