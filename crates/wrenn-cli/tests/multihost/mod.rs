@@ -10,6 +10,9 @@
 
 mod api;
 pub mod net;
+/// The control plane's tests' private PostgreSQL server (one helper for both crates).
+#[allow(dead_code)]
+#[path = "../../../wrenn-server/tests/support/pg.rs"]
 pub mod pg;
 mod procs;
 

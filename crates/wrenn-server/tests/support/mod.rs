@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod pg_db;
 
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{json, Value};

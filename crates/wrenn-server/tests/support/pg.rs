@@ -2,6 +2,7 @@
 //! directory on a free loopback port and stopped when dropped. Runs as the `postgres` user
 //! when the tests run as root (PostgreSQL refuses to run as root). If the binaries are
 //! missing the helper panics with instructions: the PostgreSQL suite is never skipped.
+//! (The CLI's multi-host test includes this file too; `pg_db.rs` adds what needs sqlx.)
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ const DEFAULT_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 pub struct PgServer {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     pub port: u16,
 }
 
@@ -103,48 +104,32 @@ impl PgServer {
             .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
             .arg(dir.path())
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            .args(["-c", "max_connections=200"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start postgres");
-        let server = PgServer {
-            child,
-            _dir: dir,
-            port,
-        };
+        let server = PgServer { child, dir, port };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "postgres did not start; log: {}",
-                std::fs::read_to_string(server._dir.path().join("postgres.log"))
-                    .unwrap_or_default()
+                server.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
         server
     }
 
-    /// Creates a fresh database and returns its URL.
-    pub async fn create_database(&self, name: &str) -> String {
-        use sqlx::Connection;
-        let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut conn = loop {
-            match sqlx::PgConnection::connect(&admin).await {
-                Ok(c) => break c,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("cannot connect to test postgres: {e}"),
-            }
-        };
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create database");
-        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    /// The URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The server's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
 }
 
