@@ -25,6 +25,7 @@ pub struct Leader {
     /// Whether leadership is fixed (SQLite: always leading).
     fixed: bool,
     reaper_passes: AtomicU64,
+    reconcile_passes: AtomicU64,
 }
 
 impl Leader {
@@ -34,6 +35,7 @@ impl Leader {
             leading: AtomicBool::new(single_writer),
             fixed: single_writer,
             reaper_passes: AtomicU64::new(0),
+            reconcile_passes: AtomicU64::new(0),
         }
     }
 
@@ -50,6 +52,16 @@ impl Leader {
     /// Reaper passes this control plane ran as leader.
     pub fn reaper_passes(&self) -> u64 {
         self.reaper_passes.load(Ordering::Relaxed)
+    }
+
+    /// Counts a background reconciler pass run as leader.
+    pub(crate) fn count_reconcile_pass(&self) {
+        self.reconcile_passes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Background reconciler passes this control plane ran as leader (not `reconcile_now`).
+    pub fn reconcile_passes(&self) -> u64 {
+        self.reconcile_passes.load(Ordering::Relaxed)
     }
 
     fn set(&self, leading: bool) {

@@ -30,7 +30,9 @@ pub async fn run(app: Weak<App>) {
                 if !due {
                     return;
                 }
-                match app.reconcile().await {
+                let pass = app.reconcile().await;
+                app.leader.count_reconcile_pass();
+                match pass {
                     Ok(report) if report.changed_anything() => {
                         tracing::info!(
                             ?report,

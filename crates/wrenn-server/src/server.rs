@@ -158,6 +158,12 @@ impl Server {
         self.app.leader.reaper_passes()
     }
 
+    /// Background reconciler passes this control plane ran as leader (the first comes as soon
+    /// as it leads).
+    pub fn reconcile_passes(&self) -> u64 {
+        self.app.leader.reconcile_passes()
+    }
+
     /// Runs one heartbeat pass now (`crate::heartbeat`).
     pub async fn heartbeat_now(&self) {
         self.app.hosts.beat().await

@@ -20,14 +20,26 @@ use wrenn_types::agent::SandboxStatus;
 /// How long a VM or template must stay unowned before it is removed.
 const GRACE: Duration = Duration::from_millis(300);
 
+/// A control plane whose background reconciler has run its first pass (a new leader runs
+/// one at once) and runs no other within the test, so the test's own passes see each
+/// disagreement first.
 async fn server(database_url: Option<String>) -> TestServer {
-    TestServer::start_with(move |c| {
+    let t = TestServer::start_with(move |c| {
         c.database_url = database_url;
         c.reaper_interval = Duration::from_secs(3600);
         c.reconcile_interval = Duration::from_secs(3600);
         c.orphan_grace = GRACE;
     })
-    .await
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while t.server.reconcile_passes() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leader's first reconciler pass did not come"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t
 }
 
 async fn new_sandbox(t: &TestServer, key: &str) -> String {
