@@ -12,6 +12,9 @@
 //!
 //! Run: `scripts/build.sh && cargo test -p wrenn-cli --test console_e2e`.
 
+mod machine;
+
+use machine::{free_port, images_root, kill_processes_of, processes_of};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,54 +27,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn images_root() -> PathBuf {
-    std::env::var_os("WRENN_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/lib/wrenn".into())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free loopback port")
-        .port()
-}
-
-/// Every process whose command line names the data dir (the daemon and its QEMUs).
-fn processes_of(data_dir: &Path) -> Vec<(i32, String)> {
-    let dir = data_dir.display().to_string();
-    let inside = format!("{dir}/");
-    let me = std::process::id() as i32;
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = raw
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if pid != me && args.iter().any(|a| *a == dir || a.contains(&inside)) {
-            out.push((pid, args.join(" ")));
-        }
-    }
-    out
-}
-
-fn kill_processes_of(data_dir: &Path) {
-    for (pid, _) in processes_of(data_dir) {
-        // SAFETY: sending a signal has no memory effects.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_of(data_dir).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The daemon; killed with everything of its data dir when dropped (a failed assertion).

@@ -6,8 +6,11 @@
 //! data directory finds the snapshot and boots nothing. Judged by what the daemon's log and data
 //! directory show (cold boots, the order of lines, the snapshot's files), not by timing.
 
+mod machine;
+
+use machine::{free_port, images_root, kill_processes_of};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,19 +20,6 @@ const SAVED: &str = "warm snapshot of minimal: saved as";
 const PREPARING: &str = "==> preparing the warm snapshot of minimal (1 vCPU, 512 MB)";
 /// Longest wait for the API to answer, and for the "running" line (a cold boot under TCG).
 const START_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn images_root() -> PathBuf {
-    std::env::var_os("WRENN_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/lib/wrenn".into())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free loopback port")
-        .port()
-}
 
 /// A `wrenn up` child process; killed with its VMs, and its data directory removed, when
 /// dropped (also when the test fails).
@@ -178,23 +168,6 @@ impl Drop for Up {
         }
         kill_processes_of(&self.data_dir);
         let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
-}
-
-/// SIGKILL to every process whose command line names a file in `dir` (the VMs of the daemon).
-fn kill_processes_of(dir: &Path) {
-    let inside = format!("{}/", dir.display());
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&inside) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
     }
 }
 

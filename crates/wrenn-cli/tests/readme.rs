@@ -6,8 +6,10 @@
 //! directory beside the guest images (root, images built; `WRENN_DATA_DIR`, default
 //! `/var/lib/wrenn`), its own ports, network prefix `rd` and slots from 9400.
 
+mod machine;
 mod support;
 
+use machine::{free_port, images_root};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -144,16 +146,9 @@ struct Up {
     data_dir: PathBuf,
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 impl Up {
     fn start() -> Up {
-        let images = std::env::var_os("WRENN_DATA_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| "/var/lib/wrenn".into());
+        let images = images_root();
         assert!(
             images.join("images").is_dir(),
             "no guest images under {} (run scripts/test or `wrenn images build`)",

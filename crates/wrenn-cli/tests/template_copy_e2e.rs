@@ -9,6 +9,9 @@
 //! 10100-10101 (prefix `tc`) and 10120-10121 (`td`).
 //! Run: `flock -o /tmp/wrenn-vm-tests.lock cargo test -p wrenn-cli --test template_copy_e2e`
 
+mod machine;
+
+use machine::images_root;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,12 +21,6 @@ use wrenn_agent::startup::{self, AgentConfig};
 use wrenn_server::{build, serve, ServerConfig};
 
 const AGENT_TOKEN: &str = "template-copy-e2e-agent-token";
-
-fn images_root() -> PathBuf {
-    std::env::var_os("WRENN_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/lib/wrenn".into())
-}
 
 /// Starts a real agent on a fresh data dir beside the images; its URL and data dir.
 async fn agent(tag: &str, prefix: &str, first_slot: u32) -> (String, PathBuf, startup::Agent) {

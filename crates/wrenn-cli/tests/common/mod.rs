@@ -11,8 +11,13 @@
 #![allow(dead_code)]
 
 mod api;
+#[path = "../machine/mod.rs"]
+mod machine;
 
 pub use api::Api;
+#[allow(unused_imports)]
+pub use machine::processes_of;
+use machine::{free_port, images_root, kill_processes_of};
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -66,12 +71,6 @@ pub fn rt() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("tokio runtime")
     })
-}
-
-fn images_root() -> PathBuf {
-    std::env::var_os("WRENN_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/lib/wrenn".into())
 }
 
 /// One API user with a JWT and an API key.
@@ -194,13 +193,6 @@ async fn suite() -> &'static Suite {
     SUITE.get_or_init(start_suite).await
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free loopback port")
-        .port()
-}
-
 async fn start_suite() -> Suite {
     let data_dir = images_root()
         .join("e2e")
@@ -287,49 +279,6 @@ fn spawn_daemon(data_dir: &Path, listen: &str, agent_listen: &str) -> Child {
         .stderr(log2)
         .spawn()
         .expect("spawn wrenn up")
-}
-
-/// Every process whose command line names the data dir (the daemon and its QEMUs).
-pub fn processes_of(data_dir: &Path) -> Vec<(i32, String)> {
-    let dir = data_dir.display().to_string();
-    let inside = format!("{dir}/");
-    let me = std::process::id() as i32;
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = raw
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.iter().any(|a| *a == dir || a.contains(&inside)) {
-            out.push((pid, args.join(" ")));
-        }
-    }
-    out
-}
-
-fn kill_processes_of(data_dir: &Path) {
-    for (pid, _) in processes_of(data_dir) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_of(data_dir).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 static EXIT_DIR: OnceLock<PathBuf> = OnceLock::new();

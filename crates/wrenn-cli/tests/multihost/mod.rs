@@ -9,6 +9,8 @@
 #![allow(dead_code)]
 
 mod api;
+#[path = "../machine/mod.rs"]
+mod machine;
 pub mod net;
 /// The control plane's tests' private PostgreSQL server (one helper for both crates).
 #[allow(dead_code)]
@@ -17,8 +19,10 @@ pub mod pg;
 mod procs;
 
 pub use api::Api;
-use procs::{kill_all_of, log_tail};
-pub use procs::{processes_of, Host, Server};
+pub use machine::processes_of;
+use machine::{images_root, kill_processes_of};
+use procs::log_tail;
+pub use procs::{Host, Server};
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -35,19 +39,6 @@ const JWT_SECRET: &str = "multihost-e2e-jwt-secret-0123456789abcdef";
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 /// Longest one API request may take (a create under TCG on a loaded machine).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn images_root() -> PathBuf {
-    std::env::var_os("WRENN_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/lib/wrenn".into())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free loopback port")
-        .port()
-}
 
 /// Copies a CA directory (the key stays owner-only).
 fn copy_pki(from: &Path, to: &Path) {
@@ -73,7 +64,7 @@ pub struct Cluster {
 /// Removes what a run leaves: processes of the scratch dir, the agents' and the test's
 /// namespaces, the bridge, the scratch dir.
 fn clean(root: &Path) {
-    kill_all_of(root);
+    kill_processes_of(root);
     let mut prefixes: Vec<String> = HOSTS.iter().map(|(p, _)| format!("{p}-")).collect();
     prefixes.push("wmh-".into());
     let p: Vec<&str> = prefixes.iter().map(String::as_str).collect();

@@ -1,46 +1,11 @@
 //! The processes of the multi-host cluster: a host's agent (started inside its namespace,
 //! joining on its first start) and a control plane, each with its log in its data dir; their
-//! start, readiness, SIGKILL, restart and SIGTERM stop, and finding every process of a data
-//! dir (QEMUs included) to end what a failed run left.
+//! start, readiness, SIGKILL, restart and SIGTERM stop.
 
 use super::{net, AGENT_PORT, JWT_SECRET, READY_TIMEOUT};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Every process whose command line names `dir` or a path inside it.
-pub fn processes_of(dir: &Path) -> Vec<i32> {
-    let d = dir.display().to_string();
-    let inside = format!("{d}/");
-    let me = std::process::id() as i32;
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
-            let raw = std::fs::read(e.path().join("cmdline")).ok()?;
-            let hit = raw
-                .split(|b| *b == 0)
-                .map(String::from_utf8_lossy)
-                .any(|a| a == d || a.contains(&inside));
-            (hit && pid != me).then_some(pid)
-        })
-        .collect()
-}
-
-pub(super) fn kill_all_of(dir: &Path) {
-    for pid in processes_of(dir) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !processes_of(dir).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Whether a plain HTTP/1.0 GET of `path` at `addr` answers 200 (no runtime needed).
 fn http_ok(addr: &str, path: &str) -> bool {
