@@ -11,9 +11,11 @@
 //!
 //! [`token`] is the one-time join token's format, [`tls`] the rustls configurations of both
 //! ends and the agent's TLS listener, [`client`] the process's control-plane identity used by
-//! [`crate::agent::HttpAgent`] for `https://` hosts. Storing tokens and hosts is the store's;
-//! the join's rules are `app::host_join`'s.
+//! [`crate::agent::HttpAgent`] for `https://` hosts, [`pin`] the per-host pin; `checked` is
+//! the one wrapper of the CA's verifiers that adds a check (the pin, the control-plane role).
+//! Storing tokens and hosts is the store's; the join's rules are `app::host_join`'s.
 
+mod checked;
 pub mod client;
 pub mod pin;
 pub mod tls;

@@ -9,14 +9,13 @@
 //! - [`serve_tls`]: serves an axum router over TLS only (HTTP/1.1 with upgrades, for the
 //!   exec WebSockets and the port upgrade); a plain-HTTP client gets its connection closed.
 
+use super::checked::Checked;
 use super::{PkiError, CONTROL_PLANE_ROLE};
-use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::RootCertStore;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,7 +80,12 @@ pub fn agent_server_config(
     let inner = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
         .build()
         .map_err(tls_err)?;
-    let verifier = Arc::new(ControlPlaneOnly { inner });
+    // Only a control plane may call an agent.
+    let verifier = Arc::new(Checked::new(inner, |cert| {
+        super::uri_sans(cert)
+            .iter()
+            .any(|u| u == CONTROL_PLANE_ROLE)
+    }));
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
@@ -106,60 +110,6 @@ pub fn verify_agent_cert(ca_pem: &str, cert_pem: &str, host: &str) -> Result<(),
         .verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
         .map_err(tls_err)?;
     Ok(())
-}
-
-/// The CA's client verifier plus the role check.
-#[derive(Debug)]
-struct ControlPlaneOnly {
-    inner: Arc<dyn ClientCertVerifier>,
-}
-
-impl ClientCertVerifier for ControlPlaneOnly {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let ok = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        if !super::uri_sans(end_entity)
-            .iter()
-            .any(|u| u == CONTROL_PLANE_ROLE)
-        {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ));
-        }
-        Ok(ok)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` resolves. Each connection gets
