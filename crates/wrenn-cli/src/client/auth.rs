@@ -43,47 +43,42 @@ pub enum KeysCommand {
 }
 
 pub async fn signup(ctx: &Ctx, c: Credentials) -> Result<i32, Failure> {
-    let password = password(c.password, true)?;
     let body = SignupRequest {
         email: c.email,
-        password,
+        password: password(c.password, true)?,
     };
-    let rb = ctx
-        .api
-        .request(Method::POST, "/v1/auth/signup", Auth::Anonymous)?
-        .json(&body);
-    let (auth, raw) = ctx.api.json::<AuthResponse>(rb).await?;
-    remember(ctx, &auth)?;
-    if ctx.json {
-        ctx.print_json(&raw);
-    } else {
-        out(&format!(
-            "Signed up as {} (team {}).\nSession saved in {}.\nNext: wrenn keys create --save\n",
-            auth.email,
-            auth.team_id,
-            ctx.config_path.display()
-        ));
-    }
-    Ok(0)
+    let next = "Next: wrenn keys create --save\n";
+    start_session(ctx, "/v1/auth/signup", &body, "Signed up", next).await
 }
 
 pub async fn login(ctx: &Ctx, c: Credentials) -> Result<i32, Failure> {
-    let password = password(c.password, false)?;
     let body = LoginRequest {
         email: c.email,
-        password,
+        password: password(c.password, false)?,
     };
+    start_session(ctx, "/v1/auth/login", &body, "Logged in", "").await
+}
+
+/// Posts `body` to `path` (sign-up or log-in), saves the session it answers with and says so:
+/// "`done` as …", then `next`.
+async fn start_session(
+    ctx: &Ctx,
+    path: &str,
+    body: &impl serde::Serialize,
+    done: &str,
+    next: &str,
+) -> Result<i32, Failure> {
     let rb = ctx
         .api
-        .request(Method::POST, "/v1/auth/login", Auth::Anonymous)?
-        .json(&body);
+        .request(Method::POST, path, Auth::Anonymous)?
+        .json(body);
     let (auth, raw) = ctx.api.json::<AuthResponse>(rb).await?;
     remember(ctx, &auth)?;
     if ctx.json {
         ctx.print_json(&raw);
     } else {
         out(&format!(
-            "Logged in as {} (team {}).\nSession saved in {}.\n",
+            "{done} as {} (team {}).\nSession saved in {}.\n{next}",
             auth.email,
             auth.team_id,
             ctx.config_path.display()
