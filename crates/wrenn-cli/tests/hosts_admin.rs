@@ -23,6 +23,7 @@ fn host(id: &str, url: &str) -> HostRecord {
         last_seen: Some(store::now()),
         created_at: store::now(),
         draining: false,
+        cert_sha256: None,
     }
 }
 

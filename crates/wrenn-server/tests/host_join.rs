@@ -90,10 +90,7 @@ async fn a_token_joins_once_and_the_certificate_names_the_host() {
     let hosts = store.list_hosts().await.unwrap();
     let host = hosts.iter().find(|h| h.id == host_id).expect("host row");
     assert_eq!(host.url, url);
-    assert_eq!(
-        store.host_cert_sha256(&host_id).await.unwrap(),
-        Some(pki::fingerprint(&der))
-    );
+    assert_eq!(host.cert_sha256, Some(pki::fingerprint(&der)));
 
     // Once only: the same token again (even with another key) is refused.
     let (_key, csr2) = pki::new_key_and_csr().unwrap();
@@ -254,10 +251,6 @@ async fn a_rotation_keeps_the_host_and_replaces_its_certificate() {
     assert_eq!(body["host_id"], host_id.as_str());
     let second = pki::first_cert_der(body["cert_pem"].as_str().unwrap()).unwrap();
     assert_ne!(first, second);
-    assert_eq!(
-        store.host_cert_sha256(&host_id).await.unwrap(),
-        Some(pki::fingerprint(&second))
-    );
     let host = store
         .list_hosts()
         .await
@@ -266,6 +259,7 @@ async fn a_rotation_keeps_the_host_and_replaces_its_certificate() {
         .find(|h| h.id == host_id)
         .unwrap();
     assert_eq!(host.url, "https://127.0.0.1:17448");
+    assert_eq!(host.cert_sha256, Some(pki::fingerprint(&second)));
 }
 
 #[tokio::test]
@@ -340,10 +334,9 @@ async fn store_joins(store: std::sync::Arc<dyn wrenn_server::store::Store>) {
         .await
         .unwrap();
     assert_eq!(again.as_deref(), Some("host-a"));
-    assert_eq!(
-        store.host_cert_sha256("host-a").await.unwrap().as_deref(),
-        Some("bb")
-    );
+    let hosts = store.list_hosts().await.unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].cert_sha256.as_deref(), Some("bb"));
     let rotated = store
         .record_joined_host(Some("host-a"), "x", "https://127.0.0.1:17601", "cc", now)
         .await
@@ -352,6 +345,7 @@ async fn store_joins(store: std::sync::Arc<dyn wrenn_server::store::Store>) {
     let hosts = store.list_hosts().await.unwrap();
     assert_eq!(hosts.len(), 1);
     assert_eq!(hosts[0].url, "https://127.0.0.1:17601");
+    assert_eq!(hosts[0].cert_sha256.as_deref(), Some("cc"));
     assert_eq!(
         store
             .record_joined_host(Some("host-gone"), "x", url, "dd", now)

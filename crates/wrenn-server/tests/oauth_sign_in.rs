@@ -129,9 +129,6 @@ impl Store for GatedStore {
             .record_joined_host(rotated, new_id, url, cert_sha256, at)
             .await
     }
-    async fn host_cert_sha256(&self, id: &str) -> Result<Option<String>, StoreError> {
-        self.inner.host_cert_sha256(id).await
-    }
     async fn update_host_health(
         &self,
         id: &str,

@@ -129,6 +129,7 @@ async fn hosts(s: &dyn Store) -> String {
         last_seen: None,
         created_at: now(),
         draining: false,
+        cert_sha256: None,
     };
     let stored = s.upsert_host(&h).await.unwrap();
     assert_eq!(stored, h);
@@ -162,6 +163,23 @@ async fn hosts(s: &dyn Store) -> String {
     assert_eq!(all[0].free_memory_mb, 4096);
     assert_eq!(all[0].running, 3);
     assert_eq!(all[0].last_seen, Some(at));
+    assert_eq!(all[0].cert_sha256, None);
+    // A joined host's certificate pin is listed with it; registering its URL again (with a
+    // pin in the record) leaves the pin as the join set it.
+    let url = "https://127.0.0.1:9";
+    let joined = s.record_joined_host(None, "host-j", url, "ab12", at).await;
+    assert_eq!(joined.unwrap().as_deref(), Some("host-j"));
+    let pinned = HostRecord {
+        id: "host-j2".into(),
+        url: url.into(),
+        cert_sha256: Some("ff".into()),
+        ..h.clone()
+    };
+    assert_eq!(s.upsert_host(&pinned).await.unwrap().id, "host-j");
+    let all = s.list_hosts().await.unwrap();
+    let pin_of = |id: &str| all.iter().find(|h| h.id == id).unwrap().cert_sha256.clone();
+    assert_eq!(pin_of("host-j").as_deref(), Some("ab12"));
+    assert_eq!(pin_of("host-1"), None);
     "host-1".into()
 }
 
@@ -504,6 +522,7 @@ async fn host_admin(s: &dyn Store) {
         last_seen: None,
         created_at: now(),
         draining: false,
+        cert_sha256: None,
     };
     s.upsert_host(&h).await.unwrap();
     assert!(s.set_host_draining("host-adm", true).await.unwrap());

@@ -111,29 +111,24 @@ impl Hosts {
     pub async fn load(&self) -> Result<(), ApiError> {
         let asked = Instant::now();
         let rows = self.store.list_hosts().await?;
-        let mut pins = HashMap::new();
-        for h in rows.iter().filter(|h| h.url.starts_with("https://")) {
-            pins.insert(h.id.clone(), self.store.host_cert_sha256(&h.id).await?);
-        }
-        self.sync(&rows, &pins, asked)
+        self.sync(&rows, asked)
     }
 
-    /// Takes `rows`, read from the store at `asked` (with the certificate pins of the
-    /// `https://` ones): a host registered since then is kept although the rows do not name
-    /// it yet; a joined host whose URL or pin changed (a rotation) gets a new client.
-    fn sync(
-        &self,
-        rows: &[HostRecord],
-        pins: &HashMap<String, Option<String>>,
-        asked: Instant,
-    ) -> Result<(), ApiError> {
+    /// Takes `rows`, read from the store at `asked`: a host registered since then is kept
+    /// although the rows do not name it yet; a joined host whose URL or certificate pin (the
+    /// pin counts for `https://` hosts only) changed (a rotation) gets a new client.
+    fn sync(&self, rows: &[HostRecord], asked: Instant) -> Result<(), ApiError> {
         for h in rows {
             if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
                 continue;
             }
             let wanted = ClientFor {
                 url: h.url.clone(),
-                pin: pins.get(&h.id).cloned().flatten(),
+                pin: h
+                    .url
+                    .starts_with("https://")
+                    .then(|| h.cert_sha256.clone())
+                    .flatten(),
             };
             let known = self.read_agents().contains_key(&h.id);
             let made_for = self
@@ -238,6 +233,7 @@ impl Hosts {
             last_seen: None,
             created_at: store::now(),
             draining: false,
+            cert_sha256: None,
         };
         let stored = self.store.upsert_host(&rec).await?;
         self.insert(&stored.id, agent.clone());

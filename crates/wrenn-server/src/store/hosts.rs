@@ -1,5 +1,5 @@
 //! The store's records of host agents: a host's row (its URL, credential, last health and
-//! capacity, drain flag), its health status as stored, and what a removal did.
+//! capacity, drain flag, certificate pin), its health status as stored, and what a removal did.
 
 use super::StoreError;
 use chrono::{DateTime, Utc};
@@ -20,6 +20,11 @@ pub struct HostRecord {
     pub created_at: DateTime<Utc>,
     /// Takes no new sandboxes (its running ones stay); set by `wrenn hosts drain`.
     pub draining: bool,
+    /// Lowercase hex SHA-256 of the certificate last issued to it (a joined host; `None`:
+    /// never joined). Set by a join or rotation, never by [`Store::upsert_host`].
+    ///
+    /// [`Store::upsert_host`]: super::Store::upsert_host
+    pub cert_sha256: Option<String>,
 }
 
 /// What [`Store::remove_host`] did.

@@ -350,6 +350,7 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a host, or updates url/token/status of the host with the same url.
     /// Returns the stored record (its id is the existing one when the url was known).
     async fn upsert_host(&self, host: &HostRecord) -> Result<HostRecord, StoreError>;
+    /// Every host, oldest first, each with its certificate pin (the heartbeat's one read).
     async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
 
     // --- host joining (`host_join`) ---
@@ -376,8 +377,6 @@ pub trait Store: Send + Sync + 'static {
         cert_sha256: &str,
         at: DateTime<Utc>,
     ) -> Result<Option<String>, StoreError>;
-    /// The SHA-256 of the certificate last issued to a host (`None`: never joined).
-    async fn host_cert_sha256(&self, id: &str) -> Result<Option<String>, StoreError>;
     /// Records a health check: status, capacity (when healthy) and last_seen.
     async fn update_host_health(
         &self,

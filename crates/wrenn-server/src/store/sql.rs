@@ -18,7 +18,7 @@ macro_rules! impl_store {
         const KEY_COLS: &str =
             "id, team_id, name, key_hash, key_prefix, created_by, created_at, last_used";
         const HOST_COLS: &str = "id, url, token, status, cpus, total_memory_mb, free_memory_mb, \
-             running, last_seen, created_at, draining";
+             running, last_seen, created_at, draining, cert_sha256";
 
         type DbRow = <$db as sqlx::Database>::Row;
         use sqlx::Row as _;
@@ -64,6 +64,7 @@ macro_rules! impl_store {
                 last_seen: r.try_get(8)?,
                 created_at: r.try_get(9)?,
                 draining: r.try_get(10)?,
+                cert_sha256: r.try_get(11)?,
             })
         }
 
@@ -164,10 +165,6 @@ macro_rules! impl_store {
                 join::record_host(&self.pool, rotated, new_id, url, cert_sha256, at).await
             }
 
-            async fn host_cert_sha256(&self, id: &str) -> Result<Option<String>, StoreError> {
-                join::host_cert(&self.pool, id).await
-            }
-
             async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
                 let q = format!("SELECT {USER_COLS} FROM users u WHERE u.id = $1");
                 let row = sqlx::query(&q).bind(id).fetch_optional(&self.pool).await?;
@@ -260,8 +257,9 @@ macro_rules! impl_store {
             }
 
             async fn upsert_host(&self, h: &HostRecord) -> Result<HostRecord, StoreError> {
+                // The pin is a join's to set: a registered host gets none.
                 let q = format!(
-                    "INSERT INTO hosts ({HOST_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                    "INSERT INTO hosts ({HOST_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL) \
                      ON CONFLICT (url) DO UPDATE SET token = excluded.token, status = excluded.status \
                      RETURNING {HOST_COLS}"
                 );

@@ -121,17 +121,6 @@ macro_rules! join_queries {
                 .await?;
                 Ok(Some(row.try_get(0)?))
             }
-
-            pub async fn host_cert(pool: &Pool, id: &str) -> Result<Option<String>, StoreError> {
-                let row = sqlx::query("SELECT cert_sha256 FROM hosts WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(pool)
-                    .await?;
-                Ok(match row {
-                    Some(r) => r.try_get(0)?,
-                    None => None,
-                })
-            }
         }
     };
 }
