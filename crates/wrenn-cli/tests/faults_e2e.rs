@@ -12,6 +12,8 @@
 //! the guest images (`WRENN_DATA_DIR`, default `/var/lib/wrenn`). Slots 9900-9949, prefix `sf`.
 //! Run: `flock -o /tmp/wrenn-vm-tests.lock cargo test -p wrenn-cli --test faults_e2e`.
 
+mod machine;
+
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -498,17 +500,7 @@ fn a_killed_or_abandoned_operation_loses_no_sandbox_and_leaves_nothing_behind() 
         assert!(ns.is_empty(), "network namespaces left: {ns:?}");
         let links = invariants::links_of(PREFIX);
         assert!(links.is_empty(), "host links left: {links:?}");
-        for sub in ["sandboxes", "templates"] {
-            let dir = run.up.data_dir.join(sub);
-            let entries: Vec<_> = std::fs::read_dir(&dir)
-                .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-                .unwrap_or_default();
-            assert!(
-                entries.is_empty(),
-                "{} not empty: {entries:?}",
-                dir.display()
-            );
-        }
+        machine::assert_no_vm_files(&run.up.data_dir);
         eprintln!("[numbers] fault suite took {:?}", run.started.elapsed());
         let _ = std::fs::remove_dir_all(&run.up.data_dir);
     });

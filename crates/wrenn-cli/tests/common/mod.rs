@@ -16,7 +16,7 @@ mod machine;
 
 pub use api::Api;
 #[allow(unused_imports)]
-pub use machine::processes_of;
+pub use machine::{assert_no_vm_files, processes_of};
 use machine::{free_port, images_root, kill_processes_of};
 
 use serde_json::{json, Value};

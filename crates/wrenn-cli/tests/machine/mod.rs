@@ -67,3 +67,18 @@ pub fn kill_processes_of(dir: &Path) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Asserts that a stopped daemon left no sandbox or template directory in `data_dir`.
+pub fn assert_no_vm_files(data_dir: &Path) {
+    for sub in ["sandboxes", "templates"] {
+        let dir = data_dir.join(sub);
+        let entries: Vec<_> = std::fs::read_dir(&dir)
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            entries.is_empty(),
+            "{} not empty: {entries:?}",
+            dir.display()
+        );
+    }
+}

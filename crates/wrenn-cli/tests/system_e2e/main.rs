@@ -119,17 +119,7 @@ fn zz_teardown_leaves_nothing_behind() {
             kept.is_empty(),
             "network namespaces left after shutdown: {kept:?}"
         );
-        for sub in ["sandboxes", "templates"] {
-            let dir = s.data_dir.join(sub);
-            let entries: Vec<_> = std::fs::read_dir(&dir)
-                .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-                .unwrap_or_default();
-            assert!(
-                entries.is_empty(),
-                "{} not empty: {entries:?}",
-                dir.display()
-            );
-        }
+        common::assert_no_vm_files(&s.data_dir);
         let _ = std::fs::remove_dir_all(&s.data_dir);
     });
 }
