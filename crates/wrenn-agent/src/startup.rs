@@ -193,6 +193,15 @@ pub async fn start(
     }
     // Finds the per-VM cgroups now, so a host without them is told at start.
     let _ = vmm::cgroup::cgroups();
+    if crate::sandbox::disk::reflink_supported(&cfg.data_dir) {
+        tracing::info!("clones' RAM: reflinks of their template's RAM file (no pause copies RAM)");
+    } else {
+        tracing::info!(
+            "clones' RAM: the template's RAM file, copy-on-write; the data directory's \
+             filesystem cannot reflink, so a clone's first pause saves its RAM and its first \
+             resume reads it back (a data directory on XFS or btrfs avoids both)"
+        );
+    }
     let manager = Manager::start(
         ManagerConfig {
             data_dir: cfg.data_dir.clone(),

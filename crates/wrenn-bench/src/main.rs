@@ -113,6 +113,7 @@ async fn run(args: Args) -> Result<()> {
         report.accel.to_uppercase()
     );
 
+    let reflinks = wrenn_agent::sandbox::disk::reflink_supported(&sys.dir);
     let mut bench = runs::Bench::new(&sys, plan);
     let interrupted = tokio::select! {
         _ = bench.run_all() => false,
@@ -136,11 +137,16 @@ async fn run(args: Args) -> Result<()> {
     report.host.load_end = host::load_average();
     report.host.mem_available_end_mb = host::mem_available_mb();
     report.duration_s = started.elapsed().as_secs_f64();
-    report.notes.push(
-        "first pause of a clone saves its RAM into the state file and its first resume \
-         loads it into a RAM file of its own; later ones save and restore device state only"
-            .into(),
-    );
+    report.notes.push(if reflinks {
+        "the data directory's filesystem reflinks: a clone's RAM is a file of its own from its \
+         create, so every pause and resume, the first too, saves and restores device state only"
+            .into()
+    } else {
+        "the data directory's filesystem cannot reflink: the first pause of a clone saves its \
+         RAM into the state file and its first resume loads it into a RAM file of its own; \
+         later ones save and restore device state only (on XFS or btrfs the first ones do too)"
+            .into()
+    });
     if report.accel == "tcg" {
         report.notes.push(
             "guests run under TCG emulation (no vmx/svm): guest CPU work is ~20x slower than \

@@ -203,7 +203,7 @@ impl Manager {
         let t0 = std::time::Instant::now();
         std::fs::create_dir_all(dir).map_err(io("create sandbox dir"))?;
         records::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
-        inner.rec.layers = clone_files(dir, image_dir, meta).await?;
+        (inner.rec.layers, inner.rec.ram) = clone_files(dir, image_dir, meta).await?;
         tracing::debug!(sandbox = %inner.rec.id, "files ready in {:?}", t0.elapsed());
         self.fail("agent.create.after_files").await?;
         let points = StartPoints {

@@ -25,9 +25,11 @@ pub const OWN_RAM_FILE: &str = "mem";
 pub const TEMPLATE_RAM_FILE: &str = "tmem";
 
 /// Where a sandbox's guest RAM is. It decides how the sandbox's VM starts and what a pause
-/// saves (see "a clone's first pause carries its RAM" in `docs/ARCHITECTURE.md`):
-/// create gives [`RamMode::TemplateFile`], the first pause turns that into
-/// [`RamMode::InState`], the next resume into [`RamMode::OwnFile`], which it stays.
+/// saves (see "a clone's RAM" in `docs/ARCHITECTURE.md`). Where the data directory's
+/// filesystem can reflink, a create gives [`RamMode::OwnFile`] (a reflink of the template's RAM
+/// file) and it stays that. Elsewhere a create gives [`RamMode::TemplateFile`], the first pause
+/// turns that into [`RamMode::InState`], the next resume into [`RamMode::OwnFile`], which it
+/// stays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RamMode {

@@ -91,6 +91,8 @@ pub(super) struct Pooled {
     pub image_dir: PathBuf,
     pub image_created_at: String,
     pub layers: Vec<String>,
+    /// Where its RAM is ([`clone_files`] decides).
+    pub ram: super::records::RamMode,
     pub vm: Vm,
     pub slot: Slot,
 }

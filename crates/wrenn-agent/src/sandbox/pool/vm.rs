@@ -4,7 +4,9 @@
 
 use super::{PoolConfig, PoolCounts};
 use super::{Pooled, Shape, POOL_DIR, REFILL_NICE, TICK};
-use crate::sandbox::records::{self, ImageMeta, RamMode, SandboxOnDisk, TEMPLATE_RAM_FILE};
+use crate::sandbox::records::{
+    self, ImageMeta, RamMode, SandboxOnDisk, OWN_RAM_FILE, TEMPLATE_RAM_FILE,
+};
 use crate::sandbox::{
     blocking, disk, envd_for, io, pre_exec_in, spec_for, Inner, Manager, SandboxError,
 };
@@ -180,14 +182,14 @@ impl Manager {
     ) -> Result<Pooled, SandboxError> {
         let t0 = Instant::now();
         std::fs::create_dir_all(dir).map_err(io("create pool dir"))?;
-        let layers = clone_files(dir, image_dir, meta).await?;
+        let (layers, ram_mode) = clone_files(dir, image_dir, meta).await?;
         // The QMP path QEMU is started with, so it is still known after the directory moves.
         std::fs::write(
             dir.join(vmm::ORIGIN_FILE),
             dir.join("qmp.sock").display().to_string(),
         )
         .map_err(io("write QMP origin"))?;
-        let rec = pool_record(meta, &layers);
+        let rec = pool_record(meta, &layers, ram_mode);
         let ram = rec.ram.start();
         let slot = self.pool.acquire().await?;
         let spec = spec_for(&self.cfg, dir, &rec, &slot.tap);
@@ -231,6 +233,7 @@ impl Manager {
             image_dir: image_dir.to_path_buf(),
             image_created_at: meta.created_at.clone(),
             layers,
+            ram: ram_mode,
             vm,
             slot,
         };
@@ -256,12 +259,13 @@ impl Manager {
         let Pooled {
             dir: pdir,
             layers,
+            ram,
             mut vm,
             slot,
             ..
         } = p;
         inner.rec.layers = layers;
-        inner.rec.ram = RamMode::TemplateFile;
+        inner.rec.ram = ram;
         inner.rec.slot = Some(slot.index);
         inner.rec.host_ip = slot.host_ip.to_string();
         let index = slot.index;
@@ -315,15 +319,25 @@ impl Manager {
 }
 
 /// Links a clone's files from a snapshot image into `dir` (its disk layers, the template's
-/// RAM and state) and makes its own disk overlay on top; returns its layers.
+/// RAM and state) and makes its own disk overlay on top; returns its layers and where its RAM
+/// is: a reflink of the template's RAM file where the filesystem can make one (a file of its
+/// own from the start, so no pause or resume ever copies the RAM), else a hard link of the
+/// template's file, mapped copy-on-write.
 pub(in crate::sandbox) async fn clone_files(
     dir: &Path,
     image_dir: &Path,
     meta: &ImageMeta,
-) -> Result<Vec<String>, SandboxError> {
+) -> Result<(Vec<String>, RamMode), SandboxError> {
     disk::link_layers(image_dir, dir, &meta.layers).map_err(io("link template disk"))?;
-    disk::link(&image_dir.join("mem"), &dir.join(TEMPLATE_RAM_FILE))
-        .map_err(io("link template RAM"))?;
+    let ram = if disk::reflink(&image_dir.join("mem"), &dir.join(OWN_RAM_FILE))
+        .map_err(io("reflink template RAM"))?
+    {
+        RamMode::OwnFile
+    } else {
+        disk::link(&image_dir.join("mem"), &dir.join(TEMPLATE_RAM_FILE))
+            .map_err(io("link template RAM"))?;
+        RamMode::TemplateFile
+    };
     disk::link(&image_dir.join("state"), &dir.join("state")).map_err(io("link template state"))?;
     let top = format!(
         "disk-{}.qcow2",
@@ -339,7 +353,7 @@ pub(in crate::sandbox) async fn clone_files(
     }
     let mut layers = meta.layers.clone();
     layers.push(top);
-    Ok(layers)
+    Ok((layers, ram))
 }
 
 /// The warm-up command of a pooled clone: a shell, `true` and Python's start-up.
@@ -355,7 +369,7 @@ fn warmup_exec() -> wrenn_types::envd::ExecRequest {
 }
 
 /// The record a pooled clone's VM is described by (no sandbox yet).
-fn pool_record(meta: &ImageMeta, layers: &[String]) -> SandboxOnDisk {
+fn pool_record(meta: &ImageMeta, layers: &[String], ram: RamMode) -> SandboxOnDisk {
     SandboxOnDisk {
         id: String::new(),
         template: meta.name.clone(),
@@ -364,7 +378,7 @@ fn pool_record(meta: &ImageMeta, layers: &[String]) -> SandboxOnDisk {
         status: SandboxStatus::Pending,
         slot: None,
         host_ip: String::new(),
-        ram: RamMode::TemplateFile,
+        ram,
         layers: layers.to_vec(),
         created_at: crate::sandbox::now_rfc3339(),
         started_at: None,
