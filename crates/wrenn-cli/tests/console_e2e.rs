@@ -14,7 +14,7 @@
 
 mod machine;
 
-use machine::{free_port, images_root, kill_processes_of, processes_of};
+use machine::{free_port, kill_processes_of, processes_of, scratch_data_dir};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -151,21 +151,7 @@ fn run_script(base: &str, github_port: u16, shots: &Path) -> Result<(), String> 
 
 #[test]
 fn console_in_chromium_against_wrenn_up() {
-    assert!(
-        images_root().join("images").join("kernel").exists(),
-        "no guest images under {} (run scripts/test or `wrenn images build`)",
-        images_root().display()
-    );
-    let data_dir = images_root()
-        .join("e2e")
-        .join(format!("console-{NET_PREFIX}"));
-    kill_processes_of(&data_dir);
-    if data_dir.exists() {
-        std::fs::remove_dir_all(&data_dir).expect("remove the previous run's data dir");
-    }
-    std::fs::create_dir_all(&data_dir).expect("create scratch data dir");
-    std::os::unix::fs::symlink(images_root().join("images"), data_dir.join("images"))
-        .expect("link the images into the scratch dir");
+    let data_dir = scratch_data_dir(&format!("console-{NET_PREFIX}"));
 
     let listen = format!("127.0.0.1:{}", free_port());
     let github_port = free_port();

@@ -8,7 +8,7 @@
 
 mod machine;
 
-use machine::{free_port, images_root, kill_processes_of};
+use machine::{free_port, kill_processes_of, scratch_data_dir};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -32,19 +32,7 @@ struct Up {
 
 impl Up {
     fn new() -> Up {
-        let root = images_root();
-        assert!(
-            root.join("images").join("kernel").exists(),
-            "no guest images under {} (run scripts/test or `wrenn images build`)",
-            root.display()
-        );
-        let data_dir = root
-            .join("e2e")
-            .join(format!("prewarm-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data_dir);
-        std::fs::create_dir_all(&data_dir).unwrap();
-        // Same filesystem as the images: templates are hard-linked.
-        std::os::unix::fs::symlink(root.join("images"), data_dir.join("images")).unwrap();
+        let data_dir = scratch_data_dir(&format!("prewarm-{}", std::process::id()));
         Up {
             child: None,
             data_dir,

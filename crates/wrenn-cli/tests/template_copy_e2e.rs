@@ -11,7 +11,7 @@
 
 mod machine;
 
-use machine::images_root;
+use machine::scratch_data_dir;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -24,12 +24,7 @@ const AGENT_TOKEN: &str = "template-copy-e2e-agent-token";
 
 /// Starts a real agent on a fresh data dir beside the images; its URL and data dir.
 async fn agent(tag: &str, prefix: &str, first_slot: u32) -> (String, PathBuf, startup::Agent) {
-    let dir = images_root()
-        .join("e2e")
-        .join(format!("{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::os::unix::fs::symlink(images_root().join("images"), dir.join("images")).unwrap();
+    let dir = scratch_data_dir(&format!("{tag}-{}", std::process::id()));
     let mut cfg = AgentConfig::new(dir.clone(), AGENT_TOKEN.into());
     cfg.net = NetConfig {
         prefix: prefix.into(),

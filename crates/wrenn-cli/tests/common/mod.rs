@@ -17,7 +17,7 @@ mod machine;
 pub use api::Api;
 #[allow(unused_imports)]
 pub use machine::{assert_no_vm_files, processes_of};
-use machine::{free_port, images_root, kill_processes_of};
+use machine::{free_port, kill_processes_of, scratch_data_dir};
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -194,23 +194,8 @@ async fn suite() -> &'static Suite {
 }
 
 async fn start_suite() -> Suite {
-    let data_dir = images_root()
-        .join("e2e")
-        .join(format!("system-{}", slots().0));
-    assert!(
-        images_root().join("images").join("kernel").exists(),
-        "no guest images under {} (run scripts/test or `wrenn images build`)",
-        images_root().display()
-    );
-    // A killed earlier run: end its processes (found by this data dir), then start afresh.
-    kill_processes_of(&data_dir);
-    if data_dir.exists() {
-        std::fs::remove_dir_all(&data_dir).expect("remove the previous run's data dir");
-    }
-    std::fs::create_dir_all(&data_dir).expect("create scratch data dir");
-    // Same filesystem as the images: templates are hard-linked.
-    std::os::unix::fs::symlink(images_root().join("images"), data_dir.join("images"))
-        .expect("link the images into the scratch dir");
+    // A killed earlier run's processes (found by this data dir) are ended, then afresh.
+    let data_dir = scratch_data_dir(&format!("system-{}", slots().0));
     register_exit_cleanup(&data_dir);
 
     let listen = format!("127.0.0.1:{}", free_port());

@@ -1,6 +1,7 @@
 //! What the end-to-end tests share about this machine: where the guest images are
-//! (`WRENN_DATA_DIR`, default `/var/lib/wrenn`), a free loopback port, and the processes whose
-//! command lines name a data directory (a daemon and its QEMUs), to list them or to end them.
+//! (`WRENN_DATA_DIR`, default `/var/lib/wrenn`) and a fresh scratch data directory beside them,
+//! a free loopback port, the processes whose command lines name a data directory (a daemon and
+//! its QEMUs), to list them or to end them, and what a stopped daemon must not leave behind.
 //! Each test binary includes it (`mod machine;`, or with `#[path]` from a harness module).
 
 #![allow(dead_code)]
@@ -52,6 +53,27 @@ pub fn processes_of(dir: &Path) -> Vec<(i32, String)> {
         }
     }
     out
+}
+
+/// A fresh scratch data dir `<images root>/e2e/<name>` with the guest images linked in (same
+/// filesystem: templates are hard-linked, not copied). What an earlier run of it left (its
+/// processes, its files) is ended and removed first. Panics if the images are not built.
+pub fn scratch_data_dir(name: &str) -> PathBuf {
+    let root = images_root();
+    assert!(
+        root.join("images").join("kernel").exists(),
+        "no guest images under {} (run scripts/test or `wrenn images build`)",
+        root.display()
+    );
+    let dir = root.join("e2e").join(name);
+    kill_processes_of(&dir);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).expect("remove the previous run's data dir");
+    }
+    std::fs::create_dir_all(&dir).expect("create scratch data dir");
+    std::os::unix::fs::symlink(root.join("images"), dir.join("images"))
+        .expect("link the images into the scratch dir");
+    dir
 }
 
 /// SIGKILL to every process of `dir`, then waits (bounded) until none is left.
