@@ -1,4 +1,5 @@
-//! The data directory: free disk where it lives, who may look inside, and the guest images.
+//! The data directory: free disk where it lives, whether its filesystem reflinks, who may look
+//! inside, and the guest images.
 
 use super::{human_bytes, Check};
 use crate::images;
@@ -53,6 +54,32 @@ pub fn free_disk(data_dir: &Path) -> Check {
         )
     } else {
         Check::ok(name, detail)
+    }
+}
+
+/// Whether the data directory's filesystem can reflink, which decides whether a sandbox's
+/// first pause and resume copy its RAM (see `sandbox::disk::reflink`).
+pub fn reflink(data_dir: &Path) -> Check {
+    let name = "RAM files";
+    let at = existing_ancestor(data_dir);
+    if crate::sandbox::disk::reflink_supported(&at) {
+        Check::ok(
+            name,
+            format!(
+                "{} reflinks: no pause or resume copies guest RAM",
+                at.display()
+            ),
+        )
+    } else {
+        Check::warning(
+            name,
+            format!(
+                "{} cannot reflink (ext4 cannot): a sandbox's first pause writes its whole RAM \
+                 to disk and its first resume reads it back",
+                at.display()
+            ),
+            "put the data directory on XFS (mkfs.xfs makes it reflink by default) or btrfs",
+        )
     }
 }
 

@@ -180,6 +180,7 @@ pub fn run(opts: &Options) -> Report {
     checks.push(system::accelerator(opts.accel));
     checks.push(system::memory());
     checks.push(data_dir::free_disk(&opts.data_dir));
+    checks.push(data_dir::reflink(&opts.data_dir));
     checks.push(data_dir::permissions(&opts.data_dir));
     checks.push(data_dir::images(&opts.data_dir, opts.envd_bin.as_deref()));
     Report {
