@@ -45,8 +45,9 @@ fn random_hex(bytes: usize) -> String {
 }
 
 impl System {
-    /// Starts everything; `accel` is `auto`, `kvm` or `tcg`.
-    pub async fn start(accel: &str) -> Result<System> {
+    /// Starts everything; `accel` is `auto`, `kvm` or `tcg`; `overcommit` is the agent's
+    /// memory overcommit.
+    pub async fn start(accel: &str, overcommit: f64) -> Result<System> {
         let root = images_root();
         if wrenn_agent::images::existing_images(&root).is_none() {
             return Err(anyhow!(
@@ -61,7 +62,7 @@ impl System {
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         std::os::unix::fs::symlink(root.join("images"), dir.join("images"))
             .context("link the images into the scratch directory")?;
-        match Self::start_in(dir.clone(), accel).await {
+        match Self::start_in(dir.clone(), accel, overcommit).await {
             Ok(s) => Ok(s),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -70,10 +71,11 @@ impl System {
         }
     }
 
-    async fn start_in(dir: PathBuf, accel: &str) -> Result<System> {
+    async fn start_in(dir: PathBuf, accel: &str, overcommit: f64) -> Result<System> {
         let token = random_hex(24);
         let mut cfg = AgentConfig::new(dir.clone(), token.clone());
         cfg.accel = accel.parse().map_err(|e: String| anyhow!(e))?;
+        cfg.admission.memory_overcommit = overcommit;
         cfg.net = NetConfig {
             prefix: NET_PREFIX.into(),
             first_slot: FIRST_SLOT,
