@@ -312,6 +312,7 @@ impl Manager {
         };
         let envd = inner.envd.take();
         let next = dir.join(NEXT_STATE_FILE);
+        let t0 = std::time::Instant::now();
         let saved = async {
             inner.rec.op = Some(Op::Pausing);
             records::write_json(&dir.join("sandbox.json"), &inner.rec)
@@ -333,13 +334,39 @@ impl Manager {
             }
             return Err(e);
         }
-        vm.quit().await?;
-        if let Some(slot) = inner.slot.take() {
-            if let Err(e) = self.pool.release(slot).await {
-                tracing::warn!(sandbox = %inner.rec.id, "releasing network slot: {e}");
+        let t_saved = t0.elapsed();
+        // A stopped, saved guest writes no more RAM: its RAM file (a large sync) is synced
+        // while QEMU ends and its slot is released.
+        let ram_file = (inner.rec.ram.after_pause() == RamMode::OwnFile)
+            .then(|| dir.join(OWN_RAM_FILE))
+            .into_iter()
+            .collect();
+        let slot = inner.slot.take();
+        let id = inner.rec.id.clone();
+        let ended = async {
+            vm.quit().await?;
+            let t_quit = t0.elapsed();
+            if let Some(slot) = slot {
+                if let Err(e) = self.pool.release(slot).await {
+                    tracing::warn!(sandbox = %id, "releasing network slot: {e}");
+                }
             }
-        }
-        if let Err(e) = self.finish_pause(inner, &dir).await {
+            Ok::<_, SandboxError>(t_quit)
+        };
+        let (ended, ram_synced) = tokio::join!(ended, sync_files(ram_file));
+        let t_quit = ended?;
+        let t_ended = t0.elapsed();
+        let finished = match ram_synced {
+            Ok(()) => self.finish_pause(inner, &dir).await,
+            Err(e) => Err(e),
+        };
+        tracing::debug!(
+            sandbox = %inner.rec.id,
+            "saved {t_saved:?}, QEMU ended {t_quit:?}, slot released and RAM synced {t_ended:?}, \
+             paused {:?}",
+            t0.elapsed()
+        );
+        if let Err(e) = finished {
             mark_error_keep_files(
                 &dir,
                 &mut inner.rec,
@@ -355,7 +382,7 @@ impl Manager {
         inner.rec.slot = None;
         inner.rec.host_ip.clear();
         inner.rec.ram = inner.rec.ram.after_pause();
-        sync_paused_files(dir, &inner.rec).await?;
+        sync_files(paused_files(dir, &inner.rec, false)).await?;
         inner.rec.status = SandboxStatus::Paused;
         inner.rec.op = None;
         records::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
@@ -540,14 +567,28 @@ pub(super) async fn wait_idle(e: &Entry) -> Result<(), SandboxError> {
 /// Makes a paused sandbox's files durable before it is recorded paused: the saved state, its
 /// RAM file when the RAM is there, the disk overlay, and the directory.
 pub(super) async fn sync_paused_files(dir: &Path, rec: &SandboxOnDisk) -> Result<(), SandboxError> {
+    sync_files(paused_files(dir, rec, true)).await
+}
+
+/// The files a paused sandbox `rec` is made of, its directory last; its RAM file only if
+/// `with_ram` (a pause syncs that one while QEMU ends).
+fn paused_files(dir: &Path, rec: &SandboxOnDisk, with_ram: bool) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = vec![dir.join(NEXT_STATE_FILE)];
-    if rec.ram == RamMode::OwnFile {
+    if with_ram && rec.ram == RamMode::OwnFile {
         files.push(dir.join(OWN_RAM_FILE));
     }
     if let Some(top) = rec.layers.last() {
         files.push(dir.join(top));
     }
     files.push(dir.to_path_buf());
+    files
+}
+
+/// Syncs `files` to disk in order; a missing one is skipped.
+async fn sync_files(files: Vec<PathBuf>) -> Result<(), SandboxError> {
+    if files.is_empty() {
+        return Ok(());
+    }
     blocking("sync paused files", move || {
         for f in files {
             match std::fs::File::open(&f) {
