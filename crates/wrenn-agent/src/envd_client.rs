@@ -201,34 +201,66 @@ impl EnvdClient {
     /// for right after a guest starts or resumes. A probe that times out gives the next one
     /// twice its time; the pause between probes grows with the guests waited for at once.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Health, EnvdError> {
+        let url = self.url("/health");
+        self.probe_until(timeout, |t| {
+            let req = self.probe.get(&url).timeout(t);
+            async move {
+                let resp = req.send().await.map_err(Probe::from)?;
+                let resp = check(resp).await.map_err(Probe::retry)?;
+                resp.json::<Health>().await.map_err(Probe::retry)
+            }
+        })
+        .await
+    }
+
+    /// Sets the guest's clock to the host's as soon as envd answers, with the probes of
+    /// [`EnvdClient::wait_ready`], each one a clock request: a restored guest (whose clock
+    /// stood still while it was saved) needs no separate round trip for its clock. An error
+    /// answer ends the wait.
+    pub async fn set_clock_when_ready(&self, timeout: Duration) -> Result<(), EnvdError> {
+        unix_ms(SystemTime::now())?;
+        let url = self.url("/clock");
+        self.probe_until(timeout, |t| {
+            // Taken when each probe is sent, so the clock set is the time it arrives.
+            let unix_ms = unix_ms(SystemTime::now()).unwrap_or_default();
+            let req = self.probe.post(&url).json(&SetClock { unix_ms }).timeout(t);
+            async move {
+                let resp = req.send().await.map_err(Probe::from)?;
+                check(resp).await.map_err(Probe::Fail)?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` (given its time limit) until it succeeds, fails for good or `timeout`
+    /// passes; see [`EnvdClient::wait_ready`] for the pacing.
+    async fn probe_until<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        mut attempt: F,
+    ) -> Result<T, EnvdError>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Probe>>,
+    {
         let _waiting = Waiting::start();
         let began = Instant::now();
         let deadline = began + timeout;
-        let url = self.url("/health");
         let mut probe_timeout = PROBE_FIRST_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let attempt = self
-                .probe
-                .get(&url)
-                .timeout(left.min(probe_timeout).max(Duration::from_millis(1)))
-                .send()
-                .await;
-            let last_error = match attempt {
-                Ok(resp) => match check(resp).await {
-                    Ok(resp) => match resp.json::<Health>().await {
-                        Ok(h) => return Ok(h),
-                        Err(e) => e.to_string(),
-                    },
-                    Err(e) => e.to_string(),
-                },
-                Err(e) => {
-                    if e.is_timeout() {
-                        probe_timeout = (probe_timeout * 2).min(PROBE_TIMEOUT);
+            let last_error =
+                match attempt(left.min(probe_timeout).max(Duration::from_millis(1))).await {
+                    Ok(v) => return Ok(v),
+                    Err(Probe::Fail(e)) => return Err(e),
+                    Err(Probe::Retry { timed_out, error }) => {
+                        if timed_out {
+                            probe_timeout = (probe_timeout * 2).min(PROBE_TIMEOUT);
+                        }
+                        error
                     }
-                    e.to_string()
-                }
-            };
+                };
             let pause = probe_interval(WAITING.load(std::sync::atomic::Ordering::Acquire));
             if Instant::now() + pause >= deadline {
                 return Err(EnvdError::NotReady {
@@ -275,12 +307,7 @@ impl EnvdClient {
 
     /// `POST /clock`: sets the guest's wall clock to `now`.
     pub async fn set_clock(&self, now: SystemTime) -> Result<(), EnvdError> {
-        let unix_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| EnvdError::Protocol("time before the Unix epoch".into()))?
-            .as_millis();
-        let unix_ms =
-            u64::try_from(unix_ms).map_err(|_| EnvdError::Protocol("time out of range".into()))?;
+        let unix_ms = unix_ms(now)?;
         self.send(
             self.http
                 .post(self.url("/clock"))
@@ -392,6 +419,41 @@ impl EnvdClient {
 
 /// Turns a non-success response into [`EnvdError::Api`] (or `Protocol` if the body is not
 /// envd's error body).
+/// Milliseconds since the Unix epoch, as envd's clock request carries them.
+fn unix_ms(now: SystemTime) -> Result<u64, EnvdError> {
+    let ms = now
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| EnvdError::Protocol("time before the Unix epoch".into()))?
+        .as_millis();
+    u64::try_from(ms).map_err(|_| EnvdError::Protocol("time out of range".into()))
+}
+
+/// How one readiness probe failed.
+enum Probe {
+    /// Not answering yet (or not properly): try again.
+    Retry { timed_out: bool, error: String },
+    /// Answered with an error: waiting longer will not help.
+    Fail(EnvdError),
+}
+
+impl Probe {
+    fn retry(e: impl std::fmt::Display) -> Probe {
+        Probe::Retry {
+            timed_out: false,
+            error: e.to_string(),
+        }
+    }
+}
+
+impl From<reqwest::Error> for Probe {
+    fn from(e: reqwest::Error) -> Probe {
+        Probe::Retry {
+            timed_out: e.is_timeout(),
+            error: e.to_string(),
+        }
+    }
+}
+
 async fn check(resp: reqwest::Response) -> Result<reqwest::Response, EnvdError> {
     let status = resp.status();
     if status.is_success() {

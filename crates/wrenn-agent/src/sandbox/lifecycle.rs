@@ -20,7 +20,7 @@ use crate::vmm::{self, Vm};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use wrenn_types::agent::{SandboxInfo, SandboxStatus};
 use wrenn_types::network::SandboxNetwork;
 
@@ -260,12 +260,11 @@ impl Manager {
             None => return Err(SandboxError::Internal("the VM went away".into())),
         }
         self.fail(points.after_cont).await?;
-        envd.wait_ready(RESTORE_READY_TIMEOUT).await?;
-        let t_ready = t0.elapsed();
-        envd.set_clock(SystemTime::now()).await?;
+        // The guest's clock stood still since its state was saved.
+        envd.set_clock_when_ready(RESTORE_READY_TIMEOUT).await?;
         tracing::debug!(
             sandbox = %inner.rec.id,
-            "slot {t_slot:?}, VM restored {t_vm:?}, envd ready {t_ready:?}, clock set {:?}",
+            "slot {t_slot:?}, VM restored {t_vm:?}, envd ready and clock set {:?}",
             t0.elapsed()
         );
         inner.envd = Some(envd);
