@@ -546,4 +546,77 @@ mod tests {
         assert_eq!(probe_interval(30), Duration::from_millis(75));
         assert_eq!(probe_interval(500), PROBE_MAX_INTERVAL);
     }
+
+    /// A fake envd on `listener`: `/clock` answers `status` and records the time it was set to.
+    fn fake_envd(
+        listener: std::net::TcpListener,
+        status: u16,
+    ) -> std::sync::Arc<std::sync::Mutex<Vec<u64>>> {
+        let set = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = set.clone();
+        let app = axum::Router::new().route(
+            "/clock",
+            axum::routing::post(move |axum::Json(c): axum::Json<SetClock>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(c.unix_ms);
+                    let status = axum::http::StatusCode::from_u16(status).unwrap();
+                    let body = r#"{"code":"bad_request","message":"no"}"#;
+                    (status, [("content-type", "application/json")], body)
+                }
+            }),
+        );
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        set
+    }
+
+    #[tokio::test]
+    async fn the_clock_is_set_once_envd_answers() {
+        // Nothing listens at first, as while a restored guest's network wakes up.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = EnvdClient::new(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+        let started = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            fake_envd(
+                std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(),
+                200,
+            )
+        });
+        let before = unix_ms(SystemTime::now()).unwrap();
+        c.set_clock_when_ready(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let set = started.await.unwrap();
+        let set = set.lock().unwrap();
+        assert_eq!(set.len(), 1, "set once, when envd answered");
+        assert!(
+            set[0] >= before + 250,
+            "the time the probe was sent, not the wait's start"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_ends_the_wait_for_the_clock() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let set = fake_envd(l, 400);
+        let c = EnvdClient::new(addr).unwrap();
+        let t = Instant::now();
+        let e = c
+            .set_clock_when_ready(Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(
+            !matches!(e, EnvdError::NotReady { .. }) && e.to_string().contains("400"),
+            "{e}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert_eq!(set.lock().unwrap().len(), 1, "not retried");
+    }
 }
