@@ -15,14 +15,7 @@ use common::*;
 
 /// The host's total memory in MiB.
 fn total_memory_mb() -> u64 {
-    let info = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let kib: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kib / 1024
+    common::proc_kib("/proc/meminfo", "MemTotal") / 1024
 }
 
 async fn try_create(a: &TestAgent, id: &str) -> (u16, Value) {

@@ -105,14 +105,7 @@ fn sha256(p: &Path) -> String {
 
 /// Proportional set size of process `pid` in MB.
 fn pss_mb(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
-    let kb: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024
+    common::proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss") / 1024
 }
 
 /// The RAM mode a sandbox's record names.

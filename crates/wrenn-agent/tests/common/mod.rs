@@ -229,3 +229,13 @@ pub fn read_pid(dir: &Path) -> u32 {
         .parse()
         .unwrap()
 }
+
+/// A `Name:   N kB` field of a `/proc` file (`/proc/meminfo`, `/proc/PID/smaps_rollup`), in KiB.
+pub fn proc_kib(path: &str, field: &str) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {path}"))
+}

@@ -117,14 +117,7 @@ pub fn assert_limits(cg: &cgroup::Cgroups, pid: u32, dir: &Path) {
 
 /// `MemAvailable` of the host, in bytes.
 fn mem_available() -> u64 {
-    let m = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let kib: u64 = m
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kib * 1024
+    crate::common::proc_kib("/proc/meminfo", "MemAvailable") * 1024
 }
 
 /// The resident memory of every process but `except`, in bytes.
