@@ -236,11 +236,8 @@ impl<'a> Bench<'a> {
         let keys = [
             ("agent_create", "create from warm snapshot (envd ready)"),
             ("agent_first_exec", "first exec `true` after create"),
-            ("agent_pause_first", "pause, first (RAM into state file)"),
-            (
-                "agent_resume_first",
-                "resume, first (loads RAM; envd ready)",
-            ),
+            ("agent_pause_first", "pause, first (of a clone)"),
+            ("agent_resume_first", "resume, first (envd ready)"),
             ("agent_pause_later", "pause, later"),
             ("agent_resume_later", "resume, later (envd ready)"),
             ("agent_destroy", "destroy"),
