@@ -23,6 +23,9 @@ macro_rules! lifecycle_queries {
         const RESERVATION_COLS: &str =
             "team_id, name, agent_name, sandbox_id, host_id, overwrite, created_at";
 
+        const DELETE_RESERVATION: &str =
+            "DELETE FROM snapshot_reservations WHERE team_id = $1 AND name = $2";
+
         fn sandbox_row(r: &DbRow) -> Result<SandboxRecord, StoreError> {
             let status: String = r.try_get(3)?;
             let last_updated: DateTime<Utc> = r.try_get(13)?;
@@ -83,6 +86,31 @@ macro_rules! lifecycle_queries {
             })
         }
 
+        /// The row of `sql` (whose `$1` is a team id and `$2` a key within the team: a sandbox
+        /// id or a template name) mapped by `map`: the one shape of every lookup by team and key.
+        async fn by_team_key<'e, T>(
+            ex: impl sqlx::Executor<'e, Database = $db>,
+            sql: &str,
+            team_id: &str,
+            key: &str,
+            map: fn(&DbRow) -> Result<T, StoreError>,
+        ) -> Result<Option<T>, StoreError> {
+            let row = sqlx::query(sql).bind(team_id).bind(key).fetch_optional(ex).await?;
+            row.as_ref().map(map).transpose()
+        }
+
+        /// Runs `sql` with a team id as `$1` and a key within the team as `$2`: whether it
+        /// touched a row.
+        async fn exec_team_key<'e>(
+            ex: impl sqlx::Executor<'e, Database = $db>,
+            sql: &str,
+            team_id: &str,
+            key: &str,
+        ) -> Result<bool, StoreError> {
+            let r = sqlx::query(sql).bind(team_id).bind(key).execute(ex).await?;
+            Ok(r.rows_affected() > 0)
+        }
+
         async fn sandboxes_where(
             pool: &Pool,
             clause: &str,
@@ -135,12 +163,7 @@ macro_rules! lifecycle_queries {
             id: &str,
         ) -> Result<Option<SandboxRecord>, StoreError> {
             let q = format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND id = $2");
-            let row = sqlx::query(&q)
-                .bind(team_id)
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
-            row.as_ref().map(sandbox_row).transpose()
+            by_team_key(pool, &q, team_id, id, sandbox_row).await
         }
 
         pub async fn find_sandbox(
@@ -262,12 +285,7 @@ macro_rules! lifecycle_queries {
         ) -> Result<Option<TemplateRecord>, StoreError> {
             let q =
                 format!("SELECT {TEMPLATE_COLS} FROM templates WHERE team_id = $1 AND name = $2");
-            let row = sqlx::query(&q)
-                .bind(team_id)
-                .bind(name)
-                .fetch_optional(pool)
-                .await?;
-            row.as_ref().map(template_row).transpose()
+            by_team_key(pool, &q, team_id, name, template_row).await
         }
 
         pub async fn list_templates(
@@ -334,12 +352,7 @@ macro_rules! lifecycle_queries {
             team_id: &str,
             name: &str,
         ) -> Result<bool, StoreError> {
-            let r = sqlx::query("DELETE FROM snapshot_reservations WHERE team_id = $1 AND name = $2")
-                .bind(team_id)
-                .bind(name)
-                .execute(pool)
-                .await?;
-            Ok(r.rows_affected() > 0)
+            exec_team_key(pool, DELETE_RESERVATION, team_id, name).await
         }
 
         pub async fn commit_snapshot(
@@ -349,18 +362,9 @@ macro_rules! lifecycle_queries {
         ) -> Result<Option<TemplateRecord>, StoreError> {
             let mut tx = pool.begin().await?;
             // A write first (see reserve_snapshot).
-            sqlx::query("DELETE FROM snapshot_reservations WHERE team_id = $1 AND name = $2")
-                .bind(&t.team_id)
-                .bind(&t.name)
-                .execute(&mut *tx)
-                .await?;
+            exec_team_key(&mut *tx, DELETE_RESERVATION, &t.team_id, &t.name).await?;
             let q = format!("SELECT {TEMPLATE_COLS} FROM templates WHERE team_id = $1 AND name = $2");
-            let old = sqlx::query(&q)
-                .bind(&t.team_id)
-                .bind(&t.name)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let old = old.as_ref().map(template_row).transpose()?;
+            let old = by_team_key(&mut *tx, &q, &t.team_id, &t.name, template_row).await?;
             match &old {
                 Some(o) => {
                     sqlx::query(
@@ -396,11 +400,8 @@ macro_rules! lifecycle_queries {
                         .await?;
                 }
             }
-            sqlx::query("DELETE FROM sandboxes WHERE team_id = $1 AND id = $2")
-                .bind(&t.team_id)
-                .bind(sandbox_id)
-                .execute(&mut *tx)
-                .await?;
+            let q = "DELETE FROM sandboxes WHERE team_id = $1 AND id = $2";
+            exec_team_key(&mut *tx, q, &t.team_id, sandbox_id).await?;
             tx.commit().await?;
             Ok(old)
         }
@@ -413,12 +414,7 @@ macro_rules! lifecycle_queries {
             let q = format!(
                 "DELETE FROM templates WHERE team_id = $1 AND name = $2 RETURNING {TEMPLATE_COLS}"
             );
-            let row = sqlx::query(&q)
-                .bind(team_id)
-                .bind(name)
-                .fetch_optional(pool)
-                .await?;
-            row.as_ref().map(template_row).transpose()
+            by_team_key(pool, &q, team_id, name, template_row).await
         }
 
         pub async fn host_template_names(
