@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use wrenn_types::agent::SandboxStatus;
 use wrenn_types::capsule::{status as capsule_status, Capsule};
+use wrenn_types::ids::TeamId;
 use wrenn_types::observe::{event, Event, EventActor, EventResource};
 
 /// Frames a subscriber may have waiting before it is dropped.
@@ -198,9 +199,12 @@ fn tenant_error(e: &ApiError) -> String {
 
 impl App {
     /// A new subscriber of the team's events (see [`MAX_SUBSCRIBERS`]).
-    pub fn subscribe_events(&self, team_id: &str) -> Result<mpsc::Receiver<Arc<Frame>>, ApiError> {
+    pub fn subscribe_events(
+        &self,
+        team_id: &TeamId,
+    ) -> Result<mpsc::Receiver<Arc<Frame>>, ApiError> {
         let max_total = MAX_SUBSCRIBERS.min(self.cfg.max_connections / 4).max(1);
-        self.events.subscribe(team_id, max_total)
+        self.events.subscribe(team_id.as_str(), max_total)
     }
 
     /// Tells the subscribers of `team_id` that the operation `name` (one of

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use wrenn_types::agent::{codes, AgentErrorCode, CreateSandbox, SandboxInfo, SandboxStatus};
 use wrenn_types::api;
+use wrenn_types::ids::{SandboxId, TeamId};
 use wrenn_types::observe::event::{CAPSULE_CREATE, CAPSULE_DESTROY, CAPSULE_PAUSE, CAPSULE_RESUME};
 
 /// 409 unless the sandbox runs with no operation under way.
@@ -80,7 +81,7 @@ fn check_create(
 impl App {
     pub async fn create_sandbox(
         self: &Arc<Self>,
-        team_id: &str,
+        team_id: &TeamId,
         req: api::CreateSandboxRequest,
     ) -> Result<api::Sandbox, ApiError> {
         Ok(sandbox_view(&self.create_record(team_id, req, None).await?))
@@ -90,7 +91,7 @@ impl App {
     /// `/v1/capsules`) is stored with the row before the agent is called.
     pub(super) async fn create_record(
         self: &Arc<Self>,
-        team_id: &str,
+        team_id: &TeamId,
         req: api::CreateSandboxRequest,
         metadata: Option<String>,
     ) -> Result<SandboxRecord, ApiError> {
@@ -108,7 +109,7 @@ impl App {
         // A team snapshot first (on a host that holds it, or copied to one that can take the
         // create), then a base template on the least-loaded host.
         let (host_id, agent, agent_template) =
-            match self.store.get_template(team_id, &template).await? {
+            match self.store.get_template(team_id.as_str(), &template).await? {
                 Some(t) => {
                     let (host_id, agent) = self.place_from_snapshot(&t, memory_mb).await?;
                     (host_id, agent, t.agent_name)
@@ -129,7 +130,7 @@ impl App {
         let now = store::now();
         let rec = SandboxRecord {
             id: format!("sb-{}", auth::random_id(12)),
-            team_id: team_id.into(),
+            team_id: team_id.to_string(),
             host_id,
             status: SandboxStatus::Pending,
             template,
@@ -172,7 +173,7 @@ impl App {
             Ran::Done(rec) => Ok(rec),
             Ran::Joined => self
                 .store
-                .get_sandbox(team_id, &id)
+                .get_sandbox(team_id.as_str(), &id)
                 .await?
                 .ok_or(ApiError::SandboxNotFound(id)),
         }
@@ -244,8 +245,8 @@ impl App {
 
     pub async fn destroy_sandbox(
         self: &Arc<Self>,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
     ) -> Result<(), ApiError> {
         let claim = Claim {
             op: Operation::Destroying,
@@ -274,8 +275,8 @@ impl App {
 
     pub async fn pause(
         self: &Arc<Self>,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
     ) -> Result<api::Sandbox, ApiError> {
         let claim = Claim {
             op: Operation::Pausing,
@@ -311,8 +312,8 @@ impl App {
 
     pub async fn resume(
         self: &Arc<Self>,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
     ) -> Result<api::Sandbox, ApiError> {
         let claim = Claim {
             op: Operation::Resuming,
@@ -349,8 +350,8 @@ impl App {
     /// `claim.allowed`), `body` on the claimed row, and the event announcing the result.
     async fn run_claimed<T, F, Fut>(
         self: &Arc<Self>,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
         claim: Claim,
         body: F,
     ) -> Result<Ran<T>, ApiError>
@@ -360,7 +361,7 @@ impl App {
         Fut: Future<Output = Result<T, ApiError>> + Send + 'static,
     {
         let (team, sid) = (team_id.to_string(), id.to_string());
-        self.run_op(id, claim.op, move |app| async move {
+        self.run_op(id.as_str(), claim.op, move |app| async move {
             let r = match app.claim(&team, &sid, claim.op, claim.allowed).await {
                 Ok(sb) => body(app.clone(), sb).await,
                 Err(e) => Err(e),
@@ -375,8 +376,8 @@ impl App {
     /// (when it joined one already under way) the row as that one left it.
     async fn view_of(
         &self,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
         ran: Ran<SandboxRecord>,
     ) -> Result<api::Sandbox, ApiError> {
         match ran {
