@@ -6,7 +6,7 @@
 macro_rules! lifecycle_queries {
     ($db:ty) => {
         mod lifecycle {
-        use sqlx::Row as _;
+        use sqlx::{FromRow as _, Row as _};
         use chrono::{DateTime, Utc};
         use $crate::store::{
             Intent, SandboxRecord, SnapshotReservation, StoreError, TemplateRecord,
@@ -18,6 +18,8 @@ macro_rules! lifecycle_queries {
         const SANDBOX_COLS: &str = "id, team_id, host_id, status, template, vcpus, memory_mb, \
              timeout_sec, guest_ip, host_ip, created_at, started_at, last_active_at, last_updated, \
              op, op_owner, op_started_at, version";
+        // The columns of templates and reservations are named as the fields of
+        // `TemplateRecord` and `SnapshotReservation`, which `FromRow` maps by name.
         const TEMPLATE_COLS: &str =
             "id, team_id, name, agent_name, host_id, vcpus, memory_mb, size_bytes, created_at";
         const RESERVATION_COLS: &str =
@@ -60,30 +62,14 @@ macro_rules! lifecycle_queries {
             })
         }
 
+        /// A template or a reservation from its row: the mapping is the struct's own
+        /// (`sqlx::FromRow`, by column name), the same for both databases.
         fn template_row(r: &DbRow) -> Result<TemplateRecord, StoreError> {
-            Ok(TemplateRecord {
-                id: r.try_get(0)?,
-                team_id: r.try_get(1)?,
-                name: r.try_get(2)?,
-                agent_name: r.try_get(3)?,
-                host_id: r.try_get(4)?,
-                vcpus: r.try_get(5)?,
-                memory_mb: r.try_get(6)?,
-                size_bytes: r.try_get(7)?,
-                created_at: r.try_get(8)?,
-            })
+            Ok(TemplateRecord::from_row(r)?)
         }
 
         fn reservation_row(r: &DbRow) -> Result<SnapshotReservation, StoreError> {
-            Ok(SnapshotReservation {
-                team_id: r.try_get(0)?,
-                name: r.try_get(1)?,
-                agent_name: r.try_get(2)?,
-                sandbox_id: r.try_get(3)?,
-                host_id: r.try_get(4)?,
-                overwrite: r.try_get(5)?,
-                created_at: r.try_get(6)?,
-            })
+            Ok(SnapshotReservation::from_row(r)?)
         }
 
         /// The row of `sql` (whose `$1` is a team id and `$2` a key within the team: a sandbox
