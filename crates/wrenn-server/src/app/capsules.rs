@@ -49,7 +49,9 @@ pub(super) fn require_running_or_paused(sb: &SandboxRecord) -> Result<(), ApiErr
     Ok(())
 }
 
-fn capsule_view(s: &SandboxRecord, metadata: Option<&str>) -> Capsule {
+/// The record as `/v1/capsules` shows it, with its labels (`metadata`, the stored JSON) and
+/// without its disk figures (a GET adds those).
+pub(super) fn capsule_view(s: &SandboxRecord, metadata: Option<&str>) -> Capsule {
     Capsule {
         id: s.id.clone(),
         status: capsule_status(s).into(),

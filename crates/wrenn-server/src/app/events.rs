@@ -164,21 +164,7 @@ fn capsule_of(s: &SandboxRecord) -> Option<Capsule> {
     if status == capsule_status::STOPPED || status == capsule_status::ERROR {
         return None;
     }
-    Some(Capsule {
-        id: s.id.clone(),
-        status: status.into(),
-        template: s.template.clone(),
-        vcpus: s.vcpus,
-        memory_mb: s.memory_mb,
-        timeout_sec: s.timeout_sec,
-        created_at: ts(s.created_at),
-        started_at: s.started_at.map(ts),
-        last_active_at: s.last_active_at.map(ts),
-        last_updated: ts(s.last_updated),
-        metadata: BTreeMap::new(),
-        disk_size_mb: None,
-        disk_used_mb: None,
-    })
+    Some(super::capsules::capsule_view(s, None))
 }
 
 /// What a tenant may read of a failure: the message of a refusal of the request, only the

@@ -278,17 +278,7 @@ impl App {
         team_id: &TeamId,
         id: &SandboxId,
     ) -> Result<api::Sandbox, ApiError> {
-        let claim = Claim {
-            op: Operation::Pausing,
-            allowed: require_running,
-            event: CAPSULE_PAUSE,
-        };
-        let ran = self
-            .run_claimed(team_id, id, claim, |app, sb| async move {
-                app.pause_claimed(sb).await
-            })
-            .await?;
-        self.view_of(team_id, id, ran).await
+        self.change(team_id, id, Change::Pause).await
     }
 
     /// Pauses a sandbox whose row holds this process's `pausing` intent (the API's pause and
@@ -315,17 +305,7 @@ impl App {
         team_id: &TeamId,
         id: &SandboxId,
     ) -> Result<api::Sandbox, ApiError> {
-        let claim = Claim {
-            op: Operation::Resuming,
-            allowed: require_paused,
-            event: CAPSULE_RESUME,
-        };
-        let ran = self
-            .run_claimed(team_id, id, claim, |app, sb| async move {
-                app.resume_claimed(sb).await
-            })
-            .await?;
-        self.view_of(team_id, id, ran).await
+        self.change(team_id, id, Change::Resume).await
     }
 
     async fn resume_claimed(&self, sb: SandboxRecord) -> Result<SandboxRecord, ApiError> {
@@ -372,14 +352,34 @@ impl App {
         .await
     }
 
-    /// The sandbox as the API shows it after an operation: the operation's own result, or
-    /// (when it joined one already under way) the row as that one left it.
-    async fn view_of(
-        &self,
+    /// Pauses or resumes; the sandbox as the API shows it after: the operation's own result,
+    /// or (when it joined one already under way) the row as that one left it.
+    async fn change(
+        self: &Arc<Self>,
         team_id: &TeamId,
         id: &SandboxId,
-        ran: Ran<SandboxRecord>,
+        change: Change,
     ) -> Result<api::Sandbox, ApiError> {
+        let claim = match change {
+            Change::Pause => Claim {
+                op: Operation::Pausing,
+                allowed: require_running,
+                event: CAPSULE_PAUSE,
+            },
+            Change::Resume => Claim {
+                op: Operation::Resuming,
+                allowed: require_paused,
+                event: CAPSULE_RESUME,
+            },
+        };
+        let ran = self
+            .run_claimed(team_id, id, claim, move |app, sb| async move {
+                match change {
+                    Change::Pause => app.pause_claimed(sb).await,
+                    Change::Resume => app.resume_claimed(sb).await,
+                }
+            })
+            .await?;
         match ran {
             Ran::Done(sb) => Ok(sandbox_view(&sb)),
             Ran::Joined => self.get_sandbox(team_id, id).await,
@@ -420,6 +420,13 @@ impl App {
         take_agent_state(&mut sb, info);
         self.record(sb).await
     }
+}
+
+/// The state changes the API asks for by name.
+#[derive(Clone, Copy)]
+enum Change {
+    Pause,
+    Resume,
 }
 
 /// What an operation on an existing sandbox claims its row for, when the row allows it, and
