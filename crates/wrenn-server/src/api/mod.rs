@@ -229,7 +229,7 @@ async fn create_key(
 }
 
 async fn list_keys(State(app): State<Arc<App>>, User(claims): User) -> Res<impl IntoResponse> {
-    Ok(Json(app.list_api_keys(&claims.team_id).await?))
+    Ok(Json(app.list_api_keys(&claims).await?))
 }
 
 async fn delete_key(
@@ -237,7 +237,7 @@ async fn delete_key(
     User(claims): User,
     PathArg(id): PathArg,
 ) -> Res<StatusCode> {
-    app.delete_api_key(&claims.team_id, &id).await?;
+    app.delete_api_key(&claims, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

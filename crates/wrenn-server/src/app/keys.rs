@@ -96,18 +96,22 @@ impl App {
         Ok(key_view(&rec, Some(key.plaintext)))
     }
 
-    pub async fn list_api_keys(&self, team_id: &str) -> Result<Vec<api::ApiKeyResponse>, ApiError> {
+    /// The keys of the signed-in user's team (the team is the session's, like a new key's).
+    pub async fn list_api_keys(
+        &self,
+        claims: &Claims,
+    ) -> Result<Vec<api::ApiKeyResponse>, ApiError> {
         Ok(self
             .store
-            .list_api_keys(team_id)
+            .list_api_keys(&claims.team_id)
             .await?
             .iter()
             .map(|k| key_view(k, None))
             .collect())
     }
 
-    pub async fn delete_api_key(&self, team_id: &str, id: &str) -> Result<(), ApiError> {
-        if self.store.delete_api_key(team_id, id).await? {
+    pub async fn delete_api_key(&self, claims: &Claims, id: &str) -> Result<(), ApiError> {
+        if self.store.delete_api_key(&claims.team_id, id).await? {
             Ok(())
         } else {
             Err(ApiError::ApiKeyNotFound(id.into()))
