@@ -112,10 +112,14 @@ impl App {
     }
 
     /// Whether the team's sandbox was made through `/v1/capsules`.
-    pub(super) async fn is_capsule(&self, team_id: &str, id: &str) -> Result<bool, ApiError> {
+    pub(super) async fn is_capsule(
+        &self,
+        team_id: &TeamId,
+        id: &SandboxId,
+    ) -> Result<bool, ApiError> {
         Ok(!self
             .store
-            .sandbox_metadata(team_id, Some(id))
+            .sandbox_metadata(team_id.as_str(), Some(id.as_str()))
             .await?
             .is_empty())
     }

@@ -340,13 +340,14 @@ impl App {
         F: FnOnce(Arc<App>, SandboxRecord) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, ApiError>> + Send + 'static,
     {
-        let (team, sid) = (team_id.to_string(), id.to_string());
+        let (team, sid) = (team_id.clone(), id.clone());
         self.run_op(id.as_str(), claim.op, move |app| async move {
             let r = match app.claim(&team, &sid, claim.op, claim.allowed).await {
                 Ok(sb) => body(app.clone(), sb).await,
                 Err(e) => Err(e),
             };
-            app.announce(claim.event, &team, ("capsule", &sid), ApiKey, no_meta(), &r);
+            let resource = ("capsule", sid.as_str());
+            app.announce(claim.event, team.as_str(), resource, ApiKey, no_meta(), &r);
             r
         })
         .await

@@ -116,7 +116,6 @@ impl App {
         name: TemplateName,
         overwrite: bool,
     ) -> Result<TemplateRecord, ApiError> {
-        let (team_id, sandbox_id) = (team_id.as_str(), sandbox_id.as_str());
         // A capsule may be snapshotted paused too (the SDK's rule); a sandbox of the seed
         // API only running, as that spec says.
         let paused_too = self.is_capsule(team_id, sandbox_id).await?;
@@ -130,9 +129,9 @@ impl App {
             })
             .await?;
         let r = SnapshotReservation {
-            team_id: team_id.into(),
+            team_id: team_id.to_string(),
             name: name.into_string(),
-            agent_name: agent_template_name(team_id),
+            agent_name: agent_template_name(team_id.as_str()),
             sandbox_id: sb.id.clone(),
             host_id: sb.host_id.clone(),
             overwrite,
@@ -147,7 +146,7 @@ impl App {
         if let Err(e) = reserved {
             self.release(sb).await;
             return Err(match e {
-                StoreError::Duplicate => self.name_taken(team_id, r.name, overwrite).await,
+                StoreError::Duplicate => self.name_taken(team_id.as_str(), r.name, overwrite).await,
                 e => e.into(),
             });
         }
