@@ -5,7 +5,7 @@
 //! One [`App`] call each; errors get the SDK's codes from `capsules::sdk_error_codes`.
 
 use super::extract::{JsonBody, QueryArgs, Team};
-use super::{proxy_exec, PathArg, Res};
+use super::{proxy_exec, sandbox_id, PathArg, Res};
 use crate::app::{App, ExecOutcome};
 use crate::config::limits;
 use crate::error::ApiError;
@@ -52,6 +52,7 @@ async fn exec(
     PathArg(id): PathArg,
     JsonBody(req): JsonBody<CapsuleExecRequest>,
 ) -> Res<Response> {
+    let id = sandbox_id(id)?;
     Ok(match app.capsule_exec(&team, &id, req).await? {
         ExecOutcome::Finished(out) => Json(out).into_response(),
         ExecOutcome::Started(bg) => (StatusCode::ACCEPTED, Json(bg)).into_response(),
@@ -63,6 +64,7 @@ async fn list(
     Team(team): Team,
     PathArg(id): PathArg,
 ) -> Res<impl IntoResponse> {
+    let id = sandbox_id(id)?;
     Ok(Json(app.list_processes(&team, &id).await?))
 }
 
@@ -72,6 +74,7 @@ async fn kill(
     ProcessPath(id, selector): ProcessPath,
     QueryArgs(q): QueryArgs<KillQuery>,
 ) -> Res<StatusCode> {
+    let id = sandbox_id(id)?;
     app.kill_process(&team, &id, &selector, q.signal.as_deref())
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -85,6 +88,7 @@ async fn attach(
     ProcessPath(id, selector): ProcessPath,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Res<Response> {
+    let id = sandbox_id(id)?;
     let sb = app.running(&team, &id).await?;
     let ws = ws.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let slot = app.exec_slot(&sb)?;

@@ -2,7 +2,7 @@
 //! `Files.list`, `make_dir` and `remove` call them (JSON bodies). One [`App`] call each.
 
 use super::extract::{JsonBody, Team};
-use super::{PathArg, Res};
+use super::{sandbox_id, PathArg, Res};
 use crate::app::App;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -25,6 +25,7 @@ async fn list(
     PathArg(id): PathArg,
     JsonBody(req): JsonBody<ListDirRequest>,
 ) -> Res<impl IntoResponse> {
+    let id = sandbox_id(id)?;
     Ok(Json(app.list_dir(&team, &id, req).await?))
 }
 
@@ -34,6 +35,7 @@ async fn mkdir(
     PathArg(id): PathArg,
     JsonBody(req): JsonBody<MakeDirRequest>,
 ) -> Res<impl IntoResponse> {
+    let id = sandbox_id(id)?;
     let entry = app.make_dir(&team, &id, &req.path).await?;
     Ok(Json(MakeDirResponse { entry }))
 }
@@ -44,6 +46,7 @@ async fn remove(
     PathArg(id): PathArg,
     JsonBody(req): JsonBody<RemoveRequest>,
 ) -> Res<StatusCode> {
+    let id = sandbox_id(id)?;
     app.remove_path(&team, &id, &req.path).await?;
     Ok(StatusCode::NO_CONTENT)
 }

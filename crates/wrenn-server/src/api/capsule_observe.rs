@@ -8,6 +8,7 @@
 use super::extract::{QueryArgs, Team};
 use super::{PathArg, Res};
 use crate::app::{App, Frame};
+use crate::error::ApiError;
 use axum::extract::State;
 use axum::handler::Handler;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -20,6 +21,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use wrenn_types::ids::SandboxId;
 
 /// Time between two keep-alive comments of the events stream.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -77,6 +79,9 @@ async fn metrics(
     PathArg(id): PathArg,
     QueryArgs(q): QueryArgs<RangeQuery>,
 ) -> Res<impl IntoResponse> {
+    // An id that cannot be a capsule's is echoed at most 64 characters long.
+    let id = SandboxId::new(id)
+        .map_err(|e| ApiError::SandboxNotFound(e.0.chars().take(64).collect()))?;
     let range = short(q.range);
     Ok(Json(
         app.capsule_metrics(&team, &id, range.as_deref()).await?,

@@ -8,7 +8,7 @@
 //! stripped of its details.
 
 use super::extract::Team;
-use super::{PathArg, Res};
+use super::{sandbox_id, PathArg, Res};
 use crate::app::App;
 use crate::error::ApiError;
 use crate::store::SandboxRecord;
@@ -32,6 +32,7 @@ async fn pty(
     PathArg(id): PathArg,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Res<Response> {
+    let id = sandbox_id(id)?;
     let sb = app.running(&team, &id).await?;
     let ws = ws.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     // A terminal session counts among the capsule's and team's concurrent streams.
@@ -97,7 +98,7 @@ async fn relay(socket: WebSocket, session: PtySession, app: Arc<App>, sb: Sandbo
                     }
                     None => return,
                 },
-                _ = check.tick() => match app.running(&sb.team_id, &sb.id).await {
+                _ = check.tick() => match app.still_running(&sb).await {
                     Ok(_) => app.stream_activity(&sb).await,
                     Err(e) => {
                         let data = format!("{e}; connect again by tag once it runs");

@@ -6,7 +6,9 @@
 
 use super::capsule_files;
 use super::extract::{OptionalJson, Team};
-use super::{destroy_sandbox, files_read, files_stream_write, files_write, ping, PathArg, Res};
+use super::{
+    destroy_sandbox, files_read, files_stream_write, files_write, ping, sandbox_id, PathArg, Res,
+};
 use crate::app::App;
 use crate::error::ApiError;
 use axum::body::Body;
@@ -122,6 +124,7 @@ async fn get_one(
     Team(team): Team,
     PathArg(id): PathArg,
 ) -> Res<impl IntoResponse> {
+    let id = sandbox_id(id)?;
     Ok(Json(app.get_capsule(&team, &id).await?))
 }
 
@@ -130,6 +133,7 @@ async fn pause(
     Team(team): Team,
     PathArg(id): PathArg,
 ) -> Res<impl IntoResponse> {
+    let id = sandbox_id(id)?;
     Ok(Json(app.pause_capsule(&team, &id).await?))
 }
 
@@ -138,6 +142,7 @@ async fn resume(
     Team(team): Team,
     PathArg(id): PathArg,
 ) -> Res<impl IntoResponse> {
+    let id = sandbox_id(id)?;
     Ok(Json(app.resume_capsule(&team, &id).await?))
 }
 

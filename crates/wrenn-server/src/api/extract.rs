@@ -12,6 +12,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
+use wrenn_types::ids::TeamId;
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
@@ -113,7 +114,7 @@ impl FromRequestParts<Arc<App>> for User {
 }
 
 /// A team authenticated by its `X-API-Key`.
-pub struct Team(pub String);
+pub struct Team(pub TeamId);
 
 impl FromRequestParts<Arc<App>> for Team {
     type Rejection = ApiError;
@@ -123,7 +124,11 @@ impl FromRequestParts<Arc<App>> for Team {
         let Some(key) = key else {
             // The console's session cookie stands in for the key: the user's team.
             return match super::session::from_cookie(parts, app)? {
-                Some(claims) => Ok(Team(claims.team_id)),
+                // The session was signed by this control plane for a team it made: a team id
+                // that breaks the naming rule is no team's.
+                Some(claims) => TeamId::new(claims.team_id)
+                    .map(Team)
+                    .map_err(|_| ApiError::Unauthorized("invalid or expired token".into())),
                 None => Err(ApiError::Unauthorized("missing X-API-Key header".into())),
             };
         };

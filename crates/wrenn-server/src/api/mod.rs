@@ -44,6 +44,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tower_http::catch_panic::CatchPanicLayer;
 use wrenn_types::api;
+use wrenn_types::ids::{SandboxId, TemplateName};
 use wrenn_types::stream::ServerMessage;
 
 pub use console::built as console_built;
@@ -71,6 +72,18 @@ impl<S: Send + Sync> FromRequestParts<S> for PathArg {
             .map(|p| PathArg(p.0))
             .map_err(|e: PathRejection| ApiError::BadRequest(e.body_text()))
     }
+}
+
+/// A sandbox (capsule) id from a path, made once per request: one that breaks the naming
+/// rule names no sandbox, and is answered as an unknown one is (404 `not_found`).
+pub(super) fn sandbox_id(id: String) -> Result<SandboxId, ApiError> {
+    SandboxId::new(id).map_err(|e| ApiError::SandboxNotFound(e.0))
+}
+
+/// A template (snapshot) name from a path: one that breaks the naming rule names no
+/// template, and is answered as an unknown one is (404 `not_found`).
+fn template_name(name: String) -> Result<TemplateName, ApiError> {
+    TemplateName::new(name).map_err(|e| ApiError::TemplateNotFound(e.0))
 }
 
 /// Builds the public API router over an [`App`].
@@ -216,7 +229,7 @@ async fn create_key(
 }
 
 async fn list_keys(State(app): State<Arc<App>>, User(claims): User) -> Res<impl IntoResponse> {
-    Ok(Json(app.list_api_keys(&claims.team_id).await?))
+    Ok(Json(app.list_api_keys(&claims).await?))
 }
 
 async fn delete_key(
@@ -224,7 +237,7 @@ async fn delete_key(
     User(claims): User,
     PathArg(id): PathArg,
 ) -> Res<StatusCode> {
-    app.delete_api_key(&claims.team_id, &id).await?;
+    app.delete_api_key(&claims, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -250,6 +263,7 @@ async fn get_sandbox(
     Team(team): Team,
     PathArg(id): PathArg,
 ) -> Res<impl IntoResponse> {
+    let id = sandbox_id(id)?;
     Ok(Json(app.get_sandbox(&team, &id).await?))
 }
 
@@ -258,6 +272,7 @@ async fn destroy_sandbox(
     Team(team): Team,
     PathArg(id): PathArg,
 ) -> Res<StatusCode> {
+    let id = sandbox_id(id)?;
     app.destroy_sandbox(&team, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -268,6 +283,7 @@ async fn exec(
     PathArg(id): PathArg,
     JsonBody(req): JsonBody<api::ExecRequest>,
 ) -> Res<impl IntoResponse> {
+    let id = sandbox_id(id)?;
     Ok(Json(app.exec(&team, &id, req).await?))
 }
 
@@ -276,6 +292,7 @@ async fn ping(
     Team(team): Team,
     PathArg(id): PathArg,
 ) -> Res<StatusCode> {
+    let id = sandbox_id(id)?;
     app.ping(&team, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -285,6 +302,7 @@ async fn pause(
     Team(team): Team,
     PathArg(id): PathArg,
 ) -> Res<impl IntoResponse> {
+    let id = sandbox_id(id)?;
     Ok(Json(app.pause(&team, &id).await?))
 }
 
@@ -293,6 +311,7 @@ async fn resume(
     Team(team): Team,
     PathArg(id): PathArg,
 ) -> Res<impl IntoResponse> {
+    let id = sandbox_id(id)?;
     Ok(Json(app.resume(&team, &id).await?))
 }
 
@@ -304,6 +323,7 @@ async fn exec_stream(
     PathArg(id): PathArg,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Res<Response> {
+    let id = sandbox_id(id)?;
     // 404 and 409 come before the upgrade, as plain HTTP answers.
     let sb = app.running(&team, &id).await?;
     let ws = ws.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -393,6 +413,7 @@ async fn files_write(
     headers: HeaderMap,
     mp: Result<Multipart, MultipartRejection>,
 ) -> Res<StatusCode> {
+    let id = sandbox_id(id)?;
     let limit = app.cfg.max_upload_bytes;
     let sb = app.running(&team, &id).await?;
     if content_length(&headers).is_some_and(|n| n > limit + MULTIPART_SLACK) {
@@ -436,6 +457,7 @@ async fn files_stream_write(
     PathArg(id): PathArg,
     mp: Result<Multipart, MultipartRejection>,
 ) -> Res<StatusCode> {
+    let id = sandbox_id(id)?;
     let limit = app.cfg.max_stream_upload_bytes;
     let sb = app.running(&team, &id).await?;
     let mut mp = mp.map_err(multipart_rejection)?;
@@ -499,6 +521,7 @@ async fn files_read(
     PathArg(id): PathArg,
     JsonBody(req): JsonBody<api::ReadFileRequest>,
 ) -> Res<Response> {
+    let id = sandbox_id(id)?;
     let stream = app.read_file(&team, &id, &req.path).await?;
     Ok((
         [("content-type", "application/octet-stream")],
@@ -550,6 +573,7 @@ async fn delete_snapshot(
     Team(team): Team,
     PathArg(name): PathArg,
 ) -> Res<StatusCode> {
+    let name = template_name(name)?;
     app.delete_template(&team, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use wrenn_types::agent::{AgentErrorCode, SandboxStatus};
 use wrenn_types::capsule::{self, status, Capsule, CreateCapsuleRequest};
 use wrenn_types::fs::{FileEntry, ListDirRequest, ListDirResponse, MAX_LIST_DEPTH};
+use wrenn_types::ids::{SandboxId, TeamId};
 
 /// How far back a capsule's GET looks for a resource sample (its disk use).
 const DISK_SAMPLE_RANGE_SECS: u32 = 600;
@@ -48,7 +49,9 @@ pub(super) fn require_running_or_paused(sb: &SandboxRecord) -> Result<(), ApiErr
     Ok(())
 }
 
-fn capsule_view(s: &SandboxRecord, metadata: Option<&str>) -> Capsule {
+/// The record as `/v1/capsules` shows it, with its labels (`metadata`, the stored JSON) and
+/// without its disk figures (a GET adds those).
+pub(super) fn capsule_view(s: &SandboxRecord, metadata: Option<&str>) -> Capsule {
     Capsule {
         id: s.id.clone(),
         status: capsule_status(s).into(),
@@ -80,16 +83,20 @@ fn check_dir_path(path: &str) -> Result<(), ApiError> {
 }
 
 impl App {
-    async fn capsule_record(&self, team_id: &str, id: &str) -> Result<SandboxRecord, ApiError> {
+    async fn capsule_record(
+        &self,
+        team_id: &TeamId,
+        id: &SandboxId,
+    ) -> Result<SandboxRecord, ApiError> {
         self.store
-            .get_sandbox(team_id, id)
+            .get_sandbox(team_id.as_str(), id.as_str())
             .await?
-            .ok_or_else(|| ApiError::SandboxNotFound(id.into()))
+            .ok_or_else(|| ApiError::SandboxNotFound(id.to_string()))
     }
 
     pub async fn create_capsule(
         self: &Arc<Self>,
-        team_id: &str,
+        team_id: &TeamId,
         req: CreateCapsuleRequest,
     ) -> Result<Capsule, ApiError> {
         // Every capsule has a metadata row (`{}` when none was given): it is also how a
@@ -105,17 +112,24 @@ impl App {
     }
 
     /// Whether the team's sandbox was made through `/v1/capsules`.
-    pub(super) async fn is_capsule(&self, team_id: &str, id: &str) -> Result<bool, ApiError> {
+    pub(super) async fn is_capsule(
+        &self,
+        team_id: &TeamId,
+        id: &SandboxId,
+    ) -> Result<bool, ApiError> {
         Ok(!self
             .store
-            .sandbox_metadata(team_id, Some(id))
+            .sandbox_metadata(team_id.as_str(), Some(id.as_str()))
             .await?
             .is_empty())
     }
 
-    pub async fn get_capsule(&self, team_id: &str, id: &str) -> Result<Capsule, ApiError> {
+    pub async fn get_capsule(&self, team_id: &TeamId, id: &SandboxId) -> Result<Capsule, ApiError> {
         let rec = self.capsule_record(team_id, id).await?;
-        let meta = self.store.sandbox_metadata(team_id, Some(id)).await?;
+        let meta = self
+            .store
+            .sandbox_metadata(team_id.as_str(), Some(id.as_str()))
+            .await?;
         let mut view = capsule_view(&rec, meta.first().map(|(_, m)| m.as_str()));
         if self.unavailable(&rec) {
             view.status = status::MISSING.into();
@@ -157,11 +171,11 @@ impl App {
         Some(bytes.div_ceil(1024 * 1024) as i64)
     }
 
-    pub async fn list_capsules(&self, team_id: &str) -> Result<Vec<Capsule>, ApiError> {
-        let recs = self.store.list_sandboxes(team_id).await?;
+    pub async fn list_capsules(&self, team_id: &TeamId) -> Result<Vec<Capsule>, ApiError> {
+        let recs = self.store.list_sandboxes(team_id.as_str()).await?;
         let meta: HashMap<String, String> = self
             .store
-            .sandbox_metadata(team_id, None)
+            .sandbox_metadata(team_id.as_str(), None)
             .await?
             .into_iter()
             .collect();
@@ -179,8 +193,8 @@ impl App {
 
     pub async fn pause_capsule(
         self: &Arc<Self>,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
     ) -> Result<Capsule, ApiError> {
         self.pause(team_id, id).await?;
         self.get_capsule(team_id, id).await
@@ -188,8 +202,8 @@ impl App {
 
     pub async fn resume_capsule(
         self: &Arc<Self>,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
     ) -> Result<Capsule, ApiError> {
         self.resume(team_id, id).await?;
         self.get_capsule(team_id, id).await
@@ -198,8 +212,8 @@ impl App {
     /// Lists a directory of a running capsule.
     pub async fn list_dir(
         &self,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
         req: ListDirRequest,
     ) -> Result<ListDirResponse, ApiError> {
         check_dir_path(&req.path)?;
@@ -217,8 +231,8 @@ impl App {
     /// path exists.
     pub async fn make_dir(
         &self,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
         path: &str,
     ) -> Result<FileEntry, ApiError> {
         check_dir_path(path)?;
@@ -234,7 +248,12 @@ impl App {
     }
 
     /// Removes a file or a directory tree in a running capsule.
-    pub async fn remove_path(&self, team_id: &str, id: &str, path: &str) -> Result<(), ApiError> {
+    pub async fn remove_path(
+        &self,
+        team_id: &TeamId,
+        id: &SandboxId,
+        path: &str,
+    ) -> Result<(), ApiError> {
         check_dir_path(path)?;
         let sb = self.running(team_id, id).await?;
         let agent = self.file_target(&sb, path).await?;

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use wrenn_types::agent::SandboxStatus;
 use wrenn_types::capsule::{status as capsule_status, Capsule};
+use wrenn_types::ids::TeamId;
 use wrenn_types::observe::{event, Event, EventActor, EventResource};
 
 /// Frames a subscriber may have waiting before it is dropped.
@@ -163,21 +164,7 @@ fn capsule_of(s: &SandboxRecord) -> Option<Capsule> {
     if status == capsule_status::STOPPED || status == capsule_status::ERROR {
         return None;
     }
-    Some(Capsule {
-        id: s.id.clone(),
-        status: status.into(),
-        template: s.template.clone(),
-        vcpus: s.vcpus,
-        memory_mb: s.memory_mb,
-        timeout_sec: s.timeout_sec,
-        created_at: ts(s.created_at),
-        started_at: s.started_at.map(ts),
-        last_active_at: s.last_active_at.map(ts),
-        last_updated: ts(s.last_updated),
-        metadata: BTreeMap::new(),
-        disk_size_mb: None,
-        disk_used_mb: None,
-    })
+    Some(super::capsules::capsule_view(s, None))
 }
 
 /// What a tenant may read of a failure: the message of a refusal of the request, only the
@@ -198,9 +185,12 @@ fn tenant_error(e: &ApiError) -> String {
 
 impl App {
     /// A new subscriber of the team's events (see [`MAX_SUBSCRIBERS`]).
-    pub fn subscribe_events(&self, team_id: &str) -> Result<mpsc::Receiver<Arc<Frame>>, ApiError> {
+    pub fn subscribe_events(
+        &self,
+        team_id: &TeamId,
+    ) -> Result<mpsc::Receiver<Arc<Frame>>, ApiError> {
         let max_total = MAX_SUBSCRIBERS.min(self.cfg.max_connections / 4).max(1);
-        self.events.subscribe(team_id, max_total)
+        self.events.subscribe(team_id.as_str(), max_total)
     }
 
     /// Tells the subscribers of `team_id` that the operation `name` (one of

@@ -10,6 +10,7 @@ use crate::store::{self, ApiKeyRecord};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wrenn_types::api;
+use wrenn_types::ids::TeamId;
 
 /// `last_used` of an API key is written at most this often per key.
 const KEY_TOUCH_INTERVAL: Duration = Duration::from_secs(5);
@@ -29,7 +30,7 @@ fn key_view(k: &ApiKeyRecord, plaintext: Option<String>) -> api::ApiKeyResponse 
 impl App {
     /// Checks an API key; returns the team it belongs to. Records `last_used` in the
     /// background, at most every few seconds per key.
-    pub async fn verify_api_key(self: &Arc<Self>, key: &str) -> Result<String, ApiError> {
+    pub async fn verify_api_key(self: &Arc<Self>, key: &str) -> Result<TeamId, ApiError> {
         let invalid = || ApiError::Unauthorized("invalid API key".into());
         if !key.starts_with(auth::API_KEY_PREFIX) || key.len() > 128 {
             return Err(invalid());
@@ -59,7 +60,9 @@ impl App {
                 }
             });
         }
-        Ok(rec.team_id)
+        // A key's team was made by this control plane: one whose id breaks the naming rule
+        // is no team's, and the key is refused like an unknown one.
+        TeamId::new(rec.team_id).map_err(|_| invalid())
     }
 
     pub async fn create_api_key(
@@ -93,18 +96,22 @@ impl App {
         Ok(key_view(&rec, Some(key.plaintext)))
     }
 
-    pub async fn list_api_keys(&self, team_id: &str) -> Result<Vec<api::ApiKeyResponse>, ApiError> {
+    /// The keys of the signed-in user's team (the team is the session's, like a new key's).
+    pub async fn list_api_keys(
+        &self,
+        claims: &Claims,
+    ) -> Result<Vec<api::ApiKeyResponse>, ApiError> {
         Ok(self
             .store
-            .list_api_keys(team_id)
+            .list_api_keys(&claims.team_id)
             .await?
             .iter()
             .map(|k| key_view(k, None))
             .collect())
     }
 
-    pub async fn delete_api_key(&self, team_id: &str, id: &str) -> Result<(), ApiError> {
-        if self.store.delete_api_key(team_id, id).await? {
+    pub async fn delete_api_key(&self, claims: &Claims, id: &str) -> Result<(), ApiError> {
+        if self.store.delete_api_key(&claims.team_id, id).await? {
             Ok(())
         } else {
             Err(ApiError::ApiKeyNotFound(id.into()))

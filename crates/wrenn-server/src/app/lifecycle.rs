@@ -6,7 +6,7 @@
 //! failure after the agent answered leaves the intent for the reconciler, which settles it.
 //! It must not touch accounts, keys or snapshots.
 
-use super::events::{no_meta, Actor::ApiKey};
+use super::events::{no_meta, Actor::ApiKey, Announced};
 use super::ops::Ran;
 use super::sandboxes::sandbox_view;
 use super::settle::take_agent_state;
@@ -18,10 +18,12 @@ use crate::error::ApiError;
 use crate::metrics::SandboxOp;
 use crate::placement::NoPlacement;
 use crate::store::{self, Operation, SandboxRecord};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
-use wrenn_types::agent::{codes, AgentErrorCode, CreateSandbox, SandboxStatus};
+use wrenn_types::agent::{codes, AgentErrorCode, CreateSandbox, SandboxInfo, SandboxStatus};
 use wrenn_types::api;
+use wrenn_types::ids::{SandboxId, TeamId};
 use wrenn_types::observe::event::{CAPSULE_CREATE, CAPSULE_DESTROY, CAPSULE_PAUSE, CAPSULE_RESUME};
 
 /// 409 unless the sandbox runs with no operation under way.
@@ -79,7 +81,7 @@ fn check_create(
 impl App {
     pub async fn create_sandbox(
         self: &Arc<Self>,
-        team_id: &str,
+        team_id: &TeamId,
         req: api::CreateSandboxRequest,
     ) -> Result<api::Sandbox, ApiError> {
         Ok(sandbox_view(&self.create_record(team_id, req, None).await?))
@@ -89,7 +91,7 @@ impl App {
     /// `/v1/capsules`) is stored with the row before the agent is called.
     pub(super) async fn create_record(
         self: &Arc<Self>,
-        team_id: &str,
+        team_id: &TeamId,
         req: api::CreateSandboxRequest,
         metadata: Option<String>,
     ) -> Result<SandboxRecord, ApiError> {
@@ -107,7 +109,7 @@ impl App {
         // A team snapshot first (on a host that holds it, or copied to one that can take the
         // create), then a base template on the least-loaded host.
         let (host_id, agent, agent_template) =
-            match self.store.get_template(team_id, &template).await? {
+            match self.store.get_template(team_id.as_str(), &template).await? {
                 Some(t) => {
                     let (host_id, agent) = self.place_from_snapshot(&t, memory_mb).await?;
                     (host_id, agent, t.agent_name)
@@ -128,7 +130,7 @@ impl App {
         let now = store::now();
         let rec = SandboxRecord {
             id: format!("sb-{}", auth::random_id(12)),
-            team_id: team_id.into(),
+            team_id: team_id.to_string(),
             host_id,
             status: SandboxStatus::Pending,
             template,
@@ -171,7 +173,7 @@ impl App {
             Ran::Done(rec) => Ok(rec),
             Ran::Joined => self
                 .store
-                .get_sandbox(team_id, &id)
+                .get_sandbox(team_id.as_str(), &id)
                 .await?
                 .ok_or(ApiError::SandboxNotFound(id)),
         }
@@ -243,44 +245,23 @@ impl App {
 
     pub async fn destroy_sandbox(
         self: &Arc<Self>,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
     ) -> Result<(), ApiError> {
-        let (team, sid) = (team_id.to_string(), id.to_string());
-        self.run_op(id, Operation::Destroying, move |app| async move {
-            let r = match app
-                .claim(&team, &sid, Operation::Destroying, |_| Ok(()))
-                .await
-            {
-                Ok(sb) => app.destroy_claimed(sb).await,
-                Err(e) => Err(e),
-            };
-            app.announce(
-                CAPSULE_DESTROY,
-                &team,
-                ("capsule", &sid),
-                ApiKey,
-                no_meta(),
-                &r,
-            );
-            r
+        let claim = Claim {
+            op: Operation::Destroying,
+            allowed: |_| Ok(()),
+            event: CAPSULE_DESTROY,
+        };
+        self.run_claimed(team_id, id, claim, |app, sb| async move {
+            app.destroy_claimed(sb).await
         })
         .await?;
         Ok(())
     }
 
     async fn destroy_claimed(&self, sb: SandboxRecord) -> Result<(), ApiError> {
-        let agent = match self.hosts.agent(&sb.host_id) {
-            Ok(a) => a,
-            Err(e) => {
-                self.release(sb).await;
-                return Err(e);
-            }
-        };
-        if let Err(e) = self.fail("destroy.before_agent").await {
-            self.release(sb).await;
-            return Err(e);
-        }
+        let agent = self.claimed_agent(&sb, "destroy.before_agent").await?;
         match agent.destroy(&sb.id).await {
             Ok(()) => {}
             // Already gone on the host: forgetting the record is all that is left.
@@ -294,53 +275,16 @@ impl App {
 
     pub async fn pause(
         self: &Arc<Self>,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
     ) -> Result<api::Sandbox, ApiError> {
-        let (team, sid) = (team_id.to_string(), id.to_string());
-        let ran = self
-            .run_op(id, Operation::Pausing, move |app| async move {
-                let r = match app
-                    .claim(&team, &sid, Operation::Pausing, require_running)
-                    .await
-                {
-                    Ok(sb) => app.pause_claimed(sb).await,
-                    Err(e) => Err(e),
-                };
-                app.announce(
-                    CAPSULE_PAUSE,
-                    &team,
-                    ("capsule", &sid),
-                    ApiKey,
-                    no_meta(),
-                    &r,
-                );
-                r
-            })
-            .await?;
-        match ran {
-            Ran::Done(sb) => Ok(sandbox_view(&sb)),
-            Ran::Joined => self.get_sandbox(team_id, id).await,
-        }
+        self.change(team_id, id, Change::Pause).await
     }
 
     /// Pauses a sandbox whose row holds this process's `pausing` intent (the API's pause and
     /// the reaper's share this).
-    pub(super) async fn pause_claimed(
-        &self,
-        mut sb: SandboxRecord,
-    ) -> Result<SandboxRecord, ApiError> {
-        let agent = match self.hosts.agent(&sb.host_id) {
-            Ok(a) => a,
-            Err(e) => {
-                self.release(sb).await;
-                return Err(e);
-            }
-        };
-        if let Err(e) = self.fail("pause.before_agent").await {
-            self.release(sb).await;
-            return Err(e);
-        }
+    pub(super) async fn pause_claimed(&self, sb: SandboxRecord) -> Result<SandboxRecord, ApiError> {
+        let agent = self.claimed_agent(&sb, "pause.before_agent").await?;
         let info = match agent.pause(&sb.id).await {
             Ok(info) => info,
             Err(e) => {
@@ -353,55 +297,19 @@ impl App {
                 return Err(e.into());
             }
         };
-        self.fail("pause.after_agent").await?;
-        take_agent_state(&mut sb, info);
-        self.record(sb).await
+        self.record_answer(sb, info, "pause.after_agent").await
     }
 
     pub async fn resume(
         self: &Arc<Self>,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
     ) -> Result<api::Sandbox, ApiError> {
-        let (team, sid) = (team_id.to_string(), id.to_string());
-        let ran = self
-            .run_op(id, Operation::Resuming, move |app| async move {
-                let r = match app
-                    .claim(&team, &sid, Operation::Resuming, require_paused)
-                    .await
-                {
-                    Ok(sb) => app.resume_claimed(sb).await,
-                    Err(e) => Err(e),
-                };
-                app.announce(
-                    CAPSULE_RESUME,
-                    &team,
-                    ("capsule", &sid),
-                    ApiKey,
-                    no_meta(),
-                    &r,
-                );
-                r
-            })
-            .await?;
-        match ran {
-            Ran::Done(sb) => Ok(sandbox_view(&sb)),
-            Ran::Joined => self.get_sandbox(team_id, id).await,
-        }
+        self.change(team_id, id, Change::Resume).await
     }
 
-    async fn resume_claimed(&self, mut sb: SandboxRecord) -> Result<SandboxRecord, ApiError> {
-        let agent = match self.hosts.agent(&sb.host_id) {
-            Ok(a) => a,
-            Err(e) => {
-                self.release(sb).await;
-                return Err(e);
-            }
-        };
-        if let Err(e) = self.fail("resume.before_agent").await {
-            self.release(sb).await;
-            return Err(e);
-        }
+    async fn resume_claimed(&self, sb: SandboxRecord) -> Result<SandboxRecord, ApiError> {
+        let agent = self.claimed_agent(&sb, "resume.before_agent").await?;
         let started = Instant::now();
         let info = match agent.resume(&sb.id).await {
             Ok(info) => {
@@ -414,8 +322,118 @@ impl App {
                 return Err(e.into());
             }
         };
-        self.fail("resume.after_agent").await?;
+        self.record_answer(sb, info, "resume.after_agent").await
+    }
+
+    /// The sequence every API operation on an existing sandbox shares: one operation per
+    /// sandbox in this process (`run_op`), the claim on its row (`claim.op`, when
+    /// `claim.allowed`), `body` on the claimed row, and the event announcing the result.
+    async fn run_claimed<T, F, Fut>(
+        self: &Arc<Self>,
+        team_id: &TeamId,
+        id: &SandboxId,
+        claim: Claim,
+        body: F,
+    ) -> Result<Ran<T>, ApiError>
+    where
+        T: Announced + Send + 'static,
+        F: FnOnce(Arc<App>, SandboxRecord) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, ApiError>> + Send + 'static,
+    {
+        let (team, sid) = (team_id.clone(), id.clone());
+        self.run_op(id.as_str(), claim.op, move |app| async move {
+            let r = match app.claim(&team, &sid, claim.op, claim.allowed).await {
+                Ok(sb) => body(app.clone(), sb).await,
+                Err(e) => Err(e),
+            };
+            let resource = ("capsule", sid.as_str());
+            app.announce(claim.event, team.as_str(), resource, ApiKey, no_meta(), &r);
+            r
+        })
+        .await
+    }
+
+    /// Pauses or resumes; the sandbox as the API shows it after: the operation's own result,
+    /// or (when it joined one already under way) the row as that one left it.
+    async fn change(
+        self: &Arc<Self>,
+        team_id: &TeamId,
+        id: &SandboxId,
+        change: Change,
+    ) -> Result<api::Sandbox, ApiError> {
+        let claim = match change {
+            Change::Pause => Claim {
+                op: Operation::Pausing,
+                allowed: require_running,
+                event: CAPSULE_PAUSE,
+            },
+            Change::Resume => Claim {
+                op: Operation::Resuming,
+                allowed: require_paused,
+                event: CAPSULE_RESUME,
+            },
+        };
+        let ran = self
+            .run_claimed(team_id, id, claim, move |app, sb| async move {
+                match change {
+                    Change::Pause => app.pause_claimed(sb).await,
+                    Change::Resume => app.resume_claimed(sb).await,
+                }
+            })
+            .await?;
+        match ran {
+            Ran::Done(sb) => Ok(sandbox_view(&sb)),
+            Ran::Joined => self.get_sandbox(team_id, id).await,
+        }
+    }
+
+    /// The agent of a claimed sandbox's host, once the fault point `before_agent` passed; when
+    /// either fails the claim is released and the sandbox stays as it was.
+    async fn claimed_agent(
+        &self,
+        sb: &SandboxRecord,
+        before_agent: &'static str,
+    ) -> Result<Arc<dyn HostAgent>, ApiError> {
+        let agent = async {
+            let agent = self.hosts.agent(&sb.host_id)?;
+            self.fail(before_agent).await?;
+            Ok(agent)
+        };
+        match agent.await {
+            Ok(agent) => Ok(agent),
+            Err(e) => {
+                self.release(sb.clone()).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Records what the agent answered for a claimed sandbox (its state; the intent ends),
+    /// once the fault point `after_agent` passed; a failure there leaves the intent for the
+    /// reconciler.
+    async fn record_answer(
+        &self,
+        mut sb: SandboxRecord,
+        info: SandboxInfo,
+        after_agent: &'static str,
+    ) -> Result<SandboxRecord, ApiError> {
+        self.fail(after_agent).await?;
         take_agent_state(&mut sb, info);
         self.record(sb).await
     }
+}
+
+/// The state changes the API asks for by name.
+#[derive(Clone, Copy)]
+enum Change {
+    Pause,
+    Resume,
+}
+
+/// What an operation on an existing sandbox claims its row for, when the row allows it, and
+/// the event it announces.
+struct Claim {
+    op: Operation,
+    allowed: fn(&SandboxRecord) -> Result<(), ApiError>,
+    event: &'static str,
 }

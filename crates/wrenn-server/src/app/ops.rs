@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
+use wrenn_types::ids::{SandboxId, TeamId};
 
 /// How often a claim re-reads a row that changed under it before giving up.
 const CLAIM_ATTEMPTS: usize = 5;
@@ -213,17 +214,17 @@ impl App {
     /// control plane's operation under way is 409 (as `allowed` words it, else `conflict`).
     pub(super) async fn claim(
         &self,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
         op: Operation,
         allowed: impl Fn(&SandboxRecord) -> Result<(), ApiError>,
     ) -> Result<SandboxRecord, ApiError> {
         for _ in 0..CLAIM_ATTEMPTS {
             let mut sb = self
                 .store
-                .get_sandbox(team_id, id)
+                .get_sandbox(team_id.as_str(), id.as_str())
                 .await?
-                .ok_or_else(|| ApiError::SandboxNotFound(id.into()))?;
+                .ok_or_else(|| ApiError::SandboxNotFound(id.to_string()))?;
             if let Some(intent) = &sb.intent {
                 if !self.abandoned(intent) {
                     allowed(&sb)?;
@@ -255,7 +256,7 @@ impl App {
                 return Ok(sb);
             }
         }
-        Err(changed(id))
+        Err(changed(id.as_str()))
     }
 
     /// Clears the intent of an operation that gave up before calling the agent.

@@ -12,6 +12,7 @@ use crate::store::SandboxRecord;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use wrenn_types::api;
+use wrenn_types::ids::{SandboxId, TeamId};
 use wrenn_types::process::{
     valid_tag, BackgroundExecResponse, CapsuleExecRequest, ProcessInfo, ProcessList, Selector,
     Signal, StartProcess, MAX_TAG_BYTES,
@@ -41,8 +42,8 @@ impl App {
     /// Runs a command in the foreground (with its timeout) or starts it in the background.
     pub async fn capsule_exec(
         &self,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
         req: CapsuleExecRequest,
     ) -> Result<ExecOutcome, ApiError> {
         if req.background {
@@ -63,8 +64,8 @@ impl App {
     /// Starts `req` in the background; its tag is envd's `proc-<pid>` when none is given.
     pub async fn start_background(
         &self,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
         req: CapsuleExecRequest,
     ) -> Result<BackgroundExecResponse, ApiError> {
         super::sandboxes::check_command(&req.cmd, &req.args, &req.envs, req.cwd.as_deref())?;
@@ -96,7 +97,11 @@ impl App {
     }
 
     /// The capsule's running background processes.
-    pub async fn list_processes(&self, team_id: &str, id: &str) -> Result<ProcessList, ApiError> {
+    pub async fn list_processes(
+        &self,
+        team_id: &TeamId,
+        id: &SandboxId,
+    ) -> Result<ProcessList, ApiError> {
         let sb = self.running(team_id, id).await?;
         let agent = self.hosts.agent(&sb.host_id)?;
         let processes: Vec<ProcessInfo> = agent
@@ -112,8 +117,8 @@ impl App {
     /// `selector` and its process group.
     pub async fn kill_process(
         &self,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
         selector_text: &str,
         signal: Option<&str>,
     ) -> Result<(), ApiError> {
@@ -168,7 +173,7 @@ fn ending_when_stopped(app: Arc<App>, sb: SandboxRecord, session: ExecSession) -
                     None => return,
                 },
                 _ = check.tick() => {
-                    if let Err(e) = app.running(&sb.team_id, &sb.id).await {
+                    if let Err(e) = app.still_running(&sb).await {
                         let data = format!("{e}; attach again once it runs");
                         let _ = tx.send(ServerMessage::Error { data }).await;
                         return;

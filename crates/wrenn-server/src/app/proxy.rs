@@ -24,7 +24,7 @@ impl App {
                     "missing X-API-Key header (or Authorization: Bearer with an API key)".into(),
                 ))
             }
-            (_, Some(key)) => self.verify_api_key(key).await?,
+            (_, Some(key)) => self.verify_api_key(key).await?.into_string(),
             (ProxyAuth::Url, None) => self
                 .store
                 .find_sandbox(id)
@@ -33,7 +33,7 @@ impl App {
                 .team_id
                 .clone(),
         };
-        self.running(&team, id).await
+        self.running_record(&team, id).await
     }
 
     /// One proxied request or connection to `sb`, held until it ends.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use wrenn_types::api;
 use wrenn_types::envd;
+use wrenn_types::ids::{SandboxId, TeamId};
 
 /// The public view of a record: an operation under way shows as the nearest public status.
 pub(super) fn sandbox_view(s: &SandboxRecord) -> api::Sandbox {
@@ -54,7 +55,25 @@ impl App {
     /// The team's sandbox, if it is running: 404 unless the team has it, 409 unless it
     /// runs with no operation under way (an abandoned one is settled first). A request looks
     /// its sandbox up once with this and passes the record on.
-    pub async fn running(&self, team_id: &str, id: &str) -> Result<SandboxRecord, ApiError> {
+    pub async fn running(
+        &self,
+        team_id: &TeamId,
+        id: &SandboxId,
+    ) -> Result<SandboxRecord, ApiError> {
+        self.running_record(team_id.as_str(), id.as_str()).await
+    }
+
+    /// [`Self::running`] again for a sandbox a long request (a stream, a proxied connection)
+    /// holds: 404 once it is gone, 409 once it stopped running or an operation began.
+    pub async fn still_running(&self, sb: &SandboxRecord) -> Result<SandboxRecord, ApiError> {
+        self.running_record(&sb.team_id, &sb.id).await
+    }
+
+    pub(super) async fn running_record(
+        &self,
+        team_id: &str,
+        id: &str,
+    ) -> Result<SandboxRecord, ApiError> {
         let sb = self.sandbox(team_id, id).await?;
         let sb = self.settle_if_abandoned(sb).await?;
         require_running(&sb)?;
@@ -91,15 +110,19 @@ impl App {
         }
     }
 
-    pub async fn get_sandbox(&self, team_id: &str, id: &str) -> Result<api::Sandbox, ApiError> {
-        let rec = self.sandbox(team_id, id).await?;
+    pub async fn get_sandbox(
+        &self,
+        team_id: &TeamId,
+        id: &SandboxId,
+    ) -> Result<api::Sandbox, ApiError> {
+        let rec = self.sandbox(team_id.as_str(), id.as_str()).await?;
         Ok(self.shown(&rec, sandbox_view(&rec)))
     }
 
-    pub async fn list_sandboxes(&self, team_id: &str) -> Result<Vec<api::Sandbox>, ApiError> {
+    pub async fn list_sandboxes(&self, team_id: &TeamId) -> Result<Vec<api::Sandbox>, ApiError> {
         Ok(self
             .store
-            .list_sandboxes(team_id)
+            .list_sandboxes(team_id.as_str())
             .await?
             .iter()
             .map(|r| self.shown(r, sandbox_view(r)))
@@ -108,8 +131,8 @@ impl App {
 
     pub async fn exec(
         &self,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
         req: api::ExecRequest,
     ) -> Result<api::ExecResponse, ApiError> {
         let timeout = req.timeout_sec.unwrap_or(limits::DEFAULT_EXEC_TIMEOUT_SEC);
@@ -198,11 +221,15 @@ impl App {
         Duration::from_millis((sb.timeout_sec.max(1) as u64 * 1000 / 2).clamp(500, 5000))
     }
 
-    pub async fn ping(&self, team_id: &str, id: &str) -> Result<(), ApiError> {
-        if self.store.touch_sandbox(team_id, id, store::now()).await? {
+    pub async fn ping(&self, team_id: &TeamId, id: &SandboxId) -> Result<(), ApiError> {
+        if self
+            .store
+            .touch_sandbox(team_id.as_str(), id.as_str(), store::now())
+            .await?
+        {
             return Ok(());
         }
-        let sb = self.sandbox(team_id, id).await?;
+        let sb = self.sandbox(team_id.as_str(), id.as_str()).await?;
         Err(ApiError::NotRunning {
             id: sb.id.clone(),
             status: sb.state_word().into(),
@@ -230,8 +257,8 @@ impl App {
 
     pub async fn read_file(
         &self,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
         path: &str,
     ) -> Result<ByteStream, ApiError> {
         check_path(path)?;

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use wrenn_types::agent::{codes, SnapshotRequest};
 use wrenn_types::api;
+use wrenn_types::ids::{SandboxId, TeamId, TemplateName};
 use wrenn_types::observe::event::{SNAPSHOT_CREATE, SNAPSHOT_DELETE};
 
 fn template_view(t: &TemplateRecord) -> api::Template {
@@ -55,7 +56,7 @@ pub fn valid_template_name(name: &str) -> bool {
 impl App {
     pub async fn create_snapshot(
         self: &Arc<Self>,
-        team_id: &str,
+        team_id: &TeamId,
         req: api::CreateSnapshotRequest,
         overwrite: bool,
     ) -> Result<api::Template, ApiError> {
@@ -63,29 +64,35 @@ impl App {
             Some(n) => n,
             None => format!("snap-{}", auth::random_id(10)),
         };
-        if !valid_template_name(&name) {
-            return Err(ApiError::BadRequest(
-                "snapshot name must match [a-z0-9][a-z0-9._-]{0,62}".into(),
-            ));
+        let name = TemplateName::new(name).map_err(|_| {
+            ApiError::BadRequest("snapshot name must match [a-z0-9][a-z0-9._-]{0,62}".into())
+        })?;
+        if self.hosts.is_base_template(name.as_str()).await {
+            return Err(ApiError::ReservedName(name.into_string()));
         }
-        if self.hosts.is_base_template(&name).await {
-            return Err(ApiError::ReservedName(name));
+        if !overwrite
+            && self
+                .store
+                .get_template(team_id.as_str(), name.as_str())
+                .await?
+                .is_some()
+        {
+            return Err(ApiError::SnapshotExists(name.into_string()));
         }
-        if !overwrite && self.store.get_template(team_id, &name).await?.is_some() {
-            return Err(ApiError::SnapshotExists(name));
-        }
-        let (team, sid) = (team_id.to_string(), req.sandbox_id.clone());
+        // A sandbox id that breaks the naming rule names no sandbox: 404, as an unknown one.
+        let sid = SandboxId::new(req.sandbox_id).map_err(|e| ApiError::SandboxNotFound(e.0))?;
+        let (team, key) = (team_id.clone(), sid.clone());
         let ran = self
             .run_op(
-                &req.sandbox_id,
+                key.as_str(),
                 Operation::Snapshotting,
                 move |app| async move {
-                    let tname = name.clone();
+                    let tname = name.to_string();
                     let r = app.snapshot_body(&team, &sid, name, overwrite).await;
-                    let meta = BTreeMap::from([("sandbox_id".to_string(), sid.clone())]);
+                    let meta = BTreeMap::from([("sandbox_id".to_string(), sid.to_string())]);
                     app.announce(
                         SNAPSHOT_CREATE,
-                        &team,
+                        team.as_str(),
                         ("template", &tname),
                         ApiKey,
                         meta,
@@ -104,9 +111,9 @@ impl App {
     /// Claims the sandbox, reserves the name, has the agent take the snapshot, records it.
     async fn snapshot_body(
         &self,
-        team_id: &str,
-        sandbox_id: &str,
-        name: String,
+        team_id: &TeamId,
+        sandbox_id: &SandboxId,
+        name: TemplateName,
         overwrite: bool,
     ) -> Result<TemplateRecord, ApiError> {
         // A capsule may be snapshotted paused too (the SDK's rule); a sandbox of the seed
@@ -122,9 +129,9 @@ impl App {
             })
             .await?;
         let r = SnapshotReservation {
-            team_id: team_id.into(),
-            name,
-            agent_name: agent_template_name(team_id),
+            team_id: team_id.to_string(),
+            name: name.into_string(),
+            agent_name: agent_template_name(team_id.as_str()),
             sandbox_id: sb.id.clone(),
             host_id: sb.host_id.clone(),
             overwrite,
@@ -139,7 +146,7 @@ impl App {
         if let Err(e) = reserved {
             self.release(sb).await;
             return Err(match e {
-                StoreError::Duplicate => self.name_taken(team_id, r.name, overwrite).await,
+                StoreError::Duplicate => self.name_taken(team_id.as_str(), r.name, overwrite).await,
                 e => e.into(),
             });
         }
@@ -197,7 +204,7 @@ impl App {
 
     pub async fn list_templates(
         &self,
-        team_id: &str,
+        team_id: &TeamId,
         kind: Option<&str>,
     ) -> Result<Vec<api::Template>, ApiError> {
         let (base, snap) = match kind {
@@ -224,7 +231,7 @@ impl App {
         if snap {
             out.extend(
                 self.store
-                    .list_templates(team_id)
+                    .list_templates(team_id.as_str())
                     .await?
                     .iter()
                     .map(template_view),
@@ -233,12 +240,18 @@ impl App {
         Ok(out)
     }
 
-    pub async fn delete_template(&self, team_id: &str, name: &str) -> Result<(), ApiError> {
-        let r = self.delete_template_body(team_id, name).await;
+    pub async fn delete_template(
+        &self,
+        team_id: &TeamId,
+        name: &TemplateName,
+    ) -> Result<(), ApiError> {
+        let r = self
+            .delete_template_body(team_id.as_str(), name.as_str())
+            .await;
         self.announce(
             SNAPSHOT_DELETE,
-            team_id,
-            ("template", name),
+            team_id.as_str(),
+            ("template", name.as_str()),
             ApiKey,
             no_meta(),
             &r,

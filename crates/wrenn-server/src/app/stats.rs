@@ -9,6 +9,7 @@ use crate::store::{self, Held};
 use chrono::DateTime;
 use std::collections::HashMap;
 use wrenn_types::agent::{codes, SandboxStatus};
+use wrenn_types::ids::{SandboxId, TeamId};
 use wrenn_types::observe::{
     CapsuleMetrics, CapsuleStats, StatsCurrent, StatsPeaks, StatsSeries, METRIC_RANGES,
 };
@@ -45,7 +46,7 @@ impl App {
     /// The team's stats over `range` (default `1h`).
     pub async fn stats(
         &self,
-        team_id: &str,
+        team_id: &TeamId,
         range: Option<&str>,
     ) -> Result<CapsuleStats, ApiError> {
         let name = range.unwrap_or(DEFAULT_STATS_RANGE);
@@ -54,7 +55,7 @@ impl App {
             .find(|r| r.0 == name)
             .ok_or_else(|| bad_range("range", name, &STATS_RANGES.map(|r| r.0)))?;
         let mut current = StatsCurrent::default();
-        for sb in self.store.list_sandboxes(team_id).await? {
+        for sb in self.store.list_sandboxes(team_id.as_str()).await? {
             if sb.status == SandboxStatus::Running {
                 current.running_count += 1;
                 current.vcpus_reserved += sb.vcpus;
@@ -66,7 +67,7 @@ impl App {
         let since = starts.first().copied().unwrap_or(now);
         let held: HashMap<i64, Held> = self
             .store
-            .team_held(team_id, since, step_s * 1000)
+            .team_held(team_id.as_str(), since, step_s * 1000)
             .await?
             .into_iter()
             .collect();
@@ -88,7 +89,7 @@ impl App {
         }
         let peak = self
             .store
-            .team_held(team_id, now - PEAK_WINDOW_MS, PEAK_WINDOW_MS + 1)
+            .team_held(team_id.as_str(), now - PEAK_WINDOW_MS, PEAK_WINDOW_MS + 1)
             .await?
             .first()
             .map(|p| p.1)
@@ -109,8 +110,8 @@ impl App {
     /// unless the team has it; no points while it has never run on a host.
     pub async fn capsule_metrics(
         &self,
-        team_id: &str,
-        id: &str,
+        team_id: &TeamId,
+        id: &SandboxId,
         range: Option<&str>,
     ) -> Result<CapsuleMetrics, ApiError> {
         let name = range.unwrap_or(DEFAULT_METRICS_RANGE);
@@ -118,14 +119,11 @@ impl App {
             .iter()
             .find(|r| r.0 == name)
             .ok_or_else(|| bad_range("range", name, &METRIC_RANGES.map(|r| r.0)))?;
-        if !wrenn_types::names::valid_name(id) {
-            return Err(ApiError::SandboxNotFound(id.chars().take(64).collect()));
-        }
         let sb = self
             .store
-            .get_sandbox(team_id, id)
+            .get_sandbox(team_id.as_str(), id.as_str())
             .await?
-            .ok_or_else(|| ApiError::SandboxNotFound(id.into()))?;
+            .ok_or_else(|| ApiError::SandboxNotFound(id.to_string()))?;
         let points = if matches!(sb.status, SandboxStatus::Running | SandboxStatus::Paused) {
             let agent = self.hosts.agent(&sb.host_id)?;
             match agent.sandbox_metrics(&sb.id, secs).await {

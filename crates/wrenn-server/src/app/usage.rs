@@ -24,6 +24,7 @@ use chrono::{DateTime, Duration as Days, NaiveDate, Utc};
 use std::collections::BTreeMap;
 use std::sync::Weak;
 use std::time::Duration;
+use wrenn_types::ids::TeamId;
 use wrenn_types::observe::{UsagePoint, UsageResponse};
 
 /// Time between two meter passes.
@@ -157,7 +158,7 @@ impl App {
     /// today, UTC), both included, a point for every day.
     pub async fn usage(
         &self,
-        team_id: &str,
+        team_id: &TeamId,
         from: Option<&str>,
         to: Option<&str>,
     ) -> Result<UsageResponse, ApiError> {
@@ -175,7 +176,7 @@ impl App {
         let (f, t) = (from.to_string(), to.to_string());
         let stored: BTreeMap<String, (i64, i64)> = self
             .store
-            .daily_usage(team_id, &f, &t)
+            .daily_usage(team_id.as_str(), &f, &t)
             .await?
             .into_iter()
             .map(|d| (d.day, (d.cpu_ms, d.ram_mb_ms)))

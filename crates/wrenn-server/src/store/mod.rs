@@ -262,7 +262,7 @@ impl SandboxRecord {
 
 /// A snapshot name held for a snapshot being taken: written before the agent is called, so
 /// two snapshots cannot both take one name; gone when the snapshot is committed or given up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SnapshotReservation {
     pub team_id: String,
     pub name: String,
@@ -277,7 +277,7 @@ pub struct SnapshotReservation {
 
 /// A team's snapshot template. `agent_name` is the opaque, globally unique name the host
 /// agent knows it by; `name` is unique per team only.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct TemplateRecord {
     pub id: String,
     pub team_id: String,

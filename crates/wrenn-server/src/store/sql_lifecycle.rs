@@ -6,7 +6,7 @@
 macro_rules! lifecycle_queries {
     ($db:ty) => {
         mod lifecycle {
-        use sqlx::Row as _;
+        use sqlx::{FromRow as _, Row as _};
         use chrono::{DateTime, Utc};
         use $crate::store::{
             Intent, SandboxRecord, SnapshotReservation, StoreError, TemplateRecord,
@@ -18,10 +18,15 @@ macro_rules! lifecycle_queries {
         const SANDBOX_COLS: &str = "id, team_id, host_id, status, template, vcpus, memory_mb, \
              timeout_sec, guest_ip, host_ip, created_at, started_at, last_active_at, last_updated, \
              op, op_owner, op_started_at, version";
+        // The columns of templates and reservations are named as the fields of
+        // `TemplateRecord` and `SnapshotReservation`, which `FromRow` maps by name.
         const TEMPLATE_COLS: &str =
             "id, team_id, name, agent_name, host_id, vcpus, memory_mb, size_bytes, created_at";
         const RESERVATION_COLS: &str =
             "team_id, name, agent_name, sandbox_id, host_id, overwrite, created_at";
+
+        const DELETE_RESERVATION: &str =
+            "DELETE FROM snapshot_reservations WHERE team_id = $1 AND name = $2";
 
         fn sandbox_row(r: &DbRow) -> Result<SandboxRecord, StoreError> {
             let status: String = r.try_get(3)?;
@@ -57,30 +62,39 @@ macro_rules! lifecycle_queries {
             })
         }
 
+        /// A template or a reservation from its row: the mapping is the struct's own
+        /// (`sqlx::FromRow`, by column name), the same for both databases.
         fn template_row(r: &DbRow) -> Result<TemplateRecord, StoreError> {
-            Ok(TemplateRecord {
-                id: r.try_get(0)?,
-                team_id: r.try_get(1)?,
-                name: r.try_get(2)?,
-                agent_name: r.try_get(3)?,
-                host_id: r.try_get(4)?,
-                vcpus: r.try_get(5)?,
-                memory_mb: r.try_get(6)?,
-                size_bytes: r.try_get(7)?,
-                created_at: r.try_get(8)?,
-            })
+            Ok(TemplateRecord::from_row(r)?)
         }
 
         fn reservation_row(r: &DbRow) -> Result<SnapshotReservation, StoreError> {
-            Ok(SnapshotReservation {
-                team_id: r.try_get(0)?,
-                name: r.try_get(1)?,
-                agent_name: r.try_get(2)?,
-                sandbox_id: r.try_get(3)?,
-                host_id: r.try_get(4)?,
-                overwrite: r.try_get(5)?,
-                created_at: r.try_get(6)?,
-            })
+            Ok(SnapshotReservation::from_row(r)?)
+        }
+
+        /// The row of `sql` (whose `$1` is a team id and `$2` a key within the team: a sandbox
+        /// id or a template name) mapped by `map`: the one shape of every lookup by team and key.
+        async fn by_team_key<'e, T>(
+            ex: impl sqlx::Executor<'e, Database = $db>,
+            sql: &str,
+            team_id: &str,
+            key: &str,
+            map: fn(&DbRow) -> Result<T, StoreError>,
+        ) -> Result<Option<T>, StoreError> {
+            let row = sqlx::query(sql).bind(team_id).bind(key).fetch_optional(ex).await?;
+            row.as_ref().map(map).transpose()
+        }
+
+        /// Runs `sql` with a team id as `$1` and a key within the team as `$2`: whether it
+        /// touched a row.
+        async fn exec_team_key<'e>(
+            ex: impl sqlx::Executor<'e, Database = $db>,
+            sql: &str,
+            team_id: &str,
+            key: &str,
+        ) -> Result<bool, StoreError> {
+            let r = sqlx::query(sql).bind(team_id).bind(key).execute(ex).await?;
+            Ok(r.rows_affected() > 0)
         }
 
         async fn sandboxes_where(
@@ -135,12 +149,7 @@ macro_rules! lifecycle_queries {
             id: &str,
         ) -> Result<Option<SandboxRecord>, StoreError> {
             let q = format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND id = $2");
-            let row = sqlx::query(&q)
-                .bind(team_id)
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
-            row.as_ref().map(sandbox_row).transpose()
+            by_team_key(pool, &q, team_id, id, sandbox_row).await
         }
 
         pub async fn find_sandbox(
@@ -262,12 +271,7 @@ macro_rules! lifecycle_queries {
         ) -> Result<Option<TemplateRecord>, StoreError> {
             let q =
                 format!("SELECT {TEMPLATE_COLS} FROM templates WHERE team_id = $1 AND name = $2");
-            let row = sqlx::query(&q)
-                .bind(team_id)
-                .bind(name)
-                .fetch_optional(pool)
-                .await?;
-            row.as_ref().map(template_row).transpose()
+            by_team_key(pool, &q, team_id, name, template_row).await
         }
 
         pub async fn list_templates(
@@ -334,12 +338,7 @@ macro_rules! lifecycle_queries {
             team_id: &str,
             name: &str,
         ) -> Result<bool, StoreError> {
-            let r = sqlx::query("DELETE FROM snapshot_reservations WHERE team_id = $1 AND name = $2")
-                .bind(team_id)
-                .bind(name)
-                .execute(pool)
-                .await?;
-            Ok(r.rows_affected() > 0)
+            exec_team_key(pool, DELETE_RESERVATION, team_id, name).await
         }
 
         pub async fn commit_snapshot(
@@ -349,18 +348,9 @@ macro_rules! lifecycle_queries {
         ) -> Result<Option<TemplateRecord>, StoreError> {
             let mut tx = pool.begin().await?;
             // A write first (see reserve_snapshot).
-            sqlx::query("DELETE FROM snapshot_reservations WHERE team_id = $1 AND name = $2")
-                .bind(&t.team_id)
-                .bind(&t.name)
-                .execute(&mut *tx)
-                .await?;
+            exec_team_key(&mut *tx, DELETE_RESERVATION, &t.team_id, &t.name).await?;
             let q = format!("SELECT {TEMPLATE_COLS} FROM templates WHERE team_id = $1 AND name = $2");
-            let old = sqlx::query(&q)
-                .bind(&t.team_id)
-                .bind(&t.name)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let old = old.as_ref().map(template_row).transpose()?;
+            let old = by_team_key(&mut *tx, &q, &t.team_id, &t.name, template_row).await?;
             match &old {
                 Some(o) => {
                     sqlx::query(
@@ -396,11 +386,8 @@ macro_rules! lifecycle_queries {
                         .await?;
                 }
             }
-            sqlx::query("DELETE FROM sandboxes WHERE team_id = $1 AND id = $2")
-                .bind(&t.team_id)
-                .bind(sandbox_id)
-                .execute(&mut *tx)
-                .await?;
+            let q = "DELETE FROM sandboxes WHERE team_id = $1 AND id = $2";
+            exec_team_key(&mut *tx, q, &t.team_id, sandbox_id).await?;
             tx.commit().await?;
             Ok(old)
         }
@@ -413,12 +400,7 @@ macro_rules! lifecycle_queries {
             let q = format!(
                 "DELETE FROM templates WHERE team_id = $1 AND name = $2 RETURNING {TEMPLATE_COLS}"
             );
-            let row = sqlx::query(&q)
-                .bind(team_id)
-                .bind(name)
-                .fetch_optional(pool)
-                .await?;
-            row.as_ref().map(template_row).transpose()
+            by_team_key(pool, &q, team_id, name, template_row).await
         }
 
         pub async fn host_template_names(

@@ -5,5 +5,6 @@
 mod support;
 
 mod accounts;
+mod ids;
 mod sandboxes;
 mod snapshots;

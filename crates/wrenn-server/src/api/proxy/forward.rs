@@ -143,7 +143,7 @@ where
             tokio::select! {
                 _ = &mut work => break,
                 _ = tick.tick() => {
-                    if app.running(&sb.team_id, &sb.id).await.is_err() {
+                    if app.still_running(&sb).await.is_err() {
                         break;
                     }
                     app.stream_activity(&sb).await;
