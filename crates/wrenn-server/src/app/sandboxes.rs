@@ -99,6 +99,16 @@ impl App {
         })
     }
 
+    /// [`App::touch`] in a task of its own: nothing waits for it.
+    fn touch_later(&self, sb: &SandboxRecord) {
+        let (store, team, id) = (self.store.clone(), sb.team_id.clone(), sb.id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_sandbox(&team, &id, store::now()).await {
+                tracing::warn!(sandbox = %id, error = %e, "recording activity failed");
+            }
+        });
+    }
+
     /// Marks activity while an exec or stream runs, and at its end.
     async fn touch(&self, sb: &SandboxRecord) {
         if let Err(e) = self
@@ -172,7 +182,9 @@ impl App {
                 }
             }
         };
-        self.touch(&sb).await;
+        // The exec's end is activity too, recorded without holding up its answer (a
+        // database commit, with an fsync, per exec).
+        self.touch_later(&sb);
         Ok(api::ExecResponse {
             sandbox_id: sb.id,
             cmd: req.cmd,

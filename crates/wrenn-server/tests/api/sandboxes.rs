@@ -503,3 +503,37 @@ async fn files() {
         assert_error(r, 409, "sandbox_not_running").await;
     }
 }
+
+/// The end of an exec counts as activity (for the idle reaper), also now that it is recorded
+/// after the answer: a sandbox's `last_active_at` comes to lie after a long exec ended.
+#[tokio::test]
+async fn an_exec_end_is_recorded_as_activity() {
+    let t = TestServer::start().await;
+    let acc = t.account("exec-end@example.com").await;
+    let k = acc.key.as_str();
+    // A long idle timeout: no keep-alive mark falls inside the exec.
+    let id = t.sandbox(k, json!({"timeout_sec": 3600})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let active = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v["last_active_at"].as_str().unwrap()).unwrap()
+    };
+    let began = chrono::Utc::now();
+    let r = t
+        .exec(k, &id, json!({"cmd": "sleep", "args": ["1.5"]}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let at = active(&t.get(k, &id).await.unwrap());
+        if at >= began + chrono::Duration::milliseconds(1400) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "last activity {at} still at the exec's start ({began})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
