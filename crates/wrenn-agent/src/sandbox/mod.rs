@@ -41,6 +41,7 @@ pub mod disk;
 mod lifecycle;
 mod metrics;
 mod network;
+mod pause;
 mod pool;
 pub mod records;
 mod recover;

@@ -6,7 +6,8 @@
 //! re-attach; and on a clean shutdown it lets go of its VMs without stopping them. It must not start or
 //! restore VMs: a sandbox found here runs on in the QEMU it already had, or not at all.
 
-use super::lifecycle::{kill_left_qemu, put_next_state_in_place, sync_paused_files};
+use super::lifecycle::kill_left_qemu;
+use super::pause::{put_next_state_in_place, sync_paused_files};
 use super::records::{self, Op, RamMode, SandboxOnDisk, NEXT_STATE_FILE, OWN_RAM_FILE};
 use super::templates::{remove_temp_dirs, template_from};
 use super::{

@@ -5,7 +5,8 @@
 //! template removes its names only: sandboxes made from it keep their hard links. It must not
 //! change a sandbox other than the one being snapshotted, nor the base images.
 
-use super::lifecycle::{retire_sandbox_dir, wait_idle};
+use super::lifecycle::retire_sandbox_dir;
+use super::pause::wait_idle;
 use super::records::{self, ImageMeta, Op, RamMode, SandboxOnDisk};
 use super::{
     blocking, disk, ensure_present, io, now_rfc3339, pre_exec_in, spec_for, valid_name, Manager,
