@@ -34,7 +34,7 @@
 
 //!
 //! Files: [`config`] (the pool's settings and their checks), [`error`] (`NetError`),
-//! [`pool`] (handing out, taking back and refilling slots), [`watch`] (the rules watcher),
+//! [`pool`] (handing out and refilling slots), [`release`] (taking them back), [`watch`] (the rules watcher),
 //! [`leaks`] (finding what of a prefix is on the host), [`slot`] (one slot's resources),
 //! [`egress`] and [`host_rules`] (the two layers of rules), [`policy`] (a sandbox's own
 //! allow and deny lists, resolved, and the host's directly connected networks), [`ruleset`]
@@ -49,6 +49,7 @@ mod leaks;
 mod netns;
 pub mod policy;
 mod pool;
+mod release;
 mod ruleset;
 mod slot;
 #[cfg(test)]

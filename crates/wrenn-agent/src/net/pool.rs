@@ -1,8 +1,9 @@
-//! [`SlotPool`]: the slots of one prefix. Hands slots out (ready ones first), takes them back
-//! (reset for reuse or removed), keeps `pool_size` ready from a background thread, claims the
+//! [`SlotPool`]: the slots of one prefix. Hands slots out (ready ones first, else a new one, else
+//! waits for one being released), keeps `pool_size` ready from a background thread, claims the
 //! slots of VMs that outlived a restart, and removes everything of its prefix on shutdown.
-//! Building and removing one slot is [`super::slot`]'s; checking the rules is
-//! [`super::watch`]'s; finding what is on the host is [`super::leaks`]'s.
+//! Taking slots back is [`super::release`]'s; building and removing one slot is
+//! [`super::slot`]'s; checking the rules is [`super::watch`]'s; finding what is on the host is
+//! [`super::leaks`]'s.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::Ipv4Addr;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use super::egress::Ipv4Cidr;
 use super::leaks::list;
 use super::policy::{self, SandboxEgress};
+use super::release::RELEASE_WAIT;
 use super::ruleset::RuleSet;
 use super::slot::{self, Extra, Names, Slot};
 use super::{host_rules, EgressPolicy, NetConfig, NetError};
@@ -21,19 +23,24 @@ use super::{host_rules, EgressPolicy, NetConfig, NetError};
 #[derive(Default)]
 pub(super) struct State {
     /// Created slots waiting to be handed out.
-    ready: VecDeque<Slot>,
+    pub(super) ready: VecDeque<Slot>,
     /// Every index that has resources or is being built (ready, in use, kept, being created).
-    reserved: BTreeSet<u32>,
+    pub(super) reserved: BTreeSet<u32>,
     /// Indices handed out (acquired or adopted) and not yet released.
-    in_use: BTreeSet<u32>,
+    pub(super) in_use: BTreeSet<u32>,
     /// Indices of a previous run's running VMs, waiting for [`SlotPool::adopt`].
     kept: BTreeSet<u32>,
     /// Slots the background thread is creating right now.
-    creating: usize,
+    pub(super) creating: usize,
+    /// Released slots whose reset or removal is still under way (see
+    /// [`SlotPool::release_in_background`]); their indices stay reserved until it ends.
+    pub(super) releasing: usize,
+    /// Of those, the ones being reset to go back to `ready`.
+    pub(super) resetting: usize,
     /// The background thread must stop.
     pub(super) stopping: bool,
     /// [`SlotPool::shutdown`] was called: nothing is handed out any more.
-    closed: bool,
+    pub(super) closed: bool,
     /// The host's own addresses and its directly connected networks, as last read.
     pub(super) host_addrs: Vec<Ipv4Addr>,
     pub(super) host_nets: Vec<Ipv4Cidr>,
@@ -62,7 +69,7 @@ pub(super) struct Inner {
     /// The prefix's host rules.
     pub(super) host_rules: RuleSet,
     /// Whether the `conntrack` tool is installed: released slots are then reset and reused.
-    conntrack: bool,
+    pub(super) conntrack: bool,
     state: Mutex<State>,
     pub(super) wake: Condvar,
 }
@@ -122,22 +129,35 @@ impl Inner {
     fn acquire(&self) -> Result<Slot, NetError> {
         let index = {
             let mut st = self.lock();
-            if st.closed {
-                return Err(NetError::ShutDown(self.cfg.prefix.clone()));
+            let deadline = std::time::Instant::now() + RELEASE_WAIT;
+            loop {
+                if st.closed {
+                    return Err(NetError::ShutDown(self.cfg.prefix.clone()));
+                }
+                if let Some(slot) = st.ready.pop_front() {
+                    st.in_use.insert(slot.index);
+                    self.wake.notify_all();
+                    return Ok(slot);
+                }
+                if let Some(index) = st.free_index(&self.cfg) {
+                    st.reserved.insert(index);
+                    break index;
+                }
+                // Every index is taken, but a released slot may come back (reset) or be freed
+                // (removed) in a moment: wait for that rather than refuse.
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if st.releasing == 0 || left.is_zero() {
+                    return Err(NetError::Exhausted {
+                        prefix: self.cfg.prefix.clone(),
+                        max_slots: self.cfg.max_slots,
+                    });
+                }
+                st = self
+                    .wake
+                    .wait_timeout(st, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
-            if let Some(slot) = st.ready.pop_front() {
-                st.in_use.insert(slot.index);
-                self.wake.notify_all();
-                return Ok(slot);
-            }
-            let index = st
-                .free_index(&self.cfg)
-                .ok_or_else(|| NetError::Exhausted {
-                    prefix: self.cfg.prefix.clone(),
-                    max_slots: self.cfg.max_slots,
-                })?;
-            st.reserved.insert(index);
-            index
         };
         let created = self.create_slot(index);
         let mut st = self.lock();
@@ -162,54 +182,6 @@ impl Inner {
         }
     }
 
-    fn release(&self, slot: Slot) -> Result<(), NetError> {
-        let had_own_rules;
-        let reuse = {
-            let mut st = self.lock();
-            if !st.in_use.remove(&slot.index) {
-                return Err(NetError::Unknown {
-                    prefix: self.cfg.prefix.clone(),
-                    index: slot.index,
-                    reason: "released but not in use",
-                });
-            }
-            had_own_rules = st.sandbox.remove(&slot.index).is_some();
-            self.conntrack && !st.closed && st.ready.len() + st.creating < self.cfg.pool_size
-        };
-        if reuse {
-            // A slot whose sandbox had its own rules gets the default ones back first.
-            let reset = if had_own_rules {
-                self.restore_slot(slot.index).map(drop)
-            } else {
-                Ok(())
-            };
-            match reset.and_then(|()| slot::reset(&self.cfg.prefix, &slot)) {
-                Ok(()) => {
-                    let mut st = self.lock();
-                    if !st.closed {
-                        st.ready.push_back(slot);
-                        self.wake.notify_all();
-                        return Ok(());
-                    }
-                }
-                Err(err) => tracing::warn!(%err, "resetting a network slot failed; removing it"),
-            }
-        }
-        self.remove(slot.index)
-    }
-
-    /// Tears down a reserved index and frees it; on failure the index stays reserved so it is
-    /// not handed out again while something of it is left.
-    fn remove(&self, index: u32) -> Result<(), NetError> {
-        let result = slot::destroy(&self.cfg.prefix, index, self.conntrack);
-        let mut st = self.lock();
-        if result.is_ok() {
-            st.reserved.remove(&index);
-        }
-        self.wake.notify_all();
-        result
-    }
-
     /// The background refill loop: keeps `pool_size` slots ready until told to stop.
     fn refill(&self) {
         loop {
@@ -219,7 +191,7 @@ impl Inner {
                     if st.stopping {
                         return;
                     }
-                    if st.ready.len() + st.creating < self.cfg.pool_size {
+                    if st.ready.len() + st.creating + st.resetting < self.cfg.pool_size {
                         if let Some(i) = st.free_index(&self.cfg) {
                             st.reserved.insert(i);
                             st.creating += 1;
@@ -394,20 +366,6 @@ impl SlotPool {
         self.inner.acquire()
     }
 
-    /// Takes a slot back once its VM has ended: resets it and returns it to the pool, or removes
-    /// it (namespace, veths, route, tracked connections). Nothing of the old sandbox remains.
-    pub async fn release(&self, slot: Slot) -> Result<(), NetError> {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.release(slot))
-            .await
-            .map_err(|e| NetError::Task(e.to_string()))?
-    }
-
-    /// Blocking form of [`SlotPool::release`].
-    pub fn release_blocking(&self, slot: Slot) -> Result<(), NetError> {
-        self.inner.release(slot)
-    }
-
     /// Claims a slot kept at [`SlotPool::start`] for a VM that survived the restart.
     pub fn adopt(&self, index: u32) -> Result<Slot, NetError> {
         let mut st = self.inner.lock();
@@ -488,6 +446,7 @@ impl SlotPool {
     /// network. For a clean agent shutdown that leaves nothing idle behind.
     pub fn close_idle(&self) -> Result<(), NetError> {
         self.stop_worker();
+        self.inner.wait_released();
         let idle: Vec<u32> = {
             let mut st = self.inner.lock();
             st.ready.drain(..).map(|slot| slot.index).collect()
@@ -508,6 +467,7 @@ impl SlotPool {
     /// by callers become invalid; releasing them afterwards is an error.
     pub fn shutdown(&self) -> Result<(), NetError> {
         self.stop_worker();
+        self.inner.wait_released();
         let indices: Vec<u32> = {
             let mut st = self.inner.lock();
             st.closed = true;

@@ -303,3 +303,31 @@ async fn close_idle_removes_ready_slots_and_keeps_the_ones_in_use() {
     assert_eq!(pool.ready(), 0);
     pool.release(held).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_released_in_background_is_waited_for_not_refused() {
+    // One slot in all: while it is being reset, an acquire can only get it back.
+    let cfg = config(6, 1, 1);
+    let pool = SlotPool::new(cfg.clone()).unwrap();
+    let _guard = Guard(Arc::clone(&pool));
+    wait_ready(&pool, 1);
+    let a = pool.acquire().await.unwrap();
+    let index = a.index;
+    pool.release_in_background(a).unwrap();
+    let again = pool.acquire().await.unwrap();
+    assert_eq!(again.index, index);
+    assert!(again.netns_path.exists());
+
+    // A clean stop waits for a release under way: nothing idle is left behind.
+    pool.release_in_background(again).unwrap();
+    pool.close_idle().unwrap();
+    assert_eq!(pool.ready(), 0);
+    assert_eq!(
+        list(&cfg.prefix)
+            .unwrap()
+            .into_iter()
+            .filter_map(|f| f.index)
+            .count(),
+        0
+    );
+}
