@@ -16,8 +16,9 @@ use wrenn_types::agent::{SandboxInfo, SandboxStatus};
 
 impl Manager {
     /// Pauses a running sandbox to files: device state (and RAM, for a clone that has never
-    /// been paused) saved, QEMU ended, slot released, files durable. Waits up to
-    /// [`PAUSE_WAITS_FOR_ACTIVITY`] for execs and file transfers under way to end, else refuses.
+    /// been paused) saved, QEMU ended, slot released (reset after the answer), files durable.
+    /// Waits up to [`PAUSE_WAITS_FOR_ACTIVITY`] for execs and file transfers under way to end,
+    /// else refuses.
     pub async fn pause(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
         let id = id.to_string();
         self.run_to_end("pause", move |m| async move { m.pause_now(&id).await })
@@ -71,37 +72,52 @@ impl Manager {
             return Err(e);
         }
         let t_saved = t0.elapsed();
-        // A stopped, saved guest writes no more RAM: its RAM file (a large sync) is synced
-        // while QEMU ends and its slot is released.
-        let ram_file = (inner.rec.ram.after_pause() == RamMode::OwnFile)
-            .then(|| dir.join(OWN_RAM_FILE))
+        // A stopped, saved guest writes no more RAM, and its disk was flushed when the save
+        // ended: every file it is made of is synced while QEMU ends, side by side. The disk
+        // overlay is synced once more after QEMU has ended, in case its exit wrote to it (a
+        // sync with nothing to write is nearly free). The slot is reset (or removed) after
+        // the answer: nothing of the pause depends on it, and it is handed out again only
+        // once reset.
+        let after_pause = inner.rec.ram.after_pause();
+        let files = paused_files(&dir, after_pause, &inner.rec.layers);
+        let overlay: Vec<PathBuf> = inner
+            .rec
+            .layers
+            .last()
+            .map(|l| dir.join(l))
             .into_iter()
             .collect();
         let slot = inner.slot.take();
+        inner.rec.slot = None;
+        inner.rec.host_ip.clear();
         let id = inner.rec.id.clone();
         let ended = async {
             vm.quit().await?;
             let t_quit = t0.elapsed();
             if let Some(slot) = slot {
-                if let Err(e) = self.pool.release(slot).await {
+                if let Err(e) = self.pool.release_in_background(slot) {
                     tracing::warn!(sandbox = %id, "releasing network slot: {e}");
                 }
             }
+            self.fail("agent.pause.after_stop").await?;
+            sync_files(overlay).await?;
             Ok::<_, SandboxError>(t_quit)
         };
-        let (ended, ram_synced) = tokio::join!(ended, sync_files(ram_file));
-        let t_quit = ended?;
-        let t_ended = t0.elapsed();
-        let finished = match ram_synced {
-            Ok(()) => self.finish_pause(inner, &dir).await,
-            Err(e) => Err(e),
+        let (ended, synced) = tokio::join!(ended, sync_files(files));
+        let finished = match (ended, synced) {
+            (Ok(t_quit), Ok(())) => {
+                let t_synced = t0.elapsed();
+                let r = self.finish_pause(inner, &dir, after_pause);
+                tracing::debug!(
+                    sandbox = %inner.rec.id,
+                    "saved {t_saved:?}, QEMU ended {t_quit:?}, files synced {t_synced:?}, \
+                     paused {:?}",
+                    t0.elapsed()
+                );
+                r
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
         };
-        tracing::debug!(
-            sandbox = %inner.rec.id,
-            "saved {t_saved:?}, QEMU ended {t_quit:?}, slot released and RAM synced {t_ended:?}, \
-             paused {:?}",
-            t0.elapsed()
-        );
         if let Err(e) = finished {
             mark_error_keep_files(
                 &dir,
@@ -113,12 +129,14 @@ impl Manager {
         self.fail("agent.pause.after_record").await
     }
 
-    async fn finish_pause(&self, inner: &mut Inner, dir: &Path) -> Result<(), SandboxError> {
-        self.fail("agent.pause.after_stop").await?;
-        inner.rec.slot = None;
-        inner.rec.host_ip.clear();
-        inner.rec.ram = inner.rec.ram.after_pause();
-        sync_files(paused_files(dir, &inner.rec, false)).await?;
+    /// Records a pause whose files are durable: `paused`, the new state put in place.
+    fn finish_pause(
+        &self,
+        inner: &mut Inner,
+        dir: &Path,
+        ram: RamMode,
+    ) -> Result<(), SandboxError> {
+        inner.rec.ram = ram;
         inner.rec.status = SandboxStatus::Paused;
         inner.rec.op = None;
         records::write_json(&dir.join("sandbox.json"), &inner.rec).map_err(io("write record"))?;
@@ -145,39 +163,39 @@ pub(super) async fn wait_idle(e: &Entry) -> Result<(), SandboxError> {
 /// Makes a paused sandbox's files durable before it is recorded paused: the saved state, its
 /// RAM file when the RAM is there, the disk overlay, and the directory.
 pub(super) async fn sync_paused_files(dir: &Path, rec: &SandboxOnDisk) -> Result<(), SandboxError> {
-    sync_files(paused_files(dir, rec, true)).await
+    sync_files(paused_files(dir, rec.ram, &rec.layers)).await
 }
 
-/// The files a paused sandbox `rec` is made of, its directory last; its RAM file only if
-/// `with_ram` (a pause syncs that one while QEMU ends).
-fn paused_files(dir: &Path, rec: &SandboxOnDisk, with_ram: bool) -> Vec<PathBuf> {
+/// The files a paused sandbox is made of, by its RAM mode and disk layers (as recorded once
+/// paused), and its directory: the saved state, its RAM file when it has one of its own, its
+/// disk overlay.
+fn paused_files(dir: &Path, ram: RamMode, layers: &[String]) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = vec![dir.join(NEXT_STATE_FILE)];
-    if with_ram && rec.ram == RamMode::OwnFile {
+    if ram == RamMode::OwnFile {
         files.push(dir.join(OWN_RAM_FILE));
     }
-    if let Some(top) = rec.layers.last() {
-        files.push(dir.join(top));
-    }
+    files.extend(layers.last().map(|top| dir.join(top)));
     files.push(dir.to_path_buf());
     files
 }
 
-/// Syncs `files` to disk in order; a missing one is skipped.
+/// Syncs `files` to disk, each on a thread of its own (a filesystem serves concurrent syncs
+/// together); a missing one is skipped. All have ended when this returns.
 async fn sync_files(files: Vec<PathBuf>) -> Result<(), SandboxError> {
-    if files.is_empty() {
-        return Ok(());
-    }
-    blocking("sync paused files", move || {
-        for f in files {
+    let syncs = files.into_iter().map(|f| {
+        blocking("sync paused files", move || {
             match std::fs::File::open(&f) {
                 Ok(h) => h.sync_all().map_err(io("sync paused files"))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io("sync paused files")(e)),
             }
-        }
-        Ok::<(), SandboxError>(())
-    })
-    .await
+            Ok::<(), SandboxError>(())
+        })
+    });
+    futures_util::future::join_all(syncs)
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// Puts a finished pause's state (`state.next`) in place as `state`, if it is still there.
