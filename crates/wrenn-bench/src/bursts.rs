@@ -1,7 +1,7 @@
-//! The agent's bursts of creates: N creates at once on the sandbox manager (no HTTP, no
-//! control plane), without the warm pool and then with it filled ahead, each with its wall
-//! time and the host's busy CPU time over the burst. Every sandbox made is destroyed here and
-//! the pool is turned off again.
+//! Bursts of creates with their wall time and the host's busy CPU time over the burst: N
+//! creates at once on the sandbox manager (no HTTP, no control plane) without the warm pool,
+//! and N at once through the public API with the pool filled ahead. Every sandbox made is
+//! destroyed here and the pool is turned off again.
 
 use crate::report::Op;
 use crate::runs::{record, timed, Bench, MEMORY_MB};
@@ -9,8 +9,8 @@ use anyhow::{anyhow, Result};
 use std::time::{Duration, Instant};
 use wrenn_agent::sandbox::{Manager, PoolConfig};
 
-/// Clones a shape's pool holds for the pooled burst (the most `wrenn up --pool-size` takes).
-const POOL_SIZE: usize = 16;
+/// Clones a shape's pool holds for the pooled burst: as many as the burst has creates.
+const POOL_SIZE: usize = 30;
 /// Longest wait for the pool to be refilled.
 const REFILL_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -31,10 +31,11 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// The largest burst with the pool on and filled: a first burst of [`POOL_SIZE`] misses
-    /// raises the shape's target to [`POOL_SIZE`]; once the refill has made that many clones
-    /// (its time and the host memory they take are noted), the burst takes them first.
-    pub async fn agent_pooled_burst(&mut self) -> Result<()> {
+    /// The largest burst through the public API with the pool on and filled: a first burst of
+    /// [`POOL_SIZE`] misses on the agent raises the shape's target to [`POOL_SIZE`]; once the
+    /// refill has made that many clones (its time and the host memory they take are noted),
+    /// the burst takes them first.
+    pub async fn pooled_burst(&mut self) -> Result<()> {
         if !self.plan.pooled_burst {
             eprintln!("    skipped (full mode or --only)");
             return Ok(());
@@ -68,22 +69,44 @@ impl Bench<'_> {
             let per_clone_mb =
                 before.saturating_sub(crate::host::mem_available_mb()) as f64 / POOL_SIZE as f64;
             let mut op = Op::new(
-                &format!("agent_create_concurrent_{n}_pool"),
+                &format!("create_concurrent_{n}_pool"),
                 &format!("create, {n} at once, {POOL_SIZE} pooled (each)"),
                 "ms",
             );
-            let note = burst(&mgr, &mut op, n).await;
+            let note = self.api_burst(&mut op, n).await?;
             op.note = Some(format!(
                 "{note}; the pool's {POOL_SIZE} clones were made in {refill:.0} s \
                  ({:.2} s of host CPU and {per_clone_mb:.0} MB of host memory each)",
                 busy / POOL_SIZE as f64
             ));
-            self.agent.ops.push(op);
+            self.api.ops.push(op);
             Ok(())
         }
         .await;
         mgr.set_pool_config(PoolConfig::OFF).await;
         r
+    }
+}
+
+impl Bench<'_> {
+    /// `n` creates at once through the public API, each recorded into `op`, then all
+    /// destroyed; returns the note, as [`burst`]'s.
+    async fn api_burst(&self, op: &mut Op, n: usize) -> Result<String> {
+        let api = &self.sys.api;
+        let started = Instant::now();
+        let busy = crate::host::cpu_busy_s();
+        let results =
+            futures_util::future::join_all((0..n).map(|_| timed(api.create(MEMORY_MB)))).await;
+        let wall = started.elapsed();
+        let busy = crate::host::cpu_busy_s() - busy;
+        let ids: Vec<String> = results
+            .into_iter()
+            .filter_map(|r| record(op, r).ok())
+            .collect();
+        for d in futures_util::future::join_all(ids.iter().map(|id| api.destroy(id))).await {
+            d?;
+        }
+        Ok(burst_note(ids.len(), n, wall, busy))
     }
 }
 
@@ -109,6 +132,12 @@ async fn burst(mgr: &Manager, op: &mut Op, n: usize) -> String {
         }
     }
     futures_util::future::join_all(ids.iter().map(|id| mgr.destroy(id))).await;
+    burst_note(made, n, wall, busy)
+}
+
+/// What a burst's note says: how many of `n` were made, its wall time and the host's busy CPU
+/// time over it.
+fn burst_note(made: usize, n: usize, wall: Duration, busy: f64) -> String {
     format!(
         "{made} of {n} created in {:.1} s wall time; host CPU busy {busy:.1} s ({:.0} ms a \
          create)",

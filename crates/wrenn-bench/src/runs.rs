@@ -152,9 +152,7 @@ impl<'a> Bench<'a> {
             ("file throughput", |b| Box::pin(b.files())),
             ("concurrent creates", |b| Box::pin(b.concurrent())),
             ("agent bursts", |b| Box::pin(b.agent_bursts())),
-            ("agent bursts from the warm pool", |b| {
-                Box::pin(b.agent_pooled_burst())
-            }),
+            ("bursts from the warm pool", |b| Box::pin(b.pooled_burst())),
             ("gVisor, the raw limit and the warm pool", |b| {
                 Box::pin(b.peers())
             }),
