@@ -13,6 +13,7 @@ mod report;
 mod runs;
 mod stats;
 mod system;
+mod targets;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -74,8 +75,11 @@ async fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
     if let Some(json) = &args.redraw {
         let text = std::fs::read(json).with_context(|| format!("read {}", json.display()))?;
-        let report: report::Report = serde_json::from_slice(&text)
+        let mut report: report::Report = serde_json::from_slice(&text)
             .with_context(|| format!("{} is not a wrenn-bench report", json.display()))?;
+        if report.targets.is_empty() {
+            report.targets = targets::check(&report);
+        }
         print!("{}", report.table());
         let png = args.out.join("bench.png");
         chart::draw(&report, &png)?;

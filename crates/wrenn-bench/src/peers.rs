@@ -164,14 +164,17 @@ impl Bench<'_> {
                 let id = self.sys.api.create(MEMORY_MB).await?;
                 self.sys.api.destroy(&id).await?;
             }
+            let how = if pooled { "pool" } else { "no_pool" };
+            let where_from = if pooled { "from the pool" } else { "pool off" };
+            let mut create = Op::new(
+                &format!("wrenn_create_{how}"),
+                &format!("Wrenn: create (201, envd ready), {where_from}"),
+                "ms",
+            );
             for (what, argv) in [("echo", echo), ("python3", python)] {
-                let how = if pooled { "pool" } else { "no_pool" };
                 let mut op = Op::new(
                     &format!("wrenn_{what}_{how}"),
-                    &format!(
-                        "Wrenn: create + {what}, {}",
-                        if pooled { "from the pool" } else { "pool off" }
-                    ),
+                    &format!("Wrenn: create + {what}, {where_from}"),
                     "ms",
                 );
                 for _ in 0..n {
@@ -179,7 +182,8 @@ impl Bench<'_> {
                         wait_pooled(&mgr).await?;
                     }
                     let r = timed(async {
-                        let id = self.sys.api.create(MEMORY_MB).await?;
+                        let (id, created) = timed(self.sys.api.create(MEMORY_MB)).await;
+                        let id = record(&mut create, (id, created))?;
                         let out = self.sys.api.exec(&id, argv[0], &argv[1..]).await;
                         Ok::<_, anyhow::Error>((id, out))
                     })
@@ -201,6 +205,11 @@ impl Bench<'_> {
                 ));
                 self.peers.ops.push(op);
             }
+            create.note = Some(format!(
+                "{accel}; the create of each sample of the two rows below it"
+            ));
+            let at = self.peers.ops.len() - 2;
+            self.peers.ops.insert(at, create);
         }
         Ok(())
     }

@@ -80,6 +80,21 @@ pub struct Density {
     pub mem_available_after_mb: u64,
 }
 
+/// One speed target checked against the run (see `targets`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TargetRow {
+    pub what: String,
+    /// The goal, e.g. `<= 60 ms`.
+    pub goal: String,
+    /// The figure measured, if its rows ran.
+    pub measured: Option<f64>,
+    pub unit: String,
+    /// Whether the goal is met, if measured.
+    pub met: Option<bool>,
+    /// What stands beside it (a peer's median and the ratio to it), if anything.
+    pub beside: String,
+}
+
 /// Conditions of the run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Host {
@@ -105,11 +120,14 @@ pub struct Report {
     /// Median resume at 2048 MB over median resume at 256 MB (`first`, `later`); the design
     /// target is at most 1.3.
     pub resume_ratio_2048_vs_256: Option<(f64, f64)>,
+    /// The speed targets, checked (empty in reports written before they were).
+    #[serde(default)]
+    pub targets: Vec<TargetRow>,
     pub notes: Vec<String>,
 }
 
 impl Report {
-    /// Computes every operation's summary and the resume ratio.
+    /// Computes every operation's summary, the resume ratio and the targets.
     pub fn finish(&mut self) {
         for s in &mut self.sections {
             for op in &mut s.ops {
@@ -132,6 +150,7 @@ impl Report {
             (Some(f), Some(l)) => Some((f, l)),
             _ => None,
         };
+        self.targets = crate::targets::check(self);
     }
 
     /// The human-readable table.
@@ -233,10 +252,57 @@ impl Report {
                  (target: at most 1.3x)"
             );
         }
+        self.targets_table(&mut out);
         for n in &self.notes {
             let _ = writeln!(out, "note: {n}");
         }
         out
+    }
+
+    /// The targets, each with its goal, the figure measured, met or not, and its peer.
+    fn targets_table(&self, out: &mut String) {
+        if self.targets.is_empty() {
+            return;
+        }
+        let width = self
+            .targets
+            .iter()
+            .map(|t| t.what.len())
+            .max()
+            .unwrap_or(10);
+        let _ = writeln!(
+            out,
+            "\n[targets] medians against the speed targets ({}, this host)",
+            self.accel.to_uppercase()
+        );
+        let _ = writeln!(
+            out,
+            "{:<width$} {:>12} {:>10} {:>5}   beside",
+            "target", "goal", "measured", "met"
+        );
+        for t in &self.targets {
+            let measured = t
+                .measured
+                .map(|m| match t.unit.as_str() {
+                    "" => format!("{m:.0}"),
+                    unit => format!("{} {unit}", num(m)),
+                })
+                .unwrap_or_else(|| "-".into());
+            let met = match t.met {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            };
+            let _ = writeln!(
+                out,
+                "{:<width$} {:>12} {:>10} {:>5}   {}",
+                t.what,
+                t.goal,
+                measured.trim(),
+                met,
+                t.beside
+            );
+        }
     }
 }
 

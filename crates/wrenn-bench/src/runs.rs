@@ -467,6 +467,14 @@ impl<'a> Bench<'a> {
                 ids.len(),
                 wall.as_secs_f64()
             ));
+            if ids.len() == n {
+                let w = self.api_op(
+                    &format!("burst_wall_{n}"),
+                    &format!("{n} creates at once, wall time"),
+                    "ms",
+                );
+                self.api.ops[w].add(ms(wall));
+            }
             let destroyed =
                 futures_util::future::join_all(ids.iter().map(|id| self.sys.api.destroy(id))).await;
             for d in destroyed {
