@@ -136,6 +136,40 @@ impl ChildAgent {
             .exists()
     }
 
+    /// The sandbox's QEMU runs in the groups named for the sandbox's directory (the pooled
+    /// clone's groups, renamed), with its memory limit, and the pool's groups are gone.
+    fn assert_own_cgroups(&self, id: &str) {
+        use wrenn_agent::vmm::cgroup;
+        let Some(cg) = cgroup::cgroups() else {
+            eprintln!("no usable cgroups on this host: a pooled create's groups not checked");
+            return;
+        };
+        let dir = self.dir.join("sandboxes").join(id);
+        let pid = read_pid(&dir).to_string();
+        for group in cg.dirs_for(&dir) {
+            let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
+            assert!(
+                procs.lines().any(|l| l == pid),
+                "QEMU {pid} is not in {}",
+                group.display()
+            );
+            for limit in ["memory.max", "memory.limit_in_bytes"] {
+                if let Ok(v) = std::fs::read_to_string(group.join(limit)) {
+                    assert_ne!(v.trim(), "max", "{} has no memory limit", group.display());
+                }
+            }
+        }
+        let qmp = std::fs::read_to_string(dir.join(wrenn_agent::vmm::ORIGIN_FILE)).unwrap();
+        let pooled_dir = Path::new(qmp.trim()).parent().unwrap();
+        for group in cg.dirs_for(pooled_dir) {
+            assert!(
+                !group.exists(),
+                "the pool's group {} is left",
+                group.display()
+            );
+        }
+    }
+
     /// The guest's wall clock is within 3 s of the host's.
     async fn assert_clock(&self, id: &str) {
         let guest: i64 = self.sh(id, "date +%s").await.trim().parse().unwrap();
@@ -224,6 +258,7 @@ fn creates_take_pooled_clones_and_nothing_outlives_the_pool() {
         let pooled = a.create("minimal", 256).await;
         eprintln!("create from the pool: {:?}", t.elapsed());
         assert!(a.made_from_pool(&pooled), "the create took no pooled clone");
+        a.assert_own_cgroups(&pooled);
         a.wait_pooled(1).await;
         // A sandbox of its own: exec, files, its disk, its clock.
         assert_eq!(a.sh(&pooled, "echo hi").await, "hi\n");

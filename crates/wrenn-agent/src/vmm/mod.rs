@@ -344,8 +344,9 @@ impl Vm {
     }
 
     /// Follows this VM's run directory after the caller renamed it to `run_dir` (a pooled
-    /// clone becoming a sandbox): the spec's paths and the VM's cgroup follow it (the process
-    /// moves into the group of the new directory, the old group is removed). QEMU notices
+    /// clone becoming a sandbox): the spec's paths and the VM's cgroup follow it (the group is
+    /// renamed; where that fails, the process moves into a new group and the old one is
+    /// removed). QEMU notices
     /// nothing: it holds its files open, and its QMP socket and jail moved with the directory.
     /// The directory should hold [`ORIGIN_FILE`] naming the QMP path QEMU was started with, so
     /// [`is_our_qemu`] still knows it.
@@ -357,14 +358,18 @@ impl Vm {
             }
         }
         if let Some(cg) = cgroup::cgroups() {
-            use std::io::Write;
-            let limits = limits_for(&self.spec, cg);
-            let procs = cg.create(run_dir, &limits).map_err(io_err("VM cgroup"))?;
-            for mut f in procs {
-                f.write_all(self.pid.to_string().as_bytes())
-                    .map_err(io_err("move VM into its cgroup"))?;
+            // A rename keeps the process and its limits where they are, in one call.
+            if let Err(e) = cg.rename(&old, run_dir) {
+                tracing::debug!("renaming a VM's cgroup failed, moving the VM instead: {e}");
+                use std::io::Write;
+                let limits = limits_for(&self.spec, cg);
+                let procs = cg.create(run_dir, &limits).map_err(io_err("VM cgroup"))?;
+                for mut f in procs {
+                    f.write_all(self.pid.to_string().as_bytes())
+                        .map_err(io_err("move VM into its cgroup"))?;
+                }
+                cg.remove(&old).await;
             }
-            cg.remove(&old).await;
         }
         self.clean_up_after_exit();
         Ok(())

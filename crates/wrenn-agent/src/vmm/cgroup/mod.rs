@@ -162,6 +162,16 @@ impl Cgroups {
         }
     }
 
+    /// Renames the groups of the VM run from `from` to the names of `to`: the VM's processes
+    /// and limits stay as they are. Stops at the first failure (the caller falls back to
+    /// making the new groups and moving the processes).
+    pub fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        for (a, b) in self.dirs_for(from).into_iter().zip(self.dirs_for(to)) {
+            std::fs::rename(a, b)?;
+        }
+        Ok(())
+    }
+
     /// Makes (or reuses) the VM's groups with `limits` set; returns their `cgroup.procs`, open
     /// for the child to write itself into each.
     pub fn create(&self, run_dir: &Path, limits: &Limits) -> std::io::Result<Vec<std::fs::File>> {
