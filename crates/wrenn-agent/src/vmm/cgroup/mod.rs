@@ -186,7 +186,11 @@ impl Cgroups {
     /// may hold a group for a moment: retried for half a second).
     pub async fn remove(&self, run_dir: &Path) {
         let mut left = self.dirs_for(run_dir);
-        for _ in 0..50 {
+        // A group stays busy for a moment after its last process has gone: retry soon, then
+        // less often, for about half a second in all.
+        let mut wait = std::time::Duration::from_millis(1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        loop {
             left.retain(|d| match std::fs::remove_dir(d) {
                 Ok(()) => false,
                 Err(e) => e.kind() != std::io::ErrorKind::NotFound,
@@ -194,7 +198,11 @@ impl Cgroups {
             if left.is_empty() {
                 return;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_millis(16));
         }
         for d in left {
             tracing::warn!("cgroup {} could not be removed", d.display());
