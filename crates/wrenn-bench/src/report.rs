@@ -318,15 +318,23 @@ fn num(v: f64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn op(key: &str, samples: &[f64]) -> Op {
+impl Op {
+    /// An `ms` operation named by its key, with `samples`.
+    pub fn sampled(key: &str, samples: &[f64]) -> Op {
         let mut o = Op::new(key, key, "ms");
         for s in samples {
             o.add(*s);
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(key: &str, samples: &[f64]) -> Op {
+        Op::sampled(key, samples)
     }
 
     #[test]

@@ -217,11 +217,7 @@ mod tests {
     use crate::report::{Op, Section};
 
     fn op(key: &str, samples: &[f64]) -> Op {
-        let mut o = Op::new(key, key, "ms");
-        for s in samples {
-            o.add(*s);
-        }
-        o
+        Op::sampled(key, samples)
     }
 
     fn row<'a>(rows: &'a [TargetRow], what: &str) -> &'a TargetRow {
