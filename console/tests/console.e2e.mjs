@@ -251,10 +251,32 @@ try {
     await page.waitForURL((u) => u.pathname === "/templates", { timeout: VM_TIMEOUT });
     const row = page.locator("[data-template='console-e2e-snap']");
     await row.waitFor({ timeout: VM_TIMEOUT });
+    // The new sandbox's terminal is held back at its "started" message until the user is
+    // typing in the folder field: connecting must not take the keyboard from them.
+    let held = [];
+    await page.routeWebSocket(/\/pty/, (ws) => {
+      const server = ws.connectToServer();
+      ws.onMessage((m) => server.send(m));
+      server.onMessage((m) => {
+        if (held && typeof m === "string" && m.includes('"started"')) held.push(() => ws.send(m));
+        else ws.send(m);
+      });
+    });
     await row.getByRole("button", { name: "Start sandbox" }).click();
     await page.waitForURL((u) => /\/sandboxes\/[^/]+$/.test(u.pathname) && !u.pathname.endsWith(sandboxId), { timeout: VM_TIMEOUT });
     fromTemplate = decodeURIComponent(new URL(page.url()).pathname.split("/").pop());
     await page.locator("[data-testid=status]", { hasText: "running" }).waitFor({ timeout: VM_TIMEOUT });
+    await page.locator("input[name=new-dir]").click();
+    for (const deadline = Date.now() + 60_000; held.length === 0; ) {
+      if (Date.now() > deadline) throw new Error("the terminal never started");
+      await page.waitForTimeout(50);
+    }
+    const release = held;
+    held = null;
+    release.forEach((send) => send());
+    await page.getByText("Terminal: connected").waitFor({ timeout: 60_000 });
+    const focused = await page.evaluate(() => document.activeElement?.getAttribute("name"));
+    if (focused !== "new-dir") throw new Error(`the terminal took the keyboard from the folder field (focus: ${focused})`);
     // The snapshot kept the uploaded file.
     await page.locator("[data-file='hello-console.txt']").waitFor({ timeout: 60_000 });
     // Make a folder, delete the file.

@@ -45,7 +45,10 @@ export function TerminalView(props: { id: string; running: boolean }) {
       }
       if (m.type === "started") {
         setState("connected");
-        term.focus();
+        // Take the keyboard only if nothing else has it: what a user is typing into another
+        // field (a folder name, say) must not land in the shell.
+        const active = document.activeElement;
+        if (!active || active === document.body) term.focus();
       } else if (m.type === "ping") send({ type: "pong" });
       else if (m.type === "exit") {
         term.write(`\r\n\x1b[90m[process exited with code ${m.exit_code}]\x1b[0m\r\n`);
