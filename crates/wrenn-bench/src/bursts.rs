@@ -1,7 +1,7 @@
 //! Bursts of creates with their wall time and the host's busy CPU time over the burst: N
-//! creates at once on the sandbox manager (no HTTP, no control plane) without the warm pool,
-//! and N at once through the public API with the pool filled ahead. Every sandbox made is
-//! destroyed here and the pool is turned off again.
+//! creates at once through the public API and on the sandbox manager (no HTTP, no control
+//! plane) without the warm pool, and N at once through the API with the pool filled ahead.
+//! Every sandbox made is destroyed here and the pool is turned off again.
 
 use crate::report::Op;
 use crate::runs::{record, timed, Bench, MEMORY_MB};
@@ -15,6 +15,22 @@ const POOL_SIZE: usize = 30;
 const REFILL_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Bench<'_> {
+    /// N creates at once through the public API, pool off; each one's latency, the wall time
+    /// and the failures.
+    pub async fn concurrent(&mut self) -> Result<()> {
+        for n in self.plan.concurrency.clone() {
+            let mut op = Op::new(
+                &format!("create_concurrent_{n}"),
+                &format!("create, {n} at once (each)"),
+                "ms",
+            );
+            let (note, wall) = self.api_burst(&mut op, n).await?;
+            op.note = Some(note);
+            self.push_burst(op, n, wall, "");
+        }
+        Ok(())
+    }
+
     /// The API's burst sizes on the agent directly, pool off.
     pub async fn agent_bursts(&mut self) -> Result<()> {
         let mgr = self.sys.agent.manager.clone();
@@ -79,26 +95,31 @@ impl Bench<'_> {
                  ({:.2} s of host CPU and {per_clone_mb:.0} MB of host memory each)",
                 busy / POOL_SIZE as f64
             ));
-            let made = op.samples.len();
-            self.api.ops.push(op);
-            if made == n {
-                let mut w = Op::new(
-                    &format!("burst_wall_{n}_pool"),
-                    &format!("{n} creates at once, {POOL_SIZE} pooled, wall time"),
-                    "ms",
-                );
-                w.add(wall.as_secs_f64() * 1000.0);
-                self.api.ops.push(w);
-            }
+            self.push_burst(op, n, wall, &format!(", {POOL_SIZE} pooled"));
             Ok(())
         }
         .await;
         mgr.set_pool_config(PoolConfig::OFF).await;
         r
     }
-}
 
-impl Bench<'_> {
+    /// Adds an API burst's row `op` of `n` creates, and when all were made a row with its
+    /// wall time (key `burst_wall_{n}`, with `_pool` when `pooled` names the pool).
+    fn push_burst(&mut self, op: Op, n: usize, wall: Duration, pooled: &str) {
+        let made = op.samples.len();
+        self.api.ops.push(op);
+        if made == n {
+            let suffix = if pooled.is_empty() { "" } else { "_pool" };
+            let mut w = Op::new(
+                &format!("burst_wall_{n}{suffix}"),
+                &format!("{n} creates at once{pooled}, wall time"),
+                "ms",
+            );
+            w.add(wall.as_secs_f64() * 1000.0);
+            self.api.ops.push(w);
+        }
+    }
+
     /// `n` creates at once through the public API, each recorded into `op`, then all
     /// destroyed; returns the note, as [`burst`]'s, and the wall time.
     async fn api_burst(&self, op: &mut Op, n: usize) -> Result<(String, Duration)> {

@@ -134,15 +134,7 @@ impl Report {
                 op.finish();
             }
         }
-        let median = |key: &str| {
-            self.sections
-                .iter()
-                .flat_map(|s| &s.ops)
-                .find(|o| o.key == key)
-                .and_then(|o| o.summary.as_ref())
-                .map(|s| s.median)
-        };
-        let ratio = |a: &str, b: &str| Some(median(a)? / median(b)?);
+        let ratio = |a: &str, b: &str| Some(self.median(a)? / self.median(b)?);
         self.resume_ratio_2048_vs_256 = match (
             ratio("resume_first_2048", "resume_first_256"),
             ratio("resume_later_2048", "resume_later_256"),
@@ -151,6 +143,16 @@ impl Report {
             _ => None,
         };
         self.targets = crate::targets::check(self);
+    }
+
+    /// The median of the operation `key`, once summarised, if it has samples.
+    pub fn median(&self, key: &str) -> Option<f64> {
+        self.sections
+            .iter()
+            .flat_map(|s| &s.ops)
+            .find(|o| o.key == key)
+            .and_then(|o| o.summary.as_ref())
+            .map(|s| s.median)
     }
 
     /// The human-readable table.

@@ -442,48 +442,6 @@ impl<'a> Bench<'a> {
         res
     }
 
-    /// N creates at once; each one's latency, the wall time and the failures.
-    async fn concurrent(&mut self) -> Result<()> {
-        for n in self.plan.concurrency.clone() {
-            let op = self.api_op(
-                &format!("create_concurrent_{n}"),
-                &format!("create, {n} at once (each)"),
-                "ms",
-            );
-            let started = Instant::now();
-            let results = futures_util::future::join_all(
-                (0..n).map(|_| timed(self.sys.api.create(MEMORY_MB))),
-            )
-            .await;
-            let wall = started.elapsed();
-            let mut ids = Vec::new();
-            for r in results {
-                if let Ok(id) = record(&mut self.api.ops[op], r) {
-                    ids.push(id);
-                }
-            }
-            self.api.ops[op].note = Some(format!(
-                "{} of {n} created in {:.1} s wall time",
-                ids.len(),
-                wall.as_secs_f64()
-            ));
-            if ids.len() == n {
-                let w = self.api_op(
-                    &format!("burst_wall_{n}"),
-                    &format!("{n} creates at once, wall time"),
-                    "ms",
-                );
-                self.api.ops[w].add(ms(wall));
-            }
-            let destroyed =
-                futures_util::future::join_all(ids.iter().map(|id| self.sys.api.destroy(id))).await;
-            for d in destroyed {
-                d?;
-            }
-        }
-        Ok(())
-    }
-
     /// Idle 512 MB sandboxes created one by one until one fails or the cap; each must answer
     /// an exec. Also the PSS of each QEMU once they all run.
     async fn density(&mut self) -> Result<()> {

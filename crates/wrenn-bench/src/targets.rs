@@ -5,12 +5,11 @@
 
 use crate::report::{Report, TargetRow};
 
-/// One target: its rows' keys, whether the figure must stay at or below the goal (else at or
-/// above), the goal and its unit, and the key of the row shown beside it.
+/// One target: what it is, its rows' keys, the goal the figure must stay at or below and its
+/// unit, and the row shown beside it (its name and key).
 struct Target {
     what: &'static str,
     keys: &'static [&'static str],
-    at_most: bool,
     goal: f64,
     unit: &'static str,
     beside: Option<(&'static str, &'static str)>,
@@ -26,7 +25,6 @@ const fn at_most(
     Target {
         what,
         keys,
-        at_most: true,
         goal,
         unit,
         beside,
@@ -147,28 +145,18 @@ const DENSITY_GOAL: usize = 100;
 
 /// Every target checked against `report` (whose summaries are computed).
 pub fn check(report: &Report) -> Vec<TargetRow> {
-    let median = |key: &str| {
-        report
-            .sections
-            .iter()
-            .flat_map(|s| &s.ops)
-            .find(|o| o.key == key)
-            .and_then(|o| o.summary.as_ref())
-            .map(|s| s.median)
-    };
     let mut rows: Vec<TargetRow> = TARGETS
         .iter()
         .map(|t| {
-            let medians: Vec<f64> = t.keys.iter().filter_map(|k| median(k)).collect();
-            let worst = if t.at_most {
-                medians.iter().copied().reduce(f64::max)
-            } else {
-                medians.iter().copied().reduce(f64::min)
-            };
+            let medians: Vec<f64> = t.keys.iter().filter_map(|k| report.median(k)).collect();
             // A figure stands only when every row it is the worst of was measured.
-            let measured = worst.filter(|_| medians.len() == t.keys.len());
+            let measured = medians
+                .iter()
+                .copied()
+                .reduce(f64::max)
+                .filter(|_| medians.len() == t.keys.len());
             let beside = t.beside.and_then(|(name, key)| {
-                let b = median(key)?;
+                let b = report.median(key)?;
                 let ratio = measured
                     .map(|m| format!(", {:.2}x", m / b))
                     .unwrap_or_default();
@@ -176,15 +164,10 @@ pub fn check(report: &Report) -> Vec<TargetRow> {
             });
             TargetRow {
                 what: t.what.into(),
-                goal: format!(
-                    "{} {} {}",
-                    if t.at_most { "<=" } else { ">=" },
-                    t.goal,
-                    t.unit
-                ),
+                goal: format!("<= {} {}", t.goal, t.unit),
                 measured,
                 unit: t.unit.into(),
-                met: measured.map(|m| if t.at_most { m <= t.goal } else { m >= t.goal }),
+                met: measured.map(|m| m <= t.goal),
                 beside: beside.unwrap_or_default(),
             }
         })
